@@ -1,0 +1,165 @@
+"""The model artifact: one self-describing directory, loadable offline without MLflow.
+
+Layout (file names are module constants)::
+
+    <dir>/config.json          HF model config (id2label set from the label schema)
+    <dir>/model.safetensors    weights (no pickles anywhere)
+    <dir>/tokenizer*.json ...  tokenizer files
+    <dir>/adrisk.json          ArtifactMeta: label schema, thresholds, calibration, provenance, metrics
+    <dir>/onnx/                optional ONNX Runtime variants (see ``model.onnx``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.normalize import NORMALIZATION_VERSION
+from model.schema import LabelSchema
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "adrisk.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """The directory is not a usable adrisk model artifact (missing files, bad ``adrisk.json``)."""
+
+
+class ThresholdInfo(BaseModel):
+    """How one label's threshold was chosen on validation data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    method: str = Field(description="'target_precision' or 'max_f1' (target unreachable) or 'default'")
+    target_precision: float | None = None
+    precision: float | None = Field(default=None, description="validation precision at the threshold")
+    recall: float | None = Field(default=None, description="validation recall at the threshold")
+
+
+class ArtifactMeta(BaseModel):
+    """Contents of ``adrisk.json``.
+
+    ``temperatures`` has one entry per label (multi_class: one shared value repeated), applied as
+    ``sigmoid(logit / T)`` (or ``softmax(logits / T)``) before thresholds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str = "risky-ads"
+    label_schema: LabelSchema
+    thresholds: dict[str, float]
+    threshold_info: dict[str, ThresholdInfo] = Field(default_factory=dict)
+    temperatures: list[float]
+    max_length: int = Field(gt=2, le=8192)
+    normalization: str = NORMALIZATION_VERSION
+    base_model: str = ""
+    base_model_sha256: str | None = None
+    weights_sha256: str | None = None
+    data_fingerprint: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    runtimes: dict[str, Any] = Field(
+        default_factory=dict, description="optional non-torch runtimes (ONNX variants) and their accuracy gate"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArtifactMeta:
+        labels = list(self.label_schema.labels)
+        if sorted(self.thresholds) != sorted(labels):
+            raise ValueError(f"thresholds {sorted(self.thresholds)} do not match labels {labels}")
+        if len(self.temperatures) != len(labels):
+            raise ValueError(f"{len(self.temperatures)} temperatures for {len(labels)} labels")
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError("temperatures must be positive")
+        return self
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.label_schema.labels
+
+    def threshold_vector(self) -> list[float]:
+        """Thresholds in label order."""
+        return [self.thresholds[n] for n in self.labels]
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_meta(directory: str | os.PathLike[str], meta: ArtifactMeta) -> Path:
+    """Write ``adrisk.json`` into ``directory``; fills ``weights_sha256`` from the weights file."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    if weights.exists():
+        meta = meta.model_copy(update={"weights_sha256": sha256_file(weights)})
+    out = directory / META_FILE
+    write_json_atomic(out, meta.model_dump(mode="json"))
+    return out
+
+
+def load_meta(directory: str | os.PathLike[str]) -> ArtifactMeta:
+    """Read and validate ``adrisk.json``.
+
+    Raises:
+        ArtifactError: the directory or ``adrisk.json`` is missing, or the file is invalid.
+    """
+    directory = Path(directory)
+    path = directory / META_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not an adrisk model directory: {META_FILE} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        meta = ArtifactMeta.model_validate(data)
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"invalid {path}: {e}") from e
+    if meta.format_version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format_version {meta.format_version}; this adrisk reads up to {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def verify_weights(directory: str | os.PathLike[str], meta: ArtifactMeta) -> None:
+    """Check ``model.safetensors`` against ``meta.weights_sha256``.
+
+    Raises:
+        ArtifactError: weights missing or their sha256 differs from the recorded one.
+    """
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} not found")
+    if meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:
+        raise ArtifactError(f"{weights}: sha256 does not match adrisk.json (corrupted or replaced weights)")

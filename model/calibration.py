@@ -1,0 +1,141 @@
+"""Calibration (temperature scaling) and threshold selection.
+
+Temperature scaling: Guo et al., "On Calibration of Modern Neural Networks", ICML 2017. For
+multi-label and binary models one temperature per label is fitted on that label's validation
+logits (``sigmoid(z / T)``); for multi-class one shared temperature (``softmax(z / T)``).
+The fit minimises log loss over ``log T`` with ``scipy.optimize.minimize_scalar`` (bounded).
+
+Thresholds are chosen on calibrated validation probabilities from scikit-learn's
+``precision_recall_curve``: the lowest threshold whose precision reaches the target (so recall is as
+high as that precision allows); where the target is unreachable, the max-F1 threshold, and the
+returned ``ThresholdInfo.method`` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, log_softmax, softmax
+from sklearn.metrics import precision_recall_curve
+
+from model.artifact import ThresholdInfo
+from model.schema import ProblemType
+
+logger = logging.getLogger(__name__)
+
+_LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
+
+
+def _bce(z: np.ndarray, y: np.ndarray) -> float:
+    # numerically stable binary cross-entropy with logits, mean over rows
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def fit_temperatures(logits: np.ndarray, targets: np.ndarray, problem_type: ProblemType) -> list[float]:
+    """Fit temperatures on validation logits.
+
+    Args:
+        logits: float array (n, L).
+        targets: multi_label/binary: 0/1 array (n, L); multi_class: int class ids (n,) or one-hot (n, L).
+        problem_type: the schema's problem type.
+
+    Returns:
+        L positive temperatures (multi_class: the shared one repeated L times). A label whose
+        targets hold a single class keeps T = 1 (nothing to fit).
+
+    Raises:
+        ValueError: shapes disagree or the arrays are empty.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must be a non-empty (n, L) array, got shape {logits.shape}")
+    n, num_labels = logits.shape
+    if problem_type is ProblemType.MULTI_CLASS:
+        y = np.asarray(targets)
+        y = y.argmax(axis=1) if y.ndim == 2 else y.astype(int)
+        if y.shape != (n,):
+            raise ValueError(f"targets shape {y.shape} does not match logits {logits.shape}")
+
+        def nll(log_t: float) -> float:
+            return float(-np.mean(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(n), y]))
+
+        res = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded")
+        return [float(np.exp(res.x))] * num_labels
+
+    y = np.asarray(targets, dtype=np.float64)
+    if y.shape != logits.shape:
+        raise ValueError(f"targets shape {y.shape} does not match logits {logits.shape}")
+    temps = []
+    for j in range(num_labels):
+        z, t = logits[:, j], y[:, j]
+        if t.min() == t.max():
+            temps.append(1.0)
+            continue
+        res = minimize_scalar(lambda lt, z=z, t=t: _bce(z / np.exp(lt), t), bounds=_LOG_T_BOUNDS, method="bounded")
+        temps.append(float(np.exp(res.x)))
+    return temps
+
+
+def calibrated_probabilities(logits: np.ndarray, temperatures: list[float], problem_type: ProblemType) -> np.ndarray:
+    """Apply temperature scaling: (n, L) logits -> (n, L) probabilities in [0, 1] (float64)."""
+    z = np.asarray(logits, dtype=np.float64) / np.asarray(temperatures, dtype=np.float64)[None, :]
+    if problem_type is ProblemType.MULTI_CLASS:
+        return softmax(z, axis=1)
+    return expit(z)
+
+
+def select_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: float = 0.9) -> ThresholdInfo:
+    """Choose a decision threshold for one label.
+
+    Args:
+        probs: calibrated probabilities (n,).
+        targets: 0/1 ground truth (n,).
+        target_precision: precision the threshold must reach on this data, in (0, 1].
+
+    Returns:
+        ThresholdInfo. ``method`` is ``target_precision`` (lowest threshold reaching the target),
+        ``max_f1`` (target unreachable) or ``default`` (0.5: no positives or no negatives to choose on).
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(targets).astype(int)
+    if y.sum() == 0 or y.sum() == len(y):
+        return ThresholdInfo(threshold=0.5, method="default", target_precision=target_precision)
+    precision, recall, thr = precision_recall_curve(y, p)
+    # precision/recall have one more entry than thr (the final (1, 0) point); align them.
+    precision, recall = precision[:-1], recall[:-1]
+    ok = np.flatnonzero(precision >= target_precision)
+    if ok.size:
+        i = int(ok[0])  # thresholds ascend: the first that reaches the target keeps the most recall
+        method = "target_precision"
+    else:
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+        i = int(np.argmax(f1))
+        method = "max_f1"
+    return ThresholdInfo(
+        threshold=float(np.clip(thr[i], 0.0, 1.0)),
+        method=method,
+        target_precision=target_precision,
+        precision=float(precision[i]),
+        recall=float(recall[i]),
+    )
+
+
+def select_thresholds(
+    probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] | list[str], target_precision: float = 0.9
+) -> dict[str, ThresholdInfo]:
+    """``select_threshold`` for each column of (n, L) ``probs``/``targets``; keys are label names."""
+    out = {}
+    for j, name in enumerate(labels):
+        info = select_threshold(probs[:, j], targets[:, j], target_precision)
+        if info.method == "max_f1":
+            logger.warning(
+                "label %s: precision %.2f is unreachable on validation; using the max-F1 threshold %.3f "
+                "(precision %.3f, recall %.3f)",
+                name, target_precision, info.threshold, info.precision, info.recall,
+            )
+        out[name] = info
+    return out

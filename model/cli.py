@@ -1,0 +1,99 @@
+"""The ``adrisk`` command line.
+
+Verbs are contributed by packages through the ``adrisk.commands`` entry-point group (see
+``pyproject.toml``): each entry is a ``register(subparsers)`` function. This module owns only the
+verbs that need nothing but the predictor (``predict``), so the seam never imports ``training`` or
+``serve``.
+
+Exit codes: 0 success; 1 a handled error (message on stderr); 2 usage error. Verbs may document
+more (``adrisk retrain``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+
+logger = logging.getLogger("adrisk")
+
+EXIT_ERROR = 1
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a local model dir")
+    p.add_argument("--runtime", default="auto", help="torch, an ONNX variant of the model, or auto (default)")
+
+
+def load_predictor(args):
+    """Resolve ``args.model`` and load a Predictor; returns (predictor, ModelRef)."""
+    from model.predictor import Predictor
+    from model.uri import resolve_model
+
+    ref = resolve_model(args.model)
+    return Predictor.load(ref.directory, runtime=getattr(args, "runtime", "auto")), ref
+
+
+def _predict(args) -> int:
+    texts = args.text
+    if not texts:
+        if sys.stdin.isatty():
+            raise CLIError("give TEXT arguments or pipe one text per line on stdin", 2)
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    predictor, _ = load_predictor(args)
+    for p in predictor.predict(texts):
+        print(json.dumps(p.to_dict(), ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adrisk", description="Flag risky classified ads: train, evaluate, serve.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
+    add_model_arg(p)
+    p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
+    p.set_defaults(func=_predict)
+    for ep in sorted(entry_points(group="adrisk.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adrisk`` console script; returns the process exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow.store", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"adrisk {args.verb}: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"adrisk {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a clear one-line message; traceback only with -v
+        if args.verbose:
+            raise
+        print(f"adrisk {args.verb}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

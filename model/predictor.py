@@ -1,0 +1,221 @@
+"""The predictor: loads a model artifact and scores texts. Used by the CLI, the pyfunc, the server
+and the batch scoring job alike.
+
+Scores are calibrated probabilities (temperature scaling, see ``model.calibration``); an ad is
+*flagged* when any flaggable label's probability reaches that label's threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from model.artifact import ArtifactMeta, load_meta, verify_weights
+from model.calibration import calibrated_probabilities
+from model.encoding import Encoded, TextEncoder, length_sorted_batches
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_TOKENS = 8192
+
+
+class Runtime(Protocol):
+    """Computes logits for a padded batch: (B, T) int64 ids and mask -> (B, L) float32 logits."""
+
+    name: str
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRuntime:
+    """PyTorch fp32 runtime over the artifact's ``model.safetensors`` (eval mode, ``inference_mode``)."""
+
+    name = "torch"
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self._torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True)
+        self.model.eval()
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
+            ).logits
+        return out.float().numpy()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's result: ``category_scores`` are calibrated probabilities in [0, 1]."""
+
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    truncated: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "flagged": self.flagged,
+            "categories": self.categories,
+            "category_scores": self.category_scores,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Batch output in input order: ``logits``/``probabilities`` (n, L), ``flagged`` (n,) bool,
+    ``truncated`` (n,) bool."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    flagged: np.ndarray
+    truncated: np.ndarray
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"item {i} is {type(t).__name__}, expected str")
+    return texts
+
+
+class Predictor:
+    """Scores ad texts with a trained artifact.
+
+    Thread-safe: one lock serialises tokenisation and the forward pass (fast tokenizers are not
+    safe to share across threads). Batches are length-sorted and dynamically padded.
+
+    Args:
+        encoder: the artifact's ``TextEncoder``.
+        runtime: a ``Runtime`` computing logits.
+        meta: the artifact's ``ArtifactMeta``.
+        batch_size: most texts per forward pass.
+        max_tokens: most padded tokens per forward pass.
+    """
+
+    def __init__(self, encoder: TextEncoder, runtime: Runtime, meta: ArtifactMeta,
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS):
+        if batch_size < 1 or max_tokens < 1:
+            raise ValueError("batch_size and max_tokens must be positive")
+        self.encoder = encoder
+        self.runtime = runtime
+        self.meta = meta
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.directory: Path | None = None
+        self._lock = threading.Lock()
+        self._thresholds = np.asarray(meta.threshold_vector(), dtype=np.float64)
+        benign = meta.label_schema.benign_label
+        self._flaggable = np.asarray([n != benign for n in meta.labels], dtype=bool)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, runtime: str = "auto", num_threads: int | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
+             verify: bool = True) -> Predictor:
+        """Load an artifact directory (offline; no network).
+
+        Args:
+            directory: a model artifact directory (see ``model.artifact``).
+            runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
+                (the fastest variant that passed its accuracy gate, else torch).
+            num_threads: intra-op threads for torch / ONNX Runtime; None keeps the process setting.
+            verify: check the weights' sha256 against ``adrisk.json``.
+
+        Raises:
+            ArtifactError: not an artifact, bad metadata, or weights that fail their checksum.
+            ValueError: an unknown runtime name.
+        """
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        meta = load_meta(directory)
+        if verify:
+            verify_weights(directory, meta)
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(int(num_threads))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        encoder = TextEncoder(tokenizer, meta.max_length)
+        rt = select_runtime(directory, meta, runtime, num_threads)
+        predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens)
+        predictor.directory = directory
+        logger.info("loaded model %s (%s runtime, labels %s)", directory, rt.name, list(meta.labels))
+        return predictor
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
+
+    def _logits(self, enc: Encoded) -> np.ndarray:
+        n = len(enc.input_ids)
+        out = np.zeros((n, self.meta.label_schema.num_labels), dtype=np.float32)
+        for idx in length_sorted_batches(enc.lengths(), self.batch_size, self.max_tokens):
+            ids, mask = self.encoder.pad([enc.input_ids[i] for i in idx])
+            out[idx] = self.runtime.logits(ids, mask)
+        return out
+
+    def score(self, texts: Sequence[str]) -> Scores:
+        """Score texts in input order.
+
+        Args:
+            texts: a str or a sequence of str (the empty string is scored like any other).
+
+        Raises:
+            TypeError: an item is not a str (the message names its index, never its content).
+        """
+        texts = _check_texts(texts)
+        with self._lock:
+            enc = self.encoder.encode(texts)
+            logits = self._logits(enc)
+        probs = calibrated_probabilities(logits, self.meta.temperatures, self.meta.label_schema.problem_type)
+        flagged = ((probs >= self._thresholds[None, :]) & self._flaggable[None, :]).any(axis=1)
+        return Scores(logits, probs, flagged, np.asarray(enc.truncated, dtype=bool))
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated probabilities, (n, L) float64, columns in ``labels`` order."""
+        return self.score(texts).probabilities
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """One ``Prediction`` per text, in input order."""
+        s = self.score(texts)
+        results = []
+        for i in range(len(s.flagged)):
+            scores = {n: float(s.probabilities[i, j]) for j, n in enumerate(self.labels)}
+            cats = {n: bool(s.probabilities[i, j] >= self._thresholds[j]) for j, n in enumerate(self.labels)}
+            results.append(Prediction(bool(s.flagged[i]), cats, scores, bool(s.truncated[i])))
+        return results
+
+
+def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_threads: int | None) -> Runtime:
+    """Build the runtime named by ``runtime`` (see ``Predictor.load``)."""
+    if runtime == "torch":
+        return TorchRuntime(directory)
+    if runtime == "auto":
+        name = meta.runtimes.get("default") if meta.runtimes else None
+        if not name or name == "torch":
+            return TorchRuntime(directory)
+        runtime = name
+    variants = (meta.runtimes or {}).get("variants", {})
+    if runtime not in variants:
+        raise ValueError(f"unknown runtime {runtime!r}; this model has: {['torch', *variants]}")
+    from model.onnx import OnnxRuntime  # optional heavy import
+
+    return OnnxRuntime(directory, variants[runtime], num_threads=num_threads)

@@ -1,0 +1,99 @@
+"""Logging an artifact to MLflow as a pyfunc model and registering it.
+
+Tracking defaults to an embedded SQLite store in the working directory (``sqlite:///mlflow.db``);
+``MLFLOW_TRACKING_URI`` points elsewhere (e.g. an ``mlflow server``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
+
+
+def configure_tracking(tracking_uri: str | None = None) -> str:
+    """Set MLflow's tracking (and registry) URI: argument, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A logged and registered model: ``uri`` is ``models:/name/version``."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name: str | None,
+                     input_example: list[str] | None = None) -> RegisteredModel | None:
+    """Log ``artifact_dir`` as the active run's pyfunc model ``model`` (models from code, no pickle)
+    and register it under ``registered_model_name`` (skip registration when None).
+
+    The signature is inferred by running the model on ``input_example``.
+
+    Raises:
+        mlflow.exceptions.MlflowException: no active run, or tracking/registry errors.
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from model.predictor import Predictor
+    from model.pyfunc import predictions_frame
+    from model.uri import PYFUNC_ARTIFACT_KEY
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_pyfunc_model needs an active MLflow run")
+    example = pd.DataFrame({"text": input_example or ["2 bedroom apartment for rent", "call me now 24/7"]})
+    out = predictions_frame(Predictor.load(artifact_dir, runtime="torch"), example["text"].tolist())
+    signature = infer_signature(example, out)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={PYFUNC_ARTIFACT_KEY: str(artifact_dir)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=["adrisk"],
+    )
+    if not registered_model_name:
+        return None
+    version = str(info.registered_model_version)
+    logger.info("registered %s version %s", registered_model_name, version)
+    return RegisteredModel(registered_model_name, version, run.info.run_id, info.model_uri)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``models:/name@alias`` at ``version``."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def get_alias(name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the model or alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

