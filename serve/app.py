@@ -1,0 +1,91 @@
+"""The app factory. The model is loaded in the lifespan's background thread, never at import time;
+``/readyz`` says 503 until it is serving."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from serve.batcher import MicroBatcher
+from serve.errors import install_error_handlers
+from serve.metrics import Metrics
+from serve.routes import ops, v1
+from serve.settings import Settings
+from serve.state import LoadedModel, Loader, ModelState, default_loader
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: server settings (default: from ``ADRISK_*`` environment variables).
+        loader: ``(uri, download_dir) -> LoadedModel`` (tests inject slow or failing loaders);
+            default resolves the URI and loads a ``Predictor`` with ``settings.torch_threads``.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        def loaded(m: LoadedModel) -> None:
+            metrics.set_model(m.ref.name or m.predictor.meta.name, m.ref.version, m.ref.uri)
+
+        def batch_done(n: int, seconds: float) -> None:
+            metrics.batch_size.observe(n)
+            metrics.inference.observe(seconds)
+            metrics.texts.inc(n)
+
+        state = ModelState(settings.model, loader or default_loader(settings.runtime, settings.torch_threads),
+                           follow_alias_s=settings.follow_alias, download_dir=settings.download_dir,
+                           on_loaded=loaded, on_failure=metrics.load_failures.inc)
+        batcher = MicroBatcher(state.get, max_batch_size=settings.max_batch_size,
+                               max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                               on_batch=batch_done, on_depth=metrics.queue_depth.set)
+        app.state.model_state, app.state.batcher = state, batcher
+        batcher.start()
+        state.start()
+        logger.info("adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
+                    settings.model, settings.max_batch_size, settings.max_wait_ms, settings.queue_size,
+                    "on" if settings.api_key_list() else "off")
+        try:
+            yield
+        finally:
+            batcher.stop()
+            state.stop()
+
+    app = FastAPI(title="adrisk", version="1", lifespan=lifespan,
+                  description="Flags risky classified ads (commercial sex, trafficking indicators, scams).")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(ops)
+    app.include_router(v1)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = given if _SAFE_ID.match(given) else f"clf-{uuid.uuid4().hex}"
+        request.state.request_id = rid
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - t0
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        response.headers[REQUEST_ID_HEADER] = rid
+        # request line without query string or body: ad text never reaches the logs
+        logger.info("%s %s %s %d %.1fms n=%s", rid, request.method, route, response.status_code,
+                    seconds * 1000, getattr(request.state, "n_texts", "-"))
+        return response
+
+    return app

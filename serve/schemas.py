@@ -1,0 +1,89 @@
+"""Request and response bodies of the HTTP API (see ``../shared/CONTRACT.md``).
+
+The field limits shown here are the server defaults; the live values come from ``Settings``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClassifyRequest(BaseModel):
+    """``{"input": "ad text"}`` or ``{"input": ["ad 1", "ad 2", ...]}`` (every string is scored)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"input": "Sweet new girl in town, call me 24/7"},
+                     {"input": ["2 bedroom apartment for rent", "hot petite girls 24/7 incall"]}]})
+
+    input: str | list[str] = Field(
+        description="one ad text or a list of 1-256 ad texts; each at most 100000 characters "
+                    "(text beyond the model window is scored on what fits and marked truncated)",
+    )
+
+
+class ModelInfo(BaseModel):
+    """Which model produced an answer."""
+
+    name: str | None = Field(description="registered model name (or the artifact's name)")
+    version: str | None = Field(description="registry version; null for a local model directory")
+    uri: str = Field(description="the URI the server was started with")
+
+
+class ClassifyResult(BaseModel):
+    """One input's result; ``category_scores`` are calibrated probabilities in [0, 1]."""
+
+    flagged: bool = Field(description="any category reached its threshold")
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    truncated: bool = Field(description="the text did not fit the model window; scored on what fits")
+
+
+class ClassifyResponse(BaseModel):
+    """One result per input, in input order."""
+
+    id: str = Field(description="request id, also in the X-Request-ID header")
+    model: ModelInfo
+    results: list[ClassifyResult]
+
+
+class LoadError(BaseModel):
+    """A model version that failed to load (the previous one keeps serving)."""
+
+    version: str | None
+    error: str = Field(description="exception type and message")
+    at: str = Field(description="UTC time, ISO 8601")
+
+
+class ModelDetails(BaseModel):
+    """The serving model: ``GET /v1/model``."""
+
+    name: str | None
+    version: str | None
+    uri: str
+    labels: list[str]
+    thresholds: dict[str, float]
+    metrics: dict[str, float]
+    loaded_at: str | None
+    follow_alias_s: float | None = Field(description="registry poll interval when following an alias")
+    load_error: LoadError | None = Field(description="last failed load, if any")
+
+
+class Status(BaseModel):
+    """Body of ``/healthz`` and ``/readyz``."""
+
+    status: str
+    model_version: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="an error kind from serve.errors.ErrorKind")
+    message: str = Field(description="what was wrong; never contains ad text")
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: ErrorDetail

@@ -1,0 +1,144 @@
+"""The model being served: loaded in the background, swapped atomically when a followed alias moves.
+
+``ModelState.current`` is replaced by a single reference assignment, so the inference thread sees
+either the old or the new model, never a mix; a batch already running finishes on the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from model.predictor import Predictor
+from model.uri import ModelRef, registry_version, resolve_model
+
+logger = logging.getLogger(__name__)
+
+_ALIAS_URI = re.compile(r"^models:/[^/@]+@[^/]+/?$")
+
+
+def is_alias_uri(uri: str) -> bool:
+    """True for ``models:/name@alias``."""
+    return bool(_ALIAS_URI.match(uri))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A predictor and where it came from."""
+
+    predictor: Predictor
+    ref: ModelRef
+    loaded_at: str
+
+
+Loader = Callable[[str, Path], LoadedModel]
+
+
+class ModelState:
+    """Holds the serving model; loads it (and later versions of a followed alias) in a thread.
+
+    Args:
+        uri: the model URI.
+        load: ``(uri, download_dir) -> LoadedModel``; the default resolves and loads with ``Predictor.load``.
+        follow_alias_s: poll the registry every this many seconds (only for ``models:/name@alias``).
+        download_dir: where registry models are downloaded (default: a temporary directory).
+        on_loaded: called with each model once it serves.
+        on_failure: called after each failed load.
+    """
+
+    def __init__(self, uri: str, load: Loader, follow_alias_s: float | None = None,
+                 download_dir: str | None = None,
+                 on_loaded: Callable[[LoadedModel], None] | None = None,
+                 on_failure: Callable[[], None] | None = None):
+        self.uri = uri
+        self._load = load
+        self.follow_alias_s = follow_alias_s if follow_alias_s and is_alias_uri(uri) else None
+        if follow_alias_s and not self.follow_alias_s:
+            logger.warning("--follow-alias ignored: %s is not a models:/NAME@ALIAS URI", uri)
+        self._tmp = None if download_dir else tempfile.TemporaryDirectory(prefix="adrisk-serve-")
+        self.download_dir = Path(download_dir or self._tmp.name)
+        self.on_loaded = on_loaded
+        self.on_failure = on_failure
+        self.current: LoadedModel | None = None
+        self.load_error: dict | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._attempts = 0
+
+    def start(self) -> None:
+        """Load the model (and keep following the alias) in a background thread."""
+        self._thread = threading.Thread(target=self._run, name="adrisk-model-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def get(self) -> tuple[Predictor, LoadedModel] | None:
+        """``(predictor, loaded_model)`` of the serving model, or None before the first load."""
+        cur = self.current
+        return (cur.predictor, cur) if cur is not None else None
+
+    def _try_load(self, version: str | None) -> None:
+        self._attempts += 1
+        dst = self.download_dir / f"load-{self._attempts}"
+        try:
+            loaded = self._load(self.uri, dst)
+        except Exception as e:
+            self.load_error = {"version": version, "error": f"{type(e).__name__}: {e}", "at": _now()}
+            logger.error("loading %s (version %s) failed, %s: %s", self.uri, version,
+                         "keeping version %s" % self.current.ref.version if self.current else "no model serving",
+                         self.load_error["error"])
+            if self.on_failure:
+                self.on_failure()
+            return
+        old = self.current
+        self.current = loaded  # the atomic swap
+        self.load_error = None
+        logger.info("serving %s version %s (was %s)", loaded.ref.name, loaded.ref.version,
+                    old.ref.version if old else None)
+        if self.on_loaded:
+            self.on_loaded(loaded)
+
+    def _run(self) -> None:
+        self._try_load(None)
+        interval = self.follow_alias_s or 5.0
+        while not self._stop.wait(interval):
+            if self.follow_alias_s is None and self.current is not None:
+                return  # nothing to follow; a failed first load is retried below
+            try:
+                reg = registry_version(self.uri) if self.follow_alias_s else None
+            except Exception as e:
+                logger.warning("polling %s failed: %s", self.uri, type(e).__name__)
+                continue
+            target = reg[1] if reg else None
+            cur = self.current.ref.version if self.current else None
+            failed = self.load_error["version"] if self.load_error else None
+            if self.current is None or (target is not None and target != cur and target != failed):
+                logger.info("alias %s now points at version %s; loading", self.uri, target)
+                self._try_load(target)
+
+
+def default_loader(runtime: str = "auto", num_threads: int | None = None) -> Loader:
+    """A loader that resolves the URI (downloading from MLflow when needed) and loads a Predictor."""
+
+    def load(uri: str, dst: Path) -> LoadedModel:
+        ref = resolve_model(uri, dst)
+        predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=num_threads)
+        predictor.predict([""])  # warm up before serving
+        return LoadedModel(predictor, ref, _now())
+
+    return load
