@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import logging
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,10 @@ def _score(args: argparse.Namespace) -> int:
     from serve.score import ScoreError, run_score
 
     try:
-        run_score(args.model, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
-                  resume=args.resume, runtime=args.runtime, torch_threads=args.torch_threads,
-                  progress=not args.no_progress)
+        summary = run_score(args.model, args.input, args.output, text_column=args.text_column,
+                            chunk_size=args.chunk_size, resume=args.resume, runtime=args.runtime,
+                            torch_threads=args.torch_threads, progress=not args.no_progress)
+        print(summary.format(), file=sys.stderr)
     except ScoreError as e:
         raise CLIError(str(e)) from None
     return 0

@@ -1,0 +1,271 @@
+"""The batch scoring job behind ``adrisk score``: score a CSV / JSONL / Parquet file of any size.
+
+Rows are read in chunks (bounded memory), scored, and each chunk is written to a numbered part
+file in ``<output>.partial/`` followed by an atomically rewritten ``manifest.json`` counting the
+finished chunks. A killed run continues with ``resume=True`` from the first unfinished chunk (parts
+past the manifest's count are discarded), so no row is lost or written twice. At the end the parts
+are concatenated into a temporary file next to the output, renamed onto it, and the work directory
+is removed: the output appears whole or not at all.
+
+Output rows: the input columns in input order, plus ``flagged`` (nullable bool), ``score_<label>``
+per label (calibrated probability, null when not scored), ``model_version`` and ``error``
+(``missing_text`` for a null/absent text, ``not_text`` for a non-string value, else null).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+MANIFEST = "manifest.json"
+PART = "part-{:06d}.parquet"
+SCORE_PREFIX = "score_"
+ADDED_COLUMNS = ("flagged", "model_version", "error")
+
+
+class ScoreError(Exception):
+    """A user-facing problem with the job's arguments or files."""
+
+
+@dataclass
+class ScoreSummary:
+    """Totals over the whole file (resumed runs included): rows, rows not scored, flagged per label."""
+
+    rows: int = 0
+    missing: int = 0
+    flagged: int = 0
+    flagged_per_label: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    model_version: str = ""
+    output: str = ""
+
+    def format(self) -> str:
+        """Human-readable closing summary (several lines)."""
+        rate = self.rows / self.seconds if self.seconds > 0 else float("nan")
+        per = ", ".join(f"{k}={v}" for k, v in self.flagged_per_label.items())
+        return (f"scored {self.rows} rows ({self.missing} without text) with model {self.model_version} "
+                f"in {self.seconds:.1f}s ({rate:.1f} rows/s)\n"
+                f"flagged {self.flagged}; per label: {per}\nwrote {self.output}")
+
+
+def file_format(path: Path) -> str:
+    """``csv``, ``jsonl`` or ``parquet`` from the extension. Raises ScoreError otherwise."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ScoreError(f"{path}: unknown format; use one of {sorted(FORMATS)}")
+    return fmt
+
+
+def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """DataFrames of at most ``chunk_size`` rows, in file order. CSV columns are read as strings
+    (an empty field is missing); JSONL values keep their JSON types; Parquet keeps its schema."""
+    fmt = file_format(path)
+    if fmt == "parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+            yield batch.to_pandas()
+        return
+    if fmt == "csv":
+        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
+    else:
+        reader = pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False)
+    with reader:
+        yield from reader
+
+
+def estimate_rows(path: Path) -> int | None:
+    """Row count for the progress bar: exact for Parquet and JSONL, an estimate (lines) for CSV."""
+    fmt = file_format(path)
+    if fmt == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    lines = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+    return max(lines - (1 if fmt == "csv" else 0), 0)
+
+
+def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: str) -> pd.DataFrame:
+    """``df`` plus ``flagged``, ``score_<label>``, ``model_version`` and ``error`` columns (same rows, order).
+
+    Raises:
+        ScoreError: ``text_column`` missing, or an output column name already used by the input.
+    """
+    if text_column not in df.columns:
+        raise ScoreError(f"text column {text_column!r} not found; columns are {list(df.columns)}")
+    labels = list(predictor.labels)
+    clash = [c for c in (*ADDED_COLUMNS, *(SCORE_PREFIX + n for n in labels)) if c in df.columns]
+    if clash:
+        raise ScoreError(f"input already has output column(s) {clash}; rename them first")
+    values = df[text_column].tolist()
+    is_text = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
+    n, n_labels = len(values), len(labels)
+    probs = np.full((n, n_labels), np.nan)
+    flagged = pd.array([pd.NA] * n, dtype="boolean")
+    idx = np.flatnonzero(is_text)
+    if len(idx):
+        s = predictor.score([values[i] for i in idx])
+        probs[idx] = s.probabilities
+        flagged[idx] = s.flagged
+    out = df.reset_index(drop=True).copy()
+    out["flagged"] = flagged
+    for j, name in enumerate(labels):
+        out[SCORE_PREFIX + name] = probs[:, j]
+    out["model_version"] = model_version
+    errors = [None if ok else ("missing_text" if _is_missing(v) else "not_text") for ok, v in zip(is_text, values,
+                                                                                                    strict=True)]
+    out["error"] = pd.array(errors, dtype="string")
+    return out
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _concatenate(parts: list[Path], output: Path, fmt: str) -> None:
+    """Write the parts, in order, to ``output`` in format ``fmt`` (one part in memory at a time)."""
+    if fmt == "parquet":
+        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive") if parts else None
+        if schema is None:
+            raise ScoreError("the input has no rows")
+        schema = schema.remove_metadata()
+        with pq.ParquetWriter(output, schema) as writer:
+            for p in parts:
+                writer.write_table(pq.read_table(p).replace_schema_metadata(None).cast(schema))
+        return
+    with open(output, "w", encoding="utf-8", newline="") as f:
+        for i, p in enumerate(parts):
+            df = pq.read_table(p).to_pandas()
+            if fmt == "csv":
+                df.to_csv(f, header=(i == 0), index=False)
+            else:
+                text = df.to_json(orient="records", lines=True, force_ascii=False, double_precision=15)
+                f.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+def _model_version(ref, meta) -> str:
+    if ref.version:
+        return str(ref.version)
+    return f"local:{meta.weights_sha256[:12]}" if meta.weights_sha256 else "local"
+
+
+def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
+              text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
+              torch_threads: int | None = None, progress: bool = True, predictor=None) -> ScoreSummary:
+    """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
+
+    Args:
+        model_uri: anything ``model.uri.resolve_model`` accepts.
+        chunk_size: rows per chunk (memory is bounded by a chunk and its part file).
+        resume: continue from ``<output>.partial/``; without it an existing work directory is an error.
+        predictor: an already loaded Predictor (tests); ``model_uri`` is then only recorded.
+
+    Returns:
+        The totals over the whole file.
+
+    Raises:
+        ScoreError: bad arguments, a missing text column, a work directory from another input or
+            model, or an existing work directory without ``resume``.
+    """
+    from model.predictor import Predictor
+    from model.uri import ModelRef, resolve_model
+
+    src, dst = Path(input_path), Path(output_path)
+    file_format(src), file_format(dst)
+    if not src.is_file():
+        raise ScoreError(f"input {src} not found")
+    if chunk_size < 1:
+        raise ScoreError("--chunk-size must be at least 1")
+    work = dst.with_name(dst.name + ".partial")
+    if (work / MANIFEST).exists() and not resume:
+        raise ScoreError(f"{work} holds an unfinished run: pass --resume to continue it, or delete it")
+    if work.exists() and not (work / MANIFEST).exists():
+        shutil.rmtree(work)  # a run that died before finishing its first chunk: nothing to keep
+
+    if predictor is None:
+        ref = resolve_model(model_uri)
+        predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
+    else:
+        ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
+    version = _model_version(ref, predictor.meta)
+    labels = list(predictor.labels)
+    stat = src.stat()
+    identity = {"input": str(src.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
+                "text_column": text_column, "chunk_size": chunk_size, "model_version": version, "labels": labels}
+
+    manifest_path = work / MANIFEST
+    summary = ScoreSummary(flagged_per_label=dict.fromkeys(labels, 0), model_version=version, output=str(dst))
+    done = 0
+    if resume and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        changed = [k for k, v in identity.items() if manifest.get("identity", {}).get(k) != v]
+        if changed:
+            raise ScoreError(f"cannot resume {work}: {', '.join(changed)} changed since it started; "
+                             "delete it to start over")
+        done = int(manifest["chunks_done"])
+        saved = manifest["summary"]
+        summary.rows, summary.missing, summary.flagged = saved["rows"], saved["missing"], saved["flagged"]
+        summary.flagged_per_label.update(saved["flagged_per_label"])
+        summary.seconds = saved["seconds"]
+        logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("part-*.parquet*"):  # parts written after the last manifest update
+        if stale.suffix != ".parquet" or int(stale.name[5:11]) >= done:
+            stale.unlink()
+
+    t0 = time.perf_counter() - summary.seconds
+    from tqdm import tqdm
+
+    with tqdm(total=estimate_rows(src), initial=summary.rows, unit="rows", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True, desc="scoring") as bar:
+        for i, chunk in enumerate(iter_chunks(src, chunk_size)):
+            if i < done:
+                continue
+            out = score_frame(chunk, predictor, text_column, version)
+            part = work / PART.format(i)
+            tmp = part.with_name(part.name + ".tmp")
+            pq.write_table(pa.Table.from_pandas(out, preserve_index=False), tmp)
+            os.replace(tmp, part)
+            summary.rows += len(out)
+            summary.missing += int(out["error"].notna().sum())
+            summary.flagged += int(out["flagged"].fillna(False).sum())
+            for name in labels:
+                thr = predictor.meta.thresholds[name]
+                summary.flagged_per_label[name] += int((out[SCORE_PREFIX + name] >= thr).sum())
+            summary.seconds = time.perf_counter() - t0
+            _write_json_atomic(manifest_path, {"identity": identity, "chunks_done": i + 1,
+                                               "summary": {k: v for k, v in asdict(summary).items()
+                                                           if k not in ("model_version", "output")}})
+            bar.update(len(out))
+
+    parts = sorted(work.glob("part-*.parquet"))
+    tmp_out = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        _concatenate(parts, tmp_out, file_format(dst))
+        os.replace(tmp_out, dst)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    logger.info("wrote %s (%d rows)", dst, summary.rows)
+    return summary
