@@ -126,7 +126,7 @@ def parse_classify(payload: Any, settings: Settings) -> list[str]:
         texts = [inp]
     elif isinstance(inp, list):
         if not inp:
-            raise APIError(ErrorKind.validation_error, "input: the list is empty")
+            raise APIError(ErrorKind.validation_error, "field 'input' is an empty list; give at least one string")
         if len(inp) > settings.max_batch_items:
             raise APIError(ErrorKind.payload_too_large,
                            f"input: {len(inp)} items, over the limit of {settings.max_batch_items} per request")
@@ -137,7 +137,7 @@ def parse_classify(payload: Any, settings: Settings) -> list[str]:
         texts = inp
     else:
         raise APIError(ErrorKind.validation_error,
-                       f"input: expected a string or a list of strings, got {_JSON_TYPES.get(type(inp), 'value')}")
+                       f"field 'input' must be a string or a list of strings, got {_JSON_TYPES.get(type(inp), 'value')}")
     for i, t in enumerate(texts):
         if len(t) > settings.max_text_chars:
             where = f"input[{i}]" if isinstance(inp, list) else "input"
