@@ -58,6 +58,48 @@ def _predict(args) -> int:
     return 0
 
 
+# --- export-onnx (owned with model/onnx.py) -------------------------------------------------------
+
+
+def add_export_onnx_verb(sub) -> None:
+    """Register ``adrisk export-onnx``: add gated ONNX fp32/int8 variants to a local model directory."""
+    p = sub.add_parser("export-onnx", help="export ONNX fp32/int8 variants into a local model dir, gated on labelled data")
+    p.add_argument("--model", required=True, help="a local model directory (modified in place)")
+    p.add_argument("--data", required=True, help="labelled JSONL for the accuracy gate, e.g. validation.jsonl")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--labels-column", default="labels", help="column holding a list of label names")
+    p.add_argument("--no-quantize", action="store_true", help="skip the int8 variant")
+    p.add_argument("--tolerance", type=float, default=0.005, help="per-label AP gate vs fp32 torch (absolute)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
+    p.set_defaults(func=_export_onnx)
+
+
+def _export_onnx(args) -> int:
+    from pathlib import Path
+
+    from model.artifact import load_meta
+    from model.onnx import add_onnx_variants, read_labelled_jsonl
+
+    directory = Path(args.model)
+    if not directory.is_dir():
+        raise CLIError(f"--model must be a local model directory; {args.model} is not one")
+    if not Path(args.data).is_file():
+        raise CLIError(f"--data {args.data} not found")
+    meta = load_meta(directory)
+    texts, targets = read_labelled_jsonl(args.data, meta.labels, text_column=args.text_column,
+                                         labels_column=args.labels_column)
+    runtimes = add_onnx_variants(directory, texts, targets, quantize=not args.no_quantize,
+                                 tolerance=args.tolerance, num_threads=args.threads)
+    print("| runtime | texts/s | passed | max abs AP delta |")
+    print("|---|---:|---|---:|")
+    print(f"| torch | {runtimes['torch']['texts_per_s']:.1f} | reference | 0 |")
+    for name, v in runtimes["variants"].items():
+        worst = max((abs(d) for d in v["ap_delta"].values() if d is not None), default=0.0)
+        print(f"| {name} | {v['texts_per_s']:.1f} | {'yes' if v['passed'] else 'NO'} | {worst:.4f} |")
+    print(f"default runtime: {runtimes['default']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adrisk", description="Flag risky classified ads: train, evaluate, serve.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,14 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arg(p)
     p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
     p.set_defaults(func=_predict)
+    add_export_onnx_verb(sub)
     for ep in sorted(entry_points(group="adrisk.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except ImportError as e:  # one broken package must not take the other verbs down
+            print(f"adrisk: the '{ep.name}' verbs are unavailable: {e}", file=sys.stderr)
+            continue
+        register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adrisk`` console script; returns the process exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,425 @@
+"""ONNX Runtime variants of a model artifact: export, int8 dynamic quantisation, an accuracy gate,
+and the ``OnnxRuntime`` the predictor uses to serve them.
+
+A trained artifact can carry, beside its torch weights, ONNX variants under ``<artifact>/onnx/``::
+
+    <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
+    <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of MatMul weights
+
+and ``adrisk.json`` records them under ``runtimes``::
+
+    {"default": "onnx-int8" | "onnx-fp32" | "torch",
+     "variants": {"onnx-fp32": {"file": ..., "sha256": ..., "ap_delta": {label: float}, "passed": bool,
+                                "texts_per_s": float, ...}, "onnx-int8": {...}},
+     "torch": {"texts_per_s": float}, "gate": {"metric": "ap", "tolerance": 0.005, "n_texts": int, ...}}
+
+The gate: a variant *passes* when, on the labelled texts given to ``add_onnx_variants``, every
+label's average precision is within ``tolerance`` (default 0.005) of the fp32 torch predictor's AP on
+the same texts. ``default`` is the fastest (measured texts/s on those texts) among torch and the
+passing variants; ``Predictor.load(dir, runtime="auto")`` serves it. A model without variants
+serves with torch.
+
+Methods and sources:
+- Export: ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``; the dynamo exporter
+  needs ``onnxscript``, which adrisk does not depend on), opset 17, dynamic batch and sequence axes.
+  The example batch is deliberately *padded* (one row has mask zeros): tracing with an all-ones
+  mask lets transformers skip the mask and the exported graph would then ignore padding.
+  The model is exported with eager attention (plain MatMul/Softmax), the pattern onnxruntime's
+  graph optimiser fuses (attention, bias+GELU, residual+LayerNorm) at ``ORT_ENABLE_ALL``.
+- Quantisation: ``onnxruntime.quantization.quantize_dynamic`` (weights int8 symmetric per output
+  channel, activations uint8 quantised per batch at run time; uses VNNI/AVX-512 int8 GEMMs where the
+  CPU has them). Per-channel halved the max logit error vs per-tensor (0.011 vs 0.022) at equal speed.
+  See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.artifact import ArtifactError, ArtifactMeta, load_meta, save_meta, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.fp32.onnx"
+INT8_FILE = "model.int8.onnx"
+FP32_VARIANT = "onnx-fp32"
+INT8_VARIANT = "onnx-int8"
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 0.005
+
+
+def default_num_threads() -> int:
+    """Intra-op threads used when none are given: the CPUs this process may run on.
+
+    Measured on the 2-core development machine (see ``docs/inference.md``): one intra-op thread per
+    core was fastest for both torch and ONNX Runtime; more threads than cores only adds contention.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxRuntime:
+    """ONNX Runtime (CPUExecutionProvider only) over one variant recorded in the artifact.
+
+    Args:
+        directory: the model artifact directory.
+        variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (needs ``file``;
+            ``sha256`` and ``source_weights_sha256`` are checked when present).
+        num_threads: intra-op threads; None uses ``default_num_threads()``. Inter-op threads are 1
+            (the graph runs sequentially; parallelism is inside each op).
+        verify: check the file's sha256 and that it was exported from this artifact's weights.
+
+    Raises:
+        ArtifactError: the ONNX file is missing, fails its checksum, was exported from other
+            weights, or onnxruntime cannot load it (corrupted).
+        ImportError: onnxruntime is not installed.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], variant_info: dict[str, Any], *,
+                 num_threads: int | None = None, verify: bool = True):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ImportError("ONNX variants need onnxruntime: pip install onnxruntime") from e
+
+        directory = Path(directory)
+        file = variant_info.get("file")
+        if not file:
+            raise ArtifactError(f"{directory}: ONNX variant entry has no 'file'")
+        path = directory / ONNX_DIR / file
+        self.name = str(variant_info.get("name") or Path(file).stem)
+        self.path = path
+        if not path.is_file():
+            raise ArtifactError(f"ONNX variant {self.name!r}: {path} not found "
+                                f"(re-run `adrisk export-onnx` or load with runtime='torch')")
+        if verify:
+            expected = variant_info.get("sha256")
+            if expected and sha256_file(path) != expected:
+                raise ArtifactError(f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
+                                    f"(corrupted or replaced; re-run `adrisk export-onnx`)")
+            source = variant_info.get("source_weights_sha256")
+            current = load_meta(directory).weights_sha256
+            if source and current and source != current:
+                raise ArtifactError(f"ONNX variant {self.name!r} was exported from different weights than "
+                                    f"{directory}'s model.safetensors; re-run `adrisk export-onnx`")
+        self.num_threads = int(num_threads) if num_threads else default_num_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.num_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise ArtifactError(f"ONNX variant {self.name!r}: onnxruntime cannot load {path} "
+                                f"(corrupted? re-run `adrisk export-onnx`): {type(e).__name__}") from e
+        names = {i.name for i in self.session.get_inputs()}
+        if names != set(INPUT_NAMES):
+            raise ArtifactError(f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}")
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids and mask -> (B, L) float32 logits."""
+        out = self.session.run([OUTPUT_NAME], {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        })[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# export and quantisation
+
+
+def export_fp32(directory: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+                optimize: bool = False) -> Path:
+    """Export the artifact's torch model to an fp32 ONNX graph with dynamic batch and sequence axes.
+
+    Inputs ``input_ids`` and ``attention_mask`` (int64, (batch, sequence)); output ``logits``
+    (float32, (batch, num_labels)). With ``optimize`` the graph is also fused offline for BERT by
+    ``onnxruntime.transformers.optimizer.optimize_model``. Off by default: onnxruntime's own load-time
+    optimisations (``ORT_ENABLE_ALL``) were as fast on MiniLM-L6 (54 vs 56 texts/s fp32, 98 vs 101
+    int8, 2 threads; see docs/inference.md), and the plain graph depends on no pattern matcher.
+
+    Raises:
+        ArtifactError: the directory is not an artifact.
+        RuntimeError: the exporter fails.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    directory, out_path = Path(directory), Path(out_path)
+    load_meta(directory)  # a clear error for a non-artifact
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), local_files_only=True, attn_implementation="eager")
+    model.eval()
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    # A padded example: row 1 has mask zeros, so the traced graph keeps the attention mask.
+    ids = torch.full((2, 16), 100, dtype=torch.long)  # (B, T)
+    mask = torch.ones((2, 16), dtype=torch.long)
+    mask[1, 9:] = 0
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = out_path.with_suffix(".raw.onnx") if optimize else out_path
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            _Logits(model), (ids, mask), str(raw), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    if optimize:
+        try:
+            _optimize_bert(raw, out_path, model.config)
+        finally:
+            raw.unlink(missing_ok=True)
+    return out_path
+
+
+def _optimize_bert(src: Path, dst: Path, config) -> None:
+    """Fuse a BERT graph with onnxruntime's transformer optimizer (offline, no network)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = getattr(config, "num_attention_heads", 0)
+    hidden = getattr(config, "hidden_size", 0)
+    model_type = "bert" if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") else None
+    if not model_type:
+        logger.info("no transformer fusion for model_type %s; keeping the plain graph", config.model_type)
+        os.replace(src, dst)
+        return
+    opt = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
+    logger.info("ONNX fusion: %s", {k: v for k, v in opt.get_fused_operator_statistics().items() if v})
+    opt.save_model_to_file(str(dst))
+
+
+def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Int8 dynamic quantisation of an fp32 ONNX graph: MatMul (and Gather/Attention) weights int8
+    per channel, activations quantised at run time. Returns ``dst``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    quiet = _DropInfoFrom("onnxruntime")  # the quantiser logs one INFO line per tensor on the root logger
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.removeFilter(quiet)
+    return Path(dst)
+
+
+class _DropInfoFrom(logging.Filter):
+    """Drops records below WARNING whose source file path contains ``fragment``."""
+
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or self.fragment not in (record.pathname or "")
+
+
+# --------------------------------------------------------------------------------------------------
+# the accuracy gate
+
+
+def per_label_ap(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
+    """Average precision per label (``sklearn.metrics.average_precision_score``); None where the
+    label has no positives or no negatives among the targets (AP undefined or trivial).
+
+    Args:
+        probs: (n, L) scores. targets: (n, L) 0/1. labels: L names.
+    """
+    from sklearn.metrics import average_precision_score
+
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(labels):
+        y = np.asarray(targets[:, j]).astype(int)
+        out[name] = float(average_precision_score(y, probs[:, j])) if 0 < y.sum() < len(y) else None
+    return out
+
+
+def ap_deltas(probs: np.ndarray, ref_probs: np.ndarray, targets: np.ndarray,
+              labels: Sequence[str]) -> dict[str, float | None]:
+    """Per-label AP(probs) - AP(ref_probs) on the same targets; None where AP is undefined."""
+    a, r = per_label_ap(probs, targets, labels), per_label_ap(ref_probs, targets, labels)
+    return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
+
+
+def _timed_scores(predictor, texts: list[str]) -> tuple[np.ndarray, float]:
+    """(n, L) probabilities and texts/s (tokenisation included) of one full pass after a warm-up batch."""
+    predictor.predict_proba(texts[: min(len(texts), 8)])  # warm-up: thread pools, allocator
+    t0 = time.perf_counter()
+    probs = predictor.predict_proba(texts)
+    dt = time.perf_counter() - t0
+    return probs, len(texts) / dt if dt > 0 else float("inf")
+
+
+def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], targets: np.ndarray, *,
+                      quantize: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+                      num_threads: int | None = None) -> dict:
+    """Export ONNX variants into an artifact, gate them on labelled texts, record them in ``adrisk.json``.
+
+    Writes ``<artifact>/onnx/model.fp32.onnx`` (and ``model.int8.onnx`` with ``quantize``), scores
+    ``texts`` with the fp32 torch predictor and with each variant, and records per variant: ``file``,
+    ``sha256``, ``ap`` and ``ap_delta`` per label (variant minus torch fp32), ``max_abs_prob_diff``,
+    ``passed`` (every defined |ap_delta| <= ``tolerance``) and ``texts_per_s`` (measured on these texts,
+    tokenisation included, ``num_threads`` intra-op threads, the predictor's default batching). Sets
+    ``runtimes.default`` to the fastest of torch and the passing variants. Modifies the artifact in
+    place (``adrisk.json`` keeps every other field; ``weights_sha256`` is unchanged).
+
+    Args:
+        artifact_dir: a model artifact directory (``model.artifact``).
+        texts: labelled texts, e.g. the validation split (a few thousand: the gate's AP needs
+            positives of every label; speed is measured on the same pass).
+        targets: (n, L) 0/1 array, columns in the artifact's label order.
+        quantize: also make the int8 dynamic-quantised variant.
+        tolerance: the per-label AP gate (absolute).
+        num_threads: intra-op threads for torch and ONNX Runtime (default ``default_num_threads()``).
+
+    Returns:
+        The ``runtimes`` dict written to ``adrisk.json``.
+
+    Raises:
+        ArtifactError: not an artifact. ValueError: ``targets`` does not match ``texts`` and the
+        labels, or no label has both classes (the gate cannot be evaluated).
+    """
+    from model.predictor import Predictor
+
+    directory = Path(artifact_dir)
+    meta = load_meta(directory)
+    texts = list(texts)
+    targets = np.asarray(targets)
+    labels = list(meta.labels)
+    if targets.shape != (len(texts), len(labels)):
+        raise ValueError(f"targets shape {targets.shape}, expected ({len(texts)}, {len(labels)}) for labels {labels}")
+    if not any(0 < targets[:, j].sum() < len(texts) for j in range(len(labels))):
+        raise ValueError("no label has both positives and negatives among the texts; the AP gate needs them")
+    threads = int(num_threads) if num_threads else default_num_threads()
+
+    # 1. the fp32 torch reference (and its speed)
+    ref = Predictor.load(directory, runtime="torch", num_threads=threads)
+    ref_probs, torch_tps = _timed_scores(ref, texts)
+    ref_ap = per_label_ap(ref_probs, targets, labels)
+    logger.info("torch fp32: %.1f texts/s on %d gate texts", torch_tps, len(texts))
+
+    # 2. export (and quantise) into onnx/
+    onnx_dir = directory / ONNX_DIR
+    onnx_dir.mkdir(exist_ok=True)
+    for stale in (FP32_FILE, INT8_FILE):
+        (onnx_dir / stale).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    export_fp32(directory, onnx_dir / FP32_FILE)
+    files = {FP32_VARIANT: (FP32_FILE, "fp32")}
+    if quantize:
+        quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
+        files[INT8_VARIANT] = (INT8_FILE, "int8-dynamic")
+    logger.info("exported %s in %.1f s", sorted(files), time.perf_counter() - t0)
+
+    # 3. gate and time each variant on the same texts
+    import onnxruntime
+    import torch
+
+    variants: dict[str, dict] = {}
+    for name, (file, precision) in files.items():
+        info: dict[str, Any] = {"name": name, "file": file, "sha256": sha256_file(onnx_dir / file),
+                                "precision": precision, "opset": OPSET,
+                                "source_weights_sha256": meta.weights_sha256,
+                                "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
+        rt = OnnxRuntime(directory, info, num_threads=threads)
+        pred = Predictor(ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens)
+        probs, tps = _timed_scores(pred, texts)
+        ap = per_label_ap(probs, targets, labels)
+        delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
+        info.update(ap=ap, ap_delta=delta, max_abs_prob_diff=float(np.abs(probs - ref_probs).max()),
+                    passed=all(d is None or abs(d) <= tolerance for d in delta.values()),
+                    texts_per_s=round(tps, 2))
+        logger.info("%s: %.1f texts/s, AP deltas %s, %s", name, tps,
+                    {n: None if d is None else round(d, 5) for n, d in delta.items()},
+                    "passed" if info["passed"] else "FAILED the gate")
+        variants[name] = info
+
+    # 4. the default: fastest of torch and the passing variants
+    speeds = {"torch": torch_tps, **{n: v["texts_per_s"] for n, v in variants.items() if v["passed"]}}
+    default = max(speeds, key=speeds.get)
+    runtimes = {
+        "default": default,
+        "variants": variants,
+        "torch": {"texts_per_s": round(torch_tps, 2), "ap": ref_ap},
+        "gate": {"metric": "ap", "tolerance": tolerance, "reference": "torch fp32", "n_texts": len(texts),
+                 "num_threads": threads, "batch_size": ref.batch_size, "max_tokens": ref.max_tokens},
+    }
+    save_meta(directory, meta.model_copy(update={"runtimes": runtimes}))
+    logger.info("runtimes.default = %s", default)
+    return runtimes
+
+
+def remove_onnx_variants(artifact_dir: str | os.PathLike[str]) -> ArtifactMeta:
+    """Delete ``onnx/`` variant files and clear ``runtimes`` (the model then serves with torch)."""
+    directory = Path(artifact_dir)
+    meta = load_meta(directory)
+    for f in (FP32_FILE, INT8_FILE):
+        (directory / ONNX_DIR / f).unlink(missing_ok=True)
+    meta = meta.model_copy(update={"runtimes": {}})
+    save_meta(directory, meta)
+    return meta
+
+
+def read_labelled_jsonl(path: str | os.PathLike[str], labels: Sequence[str], *, text_column: str = "text",
+                        labels_column: str = "labels") -> tuple[list[str], np.ndarray]:
+    """Read a JSONL file of ``{text_column: str, labels_column: [label names] | label name}`` rows.
+
+    Returns:
+        texts (n,) and targets (n, L) uint8 in ``labels`` order. Label names not in ``labels`` are
+        ignored (e.g. a benign class of another schema).
+
+    Raises:
+        ValueError: a row is not JSON or lacks the columns (the message names the line, not the text).
+    """
+    import json
+
+    index = {n: j for j, n in enumerate(labels)}
+    texts, rows = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text, names = row[text_column], row[labels_column]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON object with {text_column!r} and {labels_column!r} "
+                                 f"({type(e).__name__})") from None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{lineno}: {text_column!r} is not a string")
+            if isinstance(names, str):
+                names = [names]
+            y = np.zeros(len(labels), dtype=np.uint8)
+            for n in names or []:
+                if n in index:
+                    y[index[n]] = 1
+            texts.append(text)
+            rows.append(y)
+    return texts, (np.vstack(rows) if rows else np.zeros((0, len(labels)), dtype=np.uint8))

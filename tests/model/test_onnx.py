@@ -1,0 +1,178 @@
+"""ONNX Runtime variants: same scores as torch on the probe inputs, the gate recorded in the artifact,
+runtime selection, and clear errors for missing or corrupted files.
+
+Tolerances (calibrated probabilities, absolute): ONNX fp32 vs torch fp32 1e-4 (measured ~1e-7 on the
+tiny model; the same arithmetic in another kernel order); ONNX int8 vs torch 0.05 (dynamic
+quantisation error on the tiny random model, whose probabilities sit near 0.5; the real accuracy
+check is the per-label AP gate recorded by ``add_onnx_variants``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model.artifact import META_FILE, ArtifactError, load_meta
+from model.onnx import FP32_VARIANT, INT8_VARIANT, ONNX_DIR, add_onnx_variants
+from model.predictor import Predictor
+from tests.conftest import LABELS
+
+FP32_ATOL = 1e-4
+INT8_ATOL = 0.05
+
+
+def _probe_texts(probes) -> list[str]:
+    texts = []
+    for r in probes:
+        if "predict" in r["where"].split(","):
+            v = r["value"]
+            texts.extend(v if isinstance(v, list) else [v])
+    return texts
+
+
+def _gate_data(n: int = 60, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    words = ["call", "now", "sweet", "girl", "job", "offer", "cheap", "flat", "win", "prize", "cash", "room"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for _ in range(n)]
+    targets = (rng.random((n, len(LABELS))) < 0.4).astype(np.uint8)
+    targets[0], targets[1] = 1, 0  # every label has both classes
+    return texts, targets
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(tiny_artifact, tmp_path_factory):
+    """A copy of the tiny artifact with fp32 and int8 variants added (the session fixture stays untouched)."""
+    d = tmp_path_factory.mktemp("onnx") / "model"
+    shutil.copytree(tiny_artifact, d)
+    texts, targets = _gate_data()
+    runtimes = add_onnx_variants(d, texts, targets, num_threads=1)
+    return d, runtimes
+
+
+@pytest.fixture
+def artifact_copy(onnx_artifact, tmp_path):
+    d = tmp_path / "model"
+    shutil.copytree(onnx_artifact[0], d)
+    return d
+
+
+def test_runtimes_recorded_in_artifact(onnx_artifact):
+    d, runtimes = onnx_artifact
+    meta = load_meta(d)
+    assert meta.runtimes == runtimes
+    assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT}
+    for name, v in runtimes["variants"].items():
+        assert (d / ONNX_DIR / v["file"]).is_file()
+        assert len(v["sha256"]) == 64
+        assert set(v["ap_delta"]) == set(LABELS)
+        assert v["passed"] == all(abs(x) <= 0.005 for x in v["ap_delta"].values() if x is not None)
+        assert v["texts_per_s"] > 0 and v["name"] == name
+    fp32 = runtimes["variants"][FP32_VARIANT]
+    assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values()) < 1e-6
+    passing = {"torch": runtimes["torch"]["texts_per_s"],
+               **{n: v["texts_per_s"] for n, v in runtimes["variants"].items() if v["passed"]}}
+    assert runtimes["default"] == max(passing, key=passing.get)
+
+
+def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
+    d, _ = onnx_artifact
+    texts = _probe_texts(probes)
+    assert len(texts) >= 8
+    ref = Predictor.load(d, runtime="torch", num_threads=1)
+    fp32 = Predictor.load(d, runtime=FP32_VARIANT, num_threads=1)
+    int8 = Predictor.load(d, runtime=INT8_VARIANT, num_threads=1)
+    assert fp32.runtime.name == FP32_VARIANT and int8.runtime.name == INT8_VARIANT
+    p_ref = ref.predict_proba(texts)
+    np.testing.assert_allclose(fp32.predict_proba(texts), p_ref, atol=FP32_ATOL)
+    np.testing.assert_allclose(int8.predict_proba(texts), p_ref, atol=INT8_ATOL)
+    # padding invariance holds for the ONNX graph too: alone == inside a padded batch
+    for t in texts[:4]:
+        np.testing.assert_allclose(fp32.predict_proba([t])[0], fp32.predict_proba(texts)[texts.index(t)],
+                                   atol=FP32_ATOL)
+    assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
+
+
+@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, "torch"])
+def test_auto_picks_recorded_default(artifact_copy, default):
+    meta_path = artifact_copy / META_FILE
+    data = json.loads(meta_path.read_text())
+    data["runtimes"]["default"] = default
+    meta_path.write_text(json.dumps(data))
+    assert Predictor.load(artifact_copy, runtime="auto", num_threads=1).runtime.name == default
+
+
+def test_model_without_variants_serves_with_torch(tiny_artifact, probes):
+    assert not load_meta(tiny_artifact).runtimes
+    assert not (tiny_artifact / ONNX_DIR).exists()
+    p = Predictor.load(tiny_artifact, runtime="auto")
+    assert p.runtime.name == "torch"
+    probs = p.predict_proba(_probe_texts(probes))
+    assert np.isfinite(probs).all()
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Predictor.load(tiny_artifact, runtime=INT8_VARIANT)
+
+
+def test_missing_onnx_file_is_a_clear_error(artifact_copy):
+    (artifact_copy / ONNX_DIR / "model.int8.onnx").unlink()
+    with pytest.raises(ArtifactError, match="not found"):
+        Predictor.load(artifact_copy, runtime=INT8_VARIANT)
+    assert Predictor.load(artifact_copy, runtime=FP32_VARIANT).runtime.name == FP32_VARIANT
+
+
+def test_corrupted_onnx_file_is_a_clear_error(artifact_copy):
+    path = artifact_copy / ONNX_DIR / "model.fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        Predictor.load(artifact_copy, runtime=FP32_VARIANT)
+    # without a recorded checksum, onnxruntime itself rejects a truncated file
+    meta_path = artifact_copy / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["runtimes"]["variants"][FP32_VARIANT].pop("sha256")
+    meta_path.write_text(json.dumps(meta))
+    path.write_bytes(b"not an onnx model")
+    with pytest.raises(ArtifactError, match="cannot load"):
+        Predictor.load(artifact_copy, runtime=FP32_VARIANT)
+
+
+def test_variant_from_other_weights_is_rejected(artifact_copy):
+    meta_path = artifact_copy / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["runtimes"]["variants"][FP32_VARIANT]["source_weights_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="different weights"):
+        Predictor.load(artifact_copy, runtime=FP32_VARIANT)
+
+
+def test_gate_input_validation(artifact_copy):
+    texts, targets = _gate_data(10)
+    with pytest.raises(ValueError, match="targets shape"):
+        add_onnx_variants(artifact_copy, texts, targets[:5])
+    with pytest.raises(ValueError, match="both positives and negatives"):
+        add_onnx_variants(artifact_copy, texts, np.zeros_like(targets))
+
+
+def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
+    from model.cli import add_export_onnx_verb
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_artifact, d)
+    texts, targets = _gate_data(40, seed=1)
+    data = tmp_path / "val.jsonl"
+    with data.open("w") as f:
+        for t, y in zip(texts, targets, strict=True):
+            f.write(json.dumps({"text": t, "labels": [n for n, v in zip(LABELS, y, strict=True) if v]}) + "\n")
+    parser = argparse.ArgumentParser()
+    add_export_onnx_verb(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["export-onnx", "--model", str(d), "--data", str(data), "--no-quantize", "--threads", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| onnx-fp32 |" in out and "default runtime:" in out
+    meta = load_meta(d)
+    assert set(meta.runtimes["variants"]) == {FP32_VARIANT}
+    assert meta.runtimes["gate"]["n_texts"] == 40
