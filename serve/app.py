@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from serve.batcher import MicroBatcher
-from serve.errors import install_error_handlers
+from serve.errors import ErrorKind, error_response, install_error_handlers
 from serve.metrics import Metrics
 from serve.routes import ops, v1
 from serve.settings import Settings
@@ -77,7 +77,11 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         rid = given if _SAFE_ID.match(given) else f"clf-{uuid.uuid4().hex}"
         request.state.request_id = rid
         t0 = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as e:  # not re-raised: uvicorn would log a traceback quoting the input
+            logger.error("%s unhandled %s on %s %s", rid, type(e).__name__, request.method, request.url.path)
+            response = error_response(ErrorKind.internal_error, "internal error")
         seconds = time.perf_counter() - t0
         route = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()

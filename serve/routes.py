@@ -167,10 +167,13 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     try:
         preds, loaded = await batcher.submit(texts)
     except QueueFull:
+        request.app.state.metrics.rejected.inc()
         raise APIError(ErrorKind.overloaded, "server busy: the scoring queue is full, retry later",
                        headers={"Retry-After": str(settings.retry_after_s)}) from None
     except NotReady:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"}) from None
+    except Exception:  # logged by type in the batcher; the message may quote the input
+        raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
     return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded),
                             results=[ClassifyResult(**p.to_dict()) for p in preds])
