@@ -59,6 +59,9 @@ def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name
     from model.pyfunc import predictions_frame
     from model.uri import PYFUNC_ARTIFACT_KEY
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_pyfunc_model needs an active MLflow run")

@@ -1,0 +1,65 @@
+"""Temperature and threshold selection on synthetic data with known answers."""
+
+import numpy as np
+import pytest
+
+from model.calibration import calibrated_probabilities, fit_temperatures, select_threshold
+from model.metrics import evaluate_scores, expected_calibration_error
+from model.schema import ProblemType
+
+
+def test_temperature_recovers_known_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, size=(20000, 2))
+    y = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(float)
+    temps = fit_temperatures(z * np.array([3.0, 0.5]), y, ProblemType.MULTI_LABEL)
+    assert temps[0] == pytest.approx(3.0, rel=0.05) and temps[1] == pytest.approx(0.5, rel=0.05)
+    before = expected_calibration_error(1 / (1 + np.exp(-3 * z[:, 0])), y[:, 0])
+    after = expected_calibration_error(calibrated_probabilities(z * [3.0, 0.5], temps, ProblemType.MULTI_LABEL)[:, 0], y[:, 0])
+    assert after < before / 3
+
+
+def test_multiclass_shared_temperature():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, size=(20000, 3))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    temps = fit_temperatures(z * 2.0, y, ProblemType.MULTI_CLASS)
+    assert temps == [pytest.approx(2.0, rel=0.05)] * 3
+
+
+def test_single_class_label_keeps_unit_temperature():
+    assert fit_temperatures(np.array([[1.0], [2.0]]), np.array([[0.0], [0.0]]), ProblemType.MULTI_LABEL) == [1.0]
+
+
+def test_threshold_for_target_precision_is_lowest_reaching_it():
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+    info = select_threshold(probs, y, 0.8)
+    # at 0.4: 7 predicted, 6 positive -> precision 6/7 >= 0.8, recall 1; at 0.3 precision 6/8 < 0.8
+    assert info.method == "target_precision"
+    assert info.threshold == pytest.approx(0.4) and info.precision == pytest.approx(6 / 7)
+    assert info.recall == pytest.approx(1.0)
+    assert select_threshold(probs, y, 0.9).threshold == pytest.approx(0.6)  # 5/5 above 0.6; 0.5 gives 5/6
+
+
+def test_unreachable_precision_falls_back_to_max_f1():
+    probs = np.array([0.9, 0.8, 0.7, 0.6])
+    y = np.array([0, 1, 0, 1])
+    info = select_threshold(probs, y, 0.99)
+    assert info.method == "max_f1"
+    assert info.threshold == pytest.approx(0.6) and info.recall == 1.0
+
+
+def test_threshold_default_when_one_class():
+    assert select_threshold(np.array([0.2, 0.9]), np.array([0, 0])).method == "default"
+
+
+def test_metric_names_follow_contract():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.2]])
+    y = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
+    m = evaluate_scores(probs, y, ["a", "b"], [0.5, 0.5], "test", sources=["x", "x", "y", "y"])
+    for k in ("ap", "roc_auc", "precision", "recall", "f1", "recall_at_p90", "ece", "brier"):
+        assert f"test.a.{k}" in m
+    assert m["test.a.ap"] == 1.0 and m["test.macro.ap"] == 1.0
+    assert "test.source.x.a.ap" in m and "test.source.y.b.roc_auc" not in m  # one class only in slice y for b

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "demo.yaml", "risky-ads-v1.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.labels == ["adult_services", "trafficking_indicators", "scam"]
+    assert cfg.label_schema.num_labels == 3
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["train.epochs=5", "train.learning_rate=0.01", "data.limit=10",
+                                              "baseline.enabled=false"])
+    assert (cfg.train.epochs, cfg.train.learning_rate, cfg.data.limit, cfg.baseline.enabled) == (5, 0.01, 10, False)
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epoch"):
+        load_config(CONFIGS / "tiny.yaml", ["train.epoch=5"])
+    p = tmp_path / "c.yaml"
+    p.write_text((CONFIGS / "tiny.yaml").read_text() + "\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(p)
+
+
+def test_bad_values_and_syntax():
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(CONFIGS / "tiny.yaml", ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(CONFIGS / "tiny.yaml", ["train.epochs"])
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_config(CONFIGS / "tiny.yaml", ["labels=[scam, scam]"])
+
+
+def test_digest_changes_with_config():
+    a = load_config(CONFIGS / "tiny.yaml")
+    b = load_config(CONFIGS / "tiny.yaml", ["seed=8"])
+    assert a.digest() != b.digest() and a.digest() == load_config(CONFIGS / "tiny.yaml").digest()

@@ -1,0 +1,1 @@
+"""Fine-tuning, evaluation and tracking of adrisk models (saves artifacts through ``model``)."""

@@ -1,0 +1,73 @@
+"""CLI verbs contributed by ``training``: ``train`` and ``evaluate`` (and ``retrain`` etc. when present)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _train(args) -> int:
+    from training.config import load_config
+    from training.pipeline import run_training
+
+    cfg = load_config(args.config, args.set)
+    res = run_training(cfg, resume=args.resume)
+    print(res.table)
+    print(f"\nmodel artifact: {res.artifact_dir}")
+    print(f"MLflow run:     {res.run_id}")
+    print(f"model URI:      {res.model_uri}")
+    if args.uri_file:
+        Path(args.uri_file).write_text(res.model_uri + "\n")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from model.cli import load_predictor
+    from model.metrics import evaluate_scores, format_table
+    from training.config import DataConfig
+    from training.data import prepare_frame, read_table
+
+    predictor, ref = load_predictor(args)
+    cfg = DataConfig(path=args.data, text_column=args.text_column, labels_column=args.labels_column,
+                     label_format=args.label_format, source_column=args.source_column)
+    frame, y = prepare_frame(read_table(args.data), cfg, predictor.meta.label_schema, args.data)
+    probs = predictor.predict_proba(frame["text"].tolist())
+    sources = frame["source"].tolist() if "source" in frame else None
+    metrics = evaluate_scores(probs, y, predictor.labels, predictor.meta.threshold_vector(), args.split, sources)
+    print(format_table(metrics, predictor.labels, args.split))
+    report = {"model": {"uri": ref.uri, "name": ref.name, "version": ref.version}, "data": args.data,
+              "rows": int(len(y)), "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()}}
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2))
+        print(f"\nJSON report: {args.report}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the training verbs to the ``adrisk`` parser."""
+    from model.cli import add_model_arg
+
+    p = sub.add_parser("train", help="fine-tune, evaluate, log to MLflow and register a model version")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--uri-file", help="also write the registered model URI to this file")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled data (table + JSON report)")
+    add_model_arg(p)
+    p.add_argument("--data", required=True, help="JSONL / CSV / Parquet with text and labels")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--labels-column", default="labels")
+    p.add_argument("--label-format", default="list", choices=["list", "columns", "class"])
+    p.add_argument("--source-column", default="source")
+    p.add_argument("--split", default="eval", help="name used in metric keys")
+    p.add_argument("--report", help="write the JSON report here")
+    p.set_defaults(func=_evaluate)

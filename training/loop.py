@@ -1,0 +1,222 @@
+"""The fine-tuning loop (our own, not the HF ``Trainer``: see README "Why our own loop").
+
+One read top to bottom: length-grouped batches -> forward -> weighted loss -> backward -> clip ->
+AdamW step -> linear warm-up/decay; validation macro average precision each epoch; early stopping;
+best weights kept; a checkpoint every N steps so a killed run resumes exactly where it stopped
+(model, optimizer, scheduler, torch RNG and position in the epoch's deterministic batch order).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import average_precision_score
+from tqdm.auto import tqdm
+
+from model.encoding import TextEncoder, length_sorted_batches
+from model.schema import LabelSchema, ProblemType
+from training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_WEIGHTS = "best.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed (missing, or written under a different config)."""
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    global_step: int = 0
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, group_size: int, seed: int) -> list[np.ndarray]:
+    """Deterministic batch order for one epoch: shuffle, sort by length inside mega-batches of
+    ``batch_size * group_size`` rows (little padding), then shuffle the batches.
+    Same (lengths, seed) -> same batches, which is what makes mid-epoch resume exact."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * group_size
+    batches = []
+    for s in range(0, len(perm), chunk):
+        idx = perm[s : s + chunk]
+        batches += [idx[b] for b in length_sorted_batches(lengths[idx], batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def loss_function(schema: LabelSchema, targets: np.ndarray, cfg: TrainConfig) -> torch.nn.Module:
+    """BCE-with-logits (multi_label / binary) with per-label ``pos_weight = neg/pos`` capped at
+    ``max_pos_weight``; cross-entropy with balanced class weights (capped) for multi_class."""
+    pos = targets.sum(axis=0)
+    if schema.problem_type is ProblemType.MULTI_CLASS:
+        w = None
+        if cfg.class_weighting:
+            w = len(targets) / (len(pos) * np.maximum(pos, 1))
+            w = torch.tensor(np.minimum(w, cfg.max_pos_weight), dtype=torch.float32)
+        return torch.nn.CrossEntropyLoss(weight=w)
+    pw = None
+    if cfg.class_weighting:
+        neg = len(targets) - pos
+        pw = torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, cfg.max_pos_weight), dtype=torch.float32)
+    return torch.nn.BCEWithLogitsLoss(pos_weight=pw)
+
+
+def _loss_targets(schema: LabelSchema, y: np.ndarray) -> torch.Tensor:
+    if schema.problem_type is ProblemType.MULTI_CLASS:
+        return torch.from_numpy(y.argmax(axis=1)).long()
+    return torch.from_numpy(y).float()
+
+
+@torch.inference_mode()
+def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size: int) -> np.ndarray:
+    """(n, L) float32 logits for tokenised rows, length-sorted batches, eval mode."""
+    was_training = model.training
+    model.eval()
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    out = None
+    for idx in length_sorted_batches(lengths, batch_size):
+        x, m = encoder.pad([ids[i] for i in idx])
+        logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
+        if out is None:
+            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    model.train(was_training)
+    return out
+
+
+def macro_ap(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean average precision over labels that have both classes (rank-based: no calibration needed)."""
+    aps = [average_precision_score(targets[:, j], logits[:, j]) for j in range(targets.shape[1])
+           if 0 < targets[:, j].sum() < len(targets)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.ndarray,
+        val_ids: list[list[int]], val_y: np.ndarray, schema: LabelSchema, cfg: TrainConfig, seed: int,
+        checkpoint_dir: Path, config_digest: str, resume: bool = False,
+        on_metrics: Callable[[dict, int], None] | None = None) -> FitResult:
+    """Fine-tune ``model`` in place and load the best validation weights into it at the end.
+
+    Args:
+        train_ids / val_ids: token id lists (from ``TextEncoder.encode``); train_y / val_y: (n, L) 0/1.
+        checkpoint_dir: where ``last.pt`` and ``best.safetensors`` live.
+        config_digest: written into checkpoints; resuming under another config is refused.
+        resume: continue from ``checkpoint_dir/last.pt``.
+        on_metrics: called with (metrics dict, step) for per-step loss and per-epoch validation.
+
+    Raises:
+        CheckpointError: ``resume`` without a usable checkpoint.
+    """
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    lengths = np.fromiter((len(x) for x in train_ids), dtype=np.int64, count=len(train_ids))
+    steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed))
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    loss_fn = loss_function(schema, train_y, cfg)
+
+    state = {"epoch": 0, "batch": 0, "global_step": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0,
+             "history": []}
+    last = checkpoint_dir / LAST_CHECKPOINT
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {last}")
+        ck = torch.load(last, weights_only=True)
+        if ck["config_digest"] != config_digest:
+            raise CheckpointError(f"--resume: {last} was written under a different config")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["state"]
+        logger.info("resumed at epoch %d, batch %d (step %d)", state["epoch"], state["batch"], state["global_step"])
+    else:
+        torch.manual_seed(seed)
+
+    def save_checkpoint() -> None:
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "state": state, "config_digest": config_digest}, last)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc="fine-tune", unit="step",
+               mininterval=2.0, dynamic_ncols=True)
+    stopped_early = False
+    ema = None
+    while (state["epoch"] < cfg.epochs and state["global_step"] < total_steps
+           and state["bad_epochs"] < cfg.early_stopping_patience):
+        batches = epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed + state["epoch"])
+        for b in range(state["batch"], len(batches)):
+            idx = batches[b]
+            x, m = encoder.pad([train_ids[i] for i in idx])  # (B, T) int64
+            logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits  # (B, L)
+            loss = loss_fn(logits, _loss_targets(schema, train_y[idx]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["global_step"] += 1
+            state["batch"] = b + 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if on_metrics and state["global_step"] % 50 == 0:
+                on_metrics({"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}, state["global_step"])
+            if state["global_step"] % cfg.checkpoint_every_steps == 0:
+                save_checkpoint()
+            if state["global_step"] >= total_steps:
+                break
+        # end of epoch (or of max_steps): validate, keep the best weights, maybe stop early
+        score = macro_ap(predict_logits(model, encoder, val_ids, cfg.eval_batch_size), val_y)
+        epoch_metrics = {"validation.macro_ap": score, "train.loss_ema": float(ema or 0.0), "epoch": state["epoch"] + 1}
+        state["history"].append(epoch_metrics)
+        logger.info("epoch %d: validation macro AP %.4f", state["epoch"] + 1, score)
+        if on_metrics:
+            on_metrics({"epoch.validation.macro_ap": score}, state["epoch"] + 1)
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=state["epoch"] + 1, bad_epochs=0)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint_dir / BEST_WEIGHTS))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] += 1
+        state["batch"] = 0
+        if state["bad_epochs"] >= cfg.early_stopping_patience:
+            stopped_early = True
+            logger.info("early stopping: no validation gain for %d epochs", state["bad_epochs"])
+        save_checkpoint()
+        if stopped_early:
+            break
+    bar.close()
+    model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
+    model.eval()
+    return FitResult(state["best_score"], state["best_epoch"], state["history"], stopped_early, state["global_step"])

@@ -1,0 +1,187 @@
+"""``adrisk train``: one linear run, in phases — seed, data, base model, MLflow run, baseline,
+fine-tune, calibrate + thresholds, evaluate, save artifact, plots, register."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.artifact import ArtifactMeta, save_meta
+from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
+from model.encoding import TextEncoder
+from model.metrics import evaluate_scores, format_table
+from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
+from training.base_model import build_model, load_tokenizer, resolve_base_model
+from training.baseline import TfidfBaseline
+from training.config import Config
+from training.data import DataBundle, Split, load_data
+from training.loop import fit, predict_logits
+from training.plots import pr_curves, reliability_diagram
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the artifact directory, all metrics, the MLflow run and model version."""
+
+    artifact_dir: Path
+    metrics: dict[str, float]
+    run_id: str
+    registered: RegisteredModel | None
+    table: str
+
+    @property
+    def model_uri(self) -> str:
+        return self.registered.uri if self.registered else f"runs:/{self.run_id}/model"
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) RNGs."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log_datasets(bundle: DataBundle, labels) -> None:
+    import mlflow
+
+    for split in bundle.splits():
+        df = split.frame.drop(columns=["text"]).assign(text_sha=split.fingerprint)  # no ad text in tracking
+        ds = mlflow.data.from_pandas(df, source=split.path, name=f"{split.name}-{split.fingerprint[:12]}",
+                                     targets=f"y.{labels[0]}")
+        mlflow.log_input(ds, context=split.name)
+
+
+def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str = "") -> dict[str, float]:
+    return evaluate_scores(probs, split.targets, labels, thresholds, split.name, split.sources, prefix=prefix)
+
+
+def run_training(cfg: Config, resume: bool = False) -> TrainResult:
+    """Train, evaluate, save, log and register one model (see module docstring).
+
+    Raises:
+        DataError, BaseModelError, ConfigError, CheckpointError: with messages for the user.
+    """
+    import mlflow
+    import torch
+
+    # --- phase 1: seeds, threads, tracking -------------------------------------------------
+    set_seeds(cfg.seed)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    schema = cfg.label_schema
+    labels = schema.labels
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = configure_tracking(cfg.tracking.tracking_uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+
+    # --- phase 2: data ---------------------------------------------------------------------
+    bundle = load_data(cfg.data, schema, cfg.seed)
+
+    # --- phase 3: base model and tokenizer -------------------------------------------------
+    base = resolve_base_model(cfg.base_model)
+    tokenizer = load_tokenizer(base)
+    encoder = TextEncoder(tokenizer, cfg.train.max_length)
+    enc = {s.name: encoder.encode(s.texts) for s in bundle.splits()}
+    truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
+
+    # --- phase 4: MLflow run (reused on --resume) ------------------------------------------
+    run_id_file = out_dir / RUN_ID_FILE
+    run_id = run_id_file.read_text().strip() if resume and run_id_file.is_file() else None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.run_name) as run:
+        run_id_file.write_text(run.info.run_id)
+        if not run_id:
+            mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in cfg.flat().items()})
+            mlflow.set_tags({"adrisk.base_model": base.ref, "adrisk.base_model_sha256": base.sha256 or "",
+                             "adrisk.tracking_uri": tracking_uri,
+                             **{f"adrisk.data.{s.name}.fingerprint": s.fingerprint for s in bundle.splits()}})
+            mlflow.log_dict(bundle.report, "data_report.json")
+            mlflow.log_metrics({f"data.overlap.{k}": v for k, v in bundle.report["overlap"].items()}
+                               | {f"data.{k}.truncated_fraction": v for k, v in truncated.items()})
+            _log_datasets(bundle, labels)
+        metrics: dict[str, float] = {}
+
+        # --- phase 5: baseline ---------------------------------------------------------------
+        base_probs = {}
+        if cfg.baseline.enabled:
+            logger.info("training the TF-IDF + logistic regression baseline")
+            bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
+            val_p = bl.predict_proba(bundle.validation.texts)
+            bl_thr = [select_thresholds(val_p, bundle.validation.targets, labels, cfg.calibration.target_precision)[n].threshold
+                      for n in labels]
+            for split in (bundle.validation, bundle.test):
+                base_probs[split.name] = val_p if split is bundle.validation else bl.predict_proba(split.texts)
+                metrics |= _evaluate(base_probs[split.name], split, labels, bl_thr, prefix="baseline.")
+
+        # --- phase 6: fine-tune --------------------------------------------------------------
+        model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        result = fit(model, encoder, enc["train"].input_ids, bundle.train.targets,
+                     enc["validation"].input_ids, bundle.validation.targets, schema, cfg.train, cfg.seed,
+                     out_dir / "checkpoints", cfg.digest(), resume=resume,
+                     on_metrics=lambda m, step: mlflow.log_metrics(m, step=step))
+
+        # --- phase 7: calibration and thresholds on validation --------------------------------
+        logits = {s: predict_logits(model, encoder, enc[s].input_ids, cfg.train.eval_batch_size)
+                  for s in ("validation", "test")}
+        temps = fit_temperatures(logits["validation"], bundle.validation.targets, schema.problem_type)
+        probs = {s: calibrated_probabilities(z, temps, schema.problem_type) for s, z in logits.items()}
+        thr_info = select_thresholds(probs["validation"], bundle.validation.targets, labels,
+                                     cfg.calibration.target_precision)
+        thresholds = [thr_info[n].threshold for n in labels]
+
+        # --- phase 8: evaluation -------------------------------------------------------------
+        for split in (bundle.validation, bundle.test):
+            metrics |= _evaluate(probs[split.name], split, labels, thresholds)
+        metrics |= {f"calibration.{n}.temperature": t for n, t in zip(labels, temps, strict=True)}
+        metrics |= {f"threshold.{n}": t for n, t in zip(labels, thresholds, strict=True)}
+        metrics |= {"train.best_epoch": result.best_epoch, "train.steps": result.global_step}
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({f"adrisk.threshold.{n}.method": i.method for n, i in thr_info.items()})
+
+        # --- phase 9: the artifact -----------------------------------------------------------
+        art = out_dir / "model"
+        if art.exists():
+            shutil.rmtree(art)
+        model.save_pretrained(str(art))
+        tokenizer.save_pretrained(str(art))
+        headline = {k: v for k, v in metrics.items() if k.startswith("test.") and ".source." not in k}
+        meta = ArtifactMeta(
+            name=cfg.model_name, label_schema=schema, thresholds=dict(zip(labels, thresholds, strict=True)),
+            threshold_info=thr_info, temperatures=temps, max_length=cfg.train.max_length,
+            base_model=base.ref, base_model_sha256=base.sha256,
+            data_fingerprint={s.name: s.fingerprint for s in bundle.splits()}, metrics=headline,
+        )
+        save_meta(art, meta)
+        if cfg.export_onnx:
+            from model.onnx import add_onnx_variants
+
+            add_onnx_variants(art, bundle.validation.texts, bundle.validation.targets)
+
+        # --- phase 10: plots -----------------------------------------------------------------
+        plots = out_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        curves = {"transformer": probs["test"]} | ({"baseline": base_probs["test"]} if base_probs else {})
+        mlflow.log_artifact(str(pr_curves(curves, bundle.test.targets, labels, plots / "pr_curves_test.png",
+                                          "test precision-recall")), "plots")
+        mlflow.log_artifact(str(reliability_diagram(probs["test"], bundle.test.targets, labels,
+                                                    plots / "reliability_test.png", "test reliability")), "plots")
+        table = format_table(metrics, labels, "test")
+        mlflow.log_text(table, "metrics_table.txt")
+
+        # --- phase 11: log the pyfunc model and register it --------------------------------
+        registered = log_pyfunc_model(art, cfg.model_name if cfg.tracking.register_model else None,
+                                      input_example=["2 bedroom apartment for rent", "call me now 24/7 incall"])
+    os.environ.pop("ADRISK_LAST_RUN", None)
+    return TrainResult(art, metrics, run.info.run_id, registered, table)
