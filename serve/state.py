@@ -100,7 +100,7 @@ class ModelState:
         except Exception as e:
             self.load_error = {"version": version, "error": f"{type(e).__name__}: {e}", "at": _now()}
             logger.error("loading %s (version %s) failed, %s: %s", self.uri, version,
-                         "keeping version %s" % self.current.ref.version if self.current else "no model serving",
+                         f"keeping version {self.current.ref.version}" if self.current else "no model serving",
                          self.load_error["error"])
             if self.on_failure:
                 self.on_failure()

