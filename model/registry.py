@@ -18,10 +18,13 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 
 
 def configure_tracking(tracking_uri: str | None = None) -> str:
-    """Set MLflow's tracking (and registry) URI: argument, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
+    """Set MLflow's tracking (and registry) URI: argument, else ``MLFLOW_TRACKING_URI``, else
+    ``mlflow.db`` in the current directory (as an absolute ``sqlite:///`` path). Returns the URI used."""
     import mlflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri == DEFAULT_TRACKING_URI:  # pin the working directory now: MLflow caches stores by URI string
+        uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

@@ -71,3 +71,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="eval", help="name used in metric keys")
     p.add_argument("--report", help="write the JSON report here")
     p.set_defaults(func=_evaluate)
+    register_retrain(sub)
+
+
+def _retrain(args) -> int:
+    from training.config import load_config
+    from training.retrain import retrain
+
+    cfg = load_config(args.config, args.set)
+    code, _ = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force)
+    return code
+
+
+def _rollback(args) -> int:
+    from model.registry import configure_tracking
+    from training.retrain import rollback
+
+    configure_tracking()
+    champ, prev = rollback(args.model_name)
+    print(f"{args.model_name}: @champion -> version {champ}, @previous -> version {prev}")
+    return 0
+
+
+def _feedback_export(args) -> int:
+    from model.feedback import FeedbackStore
+
+    n = FeedbackStore(args.db).export(args.output)
+    print(f"exported {n} feedback rows to {args.output}")
+    return 0
+
+
+def register_retrain(sub: argparse._SubParsersAction) -> None:
+    """Add ``retrain``, ``rollback`` and ``feedback export``."""
+    p = sub.add_parser("retrain", help="train a challenger; promote it to @champion only if it passes the gate",
+                       description="Exit codes: 0 promoted (dry run: would promote), 3 rejected, "
+                                   "4 another retrain holds the lock, 5 unchanged data+config, 1 error.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dry-run", action="store_true", help="train and compare, record the decision, move no alias")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another retrain of the same model (default: refuse at once, exit 4)")
+    p.add_argument("--force", action="store_true", help="retrain even if the champion saw the same data and config")
+    p.set_defaults(func=_retrain)
+
+    p = sub.add_parser("rollback", help="swap @champion and @previous")
+    p.add_argument("--model-name", default="risky-ads")
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
+    fsub = p.add_subparsers(dest="feedback_verb", required=True)
+    e = fsub.add_parser("export", help="write feedback as JSONL in the dataset schema")
+    e.add_argument("--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)")
+    e.add_argument("--output", required=True)
+    e.set_defaults(func=_feedback_export)

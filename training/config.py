@@ -38,6 +38,7 @@ class DataConfig(_Strict):
         default_factory=dict, description="train split only: cap rows of a source (seeded sample), e.g. easy negatives")
     limit: int | None = Field(None, gt=0, description="cap every split at this many rows (seeded sample; tests)")
     extra_train_files: list[str] = Field(default_factory=list, description="more training data, e.g. exported feedback")
+    shuffle_train_labels: bool = Field(False, description="negative control: permute train targets across rows")
 
 
 class TinyModelConfig(_Strict):
@@ -91,6 +92,23 @@ class TrackingConfig(_Strict):
     register_model: bool = True
 
 
+class GateConfig(_Strict):
+    """Champion/challenger gate of ``adrisk retrain``. Both models are scored on the same gate set:
+    the test split plus any golden sets. Absolute differences, in metric units."""
+
+    golden_files: list[str] = Field(default_factory=list, description="extra labelled sets (same schema as data)")
+    ap_tolerance: float = Field(0.01, ge=0, description="per-label AP may not fall below champion's minus this")
+    macro_ap_tolerance: float = Field(0.0, ge=0, description="macro AP may not fall below champion's minus this")
+    max_recall_drop: float = Field(0.05, ge=0, description="per-label recall at the model's threshold may drop at most this")
+    max_ece: float = Field(0.10, gt=0, description="per-label expected calibration error ceiling (challenger)")
+    per_source_ap_tolerance: float | None = Field(
+        0.05, ge=0, description="per (source, label) AP may not fall below champion's minus this; null: report only")
+    min_ap: dict[str, float] = Field(default_factory=dict, description="first model only: per-label AP floors")
+    min_macro_ap: float = Field(0.5, ge=0, le=1, description="first model only: macro AP floor")
+    champion_alias: str = "champion"
+    previous_alias: str = "previous"
+
+
 class Config(_Strict):
     """One training run. See ``configs/risky-ads-v1.yaml`` for a documented example."""
 
@@ -108,6 +126,7 @@ class Config(_Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     export_onnx: bool = Field(False, description="also export ONNX fp32/int8 variants into the artifact")
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
     def _schema_ok(self) -> Config:

@@ -242,8 +242,12 @@ def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= n else frame.sample(n=n, random_state=seed).sort_index()
 
 
-def load_data(cfg: DataConfig, schema: LabelSchema, seed: int) -> DataBundle:
+def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: list[str] | None = None) -> DataBundle:
     """Load, validate and split the configured data.
+
+    Rows of ``extra_train_files`` (e.g. exported moderator feedback) whose normalised text occurs
+    in validation, test or ``exclude_texts`` (a retrain's gate set) are dropped and counted in
+    ``report["extra_train"]``, so the gate stays honest.
 
     Raises:
         DataError: see ``prepare_frame`` / ``targets_from_frame``; missing files.
@@ -266,10 +270,6 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int) -> DataBundle:
         frames = group_split(whole, cfg, seed)
         paths = {s: f"{root}#{s}" for s in SPLITS}
         made_split = True
-    for extra in cfg.extra_train_files:
-        add, _ = prepare_frame(read_table(extra), cfg, schema, extra)
-        frames["train"] = pd.concat([frames["train"], add], ignore_index=True)
-        paths["train"] += f"+{extra}"
     if cfg.limit:
         frames = {k: _sample(v, cfg.limit, seed) for k, v in frames.items()}
     if cfg.max_rows_per_source and "source" in frames["train"]:
@@ -279,6 +279,25 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int) -> DataBundle:
             cap = cfg.max_rows_per_source.get(str(src))
             parts.append(_sample(part, cap, seed) if cap else part)
         frames["train"] = pd.concat(parts).sort_index()
+    extra_report = {"rows": 0, "excluded_gate_duplicates": 0}
+    if cfg.extra_train_files:
+        held_out = set(frames["validation"]["text"].map(normalize_text)) | set(frames["test"]["text"].map(normalize_text))
+        held_out |= {normalize_text(t) for t in exclude_texts or []}
+        for extra in cfg.extra_train_files:
+            add, _ = prepare_frame(read_table(extra), cfg, schema, extra)
+            dup = add["text"].map(normalize_text).isin(held_out).to_numpy()
+            extra_report["rows"] += int(len(add))
+            extra_report["excluded_gate_duplicates"] += int(dup.sum())
+            if dup.any():
+                logger.warning("%s: %d rows repeat a held-out (validation/test/gate) text and are excluded", extra, int(dup.sum()))
+            frames["train"] = pd.concat([frames["train"], add[~dup]], ignore_index=True)
+            paths["train"] += f"+{extra}"
+    if cfg.shuffle_train_labels:  # negative control: keep label frequencies, break text-label link
+        tr = frames["train"].reset_index(drop=True)
+        ycols = [f"y.{n}" for n in schema.labels]
+        tr[ycols] = tr[ycols].to_numpy()[np.random.default_rng(seed).permutation(len(tr))]
+        frames["train"] = tr
+        logger.warning("train labels are shuffled (negative control)")
     overlaps = overlap_report(frames)
     if any(overlaps.values()):
         logger.warning("the same normalised text occurs in more than one split: %s%s", overlaps,
@@ -290,6 +309,7 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int) -> DataBundle:
         splits[name] = Split(name, fr, y, fingerprint(fr, schema.labels), paths[name])
     report = {
         "made_split": made_split,
+        "extra_train": extra_report,
         "overlap": overlaps,
         "rows": {k: len(v) for k, v in splits.items()},
         "positives": {k: dict(zip(schema.labels, v.targets.sum(axis=0).astype(int).tolist(), strict=True))

@@ -4,7 +4,6 @@ fine-tune, calibrate + thresholds, evaluate, save artifact, plots, register."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -67,8 +66,13 @@ def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str =
     return evaluate_scores(probs, split.targets, labels, thresholds, split.name, split.sources, prefix=prefix)
 
 
-def run_training(cfg: Config, resume: bool = False) -> TrainResult:
+def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | None = None) -> TrainResult:
     """Train, evaluate, save, log and register one model (see module docstring).
+
+    Args:
+        resume: continue from the output directory's last checkpoint (same config required).
+        exclude_texts: texts that extra training rows (e.g. feedback) must not repeat (a retrain's
+            gate set); matching rows are dropped and counted.
 
     Raises:
         DataError, BaseModelError, ConfigError, CheckpointError: with messages for the user.
@@ -88,7 +92,7 @@ def run_training(cfg: Config, resume: bool = False) -> TrainResult:
     mlflow.set_experiment(cfg.tracking.experiment)
 
     # --- phase 2: data ---------------------------------------------------------------------
-    bundle = load_data(cfg.data, schema, cfg.seed)
+    bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
@@ -104,7 +108,7 @@ def run_training(cfg: Config, resume: bool = False) -> TrainResult:
         run_id_file.write_text(run.info.run_id)
         if not run_id:
             mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in cfg.flat().items()})
-            mlflow.set_tags({"adrisk.base_model": base.ref, "adrisk.base_model_sha256": base.sha256 or "",
+            mlflow.set_tags({"adrisk.base_model": base.ref, "adrisk.config_digest": cfg.digest(), "adrisk.base_model_sha256": base.sha256 or "",
                              "adrisk.tracking_uri": tracking_uri,
                              **{f"adrisk.data.{s.name}.fingerprint": s.fingerprint for s in bundle.splits()}})
             mlflow.log_dict(bundle.report, "data_report.json")
@@ -183,5 +187,4 @@ def run_training(cfg: Config, resume: bool = False) -> TrainResult:
         # --- phase 11: log the pyfunc model and register it --------------------------------
         registered = log_pyfunc_model(art, cfg.model_name if cfg.tracking.register_model else None,
                                       input_example=["2 bedroom apartment for rent", "call me now 24/7 incall"])
-    os.environ.pop("ADRISK_LAST_RUN", None)
     return TrainResult(art, metrics, run.info.run_id, registered, table)

@@ -17,7 +17,7 @@ def tracking(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = configure_tracking()
-    assert uri == "sqlite:///mlflow.db"
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     yield tmp_path
 
 

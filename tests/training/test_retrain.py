@@ -1,0 +1,115 @@
+"""Champion/challenger gate with tiny models: floors, promotion, rejection, idempotence, rollback,
+the lock, and feedback flowing into a retrain's training data with gate-set duplicates excluded."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from filelock import FileLock
+
+from model.feedback import FeedbackStore
+from model.registry import get_alias
+from tests.conftest import DATA_DIR, REPO
+from training.config import load_config
+from training.data import read_table
+from training.retrain import EXIT_BUSY, EXIT_PROMOTED, EXIT_REJECTED, EXIT_UNCHANGED, lock_path, retrain, rollback
+
+TINY = REPO / "configs" / "tiny.yaml"
+NAME = "risky-ads-tiny"
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    return tmp_path
+
+
+def _cfg(tmp_path, *sets):
+    return load_config(TINY, [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}", "baseline.enabled=false",
+                              "gate.min_macro_ap=0.0", "gate.ap_tolerance=0.15", "gate.max_recall_drop=1.0", "gate.max_ece=1.0",
+                              "gate.per_source_ap_tolerance=null", *sets])
+
+
+def _decision(version: str) -> dict:
+    mv = mlflow.MlflowClient().get_model_version(NAME, version)
+    run = mlflow.get_run(mv.run_id)
+    report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/gate/report.json")
+    return run.data.tags | {"report": report}
+
+
+def test_gate_lifecycle(workdir, capsys):
+    # 1. first model: no champion -> absolute floors; a weak (2-step) model passes the 0.0 floor
+    weak = _cfg(workdir, "train.max_steps=2")
+    code, dec = retrain(weak)
+    assert code == EXIT_PROMOTED and dec.champion_version is None
+    assert get_alias(NAME, "champion") == "1" and get_alias(NAME, "previous") is None
+    assert "first-model floor" in capsys.readouterr().out
+
+    # 2. same data and config again: nothing to do
+    assert retrain(weak)[0] == EXIT_UNCHANGED
+
+    # 3. a properly trained challenger beats it on the gate set -> promoted, previous = old champion
+    code, dec = retrain(_cfg(workdir, "train.epochs=3"))
+    assert code == EXIT_PROMOTED, dec.reason
+    better = {(r.label, r.metric): r for r in dec.rows if r.slice == "all"}
+    assert better[("macro", "ap")].challenger > better[("macro", "ap")].champion
+    assert (get_alias(NAME, "champion"), get_alias(NAME, "previous")) == ("2", "1")
+    assert _decision("2")["adrisk.gate.decision"] == "promoted"
+
+    # 4. trained on shuffled labels -> rejected, aliases untouched, decision recorded on its run
+    code, dec = retrain(_cfg(workdir, "train.epochs=3", "data.shuffle_train_labels=true"))
+    assert code == EXIT_REJECTED and not dec.promoted
+    assert any(r.metric == "ap" and r.passed is False for r in dec.failures())
+    assert (get_alias(NAME, "champion"), get_alias(NAME, "previous")) == ("2", "1")
+    d = _decision("3")
+    assert d["adrisk.gate.decision"] == "rejected" and d["report"]["promoted"] is False
+    assert {"champion", "challenger", "delta", "rule", "passed"} <= set(d["report"]["rows"][0])
+
+    # 5. dry run of a passing challenger moves nothing
+    code, dec = retrain(_cfg(workdir, "train.epochs=3", "seed=11"), dry_run=True)
+    assert code == EXIT_PROMOTED and not dec.promoted
+    assert get_alias(NAME, "champion") == "2"
+
+    # 6. rollback swaps champion and previous
+    assert rollback(NAME) == ("1", "2")
+    assert (get_alias(NAME, "champion"), get_alias(NAME, "previous")) == ("1", "2")
+
+
+def test_concurrent_retrain_refuses_while_locked(workdir):
+    from model.registry import configure_tracking
+
+    configure_tracking()
+    cfg = _cfg(workdir)
+    with FileLock(str(lock_path(cfg))):  # another process's retrain holds the lock
+        code, dec = retrain(cfg, wait_seconds=0.2)
+    assert code == EXIT_BUSY and dec is None
+    assert get_alias(NAME, "champion") is None  # nothing trained or moved
+
+
+def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
+    store = FeedbackStore(f"sqlite:///{workdir / 'fb.db'}")
+    test_text = read_table(DATA_DIR / "test.jsonl")["text"].iloc[0]
+    cfg0 = _cfg(workdir)
+    from training.data import load_data
+
+    gate_texts = load_data(cfg0.data, cfg0.label_schema, cfg0.seed).test.texts
+    dup = gate_texts[0]
+    store.add("brand new text one, call 555 0100", ["scam"], reviewer="mod-1")
+    store.add("another fresh listing for review", [], reviewer="mod-2")
+    store.add(dup + " ", ["adult_services"], reviewer="mod-1")  # repeats a gate-set text
+    out = workdir / "feedback.jsonl"
+    assert store.export(out) == 3
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {r["source"] for r in rows} == {"feedback"} and rows[0]["labels"] == ["scam"]
+    assert test_text  # the real test split is readable
+
+    code, dec = retrain(_cfg(workdir, f"data.extra_train_files=[{out}]"))
+    assert code == EXIT_PROMOTED
+    mv = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version)
+    report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/data_report.json")
+    assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    assert report["rows"]["train"] == 240 + 2
