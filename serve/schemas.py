@@ -5,8 +5,6 @@ The field limits shown here are the server defaults; the live values come from `
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -73,9 +71,8 @@ class ModelDetails(BaseModel):
 class Status(BaseModel):
     """Body of ``/healthz`` and ``/readyz``."""
 
-    status: str
+    status: str = Field(description="ok (alive) or ready (model loaded)")
     model_version: str | None = None
-    detail: dict[str, Any] | None = None
 
 
 class ErrorDetail(BaseModel):
