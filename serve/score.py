@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -203,8 +204,9 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
         shutil.rmtree(work)  # a run that died before finishing its first chunk: nothing to keep
 
     if predictor is None:
-        ref = resolve_model(model_uri)
-        predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
+        with tempfile.TemporaryDirectory(prefix="adrisk-score-") as download:  # weights are in memory after load
+            ref = resolve_model(model_uri, download)
+            predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
     else:
         ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
     version = _model_version(ref, predictor.meta)

@@ -87,6 +87,7 @@ def test_request_id_header_passed_through(server):
 @pytest.mark.parametrize("row", _probe_params({"http"}))
 def test_probe_http(server, tiny_predictor, row):
     value, kind = row["value"], row["kind"]
+    scored_before = _metric(httpx.get(f"{server.base}/metrics").text, "adrisk_texts_scored_total")
     r = httpx.post(f"{server.base}/v1/classify", json={"input": value}, timeout=60)
     assert r.status_code != 500, row["expect"]
     texts = value if isinstance(value, list) else [value]
@@ -106,6 +107,8 @@ def test_probe_http(server, tiny_predictor, row):
     if kind == "big-batch":
         assert r.status_code == 413
         assert _assert_error_shape(r, [])["type"] == "payload_too_large"
+        after = _metric(httpx.get(f"{server.base}/metrics").text, "adrisk_texts_scored_total")
+        assert after == scored_before  # refused before any model work
         return
     if r.status_code == 413 and kind == "long-text":  # allowed by the probe for a documented limit
         _assert_error_shape(r, _texts_sent(value))
@@ -187,6 +190,7 @@ def test_ops_endpoints(server, tiny_predictor):
     spec = httpx.get(f"{server.base}/openapi.json").json()
     schema = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "input" in schema["properties"]
+    assert httpx.get(f"{server.base}/docs").status_code == 200
 
 
 def _metric(text: str, name: str) -> float:
