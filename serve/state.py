@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class ModelState:
         try:
             loaded = self._load(self.uri, dst)
         except Exception as e:
+            shutil.rmtree(dst, ignore_errors=True)
             self.load_error = {"version": version, "error": f"{type(e).__name__}: {e}", "at": _now()}
             logger.error("loading %s (version %s) failed, %s: %s", self.uri, version,
                          f"keeping version {self.current.ref.version}" if self.current else "no model serving",
@@ -108,6 +110,11 @@ class ModelState:
         old = self.current
         self.current = loaded  # the atomic swap
         self.load_error = None
+        if old is not None and self.download_dir in old.ref.directory.parents:
+            # the old model is in memory; its download is no longer needed (a batch still running on
+            # it is unaffected: open files stay readable after unlinking)
+            shutil.rmtree(self.download_dir / old.ref.directory.relative_to(self.download_dir).parts[0],
+                          ignore_errors=True)
         logger.info("serving %s version %s (was %s)", loaded.ref.name, loaded.ref.version,
                     old.ref.version if old else None)
         if self.on_loaded:
