@@ -137,6 +137,18 @@ def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
 
 
+def _to_arrow(df: pd.DataFrame) -> pa.Table:
+    """``df`` as an Arrow table; object columns mixing types (JSONL ``"a"`` and ``42``) become text."""
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        df = df.copy()
+        for col in df.select_dtypes(include="object").columns:
+            df[col] = [v if v is None or isinstance(v, str) or _is_missing(v)
+                       else json.dumps(v) if isinstance(v, dict | list) else str(v) for v in df[col]]
+        return pa.Table.from_pandas(df, preserve_index=False)
+
+
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
@@ -246,7 +258,7 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
             out = score_frame(chunk, predictor, text_column, version)
             part = work / PART.format(i)
             tmp = part.with_name(part.name + ".tmp")
-            pq.write_table(pa.Table.from_pandas(out, preserve_index=False), tmp)
+            pq.write_table(_to_arrow(out), tmp)
             os.replace(tmp, part)
             summary.rows += len(out)
             summary.missing += int(out["error"].notna().sum())

@@ -122,3 +122,14 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     assert got["id"].tolist() == list(range(n))  # nothing lost, nothing twice
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6)
     assert not manifest.parent.exists()
+
+
+def test_score_non_string_text_is_marked_not_scored(tmp_path, tiny_predictor):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "flat for rent"}\n{"text": 42}\n{"other": 1}\n{"text": ""}\n', encoding="utf-8")
+    run_score("tiny", src, tmp_path / "out.jsonl", predictor=tiny_predictor, progress=False)
+    out = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    assert out["error"].fillna("").tolist() == ["", "not_text", "missing_text", ""]
+    assert out["text"].tolist()[:2] == ["flat for rent", "42"]  # a mixed-type column is kept as text
+    assert out.loc[[1, 2], SCORE_COLS].isna().all().all()
+    assert out.loc[[0, 3], SCORE_COLS].notna().all().all()  # the empty string is scored like any text
