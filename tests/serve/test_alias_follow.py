@@ -40,8 +40,17 @@ def _scores(base: str) -> tuple[str, np.ndarray]:
     return body["model"]["version"], np.array([list(r["category_scores"].values()) for r in body["results"]])
 
 
+@pytest.fixture()
+def restore_tracking():
+    """configure_tracking sets process-global MLflow URIs: put them back for later tests."""
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+
+
 @pytest.mark.slow
-def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny_artifact):
+def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny_artifact, restore_tracking):
     monkeypatch.chdir(tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
