@@ -235,14 +235,17 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> P
 
 
 class _DropInfoFrom(logging.Filter):
-    """Drops records below WARNING whose source file path contains ``fragment``."""
+    """Drops records below WARNING whose source file path contains ``fragment``, and the quantiser's
+    advice to pre-process (shape inference), which does not apply to the exported graph."""
 
     def __init__(self, fragment: str):
         super().__init__()
         self.fragment = fragment
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or self.fragment not in (record.pathname or "")
+        if self.fragment not in (record.pathname or ""):
+            return True
+        return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
 
 
 # --------------------------------------------------------------------------------------------------
