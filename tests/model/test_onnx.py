@@ -176,3 +176,20 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     meta = load_meta(d)
     assert set(meta.runtimes["variants"]) == {FP32_VARIANT}
     assert meta.runtimes["gate"]["n_texts"] == 40
+
+
+def test_bench_flop_arithmetic():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "bench" / "inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = {"hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
+    per_token = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # MiniLM-L6: ~21.2 MFLOPs per token
+    assert bench.encoder_flops(cfg, [(1, 1)]) == per_token + 6 * 4 * 384
+    assert bench.encoder_flops(cfg, [(2, 10), (1, 5)]) == 2 * 10 * (per_token + 6 * 4 * 10 * 384) + 5 * (
+        per_token + 6 * 4 * 5 * 384)
+    info = bench.cpu_info()
+    assert info["cores"] >= 1 and info["flops_per_cycle"] in (16, 32, 64)
