@@ -20,8 +20,10 @@ $(BIN)/adrisk: pyproject.toml
 venv: $(BIN)/adrisk
 
 demo: venv  ## train on risky-ads-v1 (demo size), register in mlflow.db, predict with the registered model
-	$(BIN)/adrisk train --config configs/demo.yaml
-	$(BIN)/adrisk predict --model models:/risky-ads@latest "Sweet new girl in town, call me 24/7 incall outcall" "2 bedroom apartment for rent near downtown"
+	$(BIN)/adrisk train --config configs/demo.yaml --uri-file outputs/demo/model_uri.txt
+	$(BIN)/adrisk predict --model "$$(cat outputs/demo/model_uri.txt)" \
+	  "Sweet new girl in town, call me 24/7 incall outcall" "2 bedroom apartment for rent near downtown" \
+	  "Congratulations! You won a 1000 GBP prize, text CLAIM to 80086 now"
 
 full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml

@@ -6,8 +6,8 @@ logits (``sigmoid(z / T)``); for multi-class one shared temperature (``softmax(z
 The fit minimises log loss over ``log T`` with ``scipy.optimize.minimize_scalar`` (bounded).
 
 Thresholds are chosen on calibrated validation probabilities from scikit-learn's
-``precision_recall_curve``: the lowest threshold whose precision reaches the target (so recall is as
-high as that precision allows); where the target is unreachable, the max-F1 threshold, and the
+``precision_recall_curve``: the lowest threshold whose precision reaches the target with the most recall
+(ties broken by the higher precision); where the target is unreachable, the max-F1 threshold, and the
 returned ``ThresholdInfo.method`` says so.
 """
 
@@ -109,7 +109,10 @@ def select_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
     precision, recall = precision[:-1], recall[:-1]
     ok = np.flatnonzero(precision >= target_precision)
     if ok.size:
-        i = int(ok[0])  # thresholds ascend: the first that reaches the target keeps the most recall
+        # the most recall that reaches the target; among equal recall, the highest precision
+        best_recall = recall[ok].max()
+        tied = ok[recall[ok] >= best_recall - 1e-12]
+        i = int(tied[np.argmax(precision[tied])])
         method = "target_precision"
     else:
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)

@@ -63,6 +63,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
+    head_learning_rate_multiplier: float = Field(
+        1.0, gt=0, description="learning-rate factor for parameters not in the base checkpoint's encoder (pooler, classifier)")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)

@@ -106,6 +106,19 @@ def macro_ap(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm; the new head (pooler, classifier) at
+    ``learning_rate * head_learning_rate_multiplier``."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        head = name.startswith(("classifier", "bert.pooler", "pooler"))
+        decay = p.ndim >= 2 and "LayerNorm" not in name
+        groups.setdefault((head, decay), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr": cfg.learning_rate * (cfg.head_learning_rate_multiplier if head else 1.0)}
+            for (head, decay), ps in sorted(groups.items())]
+
+
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -135,10 +148,7 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)

@@ -43,6 +43,13 @@ def test_threshold_for_target_precision_is_lowest_reaching_it():
     assert select_threshold(probs, y, 0.9).threshold == pytest.approx(0.6)  # 5/5 above 0.6; 0.5 gives 5/6
 
 
+def test_separable_label_gets_the_clean_threshold_not_just_the_target():
+    probs = np.array([0.05, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    info = select_threshold(probs, y, 0.6)  # 0.3 already reaches 0.75 precision at recall 1, 0.7 reaches 1.0
+    assert info.threshold == pytest.approx(0.7) and info.precision == 1.0 and info.recall == 1.0
+
+
 def test_unreachable_precision_falls_back_to_max_f1():
     probs = np.array([0.9, 0.8, 0.7, 0.6])
     y = np.array([0, 1, 0, 1])
