@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from serve.batcher import MicroBatcher
+from serve.feedback import install_feedback
 from serve.errors import ErrorKind, error_response, install_error_handlers
 from serve.metrics import Metrics
-from serve.routes import ops, v1
+from serve.routes import ops, require_api_key, v1
 from serve.settings import Settings
 from serve.state import LoadedModel, Loader, ModelState, default_loader
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     install_error_handlers(app)
     app.include_router(ops)
     app.include_router(v1)
+    install_feedback(app, settings, require_api_key)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):

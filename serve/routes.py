@@ -175,6 +175,7 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     except Exception:  # logged by type in the batcher; the message may quote the input
         raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
+    request.app.state.recent.put(request.state.request_id, texts)
     return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded),
                             results=[ClassifyResult(**p.to_dict()) for p in preds])
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1, description="longest single input (characters)")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a queue-full 503")
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth on /v1/*")
+    feedback_url: str | None = Field(
+        None, description="SQLAlchemy URL of the feedback store (default sqlite:///feedback.db in the working dir)")
+    feedback_recent: int = Field(10_000, ge=0, description="classify requests kept in memory for feedback by id")
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
 
     def api_key_list(self) -> list[str]:

@@ -1,0 +1,133 @@
+"""``POST /v1/feedback``: a moderator's decision on an ad, recorded in the feedback store
+(``model.feedback``, SQLAlchemy; ``sqlite:///feedback.db`` unless ``ADRISK_FEEDBACK_URL`` says
+otherwise) for ``adrisk feedback export`` to turn into training data.
+
+The ad is given as ``text``, or as a reference to an earlier answer of this server:
+``classification_id`` (the ``id`` / ``X-Request-ID`` of a ``/v1/classify`` answer) and
+``input_index`` (which input of that request). The server keeps the texts of the last
+``feedback_recent`` classify requests in memory only (lost on restart; 0 turns references off).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from serve.errors import APIError, ErrorKind
+from serve.routes import get_settings, parse_json, read_body
+from serve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class FeedbackRequest(BaseModel):
+    """One moderator decision. Give ``text`` or ``classification_id`` (+ ``input_index``), not both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"classification_id": "clf-0f3c...", "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-17"},
+        {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"}]})
+
+    text: str | None = Field(None, max_length=100_000, description="the ad text as reviewed")
+    classification_id: str | None = Field(None, max_length=128, description="id of an earlier /v1/classify answer")
+    input_index: int = Field(0, ge=0, description="which input of that classify request")
+    labels: list[str] = Field(max_length=64, description="the labels the moderator decided on; [] = benign")
+    reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
+    reviewed_at: datetime | None = Field(None, description="when the decision was made (default: now)")
+
+
+class FeedbackResponse(BaseModel):
+    id: int = Field(description="feedback record id")
+    status: str = "recorded"
+    text_sha256: str = Field(description="sha256 of the normalised text, for de-duplication")
+
+
+class RecentClassifications:
+    """Texts of the last ``capacity`` classify requests, by request id (thread-safe LRU, memory only)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, texts: list[str]) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[request_id] = list(texts)
+            self._items.move_to_end(request_id)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> list[str] | None:
+        with self._lock:
+            return self._items.get(request_id)
+
+
+def _store(request: Request):
+    """The app's FeedbackStore, created on first use (so a server nobody sends feedback to writes no file)."""
+    app = request.app
+    with app.state.feedback_lock:
+        if app.state.feedback_store is None:
+            from model.feedback import FeedbackStore
+
+            app.state.feedback_store = FeedbackStore(app.state.settings.feedback_url)
+        return app.state.feedback_store
+
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+def install_feedback(app, settings: Settings, auth_dependency) -> None:
+    """Mount ``POST /v1/feedback`` (behind ``auth_dependency``) and the recent-classifications memory."""
+    app.state.recent = RecentClassifications(settings.feedback_recent)
+    app.state.feedback_store = None
+    app.state.feedback_lock = threading.Lock()
+    app.include_router(router, dependencies=[Depends(auth_dependency)])
+
+
+@router.post("/feedback", status_code=201, response_model=FeedbackResponse)
+async def feedback(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> FeedbackResponse:
+    """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign).
+
+    Errors: 422 (bad body, unknown label, both or neither of text/classification_id), 404 (unknown or
+    expired classification id / input index), 503 (no model loaded: labels cannot be checked).
+    """
+    payload = parse_json(await read_body(request, settings.max_body_bytes))
+    try:
+        req = FeedbackRequest.model_validate(payload)
+    except ValidationError as e:  # messages name fields only; never the values
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise APIError(ErrorKind.validation_error, f"{where}: {first['msg']}") from None
+    if (req.text is None) == (req.classification_id is None):
+        raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
+    cur = request.app.state.model_state.current
+    if cur is None:
+        raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
+    known = list(cur.predictor.labels)
+    unknown = [x for x in req.labels if x not in known]
+    if unknown:
+        raise APIError(ErrorKind.validation_error, f"labels: unknown {unknown}; this model's labels are {known}")
+    text = req.text
+    if text is None:
+        texts = request.app.state.recent.get(req.classification_id)
+        if texts is None:
+            raise APIError(ErrorKind.not_found, "classification_id unknown or expired (the server keeps the last "
+                                                f"{settings.feedback_recent} requests); send 'text' instead")
+        if req.input_index >= len(texts):
+            raise APIError(ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs")
+        text = texts[req.input_index]
+    store = _store(request)
+    fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, req.reviewed_at,
+                                  req.classification_id, cur.ref.name, cur.ref.version)
+    from model.feedback import text_digest
+
+    logger.info("feedback %d recorded (labels %s)", fid, sorted(set(req.labels)))
+    return FeedbackResponse(id=fid, text_sha256=text_digest(text))

@@ -1,0 +1,70 @@
+"""Moderator feedback over HTTP -> the store -> `adrisk feedback export` -> a retrain's training data,
+with feedback that repeats a gate-set text excluded and counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import mlflow
+
+from tests.conftest import DATA_DIR, REPO
+
+SECRET = "unique secret listing text 4821"
+
+
+def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
+    from training.config import load_config
+    from training.data import load_data
+    from training.retrain import EXIT_PROMOTED, retrain
+
+    tiny = [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}", "baseline.enabled=false",
+            "gate.min_macro_ap=0.0", "gate.max_ece=1.0"]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", tiny)
+    gate_text = load_data(cfg.data, cfg.label_schema, cfg.seed).test.texts[3]
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+
+    with thread_server(feedback_url=db) as srv:
+        r = httpx.post(f"{srv.base}/v1/classify", json={"input": [gate_text, SECRET]}, timeout=30)
+        assert r.status_code == 200
+        cid = r.json()["id"]
+        ok = [
+            {"classification_id": cid, "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-1"},
+            {"classification_id": cid, "input_index": 1, "labels": ["scam"], "reviewer": "mod-1"},
+            {"text": "fresh listing never seen before", "labels": [], "reviewer": "mod-2",
+             "reviewed_at": "2026-11-30T10:00:00Z"},
+        ]
+        for body in ok:
+            r = httpx.post(f"{srv.base}/v1/feedback", json=body, timeout=30)
+            assert r.status_code == 201, r.text
+            assert r.json()["status"] == "recorded" and len(r.json()["text_sha256"]) == 64
+        bad = [
+            ({"text": SECRET, "labels": ["Scam "], "reviewer": "m"}, 422, "unknown"),
+            ({"text": SECRET, "classification_id": cid, "labels": [], "reviewer": "m"}, 422, "exactly one"),
+            ({"classification_id": "clf-nope", "labels": [], "reviewer": "m"}, 404, "unknown or expired"),
+            ({"classification_id": cid, "input_index": 5, "labels": [], "reviewer": "m"}, 404, "input_index"),
+            ({"text": SECRET, "labels": [], "reviewer": ""}, 422, "reviewer"),
+            ({"text": 42, "labels": [], "reviewer": "m"}, 422, "text"),
+        ]
+        for body, status, words in bad:
+            r = httpx.post(f"{srv.base}/v1/feedback", json=body, timeout=30)
+            assert r.status_code == status, (body, r.text)
+            assert words in r.json()["error"]["message"] and SECRET not in r.text
+
+    out = tmp_path / "feedback.jsonl"
+    p = subprocess.run([sys.executable, "-m", "model.cli", "feedback", "export", "--db", db, "--output", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["text"], r["labels"]) for r in rows] == [(gate_text, ["adult_services"]), (SECRET, ["scam"]),
+                                                        ("fresh listing never seen before", [])]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, dec = retrain(load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"]))
+    assert code == EXIT_PROMOTED
+    run_id = mlflow.MlflowClient().get_model_version("risky-ads-tiny", dec.challenger_version).run_id
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
+    assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
