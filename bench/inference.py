@@ -12,8 +12,9 @@ pools, allocator state or warm caches). Variants:
   size 32, inputs in file order, ``truncation=True`` at the model's ``max_length``, ``top_k=None``,
   ``function_to_apply="sigmoid"`` (raw text: the pipeline does not apply adrisk's normalisation).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
-- ``onnx-fp32`` / ``onnx-int8``: the adrisk predictor on the artifact's ONNX Runtime variants (see
-  ``model.onnx``; run ``adrisk export-onnx`` first). Missing variants are skipped with a note.
+- ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-mixed``: the adrisk predictor on the artifact's ONNX
+  Runtime variants (see ``model.onnx``; run ``adrisk export-onnx`` first). Missing variants are
+  skipped with a note.
 
 Each worker loads its model, warms up on 8 texts, then times one pass over all texts (wall clock,
 tokenisation included; load time excluded and reported separately). Accuracy: per-label average
@@ -51,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-VARIANTS = ("hf-pipeline", "torch", "onnx-fp32", "onnx-int8")
+VARIANTS = ("hf-pipeline", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed")
 HF_BATCH_SIZE = 32
 WARMUP_TEXTS = 8
 

@@ -2,7 +2,7 @@
 runtime selection, and clear errors for missing or corrupted files.
 
 Tolerances (calibrated probabilities, absolute): ONNX fp32 vs torch fp32 1e-4 (measured ~1e-7 on the
-tiny model; the same arithmetic in another kernel order); ONNX int8 vs torch 0.05 (dynamic
+tiny model; the same arithmetic in another kernel order); ONNX int8 (both recipes) vs torch 0.05 (dynamic
 quantisation error on the tiny random model, whose probabilities sit near 0.5; the real accuracy
 check is the per-label AP gate recorded by ``add_onnx_variants``).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from model.artifact import META_FILE, ArtifactError, load_meta
-from model.onnx import FP32_VARIANT, INT8_VARIANT, ONNX_DIR, add_onnx_variants
+from model.onnx import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR, add_onnx_variants
 from model.predictor import Predictor
 from tests.conftest import LABELS
 
@@ -64,7 +64,8 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
     d, runtimes = onnx_artifact
     meta = load_meta(d)
     assert meta.runtimes == runtimes
-    assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT}
+    assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT, INT8_MIXED_VARIANT}
+    assert "2 FFN output MatMuls fp32" in runtimes["variants"][INT8_MIXED_VARIANT]["precision"]
     for name, v in runtimes["variants"].items():
         assert (d / ONNX_DIR / v["file"]).is_file()
         assert len(v["sha256"]) == 64
@@ -85,10 +86,12 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     ref = Predictor.load(d, runtime="torch", num_threads=1)
     fp32 = Predictor.load(d, runtime=FP32_VARIANT, num_threads=1)
     int8 = Predictor.load(d, runtime=INT8_VARIANT, num_threads=1)
+    mixed = Predictor.load(d, runtime=INT8_MIXED_VARIANT, num_threads=1)
     assert fp32.runtime.name == FP32_VARIANT and int8.runtime.name == INT8_VARIANT
     p_ref = ref.predict_proba(texts)
     np.testing.assert_allclose(fp32.predict_proba(texts), p_ref, atol=FP32_ATOL)
     np.testing.assert_allclose(int8.predict_proba(texts), p_ref, atol=INT8_ATOL)
+    np.testing.assert_allclose(mixed.predict_proba(texts), p_ref, atol=INT8_ATOL)
     # padding invariance holds for the ONNX graph too: alone == inside a padded batch
     for t in texts[:4]:
         np.testing.assert_allclose(fp32.predict_proba([t])[0], fp32.predict_proba(texts)[texts.index(t)],
@@ -96,7 +99,7 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
 
 
-@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, "torch"])
+@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_MIXED_VARIANT, "torch"])
 def test_auto_picks_recorded_default(artifact_copy, default):
     meta_path = artifact_copy / META_FILE
     data = json.loads(meta_path.read_text())
