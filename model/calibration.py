@@ -128,17 +128,20 @@ def select_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
 
 
 def select_thresholds(
-    probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] | list[str], target_precision: float = 0.9
+    probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] | list[str],
+    target_precision: float | dict[str, float] = 0.9,
 ) -> dict[str, ThresholdInfo]:
-    """``select_threshold`` for each column of (n, L) ``probs``/``targets``; keys are label names."""
+    """``select_threshold`` for each column of (n, L) ``probs``/``targets``; keys are label names.
+    ``target_precision`` is one value for all labels or a value per label name."""
     out = {}
     for j, name in enumerate(labels):
-        info = select_threshold(probs[:, j], targets[:, j], target_precision)
+        target = target_precision[name] if isinstance(target_precision, dict) else target_precision
+        info = select_threshold(probs[:, j], targets[:, j], target)
         if info.method == "max_f1":
             logger.warning(
                 "label %s: precision %.2f is unreachable on validation; using the max-F1 threshold %.3f "
                 "(precision %.3f, recall %.3f)",
-                name, target_precision, info.threshold, info.precision, info.recall,
+                name, target, info.threshold, info.precision, info.recall,
             )
         out[name] = info
     return out

@@ -78,7 +78,9 @@ class TrainConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    target_precision: float = Field(0.9, gt=0, le=1)
+    target_precision: float = Field(0.9, gt=0, le=1, description="precision each threshold must reach on validation")
+    target_precision_per_label: dict[str, float] = Field(
+        default_factory=dict, description="per-label override, e.g. a review-queue label at 0.6")
 
 
 class BaselineConfig(_Strict):
@@ -134,6 +136,20 @@ class Config(_Strict):
     def _schema_ok(self) -> Config:
         self.label_schema  # noqa: B018  (validates names / arity)
         return self
+
+    @model_validator(mode="after")
+    def _per_label_targets(self) -> Config:
+        unknown = sorted(set(self.calibration.target_precision_per_label) - set(self.labels))
+        if unknown:
+            raise ValueError(f"calibration.target_precision_per_label names unknown labels {unknown}")
+        if any(not 0 < v <= 1 for v in self.calibration.target_precision_per_label.values()):
+            raise ValueError("calibration.target_precision_per_label values must be in (0, 1]")
+        return self
+
+    def target_precisions(self) -> dict[str, float]:
+        """Target precision per label (the per-label override, else the default)."""
+        c = self.calibration
+        return {n: c.target_precision_per_label.get(n, c.target_precision) for n in self.labels}
 
     @property
     def label_schema(self) -> LabelSchema:

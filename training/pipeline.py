@@ -123,7 +123,7 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
             logger.info("training the TF-IDF + logistic regression baseline")
             bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
             val_p = bl.predict_proba(bundle.validation.texts)
-            bl_thr = [select_thresholds(val_p, bundle.validation.targets, labels, cfg.calibration.target_precision)[n].threshold
+            bl_thr = [select_thresholds(val_p, bundle.validation.targets, labels, cfg.target_precisions())[n].threshold
                       for n in labels]
             for split in (bundle.validation, bundle.test):
                 base_probs[split.name] = val_p if split is bundle.validation else bl.predict_proba(split.texts)
@@ -142,7 +142,7 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         temps = fit_temperatures(logits["validation"], bundle.validation.targets, schema.problem_type)
         probs = {s: calibrated_probabilities(z, temps, schema.problem_type) for s, z in logits.items()}
         thr_info = select_thresholds(probs["validation"], bundle.validation.targets, labels,
-                                     cfg.calibration.target_precision)
+                                     cfg.target_precisions())
         thresholds = [thr_info[n].threshold for n in labels]
 
         # --- phase 8: evaluation -------------------------------------------------------------

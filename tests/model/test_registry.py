@@ -45,3 +45,17 @@ def test_register_and_load_back(tracking, tiny_artifact, tiny_predictor, probes)
     [nan_row] = [r for r in probes if r["kind"] == "nan-dataframe"]
     with pytest.raises(Exception, match=r"rows \[1, 2\]"):
         pyfunc.predict(pd.DataFrame(nan_row["value"]))
+
+
+def test_registry_downloads_are_cached_not_leaked(tracking, tiny_artifact, monkeypatch):
+    monkeypatch.setenv("ADRISK_CACHE_DIR", str(tracking / "cache"))
+    with mlflow.start_run():
+        reg = log_pyfunc_model(tiny_artifact, "risky-ads-cache")
+    a = resolve_model(reg.uri)
+    b = resolve_model("models:/risky-ads-cache/1")
+    assert a.directory == b.directory and str(a.directory).startswith(str(tracking / "cache"))
+    # a cached copy with damaged weights is fetched again, not served
+    (a.directory / "model.safetensors").write_bytes(b"broken")
+    c = resolve_model(reg.uri)
+    Predictor.load(c.directory)
+    assert len(list((tracking / "cache").rglob("adrisk.json"))) == 1

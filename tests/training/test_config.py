@@ -42,3 +42,10 @@ def test_digest_changes_with_config():
     a = load_config(CONFIGS / "tiny.yaml")
     b = load_config(CONFIGS / "tiny.yaml", ["seed=8"])
     assert a.digest() != b.digest() and a.digest() == load_config(CONFIGS / "tiny.yaml").digest()
+
+
+def test_per_label_target_precision():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["calibration.target_precision_per_label={scam: 0.6}"])
+    assert cfg.target_precisions() == {"adult_services": 0.9, "trafficking_indicators": 0.9, "scam": 0.6}
+    with pytest.raises(ConfigError, match="unknown labels"):
+        load_config(CONFIGS / "tiny.yaml", ["calibration.target_precision_per_label={Scam: 0.6}"])
