@@ -29,6 +29,7 @@ full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml
 
 test: venv
+	$(BIN)/ruff check training model serve tests bench
 	$(BIN)/python -m pytest -q
 
 lint: venv

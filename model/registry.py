@@ -54,6 +54,8 @@ def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name
     Raises:
         mlflow.exceptions.MlflowException: no active run, or tracking/registry errors.
     """
+    import warnings
+
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -61,8 +63,6 @@ def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name
     from model.predictor import Predictor
     from model.pyfunc import predictions_frame
     from model.uri import PYFUNC_ARTIFACT_KEY
-
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     run = mlflow.active_run()

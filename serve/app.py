@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from serve.batcher import MicroBatcher
-from serve.feedback import install_feedback
 from serve.errors import ErrorKind, error_response, install_error_handlers
+from serve.feedback import install_feedback
 from serve.metrics import Metrics
 from serve.routes import ops, require_api_key, v1
 from serve.settings import Settings

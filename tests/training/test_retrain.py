@@ -14,7 +14,15 @@ from model.registry import get_alias
 from tests.conftest import DATA_DIR, REPO
 from training.config import load_config
 from training.data import read_table
-from training.retrain import EXIT_BUSY, EXIT_PROMOTED, EXIT_REJECTED, EXIT_UNCHANGED, lock_path, retrain, rollback
+from training.retrain import (
+    EXIT_BUSY,
+    EXIT_PROMOTED,
+    EXIT_REJECTED,
+    EXIT_UNCHANGED,
+    lock_path,
+    retrain,
+    rollback,
+)
 
 TINY = REPO / "configs" / "tiny.yaml"
 NAME = "risky-ads-tiny"
