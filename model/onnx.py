@@ -69,17 +69,30 @@ OUTPUT_NAME = "logits"
 DEFAULT_TOLERANCE = 0.005
 
 
-def default_num_threads() -> int:
-    """Intra-op threads used when none are given: the CPUs this process may run on.
+NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
 
-    Measured on the 2-core development machine (see ``docs/inference.md``): one intra-op thread per
-    core, with idle threads sleeping rather than spinning, was as fast as one thread under load
-    from other processes and faster when the machine was idle; more threads than cores lost.
+
+def default_num_threads() -> int:
+    """Intra-op threads used when none are given: ``$ADRISK_NUM_THREADS`` if set, else half the CPUs
+    this process may run on (at least 1).
+
+    Measured on the shared 2-core machine (``docs/inference.md``): 1 thread was as fast as or 3-8%
+    faster than 2 in every paired run, for torch, ONNX fp32 and int8 (the other core is busy with
+    other processes, and a parallel op waits for its slowest thread), and 4 threads were worse. One
+    thread also leaves a core to a second adrisk process (server and scoring job). On machines with
+    SMT, half the logical CPUs is the physical core count, the libraries' own default.
     """
+    env = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            logger.warning("ignoring %s=%r (not an integer)", NUM_THREADS_ENV, env)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 class OnnxRuntime:

@@ -138,7 +138,10 @@ class Predictor:
             directory: a model artifact directory (see ``model.artifact``).
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
-            num_threads: intra-op threads for torch / ONNX Runtime; None keeps the process setting.
+            num_threads: intra-op threads for torch / ONNX Runtime; None uses
+                ``model.onnx.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
+                measured fastest on the shared 2-core machine, see docs/inference.md). Sets torch's
+                process-wide thread count.
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
@@ -151,10 +154,13 @@ class Predictor:
         meta = load_meta(directory)
         if verify:
             verify_weights(directory, meta)
-        if num_threads:
-            import torch
+        if not num_threads:
+            from model.onnx import default_num_threads  # light: numpy + model.artifact
 
-            torch.set_num_threads(int(num_threads))
+            num_threads = default_num_threads()
+        import torch
+
+        torch.set_num_threads(int(num_threads))
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)

@@ -196,3 +196,13 @@ def test_bench_flop_arithmetic():
         per_token + 6 * 4 * 5 * 384)
     info = bench.cpu_info()
     assert info["cores"] >= 1 and info["flops_per_cycle"] in (16, 32, 64)
+
+
+def test_default_threads_env_override(monkeypatch):
+    from model.onnx import NUM_THREADS_ENV, default_num_threads
+
+    monkeypatch.setenv(NUM_THREADS_ENV, "3")
+    assert default_num_threads() == 3
+    monkeypatch.setenv(NUM_THREADS_ENV, "lots")
+    monkeypatch.delenv(NUM_THREADS_ENV)
+    assert default_num_threads() >= 1
