@@ -25,8 +25,9 @@ Methods and sources:
   needs ``onnxscript``, which adrisk does not depend on), opset 17, dynamic batch and sequence axes.
   The example batch is deliberately *padded* (one row has mask zeros): tracing with an all-ones
   mask lets transformers skip the mask and the exported graph would then ignore padding.
-  The model is exported with eager attention (plain MatMul/Softmax), the pattern onnxruntime's
-  graph optimiser fuses (attention, bias+GELU, residual+LayerNorm) at ``ORT_ENABLE_ALL``.
+  The model is exported with eager attention (plain MatMul/Softmax); at load time onnxruntime
+  (``ORT_ENABLE_ALL``) fuses bias+GELU, the scaled QK^T MatMul and LayerNorm. The offline
+  ``onnxruntime.transformers`` BERT fusion (one Attention op per layer) measured slower (``export_fp32``).
 - Quantisation: ``onnxruntime.quantization.quantize_dynamic`` (weights int8 symmetric per output
   channel, activations uint8 quantised per batch at run time; uses VNNI/AVX-512 int8 GEMMs where the
   CPU has them). Per-channel halved the max logit error vs per-tensor (0.011 vs 0.022) at equal speed.
