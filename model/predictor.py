@@ -39,24 +39,37 @@ class Runtime(Protocol):
 
 
 class TorchRuntime:
-    """PyTorch fp32 runtime over the artifact's ``model.safetensors`` (eval mode, ``inference_mode``)."""
+    """PyTorch fp32 runtime over the artifact's ``model.safetensors`` (eval mode, ``inference_mode``).
+
+    ``num_threads`` (if given) applies to this runtime's forward passes only: torch's process-wide
+    thread count is set for the call and restored after it (0.1 us), so loading a predictor does not
+    change the threads of other torch work in the process (training, another model).
+    """
 
     name = "torch"
 
-    def __init__(self, directory: str | os.PathLike[str]):
+    def __init__(self, directory: str | os.PathLike[str], num_threads: int | None = None):
         import torch
         from transformers import AutoModelForSequenceClassification
 
         self._torch = torch
+        self.num_threads = int(num_threads) if num_threads else None
         self.model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True)
         self.model.eval()
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
-            ).logits
+        previous = torch.get_num_threads()
+        if self.num_threads and self.num_threads != previous:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
+                ).logits
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
         return out.float().numpy()
 
 
@@ -138,10 +151,9 @@ class Predictor:
             directory: a model artifact directory (see ``model.artifact``).
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
-            num_threads: intra-op threads for torch / ONNX Runtime; None uses
+            num_threads: intra-op threads of the runtime's forward passes; None uses
                 ``model.onnx.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
-                measured fastest on the shared 2-core machine, see docs/inference.md). Sets torch's
-                process-wide thread count.
+                measured fastest on the shared 2-core machine, see docs/inference.md).
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
@@ -158,9 +170,6 @@ class Predictor:
             from model.onnx import default_num_threads  # light: numpy + model.artifact
 
             num_threads = default_num_threads()
-        import torch
-
-        torch.set_num_threads(int(num_threads))
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)
@@ -216,11 +225,11 @@ class Predictor:
 def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_threads: int | None) -> Runtime:
     """Build the runtime named by ``runtime`` (see ``Predictor.load``)."""
     if runtime == "torch":
-        return TorchRuntime(directory)
+        return TorchRuntime(directory, num_threads)
     if runtime == "auto":
         name = meta.runtimes.get("default") if meta.runtimes else None
         if not name or name == "torch":
-            return TorchRuntime(directory)
+            return TorchRuntime(directory, num_threads)
         runtime = name
     variants = (meta.runtimes or {}).get("variants", {})
     if runtime not in variants:

@@ -207,3 +207,18 @@ def test_default_threads_env_override(monkeypatch):
     fallback = default_num_threads()
     monkeypatch.delenv(NUM_THREADS_ENV)
     assert fallback == default_num_threads() >= 1
+
+
+def test_torch_threads_apply_to_forward_only(tiny_artifact):
+    import torch
+
+    p = Predictor.load(tiny_artifact, runtime="torch", num_threads=1)
+    before = torch.get_num_threads()
+    seen = []
+    hook = p.runtime.model.register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
+    try:
+        p.predict_proba(["a short ad", "another ad text"])
+    finally:
+        hook.remove()
+    assert seen == [1] * len(seen) and seen
+    assert torch.get_num_threads() == before
