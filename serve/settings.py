@@ -3,14 +3,8 @@ overridden by ``adrisk serve`` flags."""
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def _default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 class Settings(BaseSettings):
@@ -31,7 +25,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024, description="most texts per model batch (1 = no batching)")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits for more requests")
     queue_size: int = Field(1024, ge=1, description="most texts waiting for the model; beyond it 503")
-    torch_threads: int = Field(default_factory=_default_threads, ge=1, description="intra-op threads")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads (default: the predictor's measured default, ADRISK_NUM_THREADS or half the cores)")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (bytes)")
     max_batch_items: int = Field(256, ge=1, description="most strings in one request's input list")
     max_text_chars: int = Field(100_000, ge=1, description="longest single input (characters)")
