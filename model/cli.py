@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adrisk`` console script; returns the process exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # torch's OpenMP threads sleep when idle instead of spinning (must be set before torch loads):
-    # measured 2.5-3x more torch texts/s on this shared 2-core machine (docs/inference.md).
+    # measured 2.5-3x more torch texts/s on this shared 2-core machine (README, "Inference speed").
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

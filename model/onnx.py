@@ -77,7 +77,7 @@ def default_num_threads() -> int:
     """Intra-op threads used when none are given: ``$ADRISK_NUM_THREADS`` if set, else half the CPUs
     this process may run on (at least 1).
 
-    Measured on the shared 2-core machine (``docs/inference.md``): 1 thread was as fast as or 3-8%
+    Measured on the shared 2-core machine (README, "Inference speed"): 1 thread was as fast as or 3-8%
     faster than 2 in every paired run, for torch, ONNX fp32 and int8 (the other core is busy with
     other processes, and a parallel op waits for its slowest thread), and 4 threads were worse. One
     thread also leaves a core to a second adrisk process (server and scoring job). On machines with
@@ -180,7 +180,7 @@ def export_fp32(directory: str | os.PathLike[str], out_path: str | os.PathLike[s
     (float32, (batch, num_labels)). With ``optimize`` the graph is also fused offline for BERT by
     ``onnxruntime.transformers.optimizer.optimize_model``. Off by default: onnxruntime's own load-time
     optimisations (``ORT_ENABLE_ALL``) on the plain graph were faster on MiniLM-L6 (4.3 vs 5.0 CPU
-    ms/text fp32, 1.9 vs 2.3 int8, 2 threads; see docs/inference.md), and it needs no pattern matcher.
+    ms/text fp32, 1.9 vs 2.3 int8, 2 threads; see README "Inference speed"), and it needs no pattern matcher.
 
     Raises:
         ArtifactError: the directory is not an artifact.

@@ -23,7 +23,7 @@ from model.encoding import Encoded, TextEncoder, length_sorted_batches
 
 logger = logging.getLogger(__name__)
 
-# Chosen by measurement on the 2-core machine (docs/inference.md): CPU time per text was lowest with
+# Chosen by measurement on the 2-core machine (README, "Inference speed"): CPU time per text was lowest with
 # at most ~512-1024 padded tokens per forward pass (activations stay in cache) and rose by 10-25% at
 # 2048+ tokens; rows per batch mattered little once the token budget bound.
 DEFAULT_BATCH_SIZE = 64
@@ -153,7 +153,7 @@ class Predictor:
                 (the fastest variant that passed its accuracy gate, else torch).
             num_threads: intra-op threads of the runtime's forward passes; None uses
                 ``model.onnx.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
-                measured fastest on the shared 2-core machine, see docs/inference.md).
+                measured fastest on the shared 2-core machine, see README "Inference speed").
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
