@@ -11,6 +11,7 @@ The ad is given as ``text``, or as a reference to an earlier answer of this serv
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from datetime import datetime
@@ -25,6 +26,22 @@ from serve.routes import get_settings, parse_json, read_body
 from serve.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _without_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates (JSON ``\\ud83d``) as U+FFFD, as the normaliser does: accepted like
+    ``/v1/classify`` accepts them, and storable (UTF-8 databases refuse surrogates)."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _describe(loc: tuple) -> str:
+    """A validation error's location; an unknown key is shown only when it looks like a field name
+    (keys are client text and could be ad text)."""
+    parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<unknown field>" for x in loc]
+    return ".".join(parts) or "body"
 
 
 class FeedbackRequest(BaseModel):
@@ -100,21 +117,23 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
     expired classification id / input index), 503 (no model loaded: labels cannot be checked).
     """
     payload = parse_json(await read_body(request, settings.max_body_bytes))
+    if isinstance(payload, dict) and isinstance(payload.get("text"), str):
+        payload["text"] = _without_surrogates(payload["text"])
     try:
         req = FeedbackRequest.model_validate(payload)
     except ValidationError as e:  # messages name fields only; never the values
         first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "body"
-        raise APIError(ErrorKind.validation_error, f"{where}: {first['msg']}") from None
+        raise APIError(ErrorKind.validation_error, f"{_describe(first['loc'])}: {first['msg']}") from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
     cur = request.app.state.model_state.current
     if cur is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
     known = list(cur.predictor.labels)
-    unknown = [x for x in req.labels if x not in known]
-    if unknown:
-        raise APIError(ErrorKind.validation_error, f"labels: unknown {unknown}; this model's labels are {known}")
+    unknown = [i for i, x in enumerate(req.labels) if x not in known]
+    if unknown:  # named by index: the value is client text and is not echoed
+        raise APIError(ErrorKind.validation_error,
+                       f"labels[{unknown[0]}]: unknown label; this model's labels are {known}")
     text = req.text
     if text is None:
         texts = request.app.state.recent.get(req.classification_id)
@@ -123,7 +142,7 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
                                                 f"{settings.feedback_recent} requests); send 'text' instead")
         if req.input_index >= len(texts):
             raise APIError(ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs")
-        text = texts[req.input_index]
+        text = _without_surrogates(texts[req.input_index])
     store = _store(request)
     fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, req.reviewed_at,
                                   req.classification_id, cur.ref.name, cur.ref.version)

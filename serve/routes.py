@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from serve.batcher import MicroBatcher, NotReady, QueueFull
 from serve.errors import APIError, ErrorKind, error_response
@@ -54,7 +55,9 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
     if not keys:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    given_b = given.strip().encode("utf-8", "surrogateescape")
+    # Starlette decodes header bytes as latin-1; re-encoding as latin-1 gives back the bytes the
+    # client sent, so a non-ASCII key sent as UTF-8 compares equal to ``key.encode("utf-8")``.
+    given_b = given.strip().encode("latin-1", "replace")
     ok = False
     for key in keys:  # no early exit: the time taken does not depend on which key matched
         ok |= hmac.compare_digest(given_b, key.encode("utf-8"))
@@ -78,11 +81,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: its fault, not a server error
+        raise APIError(ErrorKind.invalid_json, "request body incomplete: the client disconnected") from None
     return b"".join(chunks)
 
 
@@ -104,6 +110,8 @@ def parse_json(body: bytes) -> Any:
                                                f"column {e.colno}") from None
     except RecursionError:
         raise APIError(ErrorKind.invalid_json, "body is nested too deeply") from None
+    except ValueError:  # e.g. an integer literal over Python's 4300-digit conversion limit
+        raise APIError(ErrorKind.invalid_json, "body is not valid JSON: a number literal is too long") from None
 
 
 _JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", dict: "object",
