@@ -85,7 +85,13 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
     else:
         reader = pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False)
     with reader:
-        yield from reader
+        for chunk in reader:
+            if fmt == "csv" and not isinstance(chunk.index, pd.RangeIndex):
+                # pandas turns the leading fields of rows longer than the header into an index,
+                # shifting every column: refuse instead of scoring the wrong field
+                raise ScoreError(f"{path}: a data row has more fields than the header "
+                                 "(quote fields that contain the delimiter)")
+            yield chunk
 
 
 def estimate_rows(path: Path) -> int | None:
@@ -155,20 +161,70 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _as_text(arr: pa.ChunkedArray) -> pa.Array:
+    """Any column as text (null stays null; nested values as JSON), for types no cast unifies."""
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str)
+                     if isinstance(v, dict | list) else str(v) for v in arr.to_pylist()], type=pa.large_string())
+
+
+def _output_schema(parts: list[Path]) -> pa.Schema:
+    """One schema for all parts: every column any part has (input columns in first-seen order, then
+    the added columns), each with a type all parts promote to, or text when they conflict (a JSONL
+    key whose values change type, or appear or change position, from one chunk to the next)."""
+    types: dict[str, list[pa.DataType]] = {}
+    for p in parts:
+        for f in pq.read_schema(p).remove_metadata():
+            types.setdefault(f.name, []).append(f.type)
+    first = pq.read_schema(parts[0]).names
+    added = [n for n in first if n in ADDED_COLUMNS or n.startswith(SCORE_PREFIX)]
+    order = [n for n in types if n not in added] + added
+    fields = []
+    for name in order:
+        try:
+            t = pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types[name]],
+                                 promote_options="permissive").field(name).type
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            t = pa.large_string()
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns, in its order (missing ones null) and types."""
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(len(table), type=f.type))
+            continue
+        col = table[f.name]
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                col = _as_text(col)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 def _concatenate(parts: list[Path], output: Path, fmt: str) -> None:
-    """Write the parts, in order, to ``output`` in format ``fmt`` (one part in memory at a time)."""
-    if fmt == "parquet":
-        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive") if parts else None
-        if schema is None:
+    """Write the parts, in order, to ``output`` in format ``fmt`` (one part in memory at a time).
+
+    Parts can differ in columns, column order and types (JSONL chunks are read independently);
+    every part is conformed to one schema first so CSV columns never shift under the header."""
+    if not parts:
+        if fmt == "parquet":
             raise ScoreError("the input has no rows")
-        schema = schema.remove_metadata()
+        output.write_text("", encoding="utf-8")
+        return
+    schema = _output_schema(parts)
+    if fmt == "parquet":
         with pq.ParquetWriter(output, schema) as writer:
             for p in parts:
-                writer.write_table(pq.read_table(p).replace_schema_metadata(None).cast(schema))
+                writer.write_table(_conform(pq.read_table(p).replace_schema_metadata(None), schema))
         return
     with open(output, "w", encoding="utf-8", newline="") as f:
         for i, p in enumerate(parts):
-            df = pq.read_table(p).to_pandas()
+            df = _conform(pq.read_table(p).replace_schema_metadata(None), schema).to_pandas()
             if fmt == "csv":
                 df.to_csv(f, header=(i == 0), index=False)
             else:
@@ -209,6 +265,10 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
         raise ScoreError(f"input {src} not found")
     if chunk_size < 1:
         raise ScoreError("--chunk-size must be at least 1")
+    if dst.is_dir():
+        raise ScoreError(f"output {dst} is a directory; give a file path")
+    if dst.exists() and dst.samefile(src):
+        raise ScoreError("--output is the input file; write the scores to another path")
     work = dst.with_name(dst.name + ".partial")
     if (work / MANIFEST).exists() and not resume:
         raise ScoreError(f"{work} holds an unfinished run: pass --resume to continue it, or delete it")
