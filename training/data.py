@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{path}: unknown data format (use .jsonl, .csv or .parquet)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as e:  # malformed files fail deep in datasets/pyarrow; their text may quote rows
+        cause = e.__cause__ or e.__context__ or e
+        row = re.search(r"in row (\d+)", str(cause))
+        near = f" near row {int(row.group(1)) + 1}" if row else ""
+        raise DataError(f"{path}: cannot be read as {fmt}{near} ({type(cause).__name__})") from None
     return ds.to_pandas()
 
 
@@ -140,7 +149,10 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
         unknown: dict[str, list[int]] = defaultdict(list)
         empty: list[int] = []
         for i, value in enumerate(df[cfg.labels_column].tolist()):
-            names = [value] if cfg.label_format == "class" else _parse_list(value)
+            try:
+                names = [value] if cfg.label_format == "class" else _parse_list(value)
+            except DataError as e:
+                raise DataError(f"{where}: column '{cfg.labels_column}', row {i + 1}: {e}") from None
             if cfg.label_format == "class" and (value is None or (isinstance(value, float) and math.isnan(value))):
                 empty.append(i)
                 continue
@@ -265,7 +277,8 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         made_split = False
     else:
         if root.is_dir():
-            raise DataError(f"{root}: no train/validation/test files and no single data file")
+            raise DataError(f"{root}: no train/validation/test files (train.jsonl, ...); for one file to be "
+                            "split, point data.path at the file itself")
         whole, _ = prepare_frame(read_table(root), cfg, schema, str(root))
         frames = group_split(whole, cfg, seed)
         paths = {s: f"{root}#{s}" for s in SPLITS}
@@ -298,6 +311,14 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         tr[ycols] = tr[ycols].to_numpy()[np.random.default_rng(seed).permutation(len(tr))]
         frames["train"] = tr
         logger.warning("train labels are shuffled (negative control)")
+    empty = [k for k in SPLITS if len(frames[k]) == 0]
+    if empty:
+        raise DataError(f"{root}: the {', '.join(empty)} split{'s' if len(empty) > 1 else ''} "
+                        f"{'have' if len(empty) > 1 else 'has'} no rows ({', '.join(paths[k] for k in empty)})")
+    yv = frames["validation"][[f"y.{n}" for n in schema.labels]].to_numpy()
+    if not ((yv.sum(axis=0) > 0) & (yv.sum(axis=0) < len(yv))).any():
+        raise DataError(f"{paths['validation']}: no label has both positive and negative rows in the validation "
+                        f"split ({len(yv)} rows), so checkpoints and thresholds cannot be chosen; add labelled rows")
     overlaps = overlap_report(frames)
     if any(overlaps.values()):
         logger.warning("the same normalised text occurs in more than one split: %s%s", overlaps,

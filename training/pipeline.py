@@ -20,7 +20,7 @@ from training.base_model import build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.config import Config
 from training.data import DataBundle, Split, load_data
-from training.loop import fit, predict_logits
+from training.loop import LAST_CHECKPOINT, CheckpointError, fit, predict_logits
 from training.plots import pr_curves, reliability_diagram
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
     schema = cfg.label_schema
     labels = schema.labels
     out_dir = Path(cfg.output_dir)
+    last = out_dir / "checkpoints" / LAST_CHECKPOINT
+    if resume and not last.is_file():  # before any work: no MLflow run, no baseline for nothing
+        raise CheckpointError(f"--resume: no checkpoint at {last} (run without --resume to start over)")
     out_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = configure_tracking(cfg.tracking.tracking_uri)
     mlflow.set_experiment(cfg.tracking.experiment)

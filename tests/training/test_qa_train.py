@@ -1,0 +1,86 @@
+"""QA break-it tests for ``adrisk train``'s data loading and ``--resume``: every bad input is a
+``DataError`` / ``CheckpointError`` naming the file (and row), raised before any training work."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from training.config import load_config
+from training.data import DataError, load_data
+
+SECRET = "qa secret listing 5531"
+
+
+def _rows(n: int, prefix: str, labels=None) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "text": f"{SECRET} {prefix} {i}", "source": "s", "group": f"{prefix}{i}",
+             "labels": labels if labels is not None else (["scam"] if i % 2 else [])} for i in range(n)]
+
+
+def _write(d, name, rows):
+    d.mkdir(exist_ok=True)
+    (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _cfg(tmp_path, data):
+    return load_config(REPO / "configs" / "tiny.yaml", [f"output_dir={tmp_path / 'out'}", f"data.path={data}",
+                                                        "baseline.enabled=false", "data.limit=null"])
+
+
+def _splits(d, train, validation=None, test=None):
+    _write(d, "train.jsonl", train)
+    _write(d, "validation.jsonl", validation if validation is not None else _rows(6, "v"))
+    _write(d, "test.jsonl", test if test is not None else _rows(6, "e"))
+    return d
+
+
+def _load_error(tmp_path, d) -> str:
+    cfg = _cfg(tmp_path, d)
+    with pytest.raises(DataError) as e:
+        load_data(cfg.data, cfg.label_schema, cfg.seed)
+    assert SECRET not in str(e.value)
+    return str(e.value)
+
+
+def test_empty_train_file_is_a_data_error(tmp_path):
+    # used to be a bare StopIteration from inside `datasets`
+    msg = _load_error(tmp_path, _splits(tmp_path / "d", []))
+    assert "train.jsonl" in msg and "empty" in msg
+
+
+def test_malformed_jsonl_is_a_data_error_naming_the_file(tmp_path):
+    d = _splits(tmp_path / "d", _rows(4, "t"))
+    (d / "train.jsonl").write_text(json.dumps(_rows(1, "t")[0]) + '\n{"text": "' + SECRET + '", "lab\n')
+    msg = _load_error(tmp_path, d)  # used to be DatasetGenerationError
+    assert "train.jsonl" in msg and "cannot be read" in msg
+
+
+def test_labels_of_the_wrong_type_name_file_and_row(tmp_path):
+    rows = _rows(6, "t")
+    rows[4]["labels"] = 5
+    msg = _load_error(tmp_path, _splits(tmp_path / "d", rows))
+    assert "train.jsonl" in msg and "row 5" in msg
+
+
+def test_validation_without_any_positive_is_refused_before_training(tmp_path):
+    # used to train, then crash with FileNotFoundError: best.safetensors (macro AP NaN every epoch)
+    msg = _load_error(tmp_path, _splits(tmp_path / "d", _rows(8, "t"), validation=_rows(6, "v", labels=[])))
+    assert "validation" in msg and "positive" in msg
+
+
+def test_resume_without_checkpoint_fails_before_any_work(tmp_path, monkeypatch):
+    from training.loop import CheckpointError
+    from training.pipeline import RUN_ID_FILE, run_training
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path, _splits(tmp_path / "d", _rows(8, "t")))
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run_training(cfg, resume=True)
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "out" / RUN_ID_FILE).exists()  # no MLflow run was started
+    assert not (tmp_path / "mlflow.db").exists()
