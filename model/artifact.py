@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -83,8 +84,11 @@ class ArtifactMeta(BaseModel):
             raise ValueError(f"thresholds {sorted(self.thresholds)} do not match labels {labels}")
         if len(self.temperatures) != len(labels):
             raise ValueError(f"{len(self.temperatures)} temperatures for {len(labels)} labels")
-        if any(t <= 0 for t in self.temperatures):
-            raise ValueError("temperatures must be positive")
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
+            raise ValueError("temperatures must be finite and positive")
+        bad = sorted(n for n, t in self.thresholds.items() if not (math.isfinite(t) and 0.0 <= t <= 1.0))
+        if bad:
+            raise ValueError(f"thresholds of {bad} must be probabilities in [0, 1]")
         return self
 
     @property

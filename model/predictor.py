@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model.artifact import ArtifactMeta, load_meta, verify_weights
+from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
 
@@ -170,7 +170,11 @@ class Predictor:
             from model.onnx import default_num_threads  # light: numpy + model.artifact
 
             num_threads = default_num_threads()
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        check_model_files(directory, meta)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except Exception as e:  # a corrupt tokenizer file fails deep inside transformers/tokenizers
+            raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
         encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens)
@@ -222,14 +226,66 @@ class Predictor:
         return results
 
 
+# any one of these is a tokenizer (without them transformers builds an empty vocabulary silently)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def check_model_files(directory: Path, meta: ArtifactMeta) -> None:
+    """Check that config.json and the tokenizer are present and agree with ``adrisk.json``.
+
+    Raises:
+        ArtifactError: config.json missing or unreadable, its label count or position window
+            disagreeing with ``adrisk.json``, or no tokenizer file.
+    """
+    import json
+
+    from model.artifact import CONFIG_FILE
+
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise ArtifactError(f"{directory}: no tokenizer files (one of {list(TOKENIZER_FILES)})")
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{directory / CONFIG_FILE}: missing or invalid ({type(e).__name__}: {e})") from e
+    n = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
+    if n is not None and n != len(meta.labels):
+        raise ArtifactError(f"{directory}: {CONFIG_FILE} has {n} labels but adrisk.json has {len(meta.labels)}")
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and n == len(meta.labels):
+        try:
+            names = [str(id2label.get(str(j), id2label.get(j))) for j in range(n)]
+        except TypeError:
+            names = []
+        if names != [f"LABEL_{j}" for j in range(n)] and names != list(meta.labels):
+            # the output order the model was trained with differs: scores would go to the wrong labels
+            raise ArtifactError(f"{directory}: {CONFIG_FILE} id2label {names} does not match adrisk.json labels "
+                                f"{list(meta.labels)}")
+    window = config.get("max_position_embeddings")
+    if isinstance(window, int) and meta.max_length > window:
+        raise ArtifactError(f"{directory}: adrisk.json max_length {meta.max_length} exceeds the model's "
+                            f"{window} positions")
+
+
+def _torch_runtime(directory: Path, num_threads: int | None) -> TorchRuntime:
+    try:
+        return TorchRuntime(directory, num_threads)
+    except Exception as e:  # truncated / garbage weights, a config that does not fit them
+        raise ArtifactError(f"{directory}: cannot load the model weights ({type(e).__name__}: {e})") from e
+
+
 def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_threads: int | None) -> Runtime:
     """Build the runtime named by ``runtime`` (see ``Predictor.load``)."""
     if runtime == "torch":
-        return TorchRuntime(directory, num_threads)
+        return _torch_runtime(directory, num_threads)
     if runtime == "auto":
         name = meta.runtimes.get("default") if meta.runtimes else None
+        if name is not None and not isinstance(name, str):
+            raise ArtifactError(f"{directory}: adrisk.json runtimes.default must be a runtime name")
         if not name or name == "torch":
-            return TorchRuntime(directory, num_threads)
+            return _torch_runtime(directory, num_threads)
         runtime = name
     variants = (meta.runtimes or {}).get("variants", {})
     if runtime not in variants:
