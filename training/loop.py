@@ -160,7 +160,13 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
     if resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {last}")
-        ck = torch.load(last, weights_only=True)
+        try:
+            ck = torch.load(last, weights_only=True)
+            if not isinstance(ck, dict) or "config_digest" not in ck:
+                raise ValueError("not an adrisk checkpoint")
+        except Exception as e:  # truncated / garbage file: torch's own message misleads (weights_only=False)
+            raise CheckpointError(f"--resume: {last} is unreadable ({type(e).__name__}); it is corrupt or "
+                                  f"truncated: delete {checkpoint_dir} to start over") from None
         if ck["config_digest"] != config_digest:
             raise CheckpointError(f"--resume: {last} was written under a different config")
         model.load_state_dict(ck["model"])

@@ -84,3 +84,21 @@ def test_resume_without_checkpoint_fails_before_any_work(tmp_path, monkeypatch):
     assert time.monotonic() - t0 < 10
     assert not (tmp_path / "out" / RUN_ID_FILE).exists()  # no MLflow run was started
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"PK\x03\x04" + b"\x00" * 100])
+def test_resume_from_a_corrupt_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch, content):
+    # torch.load's own errors were "OSError: Invalid argument" or an UnpicklingError advising
+    # weights_only=False (unpickling an untrusted file)
+    from training.loop import LAST_CHECKPOINT, CheckpointError
+    from training.pipeline import run_training
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path, _splits(tmp_path / "d", _rows(8, "t")))
+    ck = tmp_path / "out" / "checkpoints"
+    ck.mkdir(parents=True)
+    (ck / LAST_CHECKPOINT).write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupt") as e:
+        run_training(cfg, resume=True)
+    assert "weights_only" not in str(e.value)
