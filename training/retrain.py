@@ -18,8 +18,11 @@ The decision, the side-by-side table and every rule are recorded on the challeng
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from model.metrics import evaluate_scores
 from model.predictor import Predictor
-from model.registry import configure_tracking, get_alias, set_alias
+from model.registry import DEFAULT_TRACKING_URI, configure_tracking, get_alias, set_alias
 from model.uri import resolve_model
 from training.config import Config, GateConfig
 from training.data import Split, load_data, prepare_frame, read_table
@@ -166,8 +169,17 @@ def _champion_run_tags(name: str, alias: str) -> dict[str, str]:
 
 
 def lock_path(cfg: Config) -> Path:
-    """One lock file per registered model name, beside the outputs (``<output_dir>/../.retrain-<name>.lock``)."""
-    return Path(cfg.output_dir).resolve().parent / f".retrain-{cfg.model_name}.lock"
+    """One lock file per (model registry, registered model name), whatever ``output_dir`` each run uses:
+    beside the SQLite registry file (``<mlflow.db>.retrain-<name>.lock``), or for a tracking server
+    under ``~/.cache/adrisk/locks/`` keyed by its URI (so only retrains on this machine exclude each other).
+    """
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model_name)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+        return db.with_name(f".{db.name}.retrain-{name}.lock")
+    key = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
+    return Path.home() / ".cache" / "adrisk" / "locks" / f"retrain-{key}-{name}.lock"
 
 
 def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False) -> tuple[int, GateDecision | None]:
