@@ -16,12 +16,20 @@ _SERVE_FLAGS = ("host", "port", "follow_alias", "max_batch_size", "max_wait_ms",
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
+    from model.cli import CLIError
     from serve.app import create_app
     from serve.settings import Settings
 
     overrides = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k) is not None}
-    settings = Settings(model=args.model, runtime=args.runtime, **overrides)
+    try:
+        settings = Settings(model=args.model, runtime=args.runtime, **overrides)
+    except ValidationError as e:  # one line naming the flag / variable, not pydantic's report
+        first = e.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = f"--{name.replace('_', '-')} / " if name in _SERVE_FLAGS else ""
+        raise CLIError(f"invalid {flag}ADRISK_{name.upper()}: {first['msg']}", 2) from None
     app = create_app(settings)
     # log_config=None: uvicorn logs through the CLI's logging setup; its access log is off because
     # the app logs its own request lines (route templates only, never bodies).

@@ -65,19 +65,29 @@ class FeedbackResponse(BaseModel):
     text_sha256: str = Field(description="sha256 of the normalised text, for de-duplication")
 
 
+_ABSENT = object()
+
+
 class RecentClassifications:
     """Texts of the last ``capacity`` classify requests, by request id (thread-safe LRU, memory only)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[str, list[str]] = OrderedDict()
+        self._items: OrderedDict[str, list[str] | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, request_id: str, texts: list[str]) -> None:
+        """Remember ``texts`` under ``request_id``. A client-chosen id (``X-Request-ID``) reused for
+        other texts makes that id ambiguous: feedback by it is refused (404) rather than recorded
+        against another request's ad."""
         if self.capacity <= 0:
             return
         with self._lock:
-            self._items[request_id] = list(texts)
+            previous = self._items.get(request_id, _ABSENT)
+            if previous is _ABSENT or previous == texts:
+                self._items[request_id] = list(texts)
+            else:
+                self._items[request_id] = None
             self._items.move_to_end(request_id)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

@@ -80,3 +80,28 @@ def test_client_disconnect_mid_body_is_not_a_server_error(thread_server):
         time.sleep(0.5)
         m = httpx.get(f"{srv.base}/metrics", timeout=10).text
         assert 'route="/v1/classify",status="500"' not in m
+
+
+def test_reused_client_request_id_never_attaches_feedback_to_another_ad(thread_server, tmp_path):
+    # X-Request-ID is client-chosen: two clients (or two jobs) reusing one id for different ads
+    with thread_server(feedback_url=f"sqlite:///{tmp_path / 'fb.db'}") as srv:
+        for text in ("first client's ad", "second client's ad"):
+            r = httpx.post(f"{srv.base}/v1/classify", json={"input": text}, headers={"X-Request-ID": "job-1"}, timeout=30)
+            assert r.status_code == 200 and r.json()["id"] == "job-1"
+        r = httpx.post(f"{srv.base}/v1/feedback", timeout=30,
+                       json={"classification_id": "job-1", "labels": [], "reviewer": "m"})
+        assert _error(r, 404)["type"] == "not_found"
+        # a retry of the same request under the same id still works
+        for _ in range(2):
+            httpx.post(f"{srv.base}/v1/classify", json={"input": "retried"}, headers={"X-Request-ID": "job-2"}, timeout=30)
+        r = httpx.post(f"{srv.base}/v1/feedback", timeout=30,
+                       json={"classification_id": "job-2", "labels": [], "reviewer": "m"})
+        assert r.status_code == 201, r.text
+
+
+def test_invalid_serve_setting_is_one_line(capsys):
+    from model.cli import main
+
+    assert main(["serve", "--model", "unused", "--port", "70000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--port" in err and "65535" in err
