@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,18 @@ ADDED_COLUMNS = ("flagged", "model_version", "error")
 
 class ScoreError(Exception):
     """A user-facing problem with the job's arguments or files."""
+
+
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def describe_columns(columns) -> str:
+    """Column names for an error message; names that do not look like one (a headerless file's
+    first row is ad text) are counted, not shown."""
+    names = [str(c) for c in columns]
+    shown = [n for n in names if _COLUMN_NAME.match(n)]
+    hidden = len(names) - len(shown)
+    return f"{shown}" + (f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else "")
 
 
 @dataclass
@@ -113,7 +126,7 @@ def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: st
         ScoreError: ``text_column`` missing, or an output column name already used by the input.
     """
     if text_column not in df.columns:
-        raise ScoreError(f"text column {text_column!r} not found; columns are {list(df.columns)}")
+        raise ScoreError(f"text column {text_column!r} not found; columns are {describe_columns(df.columns)}")
     labels = list(predictor.labels)
     clash = [c for c in (*ADDED_COLUMNS, *(SCORE_PREFIX + n for n in labels)) if c in df.columns]
     if clash:

@@ -68,6 +68,18 @@ class DataBundle:
         return [self.train, self.validation, self.test]
 
 
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def describe_columns(columns) -> str:
+    """Column names for an error message; names that do not look like one (a headerless file's
+    first row is ad text) are counted, not shown."""
+    names = [str(c) for c in columns]
+    shown = [n for n in names if _COLUMN_NAME.match(n)]
+    hidden = len(names) - len(shown)
+    return f"{shown}" + (f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else "")
+
+
 def _rows(idx: list[int]) -> str:
     shown = ", ".join(str(i + 1) for i in idx[:_MAX_ROWS_LISTED])
     return f"rows {shown}{' ...' if len(idx) > _MAX_ROWS_LISTED else ''} ({len(idx)} in all)"
@@ -136,7 +148,7 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
     if cfg.label_format == "columns":
         missing = [c for c in labels if c not in df.columns]
         if missing:
-            raise DataError(f"{where}: label columns {missing} not found; columns: {list(df.columns)}")
+            raise DataError(f"{where}: label columns {missing} not found; columns: {describe_columns(df.columns)}")
         for j, name in enumerate(labels):
             vals = pd.to_numeric(df[name].replace({True: 1, False: 0, "true": 1, "false": 0}), errors="coerce")
             bad = np.flatnonzero(~vals.isin([0, 1]).to_numpy())
@@ -145,7 +157,7 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
             y[:, j] = vals.to_numpy(dtype=np.float32)
     else:
         if cfg.labels_column not in df.columns:
-            raise DataError(f"{where}: labels column '{cfg.labels_column}' not found; columns: {list(df.columns)}")
+            raise DataError(f"{where}: labels column '{cfg.labels_column}' not found; columns: {describe_columns(df.columns)}")
         unknown: dict[str, list[int]] = defaultdict(list)
         empty: list[int] = []
         for i, value in enumerate(df[cfg.labels_column].tolist()):
@@ -181,7 +193,7 @@ def prepare_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, where:
             with missing / non-string text.
     """
     if cfg.text_column not in df.columns:
-        raise DataError(f"{where}: text column '{cfg.text_column}' not found; columns found: {list(map(str, df.columns))}")
+        raise DataError(f"{where}: text column '{cfg.text_column}' not found; columns found: {describe_columns(df.columns)}")
     text = df[cfg.text_column]
     bad = [i for i, t in enumerate(text.tolist()) if not isinstance(t, str)]
     if bad:

@@ -60,3 +60,14 @@ def test_output_that_is_the_input_or_a_directory_is_refused(tmp_path, tiny_predi
     with pytest.raises(ScoreError, match="directory"):
         run_score("tiny", src, tmp_path / "dir.csv", progress=False, predictor=tiny_predictor)
     assert not (tmp_path / "dir.csv.partial").exists()
+
+
+def test_missing_text_column_error_does_not_quote_a_headerless_first_row(tmp_path, tiny_predictor):
+    src = tmp_path / "in.csv"
+    src.write_text("1,secret listing call me\n2,other\n", encoding="utf-8")  # no header row
+    with pytest.raises(ScoreError, match="not found") as e:
+        run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
+    assert "secret listing" not in str(e.value) and "header" in str(e.value)
+    src.write_text("id,body\n1,ad\n", encoding="utf-8")
+    with pytest.raises(ScoreError, match=r"\['id', 'body'\]"):  # real column names are still listed
+        run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)

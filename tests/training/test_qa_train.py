@@ -102,3 +102,14 @@ def test_resume_from_a_corrupt_checkpoint_is_a_checkpoint_error(tmp_path, monkey
     with pytest.raises(CheckpointError, match="corrupt") as e:
         run_training(cfg, resume=True)
     assert "weights_only" not in str(e.value)
+
+
+def test_missing_columns_error_does_not_quote_a_headerless_first_row(tmp_path):
+    from training.data import prepare_frame, read_table
+
+    cfg = _cfg(tmp_path, tmp_path)
+    f = tmp_path / "eval.csv"
+    f.write_text(f"1,{SECRET},scam\n2,other,\n", encoding="utf-8")
+    with pytest.raises(DataError, match="not found") as e:
+        prepare_frame(read_table(f), cfg.data, cfg.label_schema, str(f))
+    assert SECRET not in str(e.value)
