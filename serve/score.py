@@ -93,18 +93,27 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
             yield batch.to_pandas()
         return
-    if fmt == "csv":
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
-    else:
-        reader = pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False)
-    with reader:
-        for chunk in reader:
-            if fmt == "csv" and not isinstance(chunk.index, pd.RangeIndex):
-                # pandas turns the leading fields of rows longer than the header into an index,
-                # shifting every column: refuse instead of scoring the wrong field
-                raise ScoreError(f"{path}: a data row has more fields than the header "
-                                 "(quote fields that contain the delimiter)")
-            yield chunk
+    try:
+        if fmt == "csv":
+            reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
+        else:  # utf-8-sig: a leading byte-order mark (Windows tools) is skipped, as read_csv does
+            reader = pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False,
+                                  encoding="utf-8-sig")
+        with reader:
+            yield from _checked_chunks(reader, path, fmt)
+    except (ValueError, TypeError) as e:  # pandas' parse errors give positions, never the content
+        kind = "CSV" if fmt == "csv" else "JSON Lines (one JSON object per line)"
+        raise ScoreError(f"{path}: not valid {kind}: {type(e).__name__}: {e}") from None
+
+
+def _checked_chunks(reader, path: Path, fmt: str) -> Iterator[pd.DataFrame]:
+    for chunk in reader:
+        if fmt == "csv" and not isinstance(chunk.index, pd.RangeIndex):
+            # pandas turns the leading fields of rows longer than the header into an index,
+            # shifting every column: refuse instead of scoring the wrong field
+            raise ScoreError(f"{path}: a data row has more fields than the header "
+                             "(quote fields that contain the delimiter)")
+        yield chunk
 
 
 def estimate_rows(path: Path) -> int | None:

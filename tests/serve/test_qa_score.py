@@ -71,3 +71,24 @@ def test_missing_text_column_error_does_not_quote_a_headerless_first_row(tmp_pat
     src.write_text("id,body\n1,ad\n", encoding="utf-8")
     with pytest.raises(ScoreError, match=r"\['id', 'body'\]"):  # real column names are still listed
         run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
+
+
+def test_jsonl_with_a_byte_order_mark_is_scored(tmp_path, tiny_predictor):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "ad one", "id": 1}).encode() + b"\n")  # was a ValueError
+    run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
+    assert pd.read_csv(tmp_path / "out.csv")["text"].tolist() == ["ad one"]
+
+
+@pytest.mark.parametrize("name,body", [
+    ("in.jsonl", '{"text": "a"}\n[1, 2]\n"secret listing"\n'),  # was TypeError
+    ("in.jsonl", '{"text": "secret listing", "x"\n'),  # was ValueError
+    ("in.csv", ""),  # was EmptyDataError
+    ("in.csv", 'id,text\n1,"secret listing\n'),  # was ParserError
+])
+def test_malformed_jsonl_and_csv_are_score_errors(tmp_path, tiny_predictor, name, body):
+    src = tmp_path / name
+    src.write_text(body, encoding="utf-8")
+    with pytest.raises(ScoreError, match="not valid") as e:
+        run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
+    assert "secret listing" not in str(e.value)
