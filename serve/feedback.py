@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -28,6 +28,7 @@ from serve.settings import Settings
 logger = logging.getLogger(__name__)
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CLOCK_SKEW = timedelta(days=1)  # generous: clients with skewed clocks or zones
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -136,6 +137,15 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
         raise APIError(ErrorKind.validation_error, f"{_describe(first['loc'])}: {first['msg']}") from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
+    reviewed_at = req.reviewed_at
+    if reviewed_at is not None:
+        # stored without a zone (SQLite) and compared to pick the latest decision per ad: store UTC
+        # (a time without a zone is taken as UTC), and refuse the future, which would win forever
+        if reviewed_at.tzinfo is None:
+            reviewed_at = reviewed_at.replace(tzinfo=timezone.utc)
+        reviewed_at = reviewed_at.astimezone(timezone.utc)
+        if reviewed_at > datetime.now(timezone.utc) + _CLOCK_SKEW:
+            raise APIError(ErrorKind.validation_error, "reviewed_at: is more than a day in the future")
     cur = request.app.state.model_state.current
     if cur is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
@@ -154,7 +164,7 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
             raise APIError(ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs")
         text = _without_surrogates(texts[req.input_index])
     store = _store(request)
-    fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, req.reviewed_at,
+    fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, reviewed_at,
                                   req.classification_id, cur.ref.name, cur.ref.version)
     from model.feedback import text_digest
 

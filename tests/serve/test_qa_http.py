@@ -105,3 +105,23 @@ def test_invalid_serve_setting_is_one_line(capsys):
     assert main(["serve", "--model", "unused", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--port" in err and "65535" in err
+
+
+def test_feedback_reviewed_at_is_stored_in_utc_and_not_in_the_future(thread_server, tmp_path):
+    # SQLite keeps no zone: 10:00+02:00 was stored as 10:00 and outranked a later 09:00Z decision;
+    # a year-9999 date would be the "latest" decision for that ad forever
+    from model.feedback import FeedbackStore
+
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    with thread_server(feedback_url=db) as srv:
+        for labels, at in ((["scam"], "2026-01-10T10:00:00+02:00"), ([], "2026-01-10T09:00:00Z")):
+            r = httpx.post(f"{srv.base}/v1/feedback", timeout=30,
+                           json={"text": "same ad", "labels": labels, "reviewer": "m", "reviewed_at": at})
+            assert r.status_code == 201, r.text
+        r = httpx.post(f"{srv.base}/v1/feedback", timeout=30,
+                       json={"text": "same ad", "labels": ["scam"], "reviewer": "m", "reviewed_at": "9999-12-31T00:00:00Z"})
+        assert "future" in _error(r, 422)["message"]
+    out = tmp_path / "fb.jsonl"
+    FeedbackStore(db).export(out)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["labels"] == []  # 09:00Z is the later decision
