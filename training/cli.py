@@ -10,11 +10,22 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def _check_writable(path: str | None, flag: str) -> None:
+    """Fail before the work, not after it, when an output file's directory does not exist."""
+    from model.cli import CLIError
+
+    if path and not Path(path).resolve().parent.is_dir():
+        raise CLIError(f"{flag} {path}: directory {Path(path).resolve().parent} does not exist")
+    if path and Path(path).is_dir():
+        raise CLIError(f"{flag} {path} is a directory; give a file path")
+
+
 def _train(args) -> int:
     from training.config import load_config
     from training.pipeline import run_training
 
     cfg = load_config(args.config, args.set)
+    _check_writable(args.uri_file, "--uri-file")
     res = run_training(cfg, resume=args.resume)
     print(res.table)
     print(f"\nmodel artifact: {res.artifact_dir}")
@@ -33,6 +44,7 @@ def _evaluate(args) -> int:
     from training.config import DataConfig
     from training.data import prepare_frame, read_table
 
+    _check_writable(args.report, "--report")
     predictor, ref = load_predictor(args)
     cfg = DataConfig(path=args.data, text_column=args.text_column, labels_column=args.labels_column,
                      label_format=args.label_format, source_column=args.source_column)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import DATA_DIR, REPO
 from training.config import load_config
 from training.data import DataError, load_data
 
@@ -113,3 +113,23 @@ def test_missing_columns_error_does_not_quote_a_headerless_first_row(tmp_path):
     with pytest.raises(DataError, match="not found") as e:
         prepare_frame(read_table(f), cfg.data, cfg.label_schema, str(f))
     assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--model", "unused", "--data", "unused.jsonl", "--report", "/nonexistent-dir/r.json"],
+    ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--uri-file", "/nonexistent-dir/uri.txt",
+     "--set", "baseline.enabled=false"],
+])
+def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, monkeypatch):
+    # used to train (and register) / score first, then fail with FileNotFoundError
+    from model.cli import main
+
+    monkeypatch.chdir(tmp_path)  # without the fix, training runs: keep its outputs and registry here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if argv[0] == "train":
+        argv = [*argv, "--set", f"output_dir={tmp_path / 'out'}", "--set", f"data.path={DATA_DIR}"]
+    t0 = time.monotonic()
+    assert main(argv) == 1
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and err.count("\n") == 0
