@@ -10,6 +10,7 @@ The ad is given as ``text``, or as a reference to an earlier answer of this serv
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import threading
@@ -38,11 +39,15 @@ def _without_surrogates(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
-def _describe(loc: tuple) -> str:
-    """A validation error's location; an unknown key is shown only when it looks like a field name
-    (keys are client text and could be ad text)."""
-    parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<unknown field>" for x in loc]
-    return ".".join(parts) or "body"
+def _describe(error: dict) -> str:
+    """A validation error as ``location: message``, never quoting values. Keys are client text too
+    (they could be ad text): an unknown key is named only when it is a near-miss of a real field."""
+    loc = error.get("loc", ())
+    if error.get("type") == "extra_forbidden" and loc:
+        hint = difflib.get_close_matches(str(loc[-1]), list(FeedbackRequest.model_fields), n=1, cutoff=0.75)
+        return f"unknown field {str(loc[-1])!r} (did you mean {hint[0]!r}?)" if hint else "body: unknown field"
+    parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<field>" for x in loc]
+    return f"{'.'.join(parts) or 'body'}: {error.get('msg', 'invalid')}"
 
 
 class FeedbackRequest(BaseModel):
@@ -134,7 +139,7 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
         req = FeedbackRequest.model_validate(payload)
     except ValidationError as e:  # messages name fields only; never the values
         first = e.errors()[0]
-        raise APIError(ErrorKind.validation_error, f"{_describe(first['loc'])}: {first['msg']}") from None
+        raise APIError(ErrorKind.validation_error, _describe(first)) from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
     reviewed_at = req.reviewed_at
