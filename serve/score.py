@@ -263,6 +263,42 @@ def _model_version(ref, meta) -> str:
 def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
               text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
               torch_threads: int | None = None, progress: bool = True, predictor=None) -> ScoreSummary:
+    """Score ``input_path`` into ``output_path``; see ``_run_score``. One job per output at a time:
+    two jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
+
+    Raises:
+        ScoreError: as ``_run_score``, or another job is writing the same output.
+    """
+    from filelock import FileLock, Timeout
+
+    dst = Path(output_path)
+    file_format(dst)
+    dst.resolve().parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(output_lock_path(dst)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ScoreError(f"another adrisk score is writing {dst}; wait for it or choose another --output") from None
+    try:
+        return _run_score(model_uri, input_path, output_path, text_column=text_column, chunk_size=chunk_size,
+                          resume=resume, runtime=runtime, torch_threads=torch_threads, progress=progress,
+                          predictor=predictor)
+    finally:
+        lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
+
+
+def output_lock_path(output: Path) -> Path:
+    """The lock a job holds while writing ``output``: in the temp directory, keyed by the output's
+    absolute path (so nothing is left beside the output)."""
+    import hashlib
+
+    key = hashlib.sha256(str(output.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"adrisk-score-{key}.lock"
+
+
+def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
+               text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
+               torch_threads: int | None = None, progress: bool = True, predictor=None) -> ScoreSummary:
     """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
 
     Args:

@@ -92,3 +92,27 @@ def test_malformed_jsonl_and_csv_are_score_errors(tmp_path, tiny_predictor, name
     with pytest.raises(ScoreError, match="not valid") as e:
         run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
     assert "secret listing" not in str(e.value)
+
+
+def test_second_job_on_the_same_output_is_refused_while_one_runs(tmp_path, tiny_predictor):
+    # two jobs started together share <output>.partial/: parts of different inputs got mixed, or
+    # one job deleted the other's work directory mid-run
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    from serve.score import output_lock_path
+
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n1,ad one\n", encoding="utf-8")
+    dst = tmp_path / "out.csv"
+    with FileLock(str(output_lock_path(dst))):  # what a running job holds
+        code = ("from serve.score import run_score, ScoreError\n"
+                f"try: run_score('m', {str(src)!r}, {str(dst)!r}, progress=False, predictor=object())\n"
+                "except ScoreError as e: print('refused:', e)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "refused: another adrisk score is writing" in out.stdout, out.stdout + out.stderr
+    assert not dst.exists()
+    run_score("m", src, dst, progress=False, predictor=tiny_predictor)  # free again afterwards
+    assert dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
