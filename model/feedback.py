@@ -59,8 +59,14 @@ class FeedbackStore:
         url: SQLAlchemy database URL (default: ``ADRISK_FEEDBACK_URL`` or ``sqlite:///feedback.db``).
     """
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, must_exist: bool = False):
+        """``must_exist``: refuse a SQLite file that is not there (an export from a mistyped path
+        must not silently create an empty store)."""
         self.url = url or os.environ.get("ADRISK_FEEDBACK_URL") or DEFAULT_FEEDBACK_URL
+        if must_exist and self.url.startswith("sqlite:///"):
+            path = Path(self.url[len("sqlite:///"):].split("?", 1)[0])
+            if not path.is_file():
+                raise FileNotFoundError(f"feedback store {path} does not exist")
         self.engine = create_engine(self.url, future=True)
         Base.metadata.create_all(self.engine)
 

@@ -108,7 +108,7 @@ def _rollback(args) -> int:
 def _feedback_export(args) -> int:
     from model.feedback import FeedbackStore
 
-    n = FeedbackStore(args.db).export(args.output)
+    n = FeedbackStore(args.db, must_exist=True).export(args.output)
     print(f"exported {n} feedback rows to {args.output}")
     return 0
 

@@ -68,3 +68,11 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
     run_id = mlflow.MlflowClient().get_model_version("risky-ads-tiny", dec.challenger_version).run_id
     report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
     assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+
+
+def test_export_from_a_mistyped_store_path_is_an_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "model.cli", "feedback", "export", "--db",
+                        f"sqlite:///{tmp_path / 'typo.db'}", "--output", str(tmp_path / "f.jsonl")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 1 and "does not exist" in p.stderr
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "f.jsonl").exists()
