@@ -11,13 +11,18 @@ logger = logging.getLogger(__name__)
 
 
 def _check_writable(path: str | None, flag: str) -> None:
-    """Fail before the work, not after it, when an output file's directory does not exist."""
+    """Before the work, not after it: create an output file's missing directories, and refuse a
+    path that is a directory or cannot be created."""
     from model.cli import CLIError
 
-    if path and not Path(path).resolve().parent.is_dir():
-        raise CLIError(f"{flag} {path}: directory {Path(path).resolve().parent} does not exist")
-    if path and Path(path).is_dir():
+    if not path:
+        return
+    if Path(path).is_dir():
         raise CLIError(f"{flag} {path} is a directory; give a file path")
+    try:
+        Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: cannot create its directory ({e.strerror})") from None
 
 
 def _train(args) -> int:

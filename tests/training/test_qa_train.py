@@ -116,8 +116,8 @@ def test_missing_columns_error_does_not_quote_a_headerless_first_row(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["evaluate", "--model", "unused", "--data", "unused.jsonl", "--report", "/nonexistent-dir/r.json"],
-    ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--uri-file", "/nonexistent-dir/uri.txt",
+    ["evaluate", "--model", "unused", "--data", "unused.jsonl", "--report", "BLOCKED/sub/r.json"],
+    ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--uri-file", "BLOCKED/sub/uri.txt",
      "--set", "baseline.enabled=false"],
 ])
 def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, monkeypatch):
@@ -126,10 +126,20 @@ def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, mo
 
     monkeypatch.chdir(tmp_path)  # without the fix, training runs: keep its outputs and registry here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "BLOCKED").write_text("a file where a directory would have to be")
     if argv[0] == "train":
         argv = [*argv, "--set", f"output_dir={tmp_path / 'out'}", "--set", f"data.path={DATA_DIR}"]
     t0 = time.monotonic()
     assert main(argv) == 1
     assert time.monotonic() - t0 < 5
     err = capsys.readouterr().err.strip()
-    assert "does not exist" in err and err.count("\n") == 0
+    assert "cannot create its directory" in err and err.count("\n") == 0
+
+
+def test_uri_file_directory_is_created(tmp_path, monkeypatch):
+    # `make demo` writes outputs/demo/model_uri.txt on a fresh clone, where outputs/ does not exist yet
+    from training.cli import _check_writable
+
+    target = tmp_path / "outputs" / "demo" / "model_uri.txt"
+    _check_writable(str(target), "--uri-file")
+    assert target.parent.is_dir()
