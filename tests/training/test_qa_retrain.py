@@ -19,8 +19,11 @@ TINY = REPO / "configs" / "tiny.yaml"
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
+    from model.registry import configure_tracking
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure_tracking()  # MLflow's tracking URI is process-global: never read another test's registry
     return tmp_path
 
 
