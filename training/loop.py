@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
 
     model.train()
     bar = tqdm(total=total_steps, initial=state["global_step"], desc="fine-tune", unit="step",
-               mininterval=2.0, dynamic_ncols=True)
+               mininterval=2.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)  # a log file gets a line a minute
     stopped_early = False
     ema = None
     while (state["epoch"] < cfg.epochs and state["global_step"] < total_steps

@@ -53,8 +53,11 @@ def set_seeds(seed: int) -> None:
 
 
 def _log_datasets(bundle: DataBundle, labels) -> None:
+    import warnings
+
     import mlflow
 
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
     for split in bundle.splits():
         df = split.frame.drop(columns=["text"]).assign(text_sha=split.fingerprint)  # no ad text in tracking
         ds = mlflow.data.from_pandas(df, source=split.path, name=f"{split.name}-{split.fingerprint[:12]}",
