@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model.messages import describe_columns
+
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -42,18 +43,6 @@ ADDED_COLUMNS = ("flagged", "model_version", "error")
 
 class ScoreError(Exception):
     """A user-facing problem with the job's arguments or files."""
-
-
-_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-
-
-def describe_columns(columns) -> str:
-    """Column names for an error message; names that do not look like one (a headerless file's
-    first row is ad text) are counted, not shown."""
-    names = [str(c) for c in columns]
-    shown = [n for n in names if _COLUMN_NAME.match(n)]
-    hidden = len(names) - len(shown)
-    return f"{shown}" + (f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else "")
 
 
 @dataclass

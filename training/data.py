@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model.messages import describe_columns
 from model.normalize import normalize_text
 from model.schema import LabelSchema, ProblemType
 from training.config import DataConfig
@@ -66,18 +67,6 @@ class DataBundle:
 
     def splits(self) -> list[Split]:
         return [self.train, self.validation, self.test]
-
-
-_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-
-
-def describe_columns(columns) -> str:
-    """Column names for an error message; names that do not look like one (a headerless file's
-    first row is ad text) are counted, not shown."""
-    names = [str(c) for c in columns]
-    shown = [n for n in names if _COLUMN_NAME.match(n)]
-    hidden = len(names) - len(shown)
-    return f"{shown}" + (f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else "")
 
 
 def _rows(idx: list[int]) -> str:
