@@ -69,13 +69,16 @@ def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str =
     return evaluate_scores(probs, split.targets, labels, thresholds, split.name, split.sources, prefix=prefix)
 
 
-def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | None = None) -> TrainResult:
+def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | None = None,
+                 bundle: DataBundle | None = None) -> TrainResult:
     """Train, evaluate, save, log and register one model (see module docstring).
 
     Args:
         resume: continue from the output directory's last checkpoint (same config required).
         exclude_texts: texts that extra training rows (e.g. feedback) must not repeat (a retrain's
             gate set); matching rows are dropped and counted.
+        bundle: data already loaded by ``load_data`` for this config (a retrain loads it once);
+            ``exclude_texts`` is then ignored.
 
     Raises:
         DataError, BaseModelError, ConfigError, CheckpointError: with messages for the user.
@@ -98,7 +101,8 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
     mlflow.set_experiment(cfg.tracking.experiment)
 
     # --- phase 2: data ---------------------------------------------------------------------
-    bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
+    if bundle is None:
+        bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)

@@ -83,17 +83,23 @@ def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def gate_set(cfg: Config, test: Split) -> Split:
-    """The fixed gate set: the test split plus the configured golden sets (same data schema)."""
-    frames, ys = [test.frame], [test.targets]
+def golden_sets(cfg: Config) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """The configured golden sets, validated like training data: (frame, targets) per file."""
+    out = []
     for path in cfg.gate.golden_files:
         fr, y = prepare_frame(read_table(path), cfg.data, cfg.label_schema, path)
         if "source" not in fr:
             fr["source"] = "golden:" + Path(path).stem
-        frames.append(fr)
-        ys.append(y)
-    frame = pd.concat(frames, ignore_index=True)
-    return Split(GATE_SPLIT, frame, np.vstack(ys), path="+".join([test.path, *cfg.gate.golden_files]))
+        out.append((fr, y))
+    return out
+
+
+def gate_set(cfg: Config, test: Split, golden: list[tuple[pd.DataFrame, np.ndarray]] | None = None) -> Split:
+    """The fixed gate set: the test split plus the golden sets (read from config when not given)."""
+    golden = golden_sets(cfg) if golden is None else golden
+    frame = pd.concat([test.frame, *(fr for fr, _ in golden)], ignore_index=True)
+    targets = np.vstack([test.targets, *(y for _, y in golden)])
+    return Split(GATE_SPLIT, frame, targets, path="+".join([test.path, *cfg.gate.golden_files]))
 
 
 def gate_metrics(predictor: Predictor, gate: Split) -> dict[str, float]:
@@ -206,17 +212,21 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
         configure_tracking(cfg.tracking.tracking_uri)
         g = cfg.gate
         champion_version = get_alias(cfg.model_name, g.champion_alias)
-        bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
+        golden = golden_sets(cfg)
+        # one load serves the idempotence check, the gate set and training: feedback rows that
+        # repeat a validation, test or golden text are excluded before anything is fingerprinted
+        bundle = load_data(cfg.data, cfg.label_schema, cfg.seed,
+                           exclude_texts=[t for fr, _ in golden for t in fr["text"].tolist()])
         if champion_version and not force:
             tags = _champion_run_tags(cfg.model_name, g.champion_alias)
             if (tags.get("adrisk.config_digest") == cfg.digest()
                     and tags.get("adrisk.data.train.fingerprint") == bundle.train.fingerprint):
                 logger.info("champion v%s was trained on the same data and config: nothing to do", champion_version)
                 return EXIT_UNCHANGED, None
-        gate = gate_set(cfg, bundle.test)
+        gate = gate_set(cfg, bundle.test, golden)
         if not cfg.tracking.register_model:
             raise ValueError("retrain needs tracking.register_model: true (the challenger must be a model version)")
-        result = run_training(cfg, exclude_texts=gate.texts)
+        result = run_training(cfg, bundle=bundle)
         challenger_version = result.registered.version
         challenger = gate_metrics(Predictor.load(result.artifact_dir), gate)
         champion = None

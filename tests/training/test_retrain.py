@@ -121,3 +121,18 @@ def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
     report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/data_report.json")
     assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
     assert report["rows"]["train"] == 240 + 2
+
+
+def test_golden_sets_join_the_gate_and_feedback_repeating_them_is_excluded(workdir):
+    golden = workdir / "golden.jsonl"
+    rows = [{"text": f"golden listing {i}, text me for details", "labels": ["scam"] if i % 2 else []} for i in range(6)]
+    golden.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fb = workdir / "fb.jsonl"
+    fb.write_text(json.dumps({"text": rows[1]["text"] + "  ", "labels": ["scam"], "source": "feedback"}) + "\n"
+                  + json.dumps({"text": "brand new feedback text", "labels": [], "source": "feedback"}) + "\n")
+    code, dec = retrain(_cfg(workdir, f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"))
+    assert code == EXIT_PROMOTED
+    assert "golden:golden" in {r.slice for r in dec.rows}
+    run_id = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version).run_id
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
+    assert report["extra_train"] == {"rows": 2, "excluded_gate_duplicates": 1}
