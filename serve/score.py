@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model.artifact import write_json_atomic
 from model.messages import describe_columns
 
 logger = logging.getLogger(__name__)
@@ -164,12 +165,6 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
             df[col] = [v if v is None or isinstance(v, str) or _is_missing(v)
                        else json.dumps(v) if isinstance(v, dict | list) else str(v) for v in df[col]]
         return pa.Table.from_pandas(df, preserve_index=False)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _as_text(arr: pa.ChunkedArray) -> pa.Array:
@@ -374,7 +369,7 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
                 thr = predictor.meta.thresholds[name]
                 summary.flagged_per_label[name] += int((out[SCORE_PREFIX + name] >= thr).sum())
             summary.seconds = time.perf_counter() - t0
-            _write_json_atomic(manifest_path, {"identity": identity, "chunks_done": i + 1,
+            write_json_atomic(manifest_path, {"identity": identity, "chunks_done": i + 1,
                                                "summary": {k: v for k, v in asdict(summary).items()
                                                            if k not in ("model_version", "output")}})
             bar.update(len(out))
