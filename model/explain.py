@@ -1,0 +1,569 @@
+"""Per-label explanations: which words of an ad moved a label's score, as character spans of the
+ORIGINAL text (what a client shows), with signed contributions.
+
+Pipeline (the same text and tokens the ``Predictor`` scores):
+
+1. ``normalize_with_offsets`` returns exactly ``normalize_text(text)`` plus, for each normalised
+   character, the span of original characters it came from (HTML tags/entities, NFKC, removed
+   zero-width characters and spelled-out emoji all change offsets).
+2. The normalised text is cut and tokenised exactly like ``TextEncoder.encode`` (same ids), with the
+   fast tokenizer's offsets.
+3. Tokens are grouped into *units*: white-space separated words of the normalised text, merged when
+   they come from the same original characters (an emoji spelled out as ``kiss mark`` is one unit,
+   the emoji). Units beyond the model window get no attribution.
+4. Attribution per unit and label, in **calibrated logit space**: ``z_j / T_j`` for multi-label and
+   binary models (the log-odds whose sigmoid is the calibrated probability the thresholds apply to),
+   ``log softmax(z / T)_j`` (calibrated log-probability) for multi-class models. Positive = the unit
+   pushes the label up.
+
+Methods (see docs/explanations.md for the measured faithfulness and cost that chose the default):
+
+- ``occlusion`` (Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks";
+  word-level leave-one-out as in Li et al. 2016, "Understanding Neural Networks through Representation
+  Erasure"): a unit's attribution is the drop of the label's calibrated logit when the unit's tokens
+  are deleted from the sequence. One forward pass per unit (+1), all labels at once, any runtime
+  (torch or ONNX), so it is the default.
+- ``integrated_gradients`` (Sundararajan et al. 2017, "Axiomatic Attribution for Deep Networks"), via
+  captum's ``LayerIntegratedGradients`` on the word-embedding layer, baseline = ``[PAD]`` tokens
+  with ``[CLS]``/``[SEP]`` kept; token attributions (summed over the embedding dimension) are summed
+  per unit. Needs gradients, so it runs the artifact's torch weights even when the predictor scores
+  with an ONNX variant (a torch copy of the model is loaded for it).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.encoding import CHARS_PER_TOKEN_CAP
+from model.normalize import _SURROGATE, _TAG, _VARIATION_SELECTORS, _WS, _symbol_name, normalize_text
+from model.schema import ProblemType
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("occlusion", "integrated_gradients")
+DEFAULT_METHOD = "occlusion"
+DEFAULT_TOP_K = 5
+DEFAULT_IG_STEPS = 32
+
+# ---------------------------------------------------------------------------------------------------
+# normalisation with an offset map (moves to model/normalize.py after the restructuring)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _apply(s: str, starts: list[int], ends: list[int], pieces) -> tuple[str, list[int], list[int]]:
+    """Replace spans of ``s``: ``pieces`` yields ``(a, b, replacement)`` in order, non-overlapping.
+    Every replacement character maps to the original span of ``s[a:b]``."""
+    out: list[str] = []
+    ns: list[int] = []
+    ne: list[int] = []
+    pos = 0
+    for a, b, rep in pieces:
+        if a > pos:
+            out.append(s[pos:a])
+            ns.extend(starts[pos:a])
+            ne.extend(ends[pos:a])
+        if rep:
+            lo = starts[a] if b > a else (starts[a] if a < len(s) else (ends[-1] if ends else 0))
+            hi = ends[b - 1] if b > a else lo
+            out.append(rep)
+            ns.extend([lo] * len(rep))
+            ne.extend([hi] * len(rep))
+        pos = b
+    if pos < len(s):
+        out.append(s[pos:])
+        ns.extend(starts[pos:])
+        ne.extend(ends[pos:])
+    return "".join(out), ns, ne
+
+
+def _nfkc_pieces(s: str):
+    """(a, b, NFKC(s[a:b])) for the segments of ``s`` whose NFKC differs, such that the concatenation
+    equals NFKC(s): segments start at combining class 0 characters and merge with the previous one
+    when normalising them apart would differ from normalising them together (Hangul jamo, composing
+    starters)."""
+    bounds = [i for i in range(len(s)) if i == 0 or unicodedata.combining(s[i]) == 0] + [len(s)]
+    segs: list[list[int]] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if segs and not (s[segs[-1][0] : b].isascii()):
+            pa, pb = segs[-1]
+            joined = unicodedata.normalize("NFKC", s[pa:b])
+            if joined != unicodedata.normalize("NFKC", s[pa:pb]) + unicodedata.normalize("NFKC", s[a:b]):
+                segs[-1][1] = b
+                continue
+        segs.append([a, b])
+    for a, b in segs:
+        seg = s[a:b]
+        rep = unicodedata.normalize("NFKC", seg)
+        if rep != seg:
+            yield a, b, rep
+
+
+def _expand_pieces(s: str):
+    for i, ch in enumerate(s):
+        if ch.isascii():
+            continue
+        if ch in _VARIATION_SELECTORS or unicodedata.category(ch) == "Cf":
+            yield i, i + 1, ""
+        elif unicodedata.category(ch) == "So":
+            yield i, i + 1, _symbol_name(ch)
+
+
+def normalize_with_offsets(text: str) -> tuple[str, np.ndarray]:
+    """``normalize_text(text)`` plus an offset map back to ``text``.
+
+    Args:
+        text: any Python string.
+
+    Returns:
+        ``(normalised, offsets)``: ``normalised == normalize_text(text)`` exactly; ``offsets`` is an
+        (len(normalised), 2) int64 array, row i = ``[start, end)`` of the original characters that
+        normalised character i came from (a decoded entity's characters map to the whole entity, a
+        spelled-out emoji's name to the emoji, a folded white-space run to the run, an NFKC form to
+        its source characters). ``text[start:end]`` is never empty.
+
+    Raises:
+        TypeError: ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"expected str, got {type(text).__name__}")
+    n = len(text)
+    s = _SURROGATE.sub("\ufffd", text)  # 1:1
+    starts, ends = list(range(n)), list(range(1, n + 1))
+    if "<" in s:
+        s, starts, ends = _apply(s, starts, ends, ((m.start(), m.end(), " ") for m in _TAG.finditer(s)))
+    if "&" in s:
+        s, starts, ends = _apply(
+            s,
+            starts,
+            ends,
+            ((m.start(), m.end(), html._replace_charref(m)) for m in html._charref.finditer(s)),
+        )
+    if not s.isascii():
+        s, starts, ends = _apply(s, starts, ends, _nfkc_pieces(s))
+    if not s.isascii():
+        s, starts, ends = _apply(s, starts, ends, list(_expand_pieces(s)))
+    s, starts, ends = _apply(s, starts, ends, ((m.start(), m.end(), " ") for m in _WS.finditer(s)))
+    lead = len(s) - len(s.lstrip(" "))
+    trail = len(s.rstrip(" "))
+    s, starts, ends = s[lead:trail], starts[lead:trail], ends[lead:trail]
+    expected = normalize_text(text)
+    if s != expected:  # should not happen; keep the contract (same string) with a coarse map
+        logger.warning("offset map fell back to whole-text spans (normalisation step not mirrored)")
+        return expected, np.tile(np.asarray([[0, n]], dtype=np.int64), (len(expected), 1))
+    return s, np.asarray([starts, ends], dtype=np.int64).T.reshape(len(s), 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# units: words of the normalised text mapped to original spans, and their tokens
+# ---------------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One highlighted span: ``text[start:end]`` of the original text; ``score`` is the signed
+    contribution to the label's calibrated logit (see module docstring)."""
+
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "score": self.score}
+
+
+@dataclass
+class Units:
+    """A text cut into attribution units.
+
+    ``spans``: (U, 2) original-text offsets; ``token_unit``: (T,) unit index of each token of
+    ``input_ids`` (-1 for special tokens); ``input_ids``: the ids ``TextEncoder.encode`` produces.
+    """
+
+    spans: np.ndarray
+    token_unit: np.ndarray
+    input_ids: list[int]
+    special: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def active(self) -> np.ndarray:
+        """Indices of units that have at least one token inside the model window."""
+        return np.unique(self.token_unit[self.token_unit >= 0])
+
+
+def text_units(text: str, tokenizer, max_length: int) -> Units:
+    """Tokenise ``text`` like ``TextEncoder.encode`` and group tokens into units (see module docstring).
+
+    Args:
+        text: the original text.
+        tokenizer: a Hugging Face fast tokenizer (needs ``return_offsets_mapping``).
+        max_length: the model window in tokens.
+    """
+    norm, offsets = normalize_with_offsets(text)
+    cap = max_length * CHARS_PER_TOKEN_CAP
+    cut = norm[:cap]
+    words = [(m.start(), m.end()) for m in _WORD.finditer(cut)]
+    # merge consecutive words that come from overlapping original characters (a spelled-out emoji)
+    spans: list[list[int]] = []
+    char_unit = np.full(len(cut), -1, dtype=np.int64)
+    for a, b in words:
+        lo, hi = int(offsets[a, 0]), int(offsets[b - 1, 1])
+        if spans and lo < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+        char_unit[a:b] = len(spans) - 1
+    enc = tokenizer(
+        cut,
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    ids = list(enc["input_ids"])
+    special = np.asarray(enc["special_tokens_mask"], dtype=bool)
+    token_unit = np.full(len(ids), -1, dtype=np.int64)
+    for t, (a, b) in enumerate(enc["offset_mapping"]):
+        if special[t] or b <= a:
+            continue
+        token_unit[t] = char_unit[a] if char_unit[a] >= 0 else char_unit[min(b - 1, len(cut) - 1)]
+    return Units(np.asarray(spans, dtype=np.int64).reshape(-1, 2), token_unit, ids, special)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the explainer
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attribution:
+    """All unit attributions of one text: ``spans`` (U, 2) original offsets, ``scores`` (U, L) float64
+    (0 for units outside the model window), ``active`` the units inside the window."""
+
+    spans: np.ndarray
+    scores: np.ndarray
+    active: np.ndarray
+
+    def top(self, label_index: int, k: int) -> list[Span]:
+        """The ``k`` units with the largest |score| for a label, strongest first (signed scores)."""
+        if k < 1 or self.active.size == 0:
+            return []
+        s = self.scores[self.active, label_index]
+        order = np.argsort(-np.abs(s), kind="stable")[:k]
+        return [
+            Span(int(self.spans[self.active[i], 0]), int(self.spans[self.active[i], 1]), float(s[i]))
+            for i in order
+        ]
+
+
+class Explainer:
+    """Per-label word attributions for a loaded ``Predictor``.
+
+    Args:
+        predictor: a ``model.predictor.Predictor`` (any runtime).
+        method: ``"occlusion"`` (any runtime) or ``"integrated_gradients"`` (captum; torch weights).
+        ig_steps: Riemann steps of integrated gradients.
+        batch_size: rows per forward pass of the occluded copies / IG steps.
+
+    Thread-safety: tokenisation and each forward pass take the predictor's lock, one batch at a
+    time, so plain scoring interleaves with a long explanation instead of waiting for all of it.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+
+    def __init__(
+        self, predictor, method: str = DEFAULT_METHOD, ig_steps: int = DEFAULT_IG_STEPS, batch_size: int = 32
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown explanation method {method!r}; choose one of {list(METHODS)}")
+        if ig_steps < 2 or batch_size < 1:
+            raise ValueError("ig_steps must be >= 2 and batch_size >= 1")
+        self.predictor = predictor
+        self.method = method
+        self.ig_steps = int(ig_steps)
+        self.batch_size = int(batch_size)
+        meta = predictor.meta
+        self.labels = tuple(meta.labels)
+        self._temps = np.asarray(meta.temperatures, dtype=np.float64)
+        self._multi_class = meta.label_schema.problem_type is ProblemType.MULTI_CLASS
+        self._torch_model = None
+        self._lock = getattr(predictor, "_lock", None)
+
+    # -- score space --------------------------------------------------------------------------------
+    def _space(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64) / self._temps[None, :]
+        if self._multi_class:
+            z = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+        return z
+
+    def _forward(self, rows: list[list[int]]) -> np.ndarray:
+        enc = self.predictor.encoder
+        out = []
+        for i in range(0, len(rows), self.batch_size):
+            ids, mask = enc.pad(rows[i : i + self.batch_size])
+            if self._lock is not None:
+                with self._lock:
+                    out.append(self.predictor.runtime.logits(ids, mask))
+            else:
+                out.append(self.predictor.runtime.logits(ids, mask))
+        return self._space(np.concatenate(out, axis=0))
+
+    def _units(self, text: str) -> Units:
+        tok = self.predictor.encoder.tokenizer
+        if self._lock is not None:
+            with self._lock:
+                return text_units(text, tok, self.predictor.meta.max_length)
+        return text_units(text, tok, self.predictor.meta.max_length)
+
+    # -- methods ------------------------------------------------------------------------------------
+    def _occlusion(self, u: Units) -> np.ndarray:
+        active = u.active
+        scores = np.zeros((len(u.spans), len(self.labels)), dtype=np.float64)
+        if active.size == 0:
+            return scores
+        ids = np.asarray(u.input_ids)
+        rows = [u.input_ids] + [ids[u.token_unit != k].tolist() for k in active]
+        z = self._forward(rows)
+        scores[active] = z[0][None, :] - z[1:]
+        return scores
+
+    def _load_torch(self):
+        if self._torch_model is None:
+            rt = self.predictor.runtime
+            if getattr(rt, "name", "") == "torch" and hasattr(rt, "model"):
+                self._torch_model = rt.model
+            else:
+                if self.predictor.directory is None:
+                    raise ValueError(
+                        "integrated gradients need the artifact's torch weights (predictor has no directory)"
+                    )
+                from transformers import AutoModelForSequenceClassification
+
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    str(self.predictor.directory), local_files_only=True
+                )
+                self._torch_model = model.eval()
+        return self._torch_model
+
+    def _integrated_gradients(self, u: Units, label_idx: Sequence[int]) -> np.ndarray:
+        import torch
+        from captum.attr import LayerIntegratedGradients
+
+        model = self._load_torch()
+        scores = np.zeros((len(u.spans), len(self.labels)), dtype=np.float64)
+        active = u.active
+        if active.size == 0 or not label_idx:
+            return scores
+        temps = torch.as_tensor(self._temps, dtype=torch.float32)
+        multi_class = self._multi_class
+
+        def fwd(input_ids, attention_mask):
+            z = model(input_ids=input_ids, attention_mask=attention_mask).logits / temps
+            return torch.log_softmax(z, dim=1) if multi_class else z
+
+        lig = LayerIntegratedGradients(fwd, model.get_input_embeddings())
+        ids = torch.as_tensor([u.input_ids], dtype=torch.long)
+        pad = self.predictor.encoder.pad_id
+        base = torch.where(torch.as_tensor(u.special)[None, :], ids, torch.full_like(ids, pad))
+        mask = torch.ones_like(ids)
+        n = len(label_idx)
+        unit_of = torch.as_tensor(u.token_unit)
+        with torch.enable_grad():
+            if self._lock is not None:
+                self._lock.acquire()
+            try:
+                attr = lig.attribute(
+                    inputs=ids.repeat(n, 1),
+                    baselines=base.repeat(n, 1),
+                    additional_forward_args=(mask.repeat(n, 1),),
+                    target=list(label_idx),
+                    n_steps=self.ig_steps,
+                    internal_batch_size=max(self.batch_size, 1),
+                )
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+        tok = attr.sum(dim=-1).detach().double()  # (n, T)
+        for r, j in enumerate(label_idx):
+            keep = unit_of >= 0
+            per_unit = torch.zeros(len(u.spans), dtype=torch.float64)
+            per_unit.index_add_(0, unit_of[keep], tok[r][keep])
+            scores[:, j] = per_unit.numpy()
+        return scores
+
+    # -- public -------------------------------------------------------------------------------------
+    def attribute(self, texts: Sequence[str], labels: Sequence[str] | None = None) -> list[Attribution]:
+        """Unit attributions of each text for ``labels`` (default: all labels; occlusion always computes
+        all labels at the cost of one set of forward passes, IG costs one pass set per label).
+
+        Raises:
+            TypeError: an item is not a str (the message names its index, never its content).
+            ValueError: an unknown label name.
+        """
+        texts = _check(texts)
+        idx = self._label_indices(labels)
+        out = []
+        for t in texts:
+            u = self._units(t)
+            s = self._occlusion(u) if self.method == "occlusion" else self._integrated_gradients(u, idx)
+            out.append(Attribution(u.spans, s, u.active))
+        return out
+
+    def explain(
+        self, texts: Sequence[str], labels: Sequence[str] | None = None, top_k: int = DEFAULT_TOP_K
+    ) -> list[dict[str, list[Span]]]:
+        """Top-``top_k`` spans per label for each text: ``{label: [Span, ...]}`` strongest |score| first.
+
+        Args:
+            texts: a str or a sequence of str.
+            labels: the labels to explain for every text; None explains each text's flagged labels
+                (calibrated probability at or above the label's threshold; a text with none gets ``{}``).
+            top_k: spans per label, >= 1.
+
+        Raises:
+            TypeError: an item is not a str. ValueError: unknown label, top_k < 1.
+        """
+        if top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        texts = _check(texts)
+        if labels is None:
+            preds = self.predictor.predict(texts)
+            benign = self.predictor.meta.label_schema.benign_label
+            wanted = [[n for n in self.labels if p.categories[n] and n != benign] for p in preds]
+        else:
+            self._label_indices(labels)
+            wanted = [list(labels)] * len(texts)
+        results: list[dict[str, list[Span]]] = []
+        for t, names in zip(texts, wanted, strict=True):
+            if not names:
+                results.append({})
+                continue
+            a = self.attribute([t], names)[0]
+            results.append({n: a.top(self.labels.index(n), top_k) for n in names})
+        return results
+
+    def _label_indices(self, labels: Sequence[str] | None) -> list[int]:
+        if labels is None:
+            return list(range(len(self.labels)))
+        if isinstance(labels, str):
+            raise TypeError("labels must be a sequence of label names, not a str")
+        unknown = [n for n in labels if n not in self.labels]
+        if unknown:
+            raise ValueError(f"unknown labels {unknown}; this model has {list(self.labels)}")
+        return [self.labels.index(n) for n in labels]
+
+
+def _check(texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"item {i} is {type(t).__name__}, expected str")
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------------
+# faithfulness (deletion test) and aggregation
+# ---------------------------------------------------------------------------------------------------
+
+
+def delete_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with each ``[start, end)`` span replaced by one space (so neighbours do not join)."""
+    out, pos = [], 0
+    for a, b in sorted((int(a), int(b)) for a, b in spans):
+        if a < pos:
+            a = pos
+        out.append(text[pos:a])
+        out.append(" ")
+        pos = max(pos, b)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Deletion test of one label over ``n`` texts: mean calibrated-probability drop when deleting the
+    top-k positively attributed units (``drop_top``) vs k random units (``drop_random``, mean of
+    ``draws`` draws per text); ``margin = drop_top - drop_random``; ``wins`` = share of texts where
+    the top-k drop beats the mean random drop."""
+
+    label: str
+    n: int
+    k: int
+    drop_top: float
+    drop_random: float
+    margin: float
+    wins: float
+
+
+def deletion_test(
+    explainer: Explainer,
+    texts: Sequence[str],
+    label: str,
+    k: int = 3,
+    draws: int = 5,
+    seed: int = 0,
+    attributions: Sequence[Attribution] | None = None,
+) -> Faithfulness:
+    """Deletion test (cf. Samek et al. 2017 "Evaluating the visualization of what a DNN has learned";
+    DeYoung et al. 2020 ERASER "comprehensiveness"): delete the k units with the largest attribution
+    for ``label`` from the ORIGINAL text (by their character spans), re-score with the predictor, and
+    compare the drop of the label's calibrated probability with deleting k random units.
+
+    Only texts with more than k units inside the model window count.
+
+    Raises:
+        ValueError: unknown label, k < 1, draws < 1.
+    """
+    if k < 1 or draws < 1:
+        raise ValueError("k and draws must be >= 1")
+    j = explainer._label_indices([label])[0]
+    texts = _check(texts)
+    attrs = list(attributions) if attributions is not None else explainer.attribute(texts, [label])
+    rng = np.random.default_rng(seed)
+    base, top, rand, owner = [], [], [], []
+    for i, (t, a) in enumerate(zip(texts, attrs, strict=True)):
+        if a.active.size <= k:
+            continue
+        order = a.active[np.argsort(-a.scores[a.active, j], kind="stable")[:k]]
+        base.append(t)
+        top.append(delete_spans(t, a.spans[order]))
+        for _ in range(draws):
+            pick = rng.choice(a.active, size=k, replace=False)
+            rand.append(delete_spans(t, a.spans[pick]))
+        owner.append(i)
+    if not base:
+        return Faithfulness(label, 0, k, math.nan, math.nan, math.nan, math.nan)
+    p = explainer.predictor.predict_proba(base + top + rand)[:, j]
+    m = len(base)
+    p0, pt, pr = p[:m], p[m : 2 * m], p[2 * m :].reshape(m, draws).mean(axis=1)
+    drop_top, drop_rand = p0 - pt, p0 - pr
+    return Faithfulness(
+        label,
+        m,
+        k,
+        float(drop_top.mean()),
+        float(drop_rand.mean()),
+        float((drop_top - drop_rand).mean()),
+        float((drop_top > drop_rand).mean()),
+    )
+
+
+def unit_key(text: str, span: Sequence[int]) -> str:
+    """A grouping key for a unit: its original characters NFKC-folded, format characters removed,
+    lower-cased (emoji stay emoji)."""
+    s = unicodedata.normalize("NFKC", text[int(span[0]) : int(span[1])])
+    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf" and ch not in _VARIATION_SELECTORS)
+    return s.lower().strip()
