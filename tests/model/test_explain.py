@@ -1,0 +1,225 @@
+"""Explanations: offset map, units, known-answer attributions (occlusion and IG), deletion test, probes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from model.explain import (
+    Explainer,
+    delete_spans,
+    deletion_test,
+    normalize_with_offsets,
+    text_units,
+)
+from model.normalize import normalize_text
+from tests.conftest import probe_rows
+
+ODD = [
+    "",
+    "   \n\t ",
+    "<b>Full body massage</b>&nbsp;&amp; more <br/>call now",
+    "ｈｏｔ ｇｉｒｌｓ in\u200btown, c\u200ball n\u200bow",
+    "💋💋🔥🔥👅💦🍒🌹",
+    "café massage",
+    "cafe\u0301 massage",
+    "&lt;b&gt;not a tag&lt;/b&gt; &#x1F48B; &#128139 &bogus; & < >",
+    "\ud83d broken surrogate \u2764\ufe0f ﬁne ①",
+    "\u1100\u1161\u11a8 hangul jamo \u0b47\u0b3e",
+]
+
+
+def _fuzz(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = [
+        "a",
+        "B",
+        " ",
+        "\n",
+        "&amp;",
+        "&nbsp;",
+        "<b>",
+        "</i>",
+        "<br/>",
+        "\u200b",
+        "\ufe0f",
+        "💋",
+        "ｈ",
+        "e\u0301",
+        "\u1100",
+        "\u1161",
+        "\u11a8",
+        "&#x1F48B;",
+        "&lt;b&gt;",
+        "\ud83d",
+        "ﬁ",
+        "①",
+        "&",
+        "<",
+    ]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 14))) for _ in range(n)]
+
+
+def test_offset_map_returns_exactly_normalize_text_and_valid_spans():
+    for text in ODD + _fuzz(500, seed=12):
+        norm, off = normalize_with_offsets(text)
+        assert norm == normalize_text(text), ascii(text)
+        assert off.shape == (len(norm), 2)
+        if len(norm):
+            assert (off[:, 0] >= 0).all() and (off[:, 1] <= len(text)).all() and (off[:, 1] > off[:, 0]).all()
+            assert (np.diff(off[:, 0]) >= 0).all()  # monotone: spans follow the original order
+
+
+def test_offset_map_points_at_the_source_characters():
+    text = "<i>x</i>&amp;💋 ｈｉ c\u200ball"
+    norm, off = normalize_with_offsets(text)
+    src = [text[a:b] for a, b in off]
+    assert norm.startswith("x & kiss mark hi call")
+    assert src[norm.index("&")] == "&amp;"
+    assert {src[i] for i in range(norm.index("kiss"), norm.index("mark") + 4)} == {"💋"}
+    assert src[norm.index("h")] == "ｈ"
+    assert normalize_with_offsets(text)[0] == normalize_text(text)
+
+
+def test_units_use_the_predictor_token_ids_and_index_the_original(tiny_predictor):
+    enc = tiny_predictor.encoder
+    for text in ODD:
+        u = text_units(text, enc.tokenizer, enc.max_length)
+        assert u.input_ids == enc.encode([text]).input_ids[0]
+        for a, b in u.spans:
+            assert text[a:b].strip()  # a unit never indexes pure white space
+    u = text_units("💋💋 call", enc.tokenizer, enc.max_length)
+    assert [tuple(s) for s in u.spans] == [
+        (0, 1),
+        (1, 2),
+        (3, 7),
+    ]  # each emoji is one unit, not its name's words
+
+
+class _BagOfWords:
+    """A torch stand-in for a sequence classifier with a known answer: logits = sum of per-token weights
+    over unmasked tokens (linear, additive), so deleting a word lowers a label by exactly its weights."""
+
+    def __init__(self, vocab_size: int, weights: dict[int, list[float]], num_labels: int):
+        import torch
+
+        emb = torch.nn.Embedding(vocab_size, num_labels)
+        with torch.no_grad():
+            emb.weight.zero_()
+            for i, w in weights.items():
+                emb.weight[i] = torch.as_tensor(w)
+        self.emb = emb
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def __call__(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=(self.emb(input_ids) * attention_mask[..., None]).sum(dim=1))
+
+
+class _Runtime:
+    name = "torch"
+
+    def __init__(self, model):
+        self.model = model
+
+    def logits(self, ids, mask):
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).logits.float().numpy()
+
+
+@pytest.fixture()
+def known_predictor(tiny_artifact):
+    """The tiny artifact's tokenizer (thresholds 0.9) with a bag-of-words model: 'cash' and 'wire' push `scam`
+    (+3, +2), 'kiss mark' (the spelled-out 💋) pushes `adult_services` (+2 per token), 'hello' lowers
+    `scam` (-1)."""
+    from model.predictor import Predictor
+
+    p = Predictor.load(tiny_artifact)
+    tok = p.encoder.tokenizer
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("cash", "wire", "kiss", "mark", "hello")}
+    w = {
+        ids["cash"]: [0, 0, 3.0],
+        ids["wire"]: [0, 0, 2.0],
+        ids["kiss"]: [2.0, 0, 0],
+        ids["mark"]: [2.0, 0, 0],
+        ids["hello"]: [0, 0, -1.0],
+    }
+    model = _BagOfWords(tok.vocab_size, w, len(p.labels))
+    meta = p.meta.model_copy(update={"thresholds": {n: 0.9 for n in p.labels}})
+    return Predictor(p.encoder, _Runtime(model), meta)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
+def test_known_answer_attributions(known_predictor, method):
+    text = "hello&nbsp;please <b>send</b> CASH by ｗｉｒｅ now 💋"
+    ex = Explainer(known_predictor, method=method, ig_steps=4)
+    out = ex.explain([text], labels=["scam", "adult_services"], top_k=3)[0]
+    scam = out["scam"]
+    assert [text[s.start : s.end] for s in scam] == ["CASH", "ｗｉｒｅ", "hello"]
+    assert [round(s.score, 4) for s in scam] == [3.0, 2.0, -1.0]  # signed, strongest |score| first
+    adult = out["adult_services"]
+    assert text[adult[0].start : adult[0].end] == "💋" and adult[0].score == pytest.approx(4.0, abs=1e-4)
+
+
+def test_explain_defaults_to_flagged_labels(known_predictor):
+    ex = Explainer(known_predictor)
+    flagged, benign = ex.explain(["wire the cash", "plain words only"])
+    assert list(flagged) == ["scam"]  # sigmoid(5) >= 0.9; the other labels stay at sigmoid(0) = 0.5
+    assert benign == {}
+
+
+def test_deletion_test_margin_on_known_model(known_predictor):
+    rng = random.Random(3)
+    filler = ["please", "send", "the", "money", "today", "friend", "call", "me", "later", "ok"]
+    texts = []
+    for _ in range(12):
+        words = rng.sample(filler, 6) + ["cash", "wire"]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    ex = Explainer(known_predictor)
+    f = deletion_test(ex, texts, "scam", k=2, draws=4, seed=0)
+    assert f.n == len(texts)
+    # top-2 deletion removes both cues (logit 5 -> 0); random pairs rarely do: a stated margin of 0.2
+    assert f.margin > 0.2 and f.wins > 0.8
+    assert f.drop_top > f.drop_random
+
+
+def test_delete_spans_keeps_neighbours_apart():
+    assert delete_spans("ab cd ef", [(3, 5)]) == "ab   ef"
+    assert delete_spans("abcd", [(1, 2), (2, 3)]) == "a  d"
+
+
+def test_bad_input_is_a_clear_error(tiny_predictor):
+    ex = Explainer(tiny_predictor)
+    with pytest.raises(TypeError, match="item 1"):
+        ex.explain(["ok", 3], labels=["scam"])
+    with pytest.raises(ValueError, match="unknown labels"):
+        ex.explain(["ok"], labels=["nope"])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        Explainer(tiny_predictor, method="lime")
+
+
+def test_predict_probe_offsets_index_the_original_text(tiny_predictor, probes):
+    ex = Explainer(tiny_predictor)
+    texts = []
+    for row in probe_rows(probes, "predict"):
+        v = row["value"]
+        texts.extend(v if isinstance(v, list) else [v])
+    texts = [t for t in texts if isinstance(t, str) and len(t) < 5000]  # the 100k-char row: window-cut anyway
+    assert any("\u200b" in t for t in texts) and any("&nbsp;" in t for t in texts)
+    out = ex.explain(texts, labels=list(tiny_predictor.labels), top_k=50)
+    for text, res in zip(texts, out, strict=True):
+        norm_words = set(normalize_text(text).split())
+        for spans in res.values():
+            for s in spans:
+                piece = text[s.start : s.end]
+                assert 0 <= s.start < s.end <= len(text) and piece.strip()
+                # the highlighted original characters normalise to words the model saw
+                assert set(normalize_text(piece).split()) <= norm_words
