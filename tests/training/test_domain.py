@@ -1,0 +1,46 @@
+"""Source-balanced sampling and group DRO (training/domain.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.domain import GroupDRO, balanced_sample, group_keys
+
+
+def test_balanced_sample_equalises_sources_and_is_seeded():
+    sources = ["big"] * 900 + ["small"] * 100
+    idx = balanced_sample(sources, seed=3)
+    drawn = np.asarray(sources)[idx]
+    assert len(idx) == 1000 and 0.4 < (drawn == "small").mean() < 0.6
+    assert balanced_sample(sources, seed=3).tolist() == idx.tolist()
+    with pytest.raises(ValueError):
+        balanced_sample([], seed=0)
+
+
+def test_group_keys_split_source_view_and_positive():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    ids = group_keys(["a", "a", "a", "b"], [False, False, True, False], y)
+    assert len(set(ids.tolist())) == 4
+    assert group_keys(None, None, y).tolist() == [1, 0, 1, 0]
+
+
+def test_group_dro_moves_weight_to_the_worst_group():
+    dro = GroupDRO(2, eta=0.5)
+    per_row = torch.tensor([0.1, 0.1, 2.0, 2.0], requires_grad=True)
+    groups = torch.tensor([0, 0, 1, 1])
+    for _ in range(5):
+        loss = dro.loss(per_row, groups)
+    assert dro.q[1] > 0.8 and 0.1 < loss.item() < 2.0 + 1e-6
+    loss.backward()
+    assert per_row.grad[2] > per_row.grad[0] > 0  # the worst group dominates the gradient
+
+
+def test_group_dro_absent_groups_keep_weight_and_state_round_trips():
+    dro = GroupDRO(3, eta=1.0)
+    dro.loss(torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
+    assert dro.q[1] == dro.q[2] < dro.q[0]
+    other = GroupDRO(3)
+    other.load_state(dro.state())
+    assert torch.allclose(other.q, dro.q)
