@@ -223,3 +223,27 @@ def test_predict_probe_offsets_index_the_original_text(tiny_predictor, probes):
                 assert 0 <= s.start < s.end <= len(text) and piece.strip()
                 # the highlighted original characters normalise to words the model saw
                 assert set(normalize_text(piece).split()) <= norm_words
+
+
+def test_aggregate_ranks_the_shortcut_per_label_and_source(known_predictor):
+    from model.explain import aggregate_attributions
+
+    texts = [
+        "send CASH now",
+        "cash please friend",
+        "the cash is here",
+        "hello 💋 friend",
+        "💋 hello there",
+        "hi 💋 hello",
+    ]
+    sources = ["jobs", "jobs", "jobs", "escort", "escort", "escort"]
+    ex = Explainer(known_predictor)
+    df = aggregate_attributions(
+        texts, ex.attribute(texts), known_predictor.labels, sources, top_n=3, min_count=2
+    )
+    top = df[(df.label == "scam") & (df.source == "jobs") & (df["rank"] == 1)]
+    assert top.token.tolist() == ["cash"] and top.total.iloc[0] == pytest.approx(9.0, abs=1e-4)
+    adult = df[(df.label == "adult_services") & (df.source == "*")]
+    assert adult.token.iloc[0] == "💋" and adult.texts.iloc[0] == 3
+    bottom = df[(df.label == "scam") & (df.source == "escort")]
+    assert bottom.token.iloc[-1] == "hello"  # negative contributions rank last
