@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from training.views import augment_rows
 
 
 def balanced_sample(sources: Sequence[str], seed: int, n: int | None = None) -> np.ndarray:
@@ -91,3 +94,55 @@ class GroupDRO:
 
     def load_state(self, q: list[float]) -> None:
         self.q = torch.tensor(q, dtype=torch.float64)
+
+
+@dataclass
+class TrainingRows:
+    """The rows the fine-tuning loop sees: the train split, plus view-augmented copies, optionally
+    resampled source-balanced. ``group_ids`` are group DRO's groups (``group_keys``)."""
+
+    texts: list[str]
+    targets: np.ndarray  # (n, L) 0/1 float32
+    sources: list[str] | None
+    is_view: np.ndarray  # (n,) bool
+    group_ids: np.ndarray  # (n,) int64
+    report: dict = field(default_factory=dict)
+
+
+def training_rows(
+    texts: Sequence[str],
+    targets: np.ndarray,
+    sources: Sequence[str] | None,
+    augment_views: Sequence[str],
+    augment_fraction: float,
+    source_balanced: bool,
+    seed: int,
+) -> TrainingRows:
+    """Build the loop's training rows (see ``TrainingRows``): views from ``training.views.augment_rows``
+    carry their row's targets and source; ``source_balanced`` resamples all rows (views included) with
+    ``balanced_sample`` (needs sources).
+
+    Raises:
+        ValueError: unknown view names; ``source_balanced`` without sources.
+    """
+    texts = list(texts)
+    y = np.asarray(targets, dtype=np.float32)
+    src = list(sources) if sources is not None else None
+    view = np.zeros(len(texts), dtype=bool)
+    report: dict = {"rows": len(texts), "view_rows": 0}
+    if augment_views:
+        add, rows = augment_rows(texts, augment_views, augment_fraction, seed)
+        texts += add
+        y = np.concatenate([y, y[rows]]) if len(rows) else y
+        src = src + [src[i] for i in rows.tolist()] if src is not None else None
+        view = np.concatenate([view, np.ones(len(add), dtype=bool)])
+        report["view_rows"] = len(add)
+    if source_balanced:
+        if src is None:
+            raise ValueError("source-balanced sampling needs a source column (data.source_column)")
+        idx = balanced_sample(src, seed)
+        texts = [texts[i] for i in idx.tolist()]
+        y, view = y[idx], view[idx]
+        src = [src[i] for i in idx.tolist()]
+        report["balanced_rows"] = len(idx)
+    return TrainingRows(texts, y, src, view, group_keys(src, view, y), report)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.domain import GroupDRO, balanced_sample, group_keys
+from training.domain import GroupDRO, balanced_sample, group_keys, training_rows
 
 
 def test_balanced_sample_equalises_sources_and_is_seeded():
@@ -44,3 +44,17 @@ def test_group_dro_absent_groups_keep_weight_and_state_round_trips():
     other = GroupDRO(3)
     other.load_state(dro.state())
     assert torch.allclose(other.q, dro.q)
+
+
+def test_training_rows_add_views_with_labels_then_balance():
+    texts = ["Sweet GIRL\nbody", "ipad mini", "old sofa", "WIN \U0001f4b0 CASH"]
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
+    src = ["bp", "cl", "cl", "sms"]
+    rows = training_rows(texts, y, src, ["short"], 1.0, False, seed=0)
+    assert rows.texts[4:] == ["sweet girl", "win cash"] and rows.is_view.tolist() == [0, 0, 0, 0, 1, 1]
+    assert rows.targets[4:].tolist() == [[1, 0], [0, 1]] and rows.sources[4:] == ["bp", "sms"]
+    assert len(set(rows.group_ids.tolist())) == 5  # bp|0|1, cl|0|0, sms|0|1, bp|1|1, sms|1|1
+    bal = training_rows(texts, y, src, [], 1.0, True, seed=0)
+    assert len(bal.texts) == 4 and bal.report["balanced_rows"] == 4
+    with pytest.raises(ValueError, match="source"):
+        training_rows(texts, y, None, [], 1.0, True, seed=0)
