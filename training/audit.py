@@ -107,12 +107,15 @@ def view_metrics(
     labels: Sequence[str],
     thresholds: Sequence[float],
     views: Sequence[str] = AUDIT_VIEWS,
+    base_probs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The model on style-stripped views of ``texts``.
 
     Args:
         score: texts -> (n, L) probabilities (the model's calibrated scores).
         targets: (n, L) 0/1. thresholds: (L,) the model's own decision thresholds.
+        base_probs: (n, L) scores of the unchanged texts; when given, rows whose view equals the
+            text are not scored again (most Craigslist, SMS and job rows are their own ``title``).
 
     Returns:
         ``view.<view>.<label>.ap`` / ``.recall`` (positives at or above the threshold) /
@@ -121,7 +124,14 @@ def view_metrics(
     y = np.asarray(targets)
     out: dict[str, float] = {}
     for v in views:
-        p = np.asarray(score(apply_view(v, list(texts))))
+        vt = apply_view(v, list(texts))
+        if base_probs is None:
+            p = np.asarray(score(vt))
+        else:
+            p = np.array(base_probs, dtype=np.float64, copy=True)
+            changed = [i for i, (a, b) in enumerate(zip(vt, texts, strict=True)) if a != b]
+            if changed:
+                p[changed] = np.asarray(score([vt[i] for i in changed]))
         for j, name in enumerate(labels):
             pos, neg = y[:, j] == 1, y[:, j] == 0
             ap = _ap(y[:, j], p[:, j])
@@ -206,7 +216,7 @@ def run_audit(
                         (np.asarray(eval_probs)[neg, j] >= thresholds[j]).mean()
                     )
     if score is not None and thresholds is not None:
-        m |= view_metrics(score, eval_texts, ey, labels, thresholds, views)
+        m |= view_metrics(score, eval_texts, ey, labels, thresholds, views, base_probs=eval_probs)
     notes = (
         [CONFOUNDED_MEANING.format(labels=", ".join(confounded), floor=SOURCE_CONFOUNDED_AP)]
         if confounded

@@ -94,5 +94,16 @@ def test_view_metrics_expose_a_style_reliant_model():
     )
     assert res.metrics["view.unchanged.adult_services.recall"] == 1.0
     assert "adult_services.source_only_ap" not in res.metrics  # no source column: that part is skipped
+    calls = []
+    view_metrics(
+        lambda ts: calls.append(list(ts)) or score(ts),
+        texts,
+        y,
+        LABELS,
+        [0.5, 0.5],
+        ["plain"],
+        base_probs=score(texts),
+    )
+    assert calls == [["sweet girl body", "kind girl body"]]  # unchanged views are not scored again
     table = format_audit_table(res, LABELS, ["unchanged", "plain"])
     assert "plain" in table and "unchanged" in table
