@@ -48,6 +48,33 @@ def load_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def highlight(text: str, spans) -> str:
+    """``text`` with each span wrapped as ``[[piece]](score)`` (scores rounded to 2 decimals)."""
+    out, pos = [], 0
+    for s in sorted(spans, key=lambda s: s.start):
+        if s.start < pos:
+            continue
+        out.append(text[pos : s.start] + f"[[{text[s.start : s.end]}]]({s.score:+.2f})")
+        pos = s.end
+    return "".join(out) + text[pos:]
+
+
+def print_example(pred, text: str) -> int:
+    from model.explain import Explainer
+
+    p = pred.predict([text])[0]
+    print("scores", json.dumps({k: round(v, 3) for k, v in p.category_scores.items()}), "flagged", p.flagged)
+    for method in ("occlusion", "integrated_gradients"):
+        exp = Explainer(pred, method=method).explain([text], top_k=5)[0]
+        print(f"--- {method}")
+        print(
+            json.dumps({k: [s.to_dict() | {"score": round(s.score, 3)} for s in v] for k, v in exp.items()})
+        )
+        for label, spans in exp.items():
+            print(f"{label}: {highlight(text, spans)!r}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -65,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-texts", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--example", default=None, help="only print this text's explanation (JSON + highlight)")
     args = ap.parse_args(argv)
 
     from model.explain import Explainer, deletion_test
@@ -75,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no model: pass --model DIR", file=sys.stderr)
         return 2
     pred = Predictor.load(model_dir, runtime="torch")
+    if args.example is not None:
+        return print_example(pred, args.example)
     labels = list(pred.labels)
     rows = load_rows(args.data)
     rng = np.random.default_rng(args.seed)

@@ -274,6 +274,8 @@ class Explainer:
         method: ``"occlusion"`` (any runtime) or ``"integrated_gradients"`` (captum; torch weights).
         ig_steps: Riemann steps of integrated gradients.
         batch_size: rows per forward pass of the occluded copies / IG steps.
+        before_batch: optional callable run before each forward pass (a server passes one that waits
+            while plain scoring requests are queued, so explanations only use idle time).
 
     Thread-safety: tokenisation and each forward pass take the predictor's lock, one batch at a
     time, so plain scoring interleaves with a long explanation instead of waiting for all of it.
@@ -283,7 +285,12 @@ class Explainer:
     """
 
     def __init__(
-        self, predictor, method: str = DEFAULT_METHOD, ig_steps: int = DEFAULT_IG_STEPS, batch_size: int = 32
+        self,
+        predictor,
+        method: str = DEFAULT_METHOD,
+        ig_steps: int = DEFAULT_IG_STEPS,
+        batch_size: int = 32,
+        before_batch=None,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown explanation method {method!r}; choose one of {list(METHODS)}")
@@ -293,6 +300,7 @@ class Explainer:
         self.method = method
         self.ig_steps = int(ig_steps)
         self.batch_size = int(batch_size)
+        self.before_batch = before_batch
         meta = predictor.meta
         self.labels = tuple(meta.labels)
         self._temps = np.asarray(meta.temperatures, dtype=np.float64)
@@ -312,6 +320,8 @@ class Explainer:
         out = []
         for i in range(0, len(rows), self.batch_size):
             ids, mask = enc.pad(rows[i : i + self.batch_size])
+            if self.before_batch is not None:
+                self.before_batch()
             if self._lock is not None:
                 with self._lock:
                     out.append(self.predictor.runtime.logits(ids, mask))
@@ -379,6 +389,8 @@ class Explainer:
         mask = torch.ones_like(ids)
         n = len(label_idx)
         unit_of = torch.as_tensor(u.token_unit)
+        if self.before_batch is not None:
+            self.before_batch()
         with torch.enable_grad():
             if self._lock is not None:
                 self._lock.acquire()
