@@ -75,6 +75,97 @@ def print_example(pred, text: str) -> int:
     return 0
 
 
+async def _load(base: str, clients: int, explain_clients: int, seconds: float, ads: list[str]) -> dict:
+    import asyncio
+
+    import httpx
+
+    plain: list[float] = []
+    explained: list[float] = []
+    errors = {"plain": 0, "explain": 0}
+    stop_at = time.perf_counter() + seconds
+
+    async def client(k: int, c, explain: bool) -> None:
+        i = 0
+        while time.perf_counter() < stop_at:
+            body = {"input": ads[(k + i) % len(ads)]}
+            if explain:
+                body["explain"] = True
+            t0 = time.perf_counter()
+            r = await c.post(f"{base}/v1/classify", json=body)
+            ok = r.status_code == 200 and (not explain or "explanations" in r.json()["results"][0])
+            if ok:
+                (explained if explain else plain).append(time.perf_counter() - t0)
+            else:
+                errors["explain" if explain else "plain"] += 1
+            i += 1
+
+    n = clients + explain_clients
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n)) as c:
+        await asyncio.gather(
+            *(client(k, c, False) for k in range(clients)),
+            *(client(k, c, True) for k in range(explain_clients)),
+        )
+
+    def pct(x, q):
+        return round(float(np.percentile(np.asarray(x) * 1000, q)), 1) if x else None
+
+    return {
+        "plain_requests": len(plain),
+        "plain_p50_ms": pct(plain, 50),
+        "plain_p99_ms": pct(plain, 99),
+        "explain_requests": len(explained),
+        "explain_p50_ms": pct(explained, 50),
+        "errors": errors,
+    }
+
+
+def serve_bench(args) -> int:
+    """Plain-request latency with and without concurrent explain requests, one server, alternating
+    phases (off, on, off, on) so drift hits both."""
+    import asyncio
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import tempfile
+
+    from serve_load import ADS, _start
+
+    tmp = Path(tempfile.mkdtemp(prefix="adrisk-explain-bench-"))
+    proc, base = _start(str(args.model), 32, 5.0, args.torch_threads, tmp / "server.log")
+    rows = []
+    try:
+        asyncio.run(_load(base, 2, 1, 3.0, ADS))  # warm-up (both paths)
+        for phase in range(2 * args.rounds):
+            e = args.explain_clients if phase % 2 else 0
+            r = asyncio.run(_load(base, args.clients, e, args.seconds, ADS))
+            rows.append((e, r))
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    print(
+        f"model {args.model}; {args.clients} plain clients (single ad each, back to back); "
+        f"{args.explain_clients} explain clients in the 'with' phases; {args.seconds:g} s per phase; "
+        f"torch threads {args.torch_threads}"
+    )
+    print(
+        f"{'phase':<16}{'plain req':>10}{'p50 ms':>9}{'p99 ms':>9}{'explain req':>12}{'expl p50 ms':>12}{'errors':>16}"
+    )
+    for e, r in rows:
+        name = "with explain" if e else "plain only"
+        print(
+            f"{name:<16}{r['plain_requests']:>10}{r['plain_p50_ms']:>9}{r['plain_p99_ms']:>9}"
+            f"{r['explain_requests']:>12}{str(r['explain_p50_ms']):>12}{str(r['errors']):>16}"
+        )
+    off = [r["plain_p99_ms"] for e, r in rows if not e]
+    on = [r["plain_p99_ms"] for e, r in rows if e]
+    print(
+        f"plain p99 with/without explain: {np.mean(on) / np.mean(off):.2f}x "
+        f"(mean of {len(on)} phases each; phase-to-phase spread without explain: "
+        f"{min(off)}-{max(off)} ms)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -92,6 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-texts", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="measure plain-request latency with and without "
+        "concurrent explain requests on one server instead",
+    )
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--explain-clients", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--example", default=None, help="only print this text's explanation (JSON + highlight)")
     args = ap.parse_args(argv)
 
@@ -102,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir is None:
         print("no model: pass --model DIR", file=sys.stderr)
         return 2
+    if args.serve:
+        args.model = model_dir
+        return serve_bench(args)
     pred = Predictor.load(model_dir, runtime="torch")
     if args.example is not None:
         return print_example(pred, args.example)
