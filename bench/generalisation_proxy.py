@@ -106,11 +106,88 @@ def run(
     return out
 
 
+def run_linear(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    views: list[str],
+    dro: bool,
+    seed: int,
+    epochs: int = 4,
+    eta: float = 0.01,
+) -> dict[str, float]:
+    """The same features, one linear layer trained by Adam in torch with the project's loss and, with
+    ``dro``, group DRO over ``training.domain.group_keys`` (the loop's groups): ERM vs DRO with
+    everything else equal."""
+    import torch
+
+    from training.domain import GroupDRO, training_rows
+
+    torch.manual_seed(seed)
+    rows = training_rows(
+        train.text.tolist(), train[list(LABELS)].to_numpy(), train.source.tolist(), views, 1.0, False, seed
+    )
+    feats = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000)),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True, max_features=150_000
+                ),
+            ),
+        ]
+    )
+    x = feats.fit_transform([normalize_text(t) for t in rows.texts]).tocsr().astype(np.float32)
+    y = torch.from_numpy(rows.targets.astype(np.float32))
+    pos = y.sum(0)
+    lin = torch.nn.Linear(x.shape[1], len(LABELS))
+    opt = torch.optim.Adam(lin.parameters(), lr=2e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss(
+        pos_weight=torch.clamp((len(y) - pos) / pos.clamp(min=1), 1, 10), reduction="none"
+    )
+    groups = torch.from_numpy(rows.group_ids)
+    gdro = GroupDRO(int(groups.max()) + 1, eta) if dro else None
+    rng = np.random.default_rng(seed)
+
+    def tens(m):
+        m = m.tocoo()
+        return torch.sparse_coo_tensor(np.vstack([m.row, m.col]), m.data.astype(np.float32), m.shape).coalesce()
+
+    for _ in range(epochs):
+        for b in np.array_split(rng.permutation(x.shape[0]), x.shape[0] // 64):
+            per = loss_fn(lin(tens(x[b])), y[b]).mean(1)
+            loss = gdro.loss(per, groups[b]) if gdro else per.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        p = {"orig": torch.sigmoid(lin(tens(feats.transform([normalize_text(t) for t in val.text])))).numpy()}
+        for v in ("short", "plain"):
+            vt = [normalize_text(t) for t in apply_view(v, val.text.tolist())]
+            p[v] = torch.sigmoid(lin(tens(feats.transform(vt)))).numpy()
+    vsrc = val.source.to_numpy()
+    for task, (lab, src) in TASKS.items():
+        m = np.ones(len(val), bool) if src is None else vsrc == src
+        out[task] = average_precision_score(val[lab].to_numpy()[m], p["orig"][m, LABELS.index(lab)])
+    y0 = val["adult_services"].to_numpy()
+    thr = threshold_at_precision(y0, p["orig"][:, 0])
+    for v in ("short", "plain"):
+        out[f"{v}.ap"] = average_precision_score(y0, p[v][:, 0])
+        out[f"{v}.rec"] = float((p[v][y0 == 1, 0] >= thr).mean())
+        out[f"{v}.cl_flag"] = float((p[v][vsrc == "craigslist_headings", 0] >= thr).mean())
+    out["orig.cl_flag"] = float((p["orig"][vsrc == "craigslist_headings", 0] >= thr).mean())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/datasets/risky-ads-v1")
     ap.add_argument("--cap-craigslist", type=int, default=3000, help="as configs/demo.yaml")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--linear", action="store_true", help="compare ERM and group DRO with a torch linear model"
+    )
     args = ap.parse_args()
     train = load(args.data, "train", args.cap_craigslist, args.seed)
     val = load(args.data, "validation", None, args.seed)
@@ -121,10 +198,16 @@ def main() -> None:
         "balanced": ([], True),
         "aug:short+balanced": (["short"], True),
     }
+    if args.linear:
+        variants = {"linear-erm:aug:short": (["short"], False), "linear-dro:aug:short": (["short"], True)}
     rows = []
-    for name, (views, bal) in variants.items():
+    for name, (views, flag) in variants.items():
         t0 = time.perf_counter()
-        r = run(train, val, views, bal, args.seed)
+        r = (
+            run_linear(train, val, views, flag, args.seed)
+            if args.linear
+            else run(train, val, views, flag, args.seed)
+        )
         rows.append({"variant": name, **r, "fit_s": time.perf_counter() - t0})
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
     print(
