@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from model.registry import configure_tracking
+
+    # one tracking/registry resolution for every verb (train registers where predict/serve/score resolve)
+    configure_tracking(getattr(args, "tracking_uri", None))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "alembic", "mlflow.store", "transformers"):

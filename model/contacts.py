@@ -75,7 +75,7 @@ _SUB = rf"(?-i:[oOlI]){_KEYCAP}"
 # digit or number word; O/o/l/I only count inside such a token
 _TOKEN = rf"(?<![^\W_])(?:{_SUB})*{_CORE}(?:{_CORE}|{_SUB})*(?![^\W_])"
 _SEP = r"(?:[\s.\-/*()\[\]_~|=•·,]|[^\x00-\x7f\w])"
-_RUN = re.compile(rf"(\+\s?)?{_TOKEN}(?:{_SEP}{{1,5}}{_TOKEN})*", re.IGNORECASE)
+_RUN = re.compile(rf"(\+\s?)?{_TOKEN}(?:(?:\s+|{_SEP}){{1,5}}{_TOKEN})*", re.IGNORECASE)
 _TOKEN_RE = re.compile(_TOKEN, re.IGNORECASE)
 _UNIT_RE = re.compile(rf"({'|'.join(_WORDS)}|[0-9]|(?-i:[oOlI]))", re.IGNORECASE)
 
@@ -147,10 +147,10 @@ _PLATFORMS = {
     "whatsapp": "whatsapp",
     "line": "line",
 }
-# short, ambiguous platform words count only in upper case ("IG", "SC", "OF", "TG", "FB")
-_UPPER_ONLY = {"sc", "of", "tg", "fb", "ig", "line"}
+# reserved example domains (RFC 2606 / 6761) and placeholder hosts are not contacts
+_RESERVED_DOMAIN = re.compile(r"(?:^|\.)(?:example\.(?:com|net|org)|[^.]+\.(?:example|test|invalid|localhost))$")
 _HANDLE = re.compile(
-    r"\b(" + "|".join(sorted(_PLATFORMS, key=len, reverse=True)) + r")\b\s*(?:[:=\-]|id|name)?\s*(@?)"
+    r"\b(" + "|".join(sorted(_PLATFORMS, key=len, reverse=True)) + r")\b\s*([:=]|id\s*:?|name\s*:?)?\s*(@?)"
     r"([A-Za-z0-9_][A-Za-z0-9_.]{1,29})",
     re.IGNORECASE,
 )
@@ -374,6 +374,8 @@ class ContactExtractor:
                 digits = digits[1:]
             elif len(digits) not in (7, 10):
                 return None
+            if len(digits) == 7 and digits[0] in "01":
+                return None  # local numbers start with 2-9 ("1000000%" is not a phone)
         elif not 7 <= len(digits) <= 12:
             return None
         if not sizes or not _phone_shape(sizes):
@@ -388,7 +390,7 @@ class ContactExtractor:
         for m in _SPELLED_EMAIL.finditer(folded):
             domain = ".".join(p for p in _DOT_SPLIT.split(m.group(2)) if p)
             out.append(Contact("email", f"{m.group(1)}@{domain}.{m.group(3)}".lower(), m.start(), m.end()))
-        return out
+        return [c for c in out if not _RESERVED_DOMAIN.search(c.value.rpartition("@")[2])]
 
     def _urls(self, folded: str) -> list[Contact]:
         out = []
@@ -397,7 +399,7 @@ class ContactExtractor:
             value = re.sub(r"^(?:https?://)?(?:www\.)?", "", raw, flags=re.IGNORECASE)
             host, sep, path = value.partition("/")
             value = (host.lower() + sep + path).rstrip("/")
-            if host and "." in host:
+            if host and "." in host and not _RESERVED_DOMAIN.search(host.lower()):
                 out.append(Contact("url", value, m.start(), m.start() + len(raw)))
         return out
 
@@ -405,12 +407,15 @@ class ContactExtractor:
         out = []
         for m in _HANDLE.finditer(folded):
             word = m.group(1)
-            if word.lower() in _UPPER_ONLY and not word.isupper():
+            raw = m.group(4).rstrip(".")
+            handle = raw.lower()
+            if handle in _HANDLE_STOP or handle in _PLATFORMS or len(handle) < 2:
                 continue
-            handle = m.group(3).rstrip(".").lower()
-            if handle in _HANDLE_STOP or handle.lower() in _PLATFORMS or len(handle) < 2:
+            # "OF FUN", "LINE UP": a platform word counts only with a marker (":", "@", "id") or a handle
+            # that does not look like a plain word (digits, "_" or ".")
+            if not (m.group(2) or m.group(3) or any(ch.isdigit() or ch in "_." for ch in raw)):
                 continue
-            end = m.start(3) + len(m.group(3).rstrip("."))
+            end = m.start(4) + len(raw)
             out.append(Contact("handle", handle, m.start(), end, _PLATFORMS[word.lower()]))
         for m in _BARE_HANDLE.finditer(folded):
             handle = m.group(1).rstrip(".").lower()

@@ -17,16 +17,31 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 
 
-def configure_tracking(tracking_uri: str | None = None) -> str:
-    """Set MLflow's tracking (and registry) URI: argument, else ``MLFLOW_TRACKING_URI``, else
-    ``mlflow.db`` in the current directory (as an absolute ``sqlite:///`` path). Returns the URI used."""
-    import mlflow
+def resolve_tracking_uris(tracking_uri: str | None = None) -> tuple[str, str]:
+    """The (tracking, registry) URIs every verb uses, by one rule.
 
+    Tracking: the argument, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the working
+    directory (an absolute ``sqlite:///`` path, pinned now). Registry: ``MLFLOW_REGISTRY_URI`` when
+    set, else the tracking URI. Pure: reads the environment, sets nothing.
+    """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri == DEFAULT_TRACKING_URI:  # pin the working directory now: MLflow caches stores by URI string
         uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri
+
+
+def configure_tracking(tracking_uri: str | None = None) -> str:
+    """Point MLflow at the URIs of ``resolve_tracking_uris`` (tracking and registry); returns the
+    tracking URI. The ``adrisk`` CLI calls this once at start for every verb, so ``train`` registers
+    where ``predict``, ``evaluate``, ``serve`` and ``score`` resolve ``models:/`` URIs.
+
+    Creates nothing: a SQLite store is created by MLflow on first write.
+    """
+    import mlflow
+
+    uri, registry = resolve_tracking_uris(tracking_uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry)
     return uri
 
 

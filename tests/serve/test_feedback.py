@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import mlflow
@@ -25,6 +26,8 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
     cfg = load_config(REPO / "configs" / "tiny.yaml", tiny)
     gate_text = load_data(cfg.data, cfg.label_schema, cfg.seed).test.texts[3]
     db = f"sqlite:///{tmp_path / 'fb.db'}"
+    # reviewed before the two classifications were (relative to now: no date that expires)
+    earlier = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
 
     with thread_server(feedback_url=db) as srv:
         r = httpx.post(f"{srv.base}/v1/classify", json={"input": [gate_text, SECRET]}, timeout=30)
@@ -34,7 +37,7 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
             {"classification_id": cid, "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-1"},
             {"classification_id": cid, "input_index": 1, "labels": ["scam"], "reviewer": "mod-1"},
             {"text": "fresh listing never seen before", "labels": [], "reviewer": "mod-2",
-             "reviewed_at": "2026-11-30T10:00:00Z"},
+             "reviewed_at": earlier},
         ]
         for body in ok:
             r = httpx.post(f"{srv.base}/v1/feedback", json=body, timeout=30)
@@ -58,8 +61,9 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [(r["text"], r["labels"]) for r in rows] == [(gate_text, ["adult_services"]), (SECRET, ["scam"]),
-                                                        ("fresh listing never seen before", [])]
+    # ordered by reviewed_at: the earlier review first
+    assert [(r["text"], r["labels"]) for r in rows] == [("fresh listing never seen before", []),
+                                                        (gate_text, ["adult_services"]), (SECRET, ["scam"])]
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -4,7 +4,6 @@ MLflow tracking server on loopback."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,16 +15,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, cli_env
 
 TINY = REPO / "configs" / "tiny.yaml"
 ADRISK = [sys.executable, "-m", "model.cli"]
 
 
 def _env(**extra):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env | extra
+    """The CLI's default store (mlflow.db in the working directory) unless ``extra`` sets one."""
+    return cli_env(**{"MLFLOW_TRACKING_URI": None, **extra})
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
