@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"model": str(model_dir), "k": args.k, "faithfulness": [], "cost": []}
     print("\nFaithfulness: mean drop of the label's calibrated probability after deleting k words")
     print(
-        f"{'label':<24} {'method':<22} {'n':>4} {'drop top-k':>11} {'drop random':>12} {'margin':>8} {'wins':>6}"
+        f"{'label':<24} {'method':<22} {'n':>4} {'drop top-k':>11} {'drop random':>12} {'margin':>8} {'wins':>6} {'margin logit':>13}"
         f" {'s/text':>7}"
     )
     for name, texts in slices.items():
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             f = deletion_test(ex, texts, name, k=args.k, draws=args.draws, seed=args.seed, attributions=attrs)
             print(
                 f"{name:<24} {method:<22} {f.n:>4} {f.drop_top:>11.3f} {f.drop_random:>12.3f} {f.margin:>8.3f} "
-                f"{f.wins:>6.2f} {dt / max(len(texts), 1):>7.2f}"
+                f"{f.wins:>6.2f} {f.margin_logit:>13.3f} {dt / max(len(texts), 1):>7.2f}"
             )
             results["faithfulness"].append(
                 {**f.__dict__, "method": method, "seconds_per_text": dt / max(len(texts), 1)}

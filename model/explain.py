@@ -509,7 +509,8 @@ class Faithfulness:
     """Deletion test of one label over ``n`` texts: mean calibrated-probability drop when deleting the
     top-k positively attributed units (``drop_top``) vs k random units (``drop_random``, mean of
     ``draws`` draws per text); ``margin = drop_top - drop_random``; ``wins`` = share of texts where
-    the top-k drop beats the mean random drop."""
+    the top-k drop beats the mean random drop; ``margin_logit`` the same margin in calibrated-logit units
+    (probabilities saturate near 0 and 1, logits do not)."""
 
     label: str
     n: int
@@ -518,6 +519,7 @@ class Faithfulness:
     drop_random: float
     margin: float
     wins: float
+    margin_logit: float = math.nan
 
 
 def deletion_test(
@@ -545,8 +547,8 @@ def deletion_test(
     texts = _check(texts)
     attrs = list(attributions) if attributions is not None else explainer.attribute(texts, [label])
     rng = np.random.default_rng(seed)
-    base, top, rand, owner = [], [], [], []
-    for i, (t, a) in enumerate(zip(texts, attrs, strict=True)):
+    base, top, rand = [], [], []
+    for t, a in zip(texts, attrs, strict=True):
         if a.active.size <= k:
             continue
         order = a.active[np.argsort(-a.scores[a.active, j], kind="stable")[:k]]
@@ -555,12 +557,13 @@ def deletion_test(
         for _ in range(draws):
             pick = rng.choice(a.active, size=k, replace=False)
             rand.append(delete_spans(t, a.spans[pick]))
-        owner.append(i)
     if not base:
         return Faithfulness(label, 0, k, math.nan, math.nan, math.nan, math.nan)
-    p = explainer.predictor.predict_proba(base + top + rand)[:, j]
+    scored = explainer.predictor.score(base + top + rand)
+    z, p = explainer._space(scored.logits)[:, j], scored.probabilities[:, j]
     m = len(base)
     p0, pt, pr = p[:m], p[m : 2 * m], p[2 * m :].reshape(m, draws).mean(axis=1)
+    z0, zt, zr = z[:m], z[m : 2 * m], z[2 * m :].reshape(m, draws).mean(axis=1)
     drop_top, drop_rand = p0 - pt, p0 - pr
     return Faithfulness(
         label,
@@ -570,6 +573,7 @@ def deletion_test(
         float(drop_rand.mean()),
         float((drop_top - drop_rand).mean()),
         float((drop_top > drop_rand).mean()),
+        float(((z0 - zt) - (z0 - zr)).mean()),
     )
 
 
