@@ -29,11 +29,11 @@ full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml
 
 test: venv
-	$(BIN)/ruff check training model serve tests bench
+	$(BIN)/ruff check adrisk training model serve tests bench
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check training model serve tests
+	$(BIN)/ruff check adrisk training model serve tests bench
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs .pytest_cache

@@ -13,7 +13,7 @@ pools, allocator state or warm caches). Variants:
   ``function_to_apply="sigmoid"`` (raw text: the pipeline does not apply adrisk's normalisation).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
 - ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-mixed``: the adrisk predictor on the artifact's ONNX
-  Runtime variants (see ``model.onnx``; run ``adrisk export-onnx`` first). Missing variants are
+  Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first). Missing variants are
   skipped with a note.
 
 Each worker loads its model, warms up on 8 texts, then times one pass over all texts (wall clock,
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from model.onnx import default_num_threads
+    from model.runtimes import default_num_threads
 
     threads = args.threads or default_num_threads()
     if args._worker:
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--data is required")
 
     from model.artifact import load_meta
-    from model.onnx import per_label_ap, read_labelled_jsonl
+    from training.onnx_export import per_label_ap, read_labelled_jsonl
 
     meta = load_meta(args.model)
     labels = list(meta.labels)

@@ -6,7 +6,7 @@ Layout (file names are module constants)::
     <dir>/model.safetensors    weights (no pickles anywhere)
     <dir>/tokenizer*.json ...  tokenizer files
     <dir>/adrisk.json          ArtifactMeta: label schema, thresholds, calibration, provenance, metrics
-    <dir>/onnx/                optional ONNX Runtime variants (see ``model.onnx``)
+    <dir>/onnx/                optional ONNX Runtime variants (see ``model.runtimes``; made by ``training.onnx_export``)
 """
 
 from __future__ import annotations

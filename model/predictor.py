@@ -13,13 +13,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
+from model.runtimes import Runtime, select_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -28,49 +28,6 @@ logger = logging.getLogger(__name__)
 # 2048+ tokens; rows per batch mattered little once the token budget bound.
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS = 512
-
-
-class Runtime(Protocol):
-    """Computes logits for a padded batch: (B, T) int64 ids and mask -> (B, L) float32 logits."""
-
-    name: str
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
-
-
-class TorchRuntime:
-    """PyTorch fp32 runtime over the artifact's ``model.safetensors`` (eval mode, ``inference_mode``).
-
-    ``num_threads`` (if given) applies to this runtime's forward passes only: torch's process-wide
-    thread count is set for the call and restored after it (0.1 us), so loading a predictor does not
-    change the threads of other torch work in the process (training, another model).
-    """
-
-    name = "torch"
-
-    def __init__(self, directory: str | os.PathLike[str], num_threads: int | None = None):
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        self._torch = torch
-        self.num_threads = int(num_threads) if num_threads else None
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True)
-        self.model.eval()
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        previous = torch.get_num_threads()
-        if self.num_threads and self.num_threads != previous:
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
-                ).logits
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
-        return out.float().numpy()
 
 
 @dataclass(frozen=True)
@@ -152,7 +109,7 @@ class Predictor:
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
             num_threads: intra-op threads of the runtime's forward passes; None uses
-                ``model.onnx.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
+                ``model.runtimes.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
                 measured fastest on the shared 2-core machine, see README "Inference speed").
             verify: check the weights' sha256 against ``adrisk.json``.
 
@@ -167,7 +124,7 @@ class Predictor:
         if verify:
             verify_weights(directory, meta)
         if not num_threads:
-            from model.onnx import default_num_threads  # light: numpy + model.artifact
+            from model.runtimes import default_num_threads
 
             num_threads = default_num_threads()
         check_model_files(directory, meta)
@@ -267,29 +224,3 @@ def check_model_files(directory: Path, meta: ArtifactMeta) -> None:
     if isinstance(window, int) and meta.max_length > window:
         raise ArtifactError(f"{directory}: adrisk.json max_length {meta.max_length} exceeds the model's "
                             f"{window} positions")
-
-
-def _torch_runtime(directory: Path, num_threads: int | None) -> TorchRuntime:
-    try:
-        return TorchRuntime(directory, num_threads)
-    except Exception as e:  # truncated / garbage weights, a config that does not fit them
-        raise ArtifactError(f"{directory}: cannot load the model weights ({type(e).__name__}: {e})") from e
-
-
-def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_threads: int | None) -> Runtime:
-    """Build the runtime named by ``runtime`` (see ``Predictor.load``)."""
-    if runtime == "torch":
-        return _torch_runtime(directory, num_threads)
-    if runtime == "auto":
-        name = meta.runtimes.get("default") if meta.runtimes else None
-        if name is not None and not isinstance(name, str):
-            raise ArtifactError(f"{directory}: adrisk.json runtimes.default must be a runtime name")
-        if not name or name == "torch":
-            return _torch_runtime(directory, num_threads)
-        runtime = name
-    variants = (meta.runtimes or {}).get("variants", {})
-    if runtime not in variants:
-        raise ValueError(f"unknown runtime {runtime!r}; this model has: {['torch', *variants]}")
-    from model.onnx import OnnxRuntime  # optional heavy import
-
-    return OnnxRuntime(directory, variants[runtime], num_threads=num_threads)

@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from serve.batcher import MicroBatcher
+from serve.deps import AppContext
 from serve.errors import ErrorKind, error_response, install_error_handlers
-from serve.feedback import install_feedback
 from serve.metrics import Metrics
-from serve.routes import ops, require_api_key, v1
+from serve.routes import ROUTERS
+from serve.routes.feedback import RecentClassifications
 from serve.settings import Settings
 from serve.state import LoadedModel, Loader, ModelState, default_loader
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     """
     settings = settings or Settings()
     metrics = Metrics()
+    ctx = AppContext(settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,7 +54,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         batcher = MicroBatcher(state.get, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                on_batch=batch_done, on_depth=metrics.queue_depth.set)
-        app.state.model_state, app.state.batcher = state, batcher
+        ctx.model_state, ctx.batcher = state, batcher
         batcher.start()
         state.start()
         logger.info("adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
@@ -66,12 +68,10 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
 
     app = FastAPI(title="adrisk", version="1", lifespan=lifespan,
                   description="Flags risky classified ads (commercial sex, trafficking indicators, scams).")
-    app.state.settings = settings
-    app.state.metrics = metrics
+    app.state.ctx = ctx  # read only through serve/deps.py
     install_error_handlers(app)
-    app.include_router(ops)
-    app.include_router(v1)
-    install_feedback(app, settings, require_api_key)
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):

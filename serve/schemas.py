@@ -84,3 +84,7 @@ class ErrorBody(BaseModel):
     """Every error response."""
 
     error: ErrorDetail
+
+
+# the error responses every /v1 route documents (one body shape, see serve/errors.py)
+ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}

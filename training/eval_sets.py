@@ -5,7 +5,7 @@ An entry may restrict the labels it is scored on (``labels``: a set that only la
 ``adult_services`` says nothing about ``scam``) and may borrow negatives from the run's test split
 (``negatives_from_test``: test rows negative for every one of those labels are appended, so AP is
 measured against realistic negatives, as the cross-site-v1 README asks: "AP against risky-ads-v1's
-non-adult test rows as negatives"). Besides the metrics of ``model.metrics.evaluate_scores`` each
+non-adult test rows as negatives"). Besides the metrics of ``training.metrics.evaluate_scores`` each
 set gets ``flagged_negatives`` (share of negatives at or above the threshold), overall and per
 source: with ``negatives_from_test`` that is, e.g., the share of test Craigslist rows flagged.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from model.metrics import evaluate_scores
 from model.schema import LabelSchema
 from training.config import DataConfig
 from training.data import DataError, Split, fingerprint, prepare_frame, read_table
+from training.metrics import evaluate_scores
 
 PREFIX = "eval."
 

@@ -14,13 +14,13 @@ import numpy as np
 from model.artifact import ArtifactMeta, save_meta
 from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
 from model.encoding import TextEncoder
-from model.metrics import evaluate_scores, format_table
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
 from training.base_model import build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.config import Config
 from training.data import DataBundle, Split, load_data
 from training.loop import LAST_CHECKPOINT, CheckpointError, fit, predict_logits
+from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         )
         save_meta(art, meta)
         if cfg.export_onnx:
-            from model.onnx import add_onnx_variants
+            from training.onnx_export import add_onnx_variants
 
             add_onnx_variants(art, bundle.validation.texts, bundle.validation.targets)
 

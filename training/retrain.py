@@ -1,16 +1,8 @@
 """``adrisk retrain``: train a challenger, compare it with the champion on one fixed gate set, and
 move the ``champion`` alias only if every gate rule passes.
 
-Exit codes (for schedulers; see README):
-
-====  ==========================================================================
-0     promoted: the challenger is the new champion (``previous`` = old champion);
-      with ``--dry-run``: it would be promoted (aliases untouched)
-3     rejected: a gate rule failed; aliases untouched
-4     busy: another retrain of the same model holds the lock
-5     unchanged: the champion was trained on the same data and config; nothing done
-1     error (bad config, data, tracking, ...); aliases untouched
-====  ==========================================================================
+Outcomes (``Outcome``; ``adrisk retrain`` maps them to exit codes for schedulers): promoted, would
+promote (dry run), rejected, busy (another retrain holds the lock), unchanged (same data and config).
 
 The decision, the side-by-side table and every rule are recorded on the challenger's MLflow run
 (tags ``adrisk.gate.*``, artifacts ``gate/report.json`` and ``gate/table.txt``) and printed.
@@ -20,66 +12,44 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from model.metrics import evaluate_scores
 from model.predictor import Predictor
 from model.registry import configure_tracking, get_alias, resolve_tracking_uris, set_alias
 from model.uri import resolve_model
-from training.config import Config, GateConfig
+from training.config import Config
 from training.data import Split, load_data, prepare_frame, read_table
+from training.gate import GATE_SPLIT, GateDecision, apply_gate, format_gate_table
+from training.metrics import evaluate_scores
 
 logger = logging.getLogger(__name__)
 
-EXIT_PROMOTED, EXIT_ERROR, EXIT_REJECTED, EXIT_BUSY, EXIT_UNCHANGED = 0, 1, 3, 4, 5
-GATE_SPLIT = "gate"
+
+
+class Outcome(str, Enum):
+    """How a retrain ended (the CLI maps each to an exit code, see ``adrisk.cli``)."""
+
+    PROMOTED = "promoted"  # the challenger is the new champion
+    WOULD_PROMOTE = "would_promote"  # dry run: every rule passed; aliases untouched
+    REJECTED = "rejected"  # a gate rule failed; aliases untouched
+    BUSY = "busy"  # another retrain of the same model holds the lock
+    UNCHANGED = "unchanged"  # the champion saw the same data and config
 
 
 @dataclass
-class GateRow:
-    """One compared quantity: ``rule`` is the check it was held to; ``passed`` None = reported only."""
+class RetrainResult:
+    """``decision`` is None when nothing was compared (busy, unchanged); ``table`` is the gate table."""
 
-    slice: str
-    label: str
-    metric: str
-    champion: float | None
-    challenger: float | None
-    rule: str
-    passed: bool | None
-
-    @property
-    def delta(self) -> float | None:
-        if self.champion is None or self.challenger is None:
-            return None
-        return self.challenger - self.champion
-
-
-@dataclass
-class GateDecision:
-    promoted: bool
-    rows: list[GateRow]
-    champion_version: str | None
-    challenger_version: str | None
-    reason: str
-
-    def failures(self) -> list[GateRow]:
-        return [r for r in self.rows if r.passed is False]
-
-    def to_dict(self) -> dict:
-        return {"promoted": self.promoted, "reason": self.reason, "champion_version": self.champion_version,
-                "challenger_version": self.challenger_version,
-                "rows": [asdict(r) | {"delta": r.delta} for r in self.rows]}
-
-
-def _num(v) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    outcome: Outcome
+    decision: GateDecision | None = None
+    table: str = ""
 
 
 def golden_sets(cfg: Config) -> list[tuple[pd.DataFrame, np.ndarray]]:
@@ -108,64 +78,6 @@ def gate_metrics(predictor: Predictor, gate: Split) -> dict[str, float]:
                            gate.sources)
 
 
-def apply_gate(challenger: dict[str, float], champion: dict[str, float] | None, labels, g: GateConfig) -> list[GateRow]:
-    """Evaluate the gate rules. ``champion`` None means a first model: absolute floors apply.
-
-    Returns every compared row (per label overall, per source slice, macro AP), each with its rule.
-    """
-    rows: list[GateRow] = []
-    key = lambda lab, m, src=None: f"{GATE_SPLIT}.{'source.' + src + '.' if src else ''}{lab}.{m}"  # noqa: E731
-    c = lambda k: _num(challenger.get(k))  # noqa: E731
-    o = lambda k: _num(champion.get(k)) if champion else None  # noqa: E731
-
-    def add(slice_, lab, metric, k, rule, check):
-        ch, new = o(k), c(k)
-        passed = None if check is None else (check(new, ch) if new is not None else False)
-        rows.append(GateRow(slice_, lab, metric, ch, new, rule, passed))
-
-    if champion is None:
-        add("all", "macro", "ap", f"{GATE_SPLIT}.macro.ap", f">= {g.min_macro_ap} (first-model floor)",
-            lambda new, _: new >= g.min_macro_ap)
-    else:
-        add("all", "macro", "ap", f"{GATE_SPLIT}.macro.ap", f">= champion - {g.macro_ap_tolerance}",
-            lambda new, old: old is None or new >= old - g.macro_ap_tolerance)
-    for lab in labels:
-        if champion is None:
-            floor = g.min_ap.get(lab)
-            add("all", lab, "ap", key(lab, "ap"), f">= {floor} (first-model floor)" if floor is not None else "report",
-                None if floor is None else (lambda new, _, f=floor: new >= f))
-        else:
-            add("all", lab, "ap", key(lab, "ap"), f">= champion - {g.ap_tolerance}",
-                lambda new, old: old is None or new >= old - g.ap_tolerance)
-            add("all", lab, "recall", key(lab, "recall"), f">= champion - {g.max_recall_drop}",
-                lambda new, old: old is None or new >= old - g.max_recall_drop)
-        add("all", lab, "ece", key(lab, "ece"), f"<= {g.max_ece}", lambda new, _: new <= g.max_ece)
-    sources = sorted({k.split(".")[2] for k in challenger if k.startswith(f"{GATE_SPLIT}.source.")})
-    for src in sources:
-        for lab in labels:
-            n, pos = c(key(lab, "n", src)), c(key(lab, "support", src))
-            if not n or not pos or pos == n:
-                continue  # no ranking task inside this slice
-            tol = g.per_source_ap_tolerance
-            if champion is None or tol is None:
-                add(src, lab, "ap", key(lab, "ap", src), "report", None)
-            else:
-                add(src, lab, "ap", key(lab, "ap", src), f">= champion - {tol}",
-                    lambda new, old, t=tol: old is None or new >= old - t)
-    return rows
-
-
-def format_gate_table(rows: list[GateRow]) -> str:
-    """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result."""
-    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    body = [[r.slice, r.label, r.metric, f(r.champion), f(r.challenger), "-" if r.delta is None else f"{r.delta:+.4f}",
-             r.rule, {True: "pass", False: "FAIL", None: ""}[r.passed]] for r in rows]
-    header = ["slice", "label", "metric", "champion", "challenger", "delta", "rule", "result"]
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
-    line = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
-
-
 def _champion_run_tags(name: str, alias: str) -> dict[str, str]:
     from mlflow import MlflowClient
 
@@ -187,8 +99,8 @@ def lock_path(cfg: Config) -> Path:
     return Path.home() / ".cache" / "adrisk" / "locks" / f"retrain-{key}-{name}.lock"
 
 
-def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False) -> tuple[int, GateDecision | None]:
-    """Run one retrain under the lock; returns (exit code, decision or None when nothing was compared).
+def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False) -> RetrainResult:
+    """Run one retrain under the lock and return how it ended (nothing is printed).
 
     Args:
         dry_run: train and compare, record the decision, but never move aliases.
@@ -206,7 +118,7 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
         lock.acquire(timeout=wait_seconds)
     except Timeout:
         logger.error("another retrain of %s holds %s; giving up", cfg.model_name, lp)
-        return EXIT_BUSY, None
+        return RetrainResult(Outcome.BUSY)
     try:
         configure_tracking(cfg.tracking.tracking_uri)
         g = cfg.gate
@@ -221,7 +133,7 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
             if (tags.get("adrisk.config_digest") == cfg.digest()
                     and tags.get("adrisk.data.train.fingerprint") == bundle.train.fingerprint):
                 logger.info("champion v%s was trained on the same data and config: nothing to do", champion_version)
-                return EXIT_UNCHANGED, None
+                return RetrainResult(Outcome.UNCHANGED)
         gate = gate_set(cfg, bundle.test, golden)
         if not cfg.tracking.register_model:
             raise ValueError("retrain needs tracking.register_model: true (the challenger must be a model version)")
@@ -253,9 +165,8 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
             if champion_version:
                 set_alias(cfg.model_name, g.previous_alias, champion_version)
             set_alias(cfg.model_name, g.champion_alias, challenger_version)
-        print(table)
-        print(f"\n{reason}")
-        return (EXIT_REJECTED if failed else EXIT_PROMOTED), decision  # dry run: 0 = would promote
+        outcome = Outcome.REJECTED if failed else (Outcome.PROMOTED if promoted else Outcome.WOULD_PROMOTE)
+        return RetrainResult(outcome, decision, table)
     finally:
         lock.release()
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from model.calibration import calibrated_probabilities, fit_temperatures, select_threshold
-from model.metrics import evaluate_scores, expected_calibration_error
 from model.schema import ProblemType
+from training.metrics import evaluate_scores, expected_calibration_error
 
 
 def test_temperature_recovers_known_scale():

@@ -9,7 +9,6 @@ check is the per-label AP gate recorded by ``add_onnx_variants``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -17,9 +16,10 @@ import numpy as np
 import pytest
 
 from model.artifact import META_FILE, ArtifactError, load_meta
-from model.onnx import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR, add_onnx_variants
 from model.predictor import Predictor
+from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR
 from tests.conftest import LABELS
+from training.onnx_export import add_onnx_variants
 
 FP32_ATOL = 1e-4
 INT8_ATOL = 0.05
@@ -161,7 +161,7 @@ def test_gate_input_validation(artifact_copy):
 
 
 def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
-    from model.cli import add_export_onnx_verb
+    from adrisk.cli import main
 
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
@@ -170,10 +170,7 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     with data.open("w") as f:
         for t, y in zip(texts, targets, strict=True):
             f.write(json.dumps({"text": t, "labels": [n for n, v in zip(LABELS, y, strict=True) if v]}) + "\n")
-    parser = argparse.ArgumentParser()
-    add_export_onnx_verb(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["export-onnx", "--model", str(d), "--data", str(data), "--no-quantize", "--threads", "1"])
-    assert args.func(args) == 0
+    assert main(["export-onnx", "--model", str(d), "--data", str(data), "--no-quantize", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "| onnx-fp32 |" in out and "default runtime:" in out
     meta = load_meta(d)
@@ -199,7 +196,7 @@ def test_bench_flop_arithmetic():
 
 
 def test_default_threads_env_override(monkeypatch):
-    from model.onnx import NUM_THREADS_ENV, default_num_threads
+    from model.runtimes import NUM_THREADS_ENV, default_num_threads
 
     monkeypatch.setenv(NUM_THREADS_ENV, "3")
     assert default_num_threads() == 3

@@ -19,7 +19,7 @@ SECRET = "unique secret listing text 4821"
 def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
     from training.config import load_config
     from training.data import load_data
-    from training.retrain import EXIT_PROMOTED, retrain
+    from training.retrain import Outcome, retrain
 
     tiny = [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}", "baseline.enabled=false",
             "gate.min_macro_ap=0.0", "gate.max_ece=1.0"]
@@ -57,7 +57,7 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
             assert words in r.json()["error"]["message"] and SECRET not in r.text
 
     out = tmp_path / "feedback.jsonl"
-    p = subprocess.run([sys.executable, "-m", "model.cli", "feedback", "export", "--db", db, "--output", str(out)],
+    p = subprocess.run([sys.executable, "-m", "adrisk", "feedback", "export", "--db", db, "--output", str(out)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -67,15 +67,16 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, dec = retrain(load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"]))
-    assert code == EXIT_PROMOTED
+    res = retrain(load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"]))
+    dec = res.decision
+    assert res.outcome is Outcome.PROMOTED
     run_id = mlflow.MlflowClient().get_model_version("risky-ads-tiny", dec.challenger_version).run_id
     report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
     assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
 
 
 def test_export_from_a_mistyped_store_path_is_an_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "model.cli", "feedback", "export", "--db",
+    p = subprocess.run([sys.executable, "-m", "adrisk", "feedback", "export", "--db",
                         f"sqlite:///{tmp_path / 'typo.db'}", "--output", str(tmp_path / "f.jsonl")],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 1 and "does not exist" in p.stderr

@@ -101,7 +101,7 @@ def test_reused_client_request_id_never_attaches_feedback_to_another_ad(thread_s
 
 
 def test_invalid_serve_setting_is_one_line(capsys):
-    from model.cli import main
+    from adrisk.cli import main
 
     assert main(["serve", "--model", "unused", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
@@ -111,7 +111,7 @@ def test_invalid_serve_setting_is_one_line(capsys):
 def test_feedback_reviewed_at_is_stored_in_utc_and_not_in_the_future(thread_server, tmp_path):
     # SQLite keeps no zone: 10:00+02:00 was stored as 10:00 and outranked a later 09:00Z decision;
     # a year-9999 date would be the "latest" decision for that ad forever
-    from model.feedback import FeedbackStore
+    from model.store import FeedbackStore
 
     db = f"sqlite:///{tmp_path / 'fb.db'}"
     with thread_server(feedback_url=db) as srv:

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 from tests.conftest import DATA_DIR, REPO, cli_env
 
 TINY = REPO / "configs" / "tiny.yaml"
-ADRISK = [sys.executable, "-m", "model.cli"]
+ADRISK = [sys.executable, "-m", "adrisk"]
 
 
 def _env(**extra):

@@ -12,7 +12,7 @@ import pytest
 from model.registry import get_alias
 from tests.conftest import DATA_DIR, REPO
 from training.config import load_config
-from training.retrain import EXIT_BUSY, lock_path, retrain
+from training.retrain import Outcome, lock_path, retrain
 
 TINY = REPO / "configs" / "tiny.yaml"
 
@@ -50,8 +50,8 @@ def test_retrain_with_another_output_dir_is_busy_while_one_runs(workdir, tmp_pat
         assert p.stdout.readline().strip() == "held"
         other = _cfg(tmp_path_factory.mktemp("elsewhere") / "nightly" / "run")
         t0 = time.monotonic()
-        rc, dec = retrain(other, wait_seconds=0.2)
-        assert rc == EXIT_BUSY and dec is None
+        res = retrain(other, wait_seconds=0.2)
+        assert res.outcome is Outcome.BUSY and res.decision is None
         assert time.monotonic() - t0 < 10
         assert get_alias("risky-ads-tiny", "champion") is None
     finally:

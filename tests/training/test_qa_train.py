@@ -122,7 +122,7 @@ def test_missing_columns_error_does_not_quote_a_headerless_first_row(tmp_path):
 ])
 def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, monkeypatch):
     # used to train (and register) / score first, then fail with FileNotFoundError
-    from model.cli import main
+    from adrisk.cli import main
 
     monkeypatch.chdir(tmp_path)  # without the fix, training runs: keep its outputs and registry here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -138,7 +138,7 @@ def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, mo
 
 def test_uri_file_directory_is_created(tmp_path, monkeypatch):
     # `make demo` writes outputs/demo/model_uri.txt on a fresh clone, where outputs/ does not exist yet
-    from training.cli import _check_writable
+    from adrisk.cli import _check_writable
 
     target = tmp_path / "outputs" / "demo" / "model_uri.txt"
     _check_writable(str(target), "--uri-file")

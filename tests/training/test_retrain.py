@@ -9,16 +9,13 @@ import mlflow
 import pytest
 from filelock import FileLock
 
-from model.feedback import FeedbackStore
 from model.registry import get_alias
+from model.store import FeedbackStore
 from tests.conftest import DATA_DIR, REPO
 from training.config import load_config
 from training.data import read_table
 from training.retrain import (
-    EXIT_BUSY,
-    EXIT_PROMOTED,
-    EXIT_REJECTED,
-    EXIT_UNCHANGED,
+    Outcome,
     lock_path,
     retrain,
     rollback,
@@ -52,25 +49,27 @@ def _decision(version: str) -> dict:
 def test_gate_lifecycle(workdir, capsys):
     # 1. first model: no champion -> absolute floors; a weak (2-step) model passes the 0.0 floor
     weak = _cfg(workdir, "train.max_steps=2")
-    code, dec = retrain(weak)
-    assert code == EXIT_PROMOTED and dec.champion_version is None
+    res = retrain(weak)
+    assert res.outcome is Outcome.PROMOTED and res.decision.champion_version is None
     assert get_alias(NAME, "champion") == "1" and get_alias(NAME, "previous") is None
     assert "first-model floor" in capsys.readouterr().out
 
     # 2. same data and config again: nothing to do
-    assert retrain(weak)[0] == EXIT_UNCHANGED
+    assert retrain(weak).outcome is Outcome.UNCHANGED
 
     # 3. a properly trained challenger beats it on the gate set -> promoted, previous = old champion
-    code, dec = retrain(_cfg(workdir, "train.epochs=3"))
-    assert code == EXIT_PROMOTED, dec.reason
+    res = retrain(_cfg(workdir, "train.epochs=3"))
+    dec = res.decision
+    assert res.outcome is Outcome.PROMOTED, dec.reason
     better = {(r.label, r.metric): r for r in dec.rows if r.slice == "all"}
     assert better[("macro", "ap")].challenger > better[("macro", "ap")].champion
     assert (get_alias(NAME, "champion"), get_alias(NAME, "previous")) == ("2", "1")
     assert _decision("2")["adrisk.gate.decision"] == "promoted"
 
     # 4. trained on shuffled labels -> rejected, aliases untouched, decision recorded on its run
-    code, dec = retrain(_cfg(workdir, "train.epochs=3", "data.shuffle_train_labels=true"))
-    assert code == EXIT_REJECTED and not dec.promoted
+    res = retrain(_cfg(workdir, "train.epochs=3", "data.shuffle_train_labels=true"))
+    dec = res.decision
+    assert res.outcome is Outcome.REJECTED and not dec.promoted
     assert any(r.metric == "ap" and r.passed is False for r in dec.failures())
     assert (get_alias(NAME, "champion"), get_alias(NAME, "previous")) == ("2", "1")
     d = _decision("3")
@@ -78,8 +77,9 @@ def test_gate_lifecycle(workdir, capsys):
     assert {"champion", "challenger", "delta", "rule", "passed"} <= set(d["report"]["rows"][0])
 
     # 5. dry run of a passing challenger moves nothing
-    code, dec = retrain(_cfg(workdir, "train.epochs=3", "seed=11"), dry_run=True)
-    assert code == EXIT_PROMOTED and not dec.promoted
+    res = retrain(_cfg(workdir, "train.epochs=3", "seed=11"), dry_run=True)
+    dec = res.decision
+    assert res.outcome is Outcome.WOULD_PROMOTE and not dec.promoted
     assert get_alias(NAME, "champion") == "2"
 
     # 6. rollback swaps champion and previous
@@ -93,8 +93,8 @@ def test_concurrent_retrain_refuses_while_locked(workdir):
     configure_tracking()
     cfg = _cfg(workdir)
     with FileLock(str(lock_path(cfg))):  # another process's retrain holds the lock
-        code, dec = retrain(cfg, wait_seconds=0.2)
-    assert code == EXIT_BUSY and dec is None
+        res = retrain(cfg, wait_seconds=0.2)
+    assert res.outcome is Outcome.BUSY and res.decision is None
     assert get_alias(NAME, "champion") is None  # nothing trained or moved
 
 
@@ -115,8 +115,9 @@ def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
     assert {r["source"] for r in rows} == {"feedback"} and rows[0]["labels"] == ["scam"]
     assert test_text  # the real test split is readable
 
-    code, dec = retrain(_cfg(workdir, f"data.extra_train_files=[{out}]"))
-    assert code == EXIT_PROMOTED
+    res = retrain(_cfg(workdir, f"data.extra_train_files=[{out}]"))
+    dec = res.decision
+    assert res.outcome is Outcome.PROMOTED
     mv = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version)
     report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/data_report.json")
     assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
@@ -130,8 +131,9 @@ def test_golden_sets_join_the_gate_and_feedback_repeating_them_is_excluded(workd
     fb = workdir / "fb.jsonl"
     fb.write_text(json.dumps({"text": rows[1]["text"] + "  ", "labels": ["scam"], "source": "feedback"}) + "\n"
                   + json.dumps({"text": "brand new feedback text", "labels": [], "source": "feedback"}) + "\n")
-    code, dec = retrain(_cfg(workdir, f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"))
-    assert code == EXIT_PROMOTED
+    res = retrain(_cfg(workdir, f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"))
+    dec = res.decision
+    assert res.outcome is Outcome.PROMOTED
     assert "golden:golden" in {r.slice for r in dec.rows}
     run_id = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version).run_id
     report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")

@@ -1,5 +1,5 @@
 """``POST /v1/feedback``: a moderator's decision on an ad, recorded in the feedback store
-(``model.feedback``, SQLAlchemy; ``sqlite:///feedback.db`` unless ``ADRISK_FEEDBACK_URL`` says
+(``model.store``, SQLAlchemy; ``sqlite:///feedback.db`` unless ``ADRISK_FEEDBACK_URL`` says
 otherwise) for ``adrisk feedback export`` to turn into training data.
 
 The ad is given as ``text``, or as a reference to an earlier answer of this server:
@@ -16,15 +16,14 @@ import re
 import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
 from serve.errors import APIError, ErrorKind
-from serve.routes import get_settings, parse_json, read_body
-from serve.settings import Settings
+from serve.schemas import ERROR_RESPONSES
 
 logger = logging.getLogger(__name__)
 
@@ -103,30 +102,11 @@ class RecentClassifications:
             return self._items.get(request_id)
 
 
-def _store(request: Request):
-    """The app's FeedbackStore, created on first use (so a server nobody sends feedback to writes no file)."""
-    app = request.app
-    with app.state.feedback_lock:
-        if app.state.feedback_store is None:
-            from model.feedback import FeedbackStore
-
-            app.state.feedback_store = FeedbackStore(app.state.settings.feedback_url)
-        return app.state.feedback_store
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
 
 
-router = APIRouter(prefix="/v1", tags=["v1"])
-
-
-def install_feedback(app, settings: Settings, auth_dependency) -> None:
-    """Mount ``POST /v1/feedback`` (behind ``auth_dependency``) and the recent-classifications memory."""
-    app.state.recent = RecentClassifications(settings.feedback_recent)
-    app.state.feedback_store = None
-    app.state.feedback_lock = threading.Lock()
-    app.include_router(router, dependencies=[Depends(auth_dependency)])
-
-
-@router.post("/feedback", status_code=201, response_model=FeedbackResponse)
-async def feedback(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> FeedbackResponse:
+@router.post("/feedback", status_code=201, response_model=FeedbackResponse, responses=ERROR_RESPONSES)
+async def feedback(request: Request, settings: SettingsDep, state: StateDep, ctx: ContextDep) -> FeedbackResponse:
     """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign).
 
     Errors: 422 (bad body, unknown label, both or neither of text/classification_id), 404 (unknown or
@@ -151,7 +131,7 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
         reviewed_at = reviewed_at.astimezone(timezone.utc)
         if reviewed_at > datetime.now(timezone.utc) + _CLOCK_SKEW:
             raise APIError(ErrorKind.validation_error, "reviewed_at: is more than a day in the future")
-    cur = request.app.state.model_state.current
+    cur = state.current
     if cur is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
     known = list(cur.predictor.labels)
@@ -161,17 +141,17 @@ async def feedback(request: Request, settings: Annotated[Settings, Depends(get_s
                        f"labels[{unknown[0]}]: unknown label; this model's labels are {known}")
     text = req.text
     if text is None:
-        texts = request.app.state.recent.get(req.classification_id)
+        texts = ctx.recent.get(req.classification_id)
         if texts is None:
             raise APIError(ErrorKind.not_found, "classification_id unknown or expired (the server keeps the last "
                                                 f"{settings.feedback_recent} requests); send 'text' instead")
         if req.input_index >= len(texts):
             raise APIError(ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs")
         text = _without_surrogates(texts[req.input_index])
-    store = _store(request)
+    store = ctx.feedback_store()
     fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, reviewed_at,
                                   req.classification_id, cur.ref.name, cur.ref.version)
-    from model.feedback import text_digest
+    from model.store import text_digest
 
     logger.info("feedback %d recorded (labels %s)", fid, sorted(set(req.labels)))
     return FeedbackResponse(id=fid, text_sha256=text_digest(text))

@@ -1,5 +1,5 @@
 """ONNX Runtime variants of a model artifact: export, int8 dynamic quantisation, an accuracy gate,
-and the ``OnnxRuntime`` the predictor uses to serve them.
+(the ``OnnxRuntime`` that serves them is in ``model/runtimes.py``).
 
 A trained artifact can carry, beside its torch weights, ONNX variants under ``<artifact>/onnx/``::
 
@@ -40,6 +40,7 @@ Methods and sources:
   See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
 """
 
+
 from __future__ import annotations
 
 import json
@@ -52,120 +53,26 @@ from typing import Any
 
 import numpy as np
 
-from model.artifact import CONFIG_FILE, ArtifactError, ArtifactMeta, load_meta, save_meta, sha256_file
+from model.artifact import CONFIG_FILE, ArtifactMeta, load_meta, save_meta, sha256_file
+from model.runtimes import (
+    ALL_FILES,
+    FP32_FILE,
+    FP32_VARIANT,
+    INPUT_NAMES,
+    INT8_FILE,
+    INT8_MIXED_FILE,
+    INT8_MIXED_VARIANT,
+    INT8_VARIANT,
+    ONNX_DIR,
+    OUTPUT_NAME,
+    OnnxRuntime,
+    default_num_threads,
+)
 
 logger = logging.getLogger(__name__)
 
-ONNX_DIR = "onnx"
-FP32_FILE = "model.fp32.onnx"
-INT8_FILE = "model.int8.onnx"
-INT8_MIXED_FILE = "model.int8-mixed.onnx"
-FP32_VARIANT = "onnx-fp32"
-INT8_VARIANT = "onnx-int8"
-INT8_MIXED_VARIANT = "onnx-int8-mixed"
-ALL_FILES = (FP32_FILE, INT8_FILE, INT8_MIXED_FILE)
 OPSET = 17
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "logits"
 DEFAULT_TOLERANCE = 0.005
-
-
-NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
-
-
-def default_num_threads() -> int:
-    """Intra-op threads used when none are given: ``$ADRISK_NUM_THREADS`` if set, else half the CPUs
-    this process may run on (at least 1).
-
-    Measured on the shared 2-core machine (README, "Inference speed"): 1 thread was as fast as or 3-8%
-    faster than 2 in every paired run, for torch, ONNX fp32 and int8 (the other core is busy with
-    other processes, and a parallel op waits for its slowest thread), and 4 threads were worse. One
-    thread also leaves a core to a second adrisk process (server and scoring job). On machines with
-    SMT, half the logical CPUs is the physical core count, the libraries' own default.
-    """
-    env = os.environ.get(NUM_THREADS_ENV, "").strip()
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            logger.warning("ignoring %s=%r (not an integer)", NUM_THREADS_ENV, env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
-
-
-class OnnxRuntime:
-    """ONNX Runtime (CPUExecutionProvider only) over one variant recorded in the artifact.
-
-    Args:
-        directory: the model artifact directory.
-        variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (needs ``file``;
-            ``sha256`` and ``source_weights_sha256`` are checked when present).
-        num_threads: intra-op threads; None uses ``default_num_threads()``. Inter-op threads are 1
-            (the graph runs sequentially; parallelism is inside each op).
-        verify: check the file's sha256 and that it was exported from this artifact's weights.
-
-    Raises:
-        ArtifactError: the ONNX file is missing, fails its checksum, was exported from other
-            weights, or onnxruntime cannot load it (corrupted).
-        ImportError: onnxruntime is not installed.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], variant_info: dict[str, Any], *,
-                 num_threads: int | None = None, verify: bool = True):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - a declared dependency
-            raise ImportError("ONNX variants need onnxruntime: pip install onnxruntime") from e
-
-        directory = Path(directory)
-        file = variant_info.get("file")
-        if not file:
-            raise ArtifactError(f"{directory}: ONNX variant entry has no 'file'")
-        path = directory / ONNX_DIR / file
-        self.name = str(variant_info.get("name") or Path(file).stem)
-        self.path = path
-        if not path.is_file():
-            raise ArtifactError(f"ONNX variant {self.name!r}: {path} not found "
-                                f"(re-run `adrisk export-onnx` or load with runtime='torch')")
-        if verify:
-            expected = variant_info.get("sha256")
-            if expected and sha256_file(path) != expected:
-                raise ArtifactError(f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
-                                    f"(corrupted or replaced; re-run `adrisk export-onnx`)")
-            source = variant_info.get("source_weights_sha256")
-            current = load_meta(directory).weights_sha256
-            if source and current and source != current:
-                raise ArtifactError(f"ONNX variant {self.name!r} was exported from different weights than "
-                                    f"{directory}'s model.safetensors; re-run `adrisk export-onnx`")
-        self.num_threads = int(num_threads) if num_threads else default_num_threads()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.num_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3  # errors only
-        # Idle intra-op threads sleep instead of spinning: on this shared 2-core machine spinning
-        # burned ~45% more CPU per text and cut int8 throughput from ~210 to ~140 texts/s.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise ArtifactError(f"ONNX variant {self.name!r}: onnxruntime cannot load {path} "
-                                f"(corrupted? re-run `adrisk export-onnx`): {type(e).__name__}") from e
-        names = {i.name for i in self.session.get_inputs()}
-        if names != set(INPUT_NAMES):
-            raise ArtifactError(f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}")
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids and mask -> (B, L) float32 logits."""
-        out = self.session.run([OUTPUT_NAME], {
-            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-        })[0]
-        return np.asarray(out, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""Runtimes: what computes logits for a padded batch, and how many threads it uses.
+
+``TorchRuntime`` runs the artifact's ``model.safetensors``; ``OnnxRuntime`` runs one ONNX variant
+recorded in ``adrisk.json`` (export, quantisation and the accuracy gate that admits a variant live in
+``training/onnx_export.py``). ``select_runtime`` builds the one a ``Predictor`` asks for, and
+``default_num_threads`` is the thread policy both use.
+
+ONNX variants live under ``<artifact>/onnx/``::
+
+    <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
+    <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
+    <dir>/onnx/model.int8-mixed.onnx   int8, but the FFN output projections stay fp32
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.artifact import ArtifactError, ArtifactMeta, load_meta, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.fp32.onnx"
+INT8_FILE = "model.int8.onnx"
+INT8_MIXED_FILE = "model.int8-mixed.onnx"
+FP32_VARIANT = "onnx-fp32"
+INT8_VARIANT = "onnx-int8"
+INT8_MIXED_VARIANT = "onnx-int8-mixed"
+ALL_FILES = (FP32_FILE, INT8_FILE, INT8_MIXED_FILE)
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 0.005
+
+
+NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
+
+
+def default_num_threads() -> int:
+    """Intra-op threads used when none are given: ``$ADRISK_NUM_THREADS`` if set, else half the CPUs
+    this process may run on (at least 1).
+
+    Measured on the shared 2-core machine (README, "Inference speed"): 1 thread was as fast as or 3-8%
+    faster than 2 in every paired run, for torch, ONNX fp32 and int8 (the other core is busy with
+    other processes, and a parallel op waits for its slowest thread), and 4 threads were worse. One
+    thread also leaves a core to a second adrisk process (server and scoring job). On machines with
+    SMT, half the logical CPUs is the physical core count, the libraries' own default.
+    """
+    env = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            logger.warning("ignoring %s=%r (not an integer)", NUM_THREADS_ENV, env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
+class OnnxRuntime:
+    """ONNX Runtime (CPUExecutionProvider only) over one variant recorded in the artifact.
+
+    Args:
+        directory: the model artifact directory.
+        variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (needs ``file``;
+            ``sha256`` and ``source_weights_sha256`` are checked when present).
+        num_threads: intra-op threads; None uses ``default_num_threads()``. Inter-op threads are 1
+            (the graph runs sequentially; parallelism is inside each op).
+        verify: check the file's sha256 and that it was exported from this artifact's weights.
+
+    Raises:
+        ArtifactError: the ONNX file is missing, fails its checksum, was exported from other
+            weights, or onnxruntime cannot load it (corrupted).
+        ImportError: onnxruntime is not installed.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], variant_info: dict[str, Any], *,
+                 num_threads: int | None = None, verify: bool = True):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ImportError("ONNX variants need onnxruntime: pip install onnxruntime") from e
+
+        directory = Path(directory)
+        file = variant_info.get("file")
+        if not file:
+            raise ArtifactError(f"{directory}: ONNX variant entry has no 'file'")
+        path = directory / ONNX_DIR / file
+        self.name = str(variant_info.get("name") or Path(file).stem)
+        self.path = path
+        if not path.is_file():
+            raise ArtifactError(f"ONNX variant {self.name!r}: {path} not found "
+                                f"(re-run `adrisk export-onnx` or load with runtime='torch')")
+        if verify:
+            expected = variant_info.get("sha256")
+            if expected and sha256_file(path) != expected:
+                raise ArtifactError(f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
+                                    f"(corrupted or replaced; re-run `adrisk export-onnx`)")
+            source = variant_info.get("source_weights_sha256")
+            current = load_meta(directory).weights_sha256
+            if source and current and source != current:
+                raise ArtifactError(f"ONNX variant {self.name!r} was exported from different weights than "
+                                    f"{directory}'s model.safetensors; re-run `adrisk export-onnx`")
+        self.num_threads = int(num_threads) if num_threads else default_num_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.num_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only
+        # Idle intra-op threads sleep instead of spinning: on this shared 2-core machine spinning
+        # burned ~45% more CPU per text and cut int8 throughput from ~210 to ~140 texts/s.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise ArtifactError(f"ONNX variant {self.name!r}: onnxruntime cannot load {path} "
+                                f"(corrupted? re-run `adrisk export-onnx`): {type(e).__name__}") from e
+        names = {i.name for i in self.session.get_inputs()}
+        if names != set(INPUT_NAMES):
+            raise ArtifactError(f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}")
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids and mask -> (B, L) float32 logits."""
+        out = self.session.run([OUTPUT_NAME], {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        })[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class Runtime(Protocol):
+    """Computes logits for a padded batch: (B, T) int64 ids and mask -> (B, L) float32 logits."""
+
+    name: str
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRuntime:
+    """PyTorch fp32 runtime over the artifact's ``model.safetensors`` (eval mode, ``inference_mode``).
+
+    ``num_threads`` (if given) applies to this runtime's forward passes only: torch's process-wide
+    thread count is set for the call and restored after it (0.1 us), so loading a predictor does not
+    change the threads of other torch work in the process (training, another model).
+    """
+
+    name = "torch"
+
+    def __init__(self, directory: str | os.PathLike[str], num_threads: int | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self._torch = torch
+        self.num_threads = int(num_threads) if num_threads else None
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True)
+        self.model.eval()
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        previous = torch.get_num_threads()
+        if self.num_threads and self.num_threads != previous:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask)
+                ).logits
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
+        return out.float().numpy()
+
+
+def _torch_runtime(directory: Path, num_threads: int | None) -> TorchRuntime:
+    try:
+        return TorchRuntime(directory, num_threads)
+    except Exception as e:  # truncated / garbage weights, a config that does not fit them
+        raise ArtifactError(f"{directory}: cannot load the model weights ({type(e).__name__}: {e})") from e
+
+
+def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_threads: int | None) -> Runtime:
+    """Build the runtime named by ``runtime`` (see ``Predictor.load``)."""
+    if runtime == "torch":
+        return _torch_runtime(directory, num_threads)
+    if runtime == "auto":
+        name = meta.runtimes.get("default") if meta.runtimes else None
+        if name is not None and not isinstance(name, str):
+            raise ArtifactError(f"{directory}: adrisk.json runtimes.default must be a runtime name")
+        if not name or name == "torch":
+            return _torch_runtime(directory, num_threads)
+        runtime = name
+    variants = (meta.runtimes or {}).get("variants", {})
+    if runtime not in variants:
+        raise ValueError(f"unknown runtime {runtime!r}; this model has: {['torch', *variants]}")
+    return OnnxRuntime(directory, variants[runtime], num_threads=num_threads)

@@ -1,0 +1,144 @@
+"""Dependencies of the routes, in one module: the app's context (settings, model state, batcher,
+metrics, feedback memory and store), API-key auth, and reading a bounded JSON body.
+
+Routes take what they need as ``Annotated`` dependencies (``SettingsDep``, ``StateDep``, ...) and
+never touch ``app.state`` themselves; tests override ``get_context``-based dependencies through
+``create_app(settings, loader=...)``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+
+from serve.batcher import MicroBatcher
+from serve.errors import APIError, ErrorKind
+from serve.metrics import Metrics
+from serve.settings import Settings
+from serve.state import ModelState
+
+if TYPE_CHECKING:
+    from model.store import FeedbackStore
+    from serve.routes.feedback import RecentClassifications
+
+
+@dataclass
+class AppContext:
+    """Everything a request may need, built once by ``create_app`` (``model_state`` and ``batcher``
+    are filled in by the lifespan, before the first request is served)."""
+
+    settings: Settings
+    metrics: Metrics
+    recent: RecentClassifications
+    model_state: ModelState | None = None
+    batcher: MicroBatcher | None = None
+    _feedback_store: FeedbackStore | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def feedback_store(self) -> FeedbackStore:
+        """The feedback store, created on first use (a server nobody sends feedback to writes no file)."""
+        with self._lock:
+            if self._feedback_store is None:
+                from model.store import FeedbackStore
+
+                self._feedback_store = FeedbackStore(self.settings.feedback_url)
+            return self._feedback_store
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings(ctx: ContextDep) -> Settings:
+    return ctx.settings
+
+
+def get_state(ctx: ContextDep) -> ModelState:
+    assert ctx.model_state is not None  # set by the lifespan before requests are served
+    return ctx.model_state
+
+
+def get_batcher(ctx: ContextDep) -> MicroBatcher:
+    assert ctx.batcher is not None
+    return ctx.batcher
+
+
+def get_metrics(ctx: ContextDep) -> Metrics:
+    return ctx.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StateDep = Annotated[ModelState, Depends(get_state)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With ``ADRISK_API_KEYS`` set, require ``Authorization: Bearer <key>`` (constant-time compare).
+
+    Raises:
+        APIError(unauthorized): missing or unknown key.
+    """
+    keys = settings.api_key_list()
+    if not keys:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Starlette decodes header bytes as latin-1; re-encoding as latin-1 gives back the bytes the
+    # client sent, so a non-ASCII key sent as UTF-8 compares equal to ``key.encode("utf-8")``.
+    given_b = given.strip().encode("latin-1", "replace")
+    ok = False
+    for key in keys:  # no early exit: the time taken does not depend on which key matched
+        ok |= hmac.compare_digest(given_b, key.encode("utf-8"))
+    if scheme.lower() != "bearer" or not ok:
+        raise APIError(ErrorKind.unauthorized, "missing or invalid API key (Authorization: Bearer <key>)",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) one over ``limit`` bytes by its Content-Length or its actual
+    size, before it is parsed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: its fault, not a server error
+        raise APIError(ErrorKind.invalid_json, "request body incomplete: the client disconnected") from None
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a UTF-8 JSON body. Lone surrogate escapes (``\\ud83d``) are kept; the model's normaliser
+    replaces them.
+
+    Raises:
+        APIError(invalid_encoding | invalid_json): not UTF-8, or not JSON (position only in the message).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(ErrorKind.invalid_encoding, f"body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise APIError(ErrorKind.invalid_json, f"body is not valid JSON: {e.msg} at line {e.lineno} "
+                                               f"column {e.colno}") from None
+    except RecursionError:
+        raise APIError(ErrorKind.invalid_json, "body is nested too deeply") from None
+    except ValueError:  # e.g. an integer literal over Python's 4300-digit conversion limit
+        raise APIError(ErrorKind.invalid_json, "body is not valid JSON: a number literal is too long") from None

@@ -1,0 +1,102 @@
+"""``POST /v1/classify``: score one ad text or a list of them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from serve.batcher import NotReady, QueueFull
+from serve.deps import (
+    BatcherDep,
+    ContextDep,
+    MetricsDep,
+    SettingsDep,
+    StateDep,
+    parse_json,
+    read_body,
+    require_api_key,
+)
+from serve.errors import APIError, ErrorKind
+from serve.schemas import ERROR_RESPONSES, ClassifyRequest, ClassifyResponse, ClassifyResult, ModelInfo
+from serve.settings import Settings
+from serve.state import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", dict: "object",
+               list: "array", str: "string"}
+
+
+def parse_classify(payload: Any, settings: Settings) -> list[str]:
+    """The texts of a classify request, in order.
+
+    Raises:
+        APIError(validation_error): wrong shape, a non-string item (named by index: the first bad one),
+            an empty list or a text over ``max_text_chars``.
+        APIError(payload_too_large): more than ``max_batch_items`` texts.
+    """
+    if not isinstance(payload, dict) or "input" not in payload:
+        raise APIError(ErrorKind.validation_error,
+                       "body must be a JSON object with the field 'input': a string or a list of strings")
+    inp = payload["input"]
+    if isinstance(inp, str):
+        texts = [inp]
+    elif isinstance(inp, list):
+        if not inp:
+            raise APIError(ErrorKind.validation_error, "field 'input' is an empty list; give at least one string")
+        if len(inp) > settings.max_batch_items:
+            raise APIError(ErrorKind.payload_too_large,
+                           f"input: {len(inp)} items, over the limit of {settings.max_batch_items} per request")
+        for i, x in enumerate(inp):
+            if not isinstance(x, str):
+                raise APIError(ErrorKind.validation_error,
+                               f"input[{i}]: expected a string, got {_JSON_TYPES.get(type(x), 'value')}")
+        texts = inp
+    else:
+        raise APIError(ErrorKind.validation_error,
+                       f"field 'input' must be a string or a list of strings, got {_JSON_TYPES.get(type(inp), 'value')}")
+    for i, t in enumerate(texts):
+        if len(t) > settings.max_text_chars:
+            where = f"input[{i}]" if isinstance(inp, list) else "input"
+            raise APIError(ErrorKind.validation_error,
+                           f"{where}: {len(t)} characters, over the limit of {settings.max_text_chars}")
+    return texts
+
+
+def _model_info(loaded: LoadedModel) -> ModelInfo:
+    return ModelInfo(name=loaded.ref.name or loaded.predictor.meta.name, version=loaded.ref.version,
+                     uri=loaded.ref.uri)
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+         openapi_extra={"requestBody": {"required": True, "content": {
+             "application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
+async def classify(request: Request, settings: SettingsDep, state: StateDep, batcher: BatcherDep,
+                   metrics: MetricsDep, ctx: ContextDep) -> ClassifyResponse:
+    """Score one ad text or a list of them; one result per input, in order.
+
+    Limits: body ``max_body_bytes`` (413), ``max_batch_items`` texts (413), ``max_text_chars`` per
+    text (422). A full queue answers 503 with ``Retry-After``.
+    """
+    body = await read_body(request, settings.max_body_bytes)
+    texts = parse_classify(parse_json(body), settings)
+    if state.current is None:
+        raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
+    try:
+        preds, loaded = await batcher.submit(texts)
+    except QueueFull:
+        metrics.rejected.inc()
+        raise APIError(ErrorKind.overloaded, "server busy: the scoring queue is full, retry later",
+                       headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except NotReady:
+        raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"}) from None
+    except Exception:  # logged by type in the batcher; the message may quote the input
+        raise APIError(ErrorKind.internal_error, "internal error") from None
+    request.state.n_texts = len(texts)
+    ctx.recent.put(request.state.request_id, texts)
+    return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded),
+                            results=[ClassifyResult(**p.to_dict()) for p in preds])
