@@ -7,14 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from model.explain import (
-    Explainer,
-    delete_spans,
-    deletion_test,
-    normalize_with_offsets,
-    text_units,
-)
-from model.normalize import normalize_text
+from model.explain import Explainer, delete_spans, deletion_test, text_units
+from model.normalize import normalize_text, normalize_with_offsets
 from tests.conftest import probe_rows
 
 ODD = [
