@@ -109,8 +109,47 @@ class GateConfig(_Strict):
         0.05, ge=0, description="per (source, label) AP may not fall below champion's minus this; null: report only")
     min_ap: dict[str, float] = Field(default_factory=dict, description="first model only: per-label AP floors")
     min_macro_ap: float = Field(0.5, ge=0, le=1, description="first model only: macro AP floor")
+    eval_floors: dict[str, float] = Field(
+        default_factory=dict, description="floors on extra evaluation sets, every retrain: "
+        "'<set>.<label>.<metric>' (or '<set>.source.<s>.<label>.<metric>') -> minimum, e.g. "
+        "cross_site.adult_services.recall: 0.8; a metric ending in 'flagged_negatives' is a ceiling")
     champion_alias: str = "champion"
     previous_alias: str = "previous"
+
+
+class GeneralisationConfig(_Strict):
+    """Learn the ad, not the site (issue 10; docs/generalisation.md). Views are ``training/views.py``'s."""
+
+    augment_views: list[str] = Field(
+        default_factory=list, description="add these style-stripped views of every training row, with its labels")
+    augment_fraction: float = Field(1.0, gt=0, le=1, description="share of training rows that get each view")
+    source_balanced: bool = Field(False, description="resample training rows so each source is drawn equally often")
+    group_dro: bool = Field(False, description="group DRO loss (Sagawa et al. 2020) over source x view x positive")
+    group_dro_eta: float = Field(0.01, gt=0, description="group DRO step size for the group weights")
+    audit: bool = Field(True, description="shortcut audit of the test split (printed, logged as audit.*)")
+
+    @model_validator(mode="after")
+    def _views_known(self) -> GeneralisationConfig:
+        from training.views import VIEWS
+
+        unknown = sorted(set(self.augment_views) - set(VIEWS))
+        if unknown:
+            raise ValueError(f"augment_views: unknown views {unknown}; known: {sorted(VIEWS)}")
+        return self
+
+
+class EvalSetConfig(_Strict):
+    """An extra labelled file scored by training and ``adrisk evaluate`` (never trained or tuned on)."""
+
+    path: str = Field(description="one data file (JSONL / CSV / Parquet)")
+    text_column: str = "text"
+    label_format: Literal["list", "columns", "class"] = "list"
+    labels_column: str = "labels"
+    source_column: str | None = "source"
+    id_column: str | None = "id"
+    labels: list[str] | None = Field(None, description="score only these labels (default: all)")
+    negatives_from_test: bool = Field(
+        False, description="append the test split's rows negative for every scored label (realistic negatives)")
 
 
 class Config(_Strict):
@@ -131,6 +170,9 @@ class Config(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     export_onnx: bool = Field(False, description="also export ONNX fp32/int8 variants into the artifact")
     gate: GateConfig = Field(default_factory=GateConfig)
+    generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
+    eval_sets: dict[str, EvalSetConfig] = Field(
+        default_factory=dict, description="extra evaluation sets, name -> file; logged as eval.<name>.*")
 
     @model_validator(mode="after")
     def _schema_ok(self) -> Config:
@@ -144,6 +186,21 @@ class Config(_Strict):
             raise ValueError(f"calibration.target_precision_per_label names unknown labels {unknown}")
         if any(not 0 < v <= 1 for v in self.calibration.target_precision_per_label.values()):
             raise ValueError("calibration.target_precision_per_label values must be in (0, 1]")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_sets_ok(self) -> Config:
+        import re
+
+        for name, es in self.eval_sets.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"eval_sets: name {name!r} must be letters, digits, '_' or '-' (it becomes a metric prefix)")
+            unknown = sorted(set(es.labels or []) - set(self.labels))
+            if unknown:
+                raise ValueError(f"eval_sets.{name}.labels names unknown labels {unknown}")
+        bad = sorted(k for k in self.gate.eval_floors if k.split(".", 1)[0] not in self.eval_sets)
+        if bad:
+            raise ValueError(f"gate.eval_floors {bad} name no configured eval set ({sorted(self.eval_sets)})")
         return self
 
     def target_precisions(self) -> dict[str, float]:
