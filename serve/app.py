@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from serve.batcher import MicroBatcher
 from serve.deps import AppContext
 from serve.errors import ErrorKind, error_response, install_error_handlers
+from serve.explain import ExplainQueue
 from serve.metrics import Metrics
 from serve.routes import ROUTERS
 from serve.routes.feedback import RecentClassifications
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
                                max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                on_batch=batch_done, on_depth=metrics.queue_depth.set)
         ctx.model_state, ctx.batcher = state, batcher
+        ctx.explain_queue = ExplainQueue(lambda: batcher.depth, queue_size=settings.explain_queue_size)
         batcher.start()
         state.start()
         logger.info("adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             yield
         finally:
             batcher.stop()
+            ctx.explain_queue.stop()
             state.stop()
 
     app = FastAPI(title="adrisk", version="1", lifespan=lifespan,

@@ -25,6 +25,7 @@ from serve.state import ModelState
 
 if TYPE_CHECKING:
     from model.store import FeedbackStore
+    from serve.explain import ExplainQueue
     from serve.routes.feedback import RecentClassifications
 
 
@@ -38,6 +39,7 @@ class AppContext:
     recent: RecentClassifications
     model_state: ModelState | None = None
     batcher: MicroBatcher | None = None
+    explain_queue: ExplainQueue | None = None
     _feedback_store: FeedbackStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

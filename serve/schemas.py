@@ -5,7 +5,7 @@ The field limits shown here are the server defaults; the live values come from `
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class ClassifyRequest(BaseModel):
@@ -19,6 +19,17 @@ class ClassifyRequest(BaseModel):
         description="one ad text or a list of 1-256 ad texts; each at most 100000 characters "
                     "(text beyond the model window is scored on what fits and marked truncated)",
     )
+    explain: bool = Field(False, description="add `explanations` (evidence spans per flagged label) to each "
+                          "result; at most 8 texts per such request (413 beyond), run on their own queue")
+
+
+class ExplanationSpan(BaseModel):
+    """Characters ``[start, end)`` of the input text AS GIVEN (Python str indices: code points) and their
+    signed contribution to the label's calibrated logit (positive pushes the label up)."""
+
+    start: int
+    end: int
+    score: float
 
 
 class ModelInfo(BaseModel):
@@ -36,6 +47,16 @@ class ClassifyResult(BaseModel):
     categories: dict[str, bool]
     category_scores: dict[str, float]
     truncated: bool = Field(description="the text did not fit the model window; scored on what fits")
+    explanations: dict[str, list[ExplanationSpan]] | None = Field(
+        None, description='only with "explain": true: per flagged label, the top word spans, strongest first '
+                          "(see docs/explanations.md)")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_explanations(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("explanations", 0) is None:
+            del data["explanations"]  # plain requests keep the plain result shape
+        return data
 
 
 class ClassifyResponse(BaseModel):

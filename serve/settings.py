@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1, description="most strings in one request's input list")
     max_text_chars: int = Field(100_000, ge=1, description="longest single input (characters)")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a queue-full 503")
+    max_explain_items: int = Field(
+        8, ge=1, description="most strings in one request with \"explain\": true (413 beyond; explanations "
+                             "cost ~10-100x a plain score)")
+    explain_queue_size: int = Field(32, ge=1, description="most texts waiting for explanation; beyond it 503")
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth on /v1/*")
     feedback_url: str | None = Field(
         None, description="SQLAlchemy URL of the feedback store (default sqlite:///feedback.db in the working dir)")

@@ -19,6 +19,7 @@ from serve.deps import (
     require_api_key,
 )
 from serve.errors import APIError, ErrorKind
+from serve.explain import ExplainQueue, ExplainQueueFull
 from serve.schemas import ERROR_RESPONSES, ClassifyRequest, ClassifyResponse, ClassifyResult, ModelInfo
 from serve.settings import Settings
 from serve.state import LoadedModel
@@ -67,6 +68,39 @@ def parse_classify(payload: Any, settings: Settings) -> list[str]:
     return texts
 
 
+def parse_explain(payload: Any, n_texts: int, settings: Settings) -> bool:
+    """The request's ``explain`` flag (default false).
+
+    Raises:
+        APIError(validation_error): ``explain`` is not a boolean.
+        APIError(payload_too_large): ``explain`` with more than ``max_explain_items`` texts.
+    """
+    explain = payload.get("explain", False)
+    if not isinstance(explain, bool):
+        raise APIError(ErrorKind.validation_error,
+                       f"field 'explain' must be true or false, got {_JSON_TYPES.get(type(explain), 'value')}")
+    if explain and n_texts > settings.max_explain_items:
+        raise APIError(ErrorKind.payload_too_large,
+                       f"input: {n_texts} items, over the limit of {settings.max_explain_items} per request "
+                       f"with explain")
+    return explain
+
+
+async def _explanations(queue: ExplainQueue, loaded: LoadedModel, texts: list[str], preds, settings: Settings,
+                        metrics) -> list[dict]:
+    benign = loaded.predictor.meta.label_schema.benign_label
+    labels = [[n for n, on in p.categories.items() if on and n != benign] for p in preds]
+    try:
+        return await queue.submit(loaded.predictor, texts, labels)
+    except ExplainQueueFull:
+        metrics.rejected.inc()
+        raise APIError(ErrorKind.overloaded, "server busy: the explanation queue is full, retry later",
+                       headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except Exception as e:  # the message may quote the input
+        logger.error("explanation failed: %s", type(e).__name__)
+        raise APIError(ErrorKind.internal_error, "internal error") from None
+
+
 def _model_info(loaded: LoadedModel) -> ModelInfo:
     return ModelInfo(name=loaded.ref.name or loaded.predictor.meta.name, version=loaded.ref.version,
                      uri=loaded.ref.uri)
@@ -80,10 +114,14 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     """Score one ad text or a list of them; one result per input, in order.
 
     Limits: body ``max_body_bytes`` (413), ``max_batch_items`` texts (413), ``max_text_chars`` per
-    text (422). A full queue answers 503 with ``Retry-After``.
+    text (422). A full queue answers 503 with ``Retry-After``. With ``"explain": true``: at most
+    ``max_explain_items`` texts (413), scored as usual, then explained on a separate queue
+    (``explain_queue_size`` texts; 503 beyond) that yields to plain requests.
     """
     body = await read_body(request, settings.max_body_bytes)
-    texts = parse_classify(parse_json(body), settings)
+    payload = parse_json(body)
+    texts = parse_classify(payload, settings)
+    explain = parse_explain(payload, len(texts), settings)
     if state.current is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
     try:
@@ -98,5 +136,10 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
         raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
     ctx.recent.put(request.state.request_id, texts)
-    return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded),
-                            results=[ClassifyResult(**p.to_dict()) for p in preds])
+    if explain:
+        assert ctx.explain_queue is not None  # set by the lifespan
+        exps = await _explanations(ctx.explain_queue, loaded, texts, preds, settings, metrics)
+        results = [ClassifyResult(**p.to_dict(), explanations=e) for p, e in zip(preds, exps, strict=True)]
+    else:
+        results = [ClassifyResult(**p.to_dict()) for p in preds]
+    return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded), results=results)
