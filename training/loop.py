@@ -129,7 +129,8 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
 def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.ndarray,
         val_ids: list[list[int]], val_y: np.ndarray, schema: LabelSchema, cfg: TrainConfig, seed: int,
         checkpoint_dir: Path, config_digest: str, resume: bool = False,
-        on_metrics: Callable[[dict, int], None] | None = None) -> FitResult:
+        on_metrics: Callable[[dict, int], None] | None = None, group_ids: np.ndarray | None = None,
+        group_dro_eta: float = 0.01) -> FitResult:
     """Fine-tune ``model`` in place and load the best validation weights into it at the end.
 
     Args:
@@ -138,6 +139,8 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
         config_digest: written into checkpoints; resuming under another config is refused.
         resume: continue from ``checkpoint_dir/last.pt``.
         on_metrics: called with (metrics dict, step) for per-step loss and per-epoch validation.
+        group_ids: (n,) int group of each train row: the loss becomes group DRO's
+            (``training.domain.GroupDRO``, Sagawa et al. 2020) with step size ``group_dro_eta``.
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint.
@@ -154,6 +157,12 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
 
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     loss_fn = loss_function(schema, train_y, cfg)
+    dro = None
+    if group_ids is not None:
+        from training.domain import GroupDRO
+
+        dro = GroupDRO(int(np.max(group_ids)) + 1, group_dro_eta)
+        loss_fn.reduction = "none"  # per-row losses, combined by group DRO
 
     state = {"epoch": 0, "batch": 0, "global_step": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0,
              "history": []}
@@ -175,11 +184,15 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
         state = ck["state"]
+        if dro is not None and state.get("dro_q"):
+            dro.load_state(state["dro_q"])
         logger.info("resumed at epoch %d, batch %d (step %d)", state["epoch"], state["batch"], state["global_step"])
     else:
         torch.manual_seed(seed)
 
     def save_checkpoint() -> None:
+        if dro is not None:
+            state["dro_q"] = dro.state()
         _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                             "state": state, "config_digest": config_digest}, last)
@@ -197,6 +210,8 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
             x, m = encoder.pad([train_ids[i] for i in idx])  # (B, T) int64
             logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits  # (B, L)
             loss = loss_fn(logits, _loss_targets(schema, train_y[idx]))
+            if dro is not None:
+                loss = dro.loss(loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

@@ -15,10 +15,13 @@ from model.artifact import ArtifactMeta, save_meta
 from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
 from model.encoding import TextEncoder
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
+from training.audit import run_audit
 from training.base_model import build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.config import Config
 from training.data import DataBundle, Split, load_data
+from training.domain import training_rows
+from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval_sets, load_eval_set
 from training.loop import LAST_CHECKPOINT, CheckpointError, fit, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
@@ -103,12 +106,17 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
     # --- phase 2: data ---------------------------------------------------------------------
     if bundle is None:
         bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
+    extra_sets = [load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()]  # bad files fail now
+    gen = cfg.generalisation
+    rows = training_rows(bundle.train.texts, bundle.train.targets, bundle.train.sources, gen.augment_views,
+                         gen.augment_fraction, gen.source_balanced, cfg.seed)  # views, balancing (issue 10)
+    bundle.report["training_rows"] = rows.report
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
     tokenizer = load_tokenizer(base)
     encoder = TextEncoder(tokenizer, cfg.train.max_length)
-    enc = {s.name: encoder.encode(s.texts) for s in bundle.splits()}
+    enc = {s.name: encoder.encode(rows.texts if s is bundle.train else s.texts) for s in bundle.splits()}
     truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
 
     # --- phase 4: MLflow run (reused on --resume) ------------------------------------------
@@ -141,10 +149,11 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
-        result = fit(model, encoder, enc["train"].input_ids, bundle.train.targets,
+        result = fit(model, encoder, enc["train"].input_ids, rows.targets,
                      enc["validation"].input_ids, bundle.validation.targets, schema, cfg.train, cfg.seed,
                      out_dir / "checkpoints", cfg.digest(), resume=resume,
-                     on_metrics=lambda m, step: mlflow.log_metrics(m, step=step))
+                     on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
+                     group_ids=rows.group_ids if gen.group_dro else None, group_dro_eta=gen.group_dro_eta)
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
         logits = {s: predict_logits(model, encoder, enc[s].input_ids, cfg.train.eval_batch_size)
@@ -161,7 +170,26 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         metrics |= {f"calibration.{n}.temperature": t for n, t in zip(labels, temps, strict=True)}
         metrics |= {f"threshold.{n}": t for n, t in zip(labels, thresholds, strict=True)}
         metrics |= {"train.best_epoch": result.best_epoch, "train.steps": result.global_step}
+
+        def score(texts: list[str]) -> np.ndarray:
+            z = predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)
+            return calibrated_probabilities(z, temps, schema.problem_type)
+
+        audit = None
+        if gen.audit:  # the shortcut audit on test (training/audit.py)
+            audit = run_audit(labels, bundle.train.texts, bundle.train.targets, bundle.train.sources, bundle.test.texts,
+                              bundle.test.targets, bundle.test.sources, score, thresholds, eval_probs=probs["test"])
+            metrics |= audit.prefixed()
+            if bundle.test.sources:
+                metrics |= flagged_negatives(probs["test"], bundle.test.targets, labels, thresholds, "audit.test",
+                                             bundle.test.sources)
+            for note in audit.notes:
+                logger.warning("%s", note)
+        for es in extra_sets:  # extra evaluation sets: eval.<name>.*
+            metrics |= evaluate_eval_set(es, score(es.split.texts), labels, thresholds)
         mlflow.log_metrics(metrics)
+        if audit is not None:
+            mlflow.set_tag("adrisk.audit.source_confounded", ",".join(audit.confounded) or "none")
         mlflow.set_tags({f"adrisk.threshold.{n}.method": i.method for n, i in thr_info.items()})
 
         # --- phase 9: the artifact -----------------------------------------------------------
@@ -193,6 +221,13 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
                                                     plots / "reliability_test.png", "test reliability")), "plots")
         table = format_table(metrics, labels, "test")
         mlflow.log_text(table, "metrics_table.txt")
+        if audit is not None:
+            mlflow.log_text(audit.table, "audit_table.txt")
+            table += "\n\n" + audit.table
+        if extra_sets:
+            es_table = format_eval_sets(metrics, [es.name for es in extra_sets], labels)
+            mlflow.log_text(es_table, "eval_sets_table.txt")
+            table += "\n\nextra evaluation sets (the model's own thresholds)\n" + es_table
 
         # --- phase 11: log the pyfunc model and register it --------------------------------
         registered = log_pyfunc_model(art, cfg.model_name if cfg.tracking.register_model else None,
