@@ -356,6 +356,16 @@ class Explainer:
             results.append({n: a.top(self.labels.index(n), top_k) for n in names})
         return results
 
+    def explain_json(
+        self, texts: Sequence[str], labels: Sequence[str] | None = None, top_k: int = DEFAULT_TOP_K
+    ) -> list[dict[str, list[dict]]]:
+        """``explain`` as JSON-ready dicts: ``[{label: [{"start", "end", "score"}, ...]}, ...]`` (the
+        HTTP API's, ``adrisk predict --explain``'s and ``adrisk score --explain``'s shape)."""
+        return [
+            {n: [s.to_dict() for s in spans] for n, spans in r.items()}
+            for r in self.explain(texts, labels=labels, top_k=top_k)
+        ]
+
     def _label_indices(self, labels: Sequence[str] | None) -> list[int]:
         if labels is None:
             return list(range(len(self.labels)))
