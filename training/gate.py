@@ -98,6 +98,12 @@ def apply_gate(challenger: dict[str, float], champion: dict[str, float] | None, 
             else:
                 add(src, lab, "ap", key(lab, "ap", src), f">= champion - {tol}",
                     lambda new, old, t=tol: old is None or new >= old - t)
+    for k, bound in sorted(g.eval_floors.items()):  # extra evaluation sets (eval.<set>.*): absolute bounds
+        set_name, rest = k.split(".", 1)
+        lab, metric = rest.rsplit(".", 1) if "." in rest else (rest, "")
+        ceiling = metric == "flagged_negatives"  # a share of negatives flagged: lower is better
+        add(f"eval:{set_name}", lab, metric, f"eval.{k}", f"{'<=' if ceiling else '>='} {bound} (eval floor)",
+            lambda new, _, b=bound, c=ceiling: new <= b if c else new >= b)
     return rows
 
 

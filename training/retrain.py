@@ -26,6 +26,7 @@ from model.registry import configure_tracking, get_alias, resolve_tracking_uris,
 from model.uri import resolve_model
 from training.config import Config
 from training.data import Split, load_data, prepare_frame, read_table
+from training.eval_sets import EvalSet, evaluate_eval_set, load_eval_set
 from training.gate import GATE_SPLIT, GateDecision, apply_gate, format_gate_table
 from training.metrics import evaluate_scores
 
@@ -50,6 +51,8 @@ class RetrainResult:
     outcome: Outcome
     decision: GateDecision | None = None
     table: str = ""
+    training_table: str = ""  # the challenger's metrics table (as ``adrisk train`` prints it)
+    challenger_uri: str | None = None  # models:/NAME/VERSION of the challenger, when one was registered
 
 
 def golden_sets(cfg: Config) -> list[tuple[pd.DataFrame, np.ndarray]]:
@@ -71,11 +74,15 @@ def gate_set(cfg: Config, test: Split, golden: list[tuple[pd.DataFrame, np.ndarr
     return Split(GATE_SPLIT, frame, targets, path="+".join([test.path, *cfg.gate.golden_files]))
 
 
-def gate_metrics(predictor: Predictor, gate: Split) -> dict[str, float]:
-    """Metrics of one model on the gate set at that model's own thresholds (keys ``gate.*``)."""
+def gate_metrics(predictor: Predictor, gate: Split, extra_sets: list[EvalSet] | None = None) -> dict[str, float]:
+    """Metrics of one model on the gate set at that model's own thresholds (keys ``gate.*``), plus the
+    configured extra evaluation sets (keys ``eval.<name>.*``, for ``gate.eval_floors``)."""
     probs = predictor.predict_proba(gate.texts)
-    return evaluate_scores(probs, gate.targets, predictor.labels, predictor.meta.threshold_vector(), GATE_SPLIT,
-                           gate.sources)
+    thr = predictor.meta.threshold_vector()
+    out = evaluate_scores(probs, gate.targets, predictor.labels, thr, GATE_SPLIT, gate.sources)
+    for es in extra_sets or []:
+        out |= evaluate_eval_set(es, predictor.predict_proba(es.split.texts), predictor.labels, thr)
+    return out
 
 
 def _champion_run_tags(name: str, alias: str) -> dict[str, str]:
@@ -135,15 +142,16 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
                 logger.info("champion v%s was trained on the same data and config: nothing to do", champion_version)
                 return RetrainResult(Outcome.UNCHANGED)
         gate = gate_set(cfg, bundle.test, golden)
+        extra_sets = [load_eval_set(n, e, cfg.label_schema, bundle.test) for n, e in cfg.eval_sets.items()]
         if not cfg.tracking.register_model:
             raise ValueError("retrain needs tracking.register_model: true (the challenger must be a model version)")
         result = run_training(cfg, bundle=bundle)
         challenger_version = result.registered.version
-        challenger = gate_metrics(Predictor.load(result.artifact_dir), gate)
+        challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets)
         champion = None
         if champion_version:
             ref = resolve_model(f"models:/{cfg.model_name}/{champion_version}")
-            champion = gate_metrics(Predictor.load(ref.directory), gate)
+            champion = gate_metrics(Predictor.load(ref.directory), gate, extra_sets)
         rows = apply_gate(challenger, champion, cfg.label_schema.labels, g)
         failed = [r for r in rows if r.passed is False]
         promoted = not failed and not dry_run and challenger_version is not None
@@ -166,7 +174,8 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
                 set_alias(cfg.model_name, g.previous_alias, champion_version)
             set_alias(cfg.model_name, g.champion_alias, challenger_version)
         outcome = Outcome.REJECTED if failed else (Outcome.PROMOTED if promoted else Outcome.WOULD_PROMOTE)
-        return RetrainResult(outcome, decision, table)
+        return RetrainResult(outcome, decision, table, training_table=result.table,
+                             challenger_uri=f"models:/{cfg.model_name}/{challenger_version}")
     finally:
         lock.release()
 

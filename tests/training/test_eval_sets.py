@@ -82,3 +82,64 @@ def test_metrics_recall_and_flagged_craigslist_share(cross_site):
 def test_flagged_negatives_skips_slices_without_negatives():
     m = flagged_negatives(np.array([[0.9], [0.1]]), np.array([[1], [0]]), ["a"], [0.5], "k", ["s1", "s2"])
     assert m == {"k.a.flagged_negatives": 0.0, "k.source.s2.a.flagged_negatives": 0.0}
+
+
+def _gate_cfg(**floors):
+    from training.config import GateConfig
+
+    return GateConfig(eval_floors=floors)
+
+
+def _gate_metrics(recall: float, cl_flagged: float) -> dict[str, float]:
+    m = {"gate.macro.ap": 0.9}
+    for lab in SCHEMA.labels:
+        m |= {f"gate.{lab}.ap": 0.9, f"gate.{lab}.recall": 0.9, f"gate.{lab}.ece": 0.01}
+    return m | {
+        "eval.cross_site.adult_services.recall": recall,
+        "eval.cross_site.source.craigslist_headings.adult_services.flagged_negatives": cl_flagged,
+    }
+
+
+def test_gate_rejects_a_challenger_that_loses_cross_site_recall():
+    from training.gate import apply_gate
+
+    g = _gate_cfg(
+        **{
+            "cross_site.adult_services.recall": 0.8,
+            "cross_site.source.craigslist_headings.adult_services.flagged_negatives": 0.005,
+        }
+    )
+    champion = _gate_metrics(0.85, 0.002)
+    rows = apply_gate(_gate_metrics(0.60, 0.002), champion, SCHEMA.labels, g)
+    failed = [r for r in rows if r.passed is False]
+    assert [(r.slice, r.label, r.metric) for r in failed] == [("eval:cross_site", "adult_services", "recall")]
+    assert failed[0].champion == 0.85 and failed[0].challenger == 0.60
+    # the flagged share is a ceiling; a challenger within every bound passes them all
+    rows = apply_gate(_gate_metrics(0.82, 0.010), champion, SCHEMA.labels, g)
+    assert [r.metric for r in rows if r.passed is False] == ["flagged_negatives"]
+    assert not [
+        r for r in apply_gate(_gate_metrics(0.82, 0.001), champion, SCHEMA.labels, g) if r.passed is False
+    ]
+    # a first model (no champion) is held to the same floors; a metric that was not measured fails
+    missing = {k: v for k, v in _gate_metrics(0.9, 0.0).items() if not k.startswith("eval.")}
+    assert any(
+        r.passed is False and r.slice == "eval:cross_site"
+        for r in apply_gate(missing, None, SCHEMA.labels, g)
+    )
+
+
+def test_gate_metrics_add_the_extra_sets(cross_site):
+    from training.retrain import gate_metrics
+
+    es = load_eval_set("cross_site", _entry(cross_site), SCHEMA, None)
+
+    class FakePredictor:  # scores "massage" ads as adult: recall 1/2 on the two positives
+        labels = SCHEMA.labels
+        meta = SimpleNamespace(threshold_vector=lambda: [0.5, 0.5, 0.5])
+
+        def predict_proba(self, texts):
+            return np.array([[0.9 if "sexy" in t else 0.1, 0.0, 0.0] for t in texts])
+
+    gate = _test_split()
+    m = gate_metrics(FakePredictor(), Split("gate", gate.frame, gate.targets), [es])
+    assert m["eval.cross_site.adult_services.recall"] == 0.5 and "gate.adult_services.ap" in m
