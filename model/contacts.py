@@ -74,8 +74,8 @@ _SUB = rf"(?-i:[oOlI]){_KEYCAP}"
 # a token: starts/ends at a word boundary (no letter or digit touching it), holds at least one true
 # digit or number word; O/o/l/I only count inside such a token
 _TOKEN = rf"(?<![^\W_])(?:{_SUB})*{_CORE}(?:{_CORE}|{_SUB})*(?![^\W_])"
-_SEP = r"(?:[\s.\-/*()\[\]_~|=•·,]|[^\x00-\x7f\w])"
-_RUN = re.compile(rf"(\+\s?)?{_TOKEN}(?:(?:\s+|{_SEP}){{1,5}}{_TOKEN})*", re.IGNORECASE)
+_SEP = r"(?:\s++|[.\-/*()\[\]{}<>_~|=•·,'\"]|[^\x00-\x7f\w\s])"
+_RUN = re.compile(rf"(\+\s?)?{_TOKEN}(?:{_SEP}{{1,5}}{_TOKEN})*", re.IGNORECASE)
 _TOKEN_RE = re.compile(_TOKEN, re.IGNORECASE)
 _UNIT_RE = re.compile(rf"({'|'.join(_WORDS)}|[0-9]|(?-i:[oOlI]))", re.IGNORECASE)
 
@@ -235,13 +235,15 @@ def _token_digits(token: str) -> str | None:
 
 
 def _phone_shape(sizes: tuple[int, ...]) -> bool:
-    """Whether digit groups of these sizes look like a written phone number (after any country code)."""
-    total = sum(sizes)
+    """Whether digit groups of these sizes look like a written phone number (after any country code):
+    a 7-digit local number only as one block, ``3-4`` or digits spaced one by one; a 10-digit number
+    in any grouping of blocks of at most 4 digits (posters split them freely: ``19.3-151-3194``),
+    or ``3-7`` / ``6-4`` / one block."""
     if len(sizes) == 1 or all(s == 1 for s in sizes):
         return True
-    if total == 7:
+    if sum(sizes) == 7:
         return sizes == (3, 4)
-    return sizes[0] == 3 or sizes == (6, 4)
+    return max(sizes) <= 4 or sizes in ((3, 7), (6, 4))
 
 
 @lru_cache(maxsize=1 << 16)
