@@ -59,12 +59,37 @@ class RegisteredModel:
         return f"models:/{self.name}/{self.version}"
 
 
+# Distributions the pyfunc imports (model/ with a torch or ONNX runtime, MLflow's pyfunc loader):
+# pinned to the logging environment's versions in the model's requirements.txt.
+PYFUNC_REQUIREMENTS = ("mlflow-skinny", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
+                       "scipy", "pydantic")
+
+
+def pinned_requirements(artifact_dir: str | os.PathLike[str]) -> list[str]:
+    """``name==version`` for each of ``PYFUNC_REQUIREMENTS`` (plus ``onnxruntime`` when the artifact has
+    ONNX variants), at the versions installed here; local version labels (``+cpu``) are dropped so an
+    index without them (PyPI) resolves the pin."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = list(PYFUNC_REQUIREMENTS) + (["onnxruntime"] if (Path(artifact_dir) / "onnx").is_dir() else [])
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            logger.warning("%s is not installed; the model's requirements leave it out", name)
+    return pins
+
+
 def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name: str | None,
                      input_example: list[str] | None = None) -> RegisteredModel | None:
     """Log ``artifact_dir`` as the active run's pyfunc model ``model`` (models from code, no pickle)
     and register it under ``registered_model_name`` (skip registration when None).
 
-    The signature is inferred by running the model on ``input_example``.
+    Self-contained: adrisk's ``model`` package travels as the model's ``code_paths`` and
+    ``requirements.txt`` pins ``pinned_requirements``, so ``env_manager="virtualenv"``/``"uv"`` (or a
+    plain ``pip install -r requirements.txt``) rebuilds it without adrisk. The signature is
+    ``model.pyfunc.output_signature`` (outputs only; see ``model.pyfunc``).
 
     Raises:
         mlflow.exceptions.MlflowException: no active run, or tracking/registry errors.
@@ -73,10 +98,10 @@ def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name
 
     import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
-    from model.predictor import Predictor
-    from model.pyfunc import predictions_frame
+    import model as model_package
+    from model.artifact import load_meta
+    from model.pyfunc import output_signature
     from model.uri import PYFUNC_ARTIFACT_KEY
 
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
@@ -84,16 +109,15 @@ def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name
     if run is None:
         raise RuntimeError("log_pyfunc_model needs an active MLflow run")
     example = pd.DataFrame({"text": input_example or ["2 bedroom apartment for rent", "call me now 24/7"]})
-    out = predictions_frame(Predictor.load(artifact_dir, runtime="torch"), example["text"].tolist())
-    signature = infer_signature(example, out)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),
         artifacts={PYFUNC_ARTIFACT_KEY: str(artifact_dir)},
-        signature=signature,
+        code_paths=[str(Path(model_package.__file__).parent)],
+        signature=output_signature(load_meta(artifact_dir).labels),
         input_example=example,
         registered_model_name=registered_model_name,
-        pip_requirements=["adrisk"],
+        pip_requirements=pinned_requirements(artifact_dir),
     )
     if not registered_model_name:
         return None

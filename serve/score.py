@@ -25,21 +25,20 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.artifact import write_json_atomic
 from model.messages import describe_columns
+from model.pyfunc import ADDED_COLUMNS, SCORE_PREFIX, score_values
+from model.pyfunc import is_missing as _is_missing
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 MANIFEST = "manifest.json"
 PART = "part-{:06d}.parquet"
-SCORE_PREFIX = "score_"
-ADDED_COLUMNS = ("flagged", "model_version", "error")
 
 
 class ScoreError(Exception):
@@ -118,8 +117,11 @@ def estimate_rows(path: Path) -> int | None:
     return max(lines - (1 if fmt == "csv" else 0), 0)
 
 
-def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: str) -> pd.DataFrame:
-    """``df`` plus ``flagged``, ``score_<label>``, ``model_version`` and ``error`` columns (same rows, order).
+def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: str,
+                explain: bool = False) -> pd.DataFrame:
+    """``df`` plus ``flagged``, ``score_<label>``, ``model_version`` and ``error`` columns (same rows, order);
+    with ``explain``, also ``explanations``: a JSON string ``{label: [{start, end, score}]}`` of the flagged
+    labels' top spans (``model.explain``; null for rows that were not scored).
 
     Raises:
         ScoreError: ``text_column`` missing, or an output column name already used by the input.
@@ -127,32 +129,35 @@ def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: st
     if text_column not in df.columns:
         raise ScoreError(f"text column {text_column!r} not found; columns are {describe_columns(df.columns)}")
     labels = list(predictor.labels)
-    clash = [c for c in (*ADDED_COLUMNS, *(SCORE_PREFIX + n for n in labels)) if c in df.columns]
+    extra = (EXPLANATIONS_COLUMN,) if explain else ()
+    clash = [c for c in (*ADDED_COLUMNS, *(SCORE_PREFIX + n for n in labels), *extra) if c in df.columns]
     if clash:
         raise ScoreError(f"input already has output column(s) {clash}; rename them first")
-    values = df[text_column].tolist()
-    is_text = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
-    n, n_labels = len(values), len(labels)
-    probs = np.full((n, n_labels), np.nan)
-    flagged = pd.array([pd.NA] * n, dtype="boolean")
-    idx = np.flatnonzero(is_text)
-    if len(idx):
-        s = predictor.score([values[i] for i in idx])
-        probs[idx] = s.probabilities
-        flagged[idx] = s.flagged
-    out = df.reset_index(drop=True).copy()
-    out["flagged"] = flagged
-    for j, name in enumerate(labels):
-        out[SCORE_PREFIX + name] = probs[:, j]
-    out["model_version"] = model_version
-    errors = [None if ok else ("missing_text" if _is_missing(v) else "not_text") for ok, v in zip(is_text, values,
-                                                                                                    strict=True)]
-    out["error"] = pd.array(errors, dtype="string")
-    return out
+    added = score_values(predictor, df[text_column].tolist(), model_version)  # the pyfunc's columns
+    if explain:
+        added[EXPLANATIONS_COLUMN] = _explanations(predictor, df[text_column].tolist(), added)
+    return pd.concat([df.reset_index(drop=True), added], axis=1)
 
 
-def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+EXPLANATIONS_COLUMN = "explanations"
+
+
+def _explanations(predictor, values: list, added: pd.DataFrame) -> pd.Series:
+    from model.explain import Explainer
+
+    explainer = Explainer(predictor)
+    thresholds = predictor.meta.thresholds
+    benign = predictor.meta.label_schema.benign_label
+    out: list[str | None] = []
+    for i, v in enumerate(values):
+        if added["error"].iloc[i] is not pd.NA and pd.notna(added["error"].iloc[i]):
+            out.append(None)
+            continue
+        names = [n for n in predictor.labels
+                 if n != benign and added[SCORE_PREFIX + n].iloc[i] >= thresholds[n]]
+        exp = explainer.explain_json([v], labels=names)[0] if names else {}
+        out.append(json.dumps(exp))
+    return pd.Series(pd.array(out, dtype="string"))
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
@@ -246,7 +251,8 @@ def _model_version(ref, meta) -> str:
 
 def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
               text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
-              torch_threads: int | None = None, progress: bool = True, predictor=None) -> ScoreSummary:
+              torch_threads: int | None = None, progress: bool = True, predictor=None,
+              model_version: str | None = None, explain: bool = False) -> ScoreSummary:
     """Score ``input_path`` into ``output_path``; see ``_run_score``. One job per output at a time:
     two jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
 
@@ -266,7 +272,7 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
     try:
         return _run_score(model_uri, input_path, output_path, text_column=text_column, chunk_size=chunk_size,
                           resume=resume, runtime=runtime, torch_threads=torch_threads, progress=progress,
-                          predictor=predictor)
+                          predictor=predictor, model_version=model_version, explain=explain)
     finally:
         lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
 
@@ -282,14 +288,19 @@ def output_lock_path(output: Path) -> Path:
 
 def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
                text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
-               torch_threads: int | None = None, progress: bool = True, predictor=None) -> ScoreSummary:
+               torch_threads: int | None = None, progress: bool = True, predictor=None,
+               model_version: str | None = None, explain: bool = False) -> ScoreSummary:
     """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
 
     Args:
         model_uri: anything ``model.uri.resolve_model`` accepts.
         chunk_size: rows per chunk (memory is bounded by a chunk and its part file).
         resume: continue from ``<output>.partial/``; without it an existing work directory is an error.
-        predictor: an already loaded Predictor (tests); ``model_uri`` is then only recorded.
+        predictor: an already loaded Predictor (tests), or ``serve.spark.SparkScorer`` (``--engine
+            spark``); ``model_uri`` is then only recorded.
+        model_version: the ``model_version`` value to write (default: the registry version, else
+            ``local:<sha12>``).
+        explain: add the ``explanations`` column (see ``score_frame``).
 
     Returns:
         The totals over the whole file.
@@ -323,11 +334,13 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
             predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
     else:
         ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
-    version = _model_version(ref, predictor.meta)
+    version = model_version or _model_version(ref, predictor.meta)
     labels = list(predictor.labels)
     stat = src.stat()
     identity = {"input": str(src.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
                 "text_column": text_column, "chunk_size": chunk_size, "model_version": version, "labels": labels}
+    if explain:
+        identity["explain"] = True
 
     manifest_path = work / MANIFEST
     summary = ScoreSummary(flagged_per_label=dict.fromkeys(labels, 0), model_version=version, output=str(dst))
@@ -357,7 +370,7 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
         for i, chunk in enumerate(iter_chunks(src, chunk_size)):
             if i < done:
                 continue
-            out = score_frame(chunk, predictor, text_column, version)
+            out = score_frame(chunk, predictor, text_column, version, explain=explain)
             part = work / PART.format(i)
             tmp = part.with_name(part.name + ".tmp")
             pq.write_table(_to_arrow(out), tmp)

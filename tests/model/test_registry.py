@@ -37,14 +37,17 @@ def test_register_and_load_back(tracking, tiny_artifact, tiny_predictor, probes)
         if uri.startswith("models:"):
             assert (ref.name, ref.version) == ("risky-ads-test", "1")
 
-    # pyfunc contract: DataFrame with text -> flagged + one column per label; NaN rows are a named error
+    # pyfunc contract (tests/model/test_pyfunc.py has the rest): DataFrame with text -> the columns
+    # `adrisk score` adds; NaN / None rows get error=missing_text and null scores, the batch succeeds
     pyfunc = mlflow.pyfunc.load_model("models:/risky-ads-test@champion")
     out = pyfunc.predict(pd.DataFrame({"text": texts}))
-    assert list(out.columns[:4]) == ["flagged", "adult_services", "trafficking_indicators", "scam"]
-    np.testing.assert_allclose(out[["adult_services", "trafficking_indicators", "scam"]].to_numpy(), expected, atol=1e-6)
+    scores = ["score_adult_services", "score_trafficking_indicators", "score_scam"]
+    assert list(out.columns) == ["flagged", *scores, "model_version", "error"]
+    np.testing.assert_allclose(out[scores].to_numpy(), expected, atol=1e-6)
     [nan_row] = [r for r in probes if r["kind"] == "nan-dataframe"]
-    with pytest.raises(Exception, match=r"rows \[1, 2\]"):
-        pyfunc.predict(pd.DataFrame(nan_row["value"]))
+    out = pyfunc.predict(pd.DataFrame(nan_row["value"]))
+    assert out["error"].tolist() == [None, "missing_text", "missing_text"]
+    assert out[scores].iloc[1:].isna().all().all() and out[scores].iloc[0].notna().all()
 
 
 def test_registry_downloads_are_cached_not_leaked(tracking, tiny_artifact, monkeypatch):
