@@ -75,6 +75,7 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
     length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
+    bf16: bool = Field(False, description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported")
 
 
 class CalibrationConfig(_Strict):
