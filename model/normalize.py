@@ -164,7 +164,7 @@ def normalize_with_offsets(text: str) -> tuple[str, np.ndarray]:
             s,
             starts,
             ends,
-            ((m.start(), m.end(), html._replace_charref(m)) for m in html._charref.finditer(s)),
+            ((m.start(), m.end(), html._replace_charref(m)) for m in html._charref.finditer(s)),  # type: ignore[attr-defined]
         )
     if not s.isascii():
         s, starts, ends = _apply(s, starts, ends, _nfkc_pieces(s))

@@ -76,7 +76,7 @@ class ExplainQueue:
 
     def _run(self, predictor, texts: list[str], labels: list[list[str]]) -> list[dict[str, list[dict]]]:
         ex = self._explainer_for(predictor)
-        out = []
+        out: list[dict[str, list[dict]]] = []
         for text, names in zip(texts, labels, strict=True):
             if not names:
                 out.append({})
