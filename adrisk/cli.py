@@ -121,7 +121,12 @@ def _evaluate(args) -> int:
     predictor, ref = _load_predictor(args)
     data = DataConfig(path=args.data, text_column=args.text_column, labels_column=args.labels_column,
                       label_format=args.label_format, source_column=args.source_column)
-    result = evaluate_model(predictor, ref, data, split=args.split)
+    config = None
+    if args.config:
+        from training.config import load_config
+
+        config = load_config(args.config, args.set)
+    result = evaluate_model(predictor, ref, data, split=args.split, config=config, audit=not args.no_audit)
     print(result.table)
     if args.report:
         Path(args.report).write_text(json.dumps(result.report, indent=2))
@@ -294,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-column", default="source")
     p.add_argument("--split", default="eval", help="name used in metric keys")
     p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--config", help="a training config: its eval_sets are scored too (eval.<name>.*)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a --config key")
+    p.add_argument("--no-audit", action="store_true", help="skip the shortcut audit (audit.*: source/length-only "
+                   "models and style-stripped views; docs/generalisation.md)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("retrain", help="train a challenger; promote it to @champion only if it passes the gate",

@@ -8,8 +8,10 @@ import numpy as np
 
 from model.predictor import Predictor
 from model.uri import ModelRef
-from training.config import DataConfig
-from training.data import prepare_frame, read_table
+from training.audit import run_audit
+from training.config import Config, DataConfig
+from training.data import Split, load_data, prepare_frame, read_table
+from training.eval_sets import evaluate_eval_set, format_eval_sets, load_eval_set
 from training.metrics import evaluate_scores, format_table
 
 
@@ -23,9 +25,15 @@ class Evaluation:
     report: dict = field(default_factory=dict)
 
 
-def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split: str = "eval") -> Evaluation:
+def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split: str = "eval",
+                   config: Config | None = None, audit: bool = True) -> Evaluation:
     """Score ``data.path`` with ``predictor`` at the model's own thresholds and compute every metric
     per label and per source slice (see ``training.metrics.evaluate_scores``).
+
+    With ``audit``, the shortcut audit (``training.audit``; keys ``audit.*``) runs on the file: its
+    one-feature models are fitted on the evaluated rows themselves (in-sample; a lookup table of a
+    few values barely overfits). With ``config``, its ``eval_sets`` are scored too (``eval.<name>.*``;
+    ``negatives_from_test`` reads the config's test split).
 
     Raises:
         training.data.DataError: unreadable file, missing text/label columns, unknown labels (rows named,
@@ -34,7 +42,24 @@ def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split:
     frame, y = prepare_frame(read_table(data.path), data, predictor.meta.label_schema, data.path)
     probs = predictor.predict_proba(frame["text"].tolist())
     sources = frame["source"].tolist() if "source" in frame else None
-    metrics = evaluate_scores(probs, y, predictor.labels, predictor.meta.threshold_vector(), split, sources)
+    thr = predictor.meta.threshold_vector()
+    metrics = evaluate_scores(probs, y, predictor.labels, thr, split, sources)
+    table = format_table(metrics, predictor.labels, split)
+    if audit:
+        texts = frame["text"].tolist()
+        res = run_audit(predictor.labels, texts, y, sources, texts, y, sources, predictor.predict_proba, thr,
+                        eval_probs=probs)
+        metrics |= res.prefixed()
+        table += "\n\n" + res.table
+    if config is not None and config.eval_sets:
+        test: Split | None = None
+        if any(e.negatives_from_test for e in config.eval_sets.values()):
+            test = load_data(config.data, predictor.meta.label_schema, config.seed).test
+        for name, entry in config.eval_sets.items():
+            es = load_eval_set(name, entry, predictor.meta.label_schema, test)
+            metrics |= evaluate_eval_set(es, predictor.predict_proba(es.split.texts), predictor.labels, thr)
+        table += "\n\nextra evaluation sets (the model's own thresholds)\n" + format_eval_sets(
+            metrics, list(config.eval_sets), predictor.labels)
     report = {"model": {"uri": ref.uri, "name": ref.name, "version": ref.version}, "data": data.path,
               "rows": int(len(y)), "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()}}
-    return Evaluation(metrics, format_table(metrics, predictor.labels, split), report)
+    return Evaluation(metrics, table, report)
