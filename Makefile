@@ -1,14 +1,16 @@
-# Two commands on a fresh clone: `make demo` (train on real data, register, predict) and `make test`.
+# Two commands on a fresh clone: `make demo` (retrain on real data, promote through the gate, predict) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+# CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+DEMO_CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint full bench clean
+.PHONY: venv demo demo-run test lint full clean
 
 $(BIN)/adrisk: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,21 +21,28 @@ $(BIN)/adrisk: pyproject.toml
 
 venv: $(BIN)/adrisk
 
-demo: venv  ## train on risky-ads-v1 (demo size), register in mlflow.db, predict with the registered model
-	$(BIN)/adrisk train --config configs/demo.yaml --uri-file outputs/demo/model_uri.txt
-	$(BIN)/adrisk predict --model "$$(cat outputs/demo/model_uri.txt)" \
+demo: venv  ## retrain on risky-ads-v1 (demo size), promote to @champion through the gate, predict with it
+	@$(MAKE) --no-print-directory demo-run
+
+# `adrisk retrain` exit codes: 0 promoted, 3 rejected by the gate (the champion stays), 5 unchanged data+config
+demo-run:
+	@$(BIN)/adrisk retrain --config $(DEMO_CONFIG) --uri-file outputs/demo/model_uri.txt; rc=$$?; \
+	  case $$rc in 0) ;; 3) echo "the challenger was rejected; @champion is unchanged";; \
+	    5) echo "@champion was already trained on this data and config (retrain --force to train again)";; \
+	    *) exit $$rc;; esac
+	$(BIN)/adrisk predict --model models:/risky-ads@champion \
 	  "Sweet new girl in town, call me 24/7 incall outcall" "2 bedroom apartment for rent near downtown" \
 	  "Congratulations! You won a 1000 GBP prize, text CLAIM to 80086 now"
 
 full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml
 
-test: venv
-	$(BIN)/ruff check adrisk training model serve tests bench
-	$(BIN)/python -m pytest -q
-
 lint: venv
 	$(BIN)/ruff check adrisk training model serve tests bench
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs .pytest_cache

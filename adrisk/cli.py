@@ -66,6 +66,25 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="auto", help="torch, an ONNX variant of the model, or auto (default)")
 
 
+def _add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--explain", action="store_true",
+                   help="add explanations: top word spans per flagged label, offsets into the text as given "
+                        "(docs/explanations.md)")
+    p.add_argument("--explain-method", default="occlusion", choices=["occlusion", "integrated_gradients"],
+                   help="attribution method (default occlusion: any runtime; integrated_gradients needs captum)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="spans per label with --explain (default 5)")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -128,6 +147,12 @@ def _evaluate(args) -> int:
         config = load_config(args.config, args.set)
     result = evaluate_model(predictor, ref, data, split=args.split, config=config, audit=not args.no_audit)
     print(result.table)
+    if args.explain_report:
+        from training.explain_report import explain_report, format_top
+
+        rep = explain_report(predictor, data, args.explain_report, limit=args.explain_limit)
+        print(f"\nexplain report ({rep.rows} rows): {rep.table_path}, {rep.plot_path}\n"
+              f"{format_top(rep.table, predictor.labels)}")
     if args.report:
         Path(args.report).write_text(json.dumps(result.report, indent=2))
         print(f"\nJSON report: {args.report}")
@@ -143,13 +168,18 @@ def _retrain(args) -> int:
     from training.retrain import retrain
 
     cfg = load_config(args.config, args.set)
+    _check_writable(args.uri_file, "--uri-file")
     result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force)
+    if result.training_table:
+        print(result.training_table + "\n")
     if result.table:
         print(result.table)
     if result.decision is not None:
         print(f"\n{result.decision.reason}")
     else:
         print(f"retrain: {result.outcome.value}", file=sys.stderr)
+    if args.uri_file and result.challenger_uri:
+        Path(args.uri_file).write_text(result.challenger_uri + "\n")
     return _RETRAIN_EXIT[result.outcome.value]
 
 
@@ -206,7 +236,18 @@ def _predict(args) -> int:
             raise CLIError("give TEXT arguments or pipe one text per line on stdin", EXIT_USAGE)
         texts = [line.rstrip("\n") for line in sys.stdin]
     predictor, _ = _load_predictor(args)
-    for p in predictor.predict(texts):
+    preds = predictor.predict(texts)
+    if args.explain:
+        from model.explain import Explainer
+
+        explainer = Explainer(predictor, method=args.explain_method)
+        benign = predictor.meta.label_schema.benign_label
+        for text, p in zip(texts, preds, strict=True):
+            names = [n for n, on in p.categories.items() if on and n != benign]
+            exp = explainer.explain_json([text], labels=names, top_k=args.top_k)[0] if names else {}
+            print(json.dumps({**p.to_dict(), "explanations": exp}, ensure_ascii=False))
+        return EXIT_OK
+    for p in preds:
         print(json.dumps(p.to_dict(), ensure_ascii=False))
     return EXIT_OK
 
@@ -217,7 +258,8 @@ def _score(args) -> int:
     try:
         summary = run_score(args.model, args.input, args.output, text_column=args.text_column,
                             chunk_size=args.chunk_size, resume=args.resume, runtime=args.runtime,
-                            torch_threads=args.threads, progress=not args.no_progress)
+                            torch_threads=args.threads, progress=not args.no_progress, explain=args.explain,
+                            workers=args.workers)
     except ScoreError as e:
         raise CLIError(str(e)) from None
     print(summary.format(), file=sys.stderr)
@@ -303,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a --config key")
     p.add_argument("--no-audit", action="store_true", help="skip the shortcut audit (audit.*: source/length-only "
                    "models and style-stripped views; docs/generalisation.md)")
+    p.add_argument("--explain-report", metavar="DIR",
+                   help="also rank the words/emoji with the largest attributions per label and source "
+                        "(explain_report.csv + .png in DIR; to MLflow when a run is active)")
+    p.add_argument("--explain-limit", type=_positive_int, default=None, metavar="N",
+                   help="explain a seeded sample of N rows (default all; occlusion runs ~5-50 texts/s)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("retrain", help="train a challenger; promote it to @champion only if it passes the gate",
@@ -313,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another retrain of the same model (default: refuse at once, exit 4)")
     p.add_argument("--force", action="store_true", help="retrain even if the champion saw the same data and config")
+    p.add_argument("--uri-file", help="also write the challenger's model URI (models:/NAME/VERSION) to this file")
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("rollback", help="swap @champion and @previous")
@@ -339,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
     p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
+    _add_explain_args(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("score", help="batch scoring job over CSV / JSONL / Parquet",
@@ -353,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
     p.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=None, help=threads_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None,
+                   help="scoring processes, each loading the model once with --threads (default 1) threads; output "
+                        "identical to one worker (default: one per usable CPU for inputs of 20,000+ rows, else 1)")
+    p.add_argument("--explain", action="store_true",
+                   help="add an explanations column: JSON {label: [{start, end, score}]} of each row's flagged "
+                        "labels (occlusion, top 5; ~10-100x the scoring time, docs/explanations.md)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("serve", help="the moderation HTTP API (FastAPI on uvicorn)",

@@ -1,0 +1,132 @@
+"""The README's commands run as written after `make demo`.
+
+A throw-away checkout layout (``<tmp>/work/repo`` beside ``<tmp>/work/shared/datasets/...``) gets
+the real Makefile, a ``configs/demo.yaml`` that is the tiny config (seconds instead of 15 minutes),
+and ``.venv`` pointing at this environment. The Makefile's ``demo-run`` target runs there, then every
+```` ```bash ```` block of README.md, in order, with ``bash -e``: a block that fails, or a command
+the README shows that no longer exists, fails this test. Then the same registry is used from
+another directory with only the environment set (one tracking rule for every verb).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DATA_DIR, REPO, cli_env
+from tests.serve.conftest import free_port
+
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
+
+
+def readme_bash_blocks() -> list[str]:
+    """The README's ```bash blocks, in order."""
+    return BASH_BLOCK.findall((REPO / "README.md").read_text(encoding="utf-8"))
+
+
+def _layout(tmp: Path) -> Path:
+    repo = tmp / "work" / "repo"
+    data = tmp / "work" / "shared" / "datasets" / "risky-ads-v1"
+    data.mkdir(parents=True)
+    (repo / "configs").mkdir(parents=True)
+    for split in ("train", "validation", "test"):  # a slice keeps every command quick
+        lines = (DATA_DIR / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        (data / f"{split}.jsonl").write_text("\n".join(lines[:: max(1, len(lines) // 150)]) + "\n", encoding="utf-8")
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg.update(model_name=demo["model_name"], output_dir=demo["output_dir"], export_onnx=False)
+    cfg["data"] = {"path": "../shared/datasets/risky-ads-v1"}
+    cfg["baseline"] = {"enabled": False}
+    cfg["gate"] = {"min_macro_ap": 0.0, "max_ece": 1.0}  # a random tiny model cannot pass the real floors
+    (repo / "configs" / "demo.yaml").write_text(yaml.safe_dump(cfg))
+    (repo / "Makefile").write_text((REPO / "Makefile").read_text())
+    (repo / ".venv").symlink_to(Path(sys.prefix))
+    return repo
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written_after_make_demo(tmp_path):
+    blocks = readme_bash_blocks()
+    assert len(blocks) >= 3, "README lost its command blocks"
+    repo = _layout(tmp_path)
+    env = cli_env(MLFLOW_TRACKING_URI=None, PYTHONPATH=None)  # the installed CLI, the default store
+
+    demo = subprocess.run(["make", "--no-print-directory", "demo-run"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
+    assert "promoted" in demo.stdout and (repo / "mlflow.db").is_file()
+    assert len([json.loads(x) for x in demo.stdout.splitlines() if x.startswith('{"flagged"')]) == 3
+
+    port = str(free_port())
+    for i, block in enumerate(blocks):
+        script = block.replace("8000", port)  # the README's port may be taken on this machine
+        r = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, f"README bash block {i} failed:\n{block}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+        if "adrisk predict" in block:
+            assert json.loads(r.stdout.splitlines()[0])["flagged"] in (True, False)
+        if "/v1/classify" in block:
+            body = json.loads(r.stdout.strip().splitlines()[-1])
+            assert len(body["results"]) == 2 and body["model"]["version"] == "1", r.stdout
+    assert (repo / "outputs" / "scored.parquet").is_file() and (repo / "outputs" / "eval.json").is_file()
+
+    # a second `make demo` on the same data and config changes nothing and still succeeds
+    again = subprocess.run(["make", "--no-print-directory", "demo-run"], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and "already trained on this data and config" in again.stdout, again.stderr[-2000:]
+
+    # from another directory, only the environment says where the registry is
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    for verb in (["predict", "--model", "models:/risky-ads@champion", "cheap flat"],
+                 ["evaluate", "--model", "models:/risky-ads/1", "--data",
+                  str(repo.parent / "shared" / "datasets" / "risky-ads-v1" / "test.jsonl")]):
+        r = subprocess.run([sys.executable, "-m", "adrisk", *verb], cwd=elsewhere, capture_output=True, text=True,
+                           env=cli_env(MLFLOW_TRACKING_URI=store), timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert not (elsewhere / "mlflow.db").exists()
+    # MLFLOW_REGISTRY_URI, when set, is where every verb looks for models
+    r = subprocess.run([sys.executable, "-m", "adrisk", "predict", "--model", "models:/risky-ads/1", "x"],
+                       cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                       env=cli_env(MLFLOW_TRACKING_URI=store, MLFLOW_REGISTRY_URI=f"sqlite:///{elsewhere / 'reg.db'}"))
+    assert r.returncode == 1 and "reg.db" in r.stderr, r.stderr[-2000:]
+
+
+def test_cli_help_and_readme_agree():
+    """Every verb the CLI has is in the README's CLI table, and every verb in the table exists."""
+    from adrisk.cli import build_parser
+
+    parser = build_parser()
+    verbs = set(next(a for a in parser._actions if a.dest == "verb").choices)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `adrisk ([a-z-]+)", readme, re.M))
+    assert verbs == table, (sorted(verbs - table), sorted(table - verbs))
+
+
+def test_serve_flag_help_states_the_settings_defaults():
+    """`adrisk serve --help` says "(default N)" for flags whose defaults live in serve.settings.Settings:
+    the two must agree, and thread help must state the thread policy the README documents."""
+    from adrisk.cli import build_parser
+    from serve.settings import Settings
+
+    serve = next(a for a in build_parser()._actions if a.dest == "verb").choices["serve"]
+    defaults = Settings.model_fields
+    checked = 0
+    for action in serve._actions:
+        m = re.search(r"\(default ([^;)]+)\)", action.help or "")
+        if m and action.dest in defaults:
+            stated, actual = m.group(1).split()[0], defaults[action.dest].default
+            assert (float(stated) == float(actual)) if isinstance(actual, int | float) else stated == str(actual), \
+                action.dest
+            checked += 1
+        if action.dest == "torch_threads":
+            assert "half the usable CPUs" in action.help
+    assert checked >= 5
+    assert "half the usable CPUs" in " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
