@@ -40,3 +40,31 @@ def test_explain_returns_spans_into_the_text_as_given(thread_server, all_flagged
     assert too_many.status_code == 413 and "with explain" in too_many.json()["error"]["message"]
     assert bad.status_code == 422 and "explain" in bad.json()["error"]["message"]
     assert "Sweet" not in too_many.text + bad.text
+
+
+def test_predict_and_score_explain(tiny_artifact, tmp_path, capsys):
+    """`adrisk predict --explain` adds explanations per JSON line; `adrisk score --explain` an explanations
+    JSON column (null where the row was not scored). Thresholds are whatever the tiny model has, so the
+    check is: every explained label is a flagged one, and spans index the text as given."""
+    import json
+
+    import pandas as pd
+
+    from adrisk.cli import main
+
+    text = "<b>hot</b> girls&nbsp;💋 c\u200ball now"
+    assert main(["predict", "--model", str(tiny_artifact), "--explain", "--top-k", "2", text]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert set(line["explanations"]) == {n for n, on in line["categories"].items() if on}
+    for spans in line["explanations"].values():
+        assert len(spans) <= 2 and all(text[s["start"]:s["end"]].strip() for s in spans)
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in [text, None, "plain"]) + "\n", encoding="utf-8")
+    assert main(["score", "--model", str(tiny_artifact), "--input", str(src), "--output", str(dst), "--explain",
+                 "--no-progress"]) == 0
+    out = pd.read_json(dst, lines=True)
+    assert out["explanations"].isna().tolist() == [False, True, False]
+    first = json.loads(out["explanations"][0])
+    flagged = {n for n in ("adult_services", "trafficking_indicators", "scam") if out[f"score_{n}"][0] >= 0.5}
+    assert set(first) == flagged
