@@ -268,7 +268,7 @@ def _score(args) -> int:
 
 # flag -> serve Settings field, for flags that override ADRISK_* environment settings only when given
 _SERVE_FLAGS = ("host", "port", "follow_alias", "max_batch_size", "max_wait_ms", "queue_size", "torch_threads",
-                "max_body_bytes", "max_batch_items", "max_text_chars")
+                "max_body_bytes", "max_batch_items", "max_text_chars", "max_explain_items")
 
 
 def _serve(args) -> int:
@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1048576)")
     p.add_argument("--max-batch-items", type=int, help="most texts per request (default 256)")
     p.add_argument("--max-text-chars", type=int, help="longest text in characters (default 100000)")
+    p.add_argument("--max-explain-items", type=int,
+                   help='most texts per request with "explain": true (default 8); then 413')
     p.set_defaults(func=_serve)
     return parser
 
