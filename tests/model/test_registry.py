@@ -46,7 +46,7 @@ def test_register_and_load_back(tracking, tiny_artifact, tiny_predictor, probes)
     np.testing.assert_allclose(out[scores].to_numpy(), expected, atol=1e-6)
     [nan_row] = [r for r in probes if r["kind"] == "nan-dataframe"]
     out = pyfunc.predict(pd.DataFrame(nan_row["value"]))
-    assert out["error"].tolist() == [None, "missing_text", "missing_text"]
+    assert [None if pd.isna(e) else e for e in out["error"]] == [None, "missing_text", "missing_text"]
     assert out[scores].iloc[1:].isna().all().all() and out[scores].iloc[0].notna().all()
 
 
