@@ -7,6 +7,11 @@ past the manifest's count are discarded), so no row is lost or written twice. At
 are concatenated into a temporary file next to the output, renamed onto it, and the work directory
 is removed: the output appears whole or not at all.
 
+With ``workers > 1`` the chunks are scored by that many worker processes (spawned; each loads the
+model once, single-threaded by default) while this process reads chunks, writes the parts in input
+order and updates the manifest only over the finished prefix: output, resume and the lock behave as
+with one worker, and the output is byte-identical to one worker at the same threads per process.
+
 Output rows: the input columns in input order, plus ``flagged`` (nullable bool), ``score_<label>``
 per label (calibrated probability, null when not scored), ``model_version`` and ``error``
 (``missing_text`` for a null/absent text, ``not_text`` for a non-string value, else null).
@@ -14,13 +19,16 @@ per label (calibrated probability, null when not scored), ``model_version`` and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 MANIFEST = "manifest.json"
+AUTO_WORKERS_MIN_ROWS = 20_000  # below this, starting processes and loading the model N times costs more than it saves
 PART = "part-{:06d}.parquet"
 
 
@@ -252,7 +261,7 @@ def _model_version(ref, meta) -> str:
 def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
               text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
               torch_threads: int | None = None, progress: bool = True, predictor=None,
-              model_version: str | None = None, explain: bool = False) -> ScoreSummary:
+              model_version: str | None = None, explain: bool = False, workers: int | None = 1) -> ScoreSummary:
     """Score ``input_path`` into ``output_path``; see ``_run_score``. One job per output at a time:
     two jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
 
@@ -272,7 +281,7 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
     try:
         return _run_score(model_uri, input_path, output_path, text_column=text_column, chunk_size=chunk_size,
                           resume=resume, runtime=runtime, torch_threads=torch_threads, progress=progress,
-                          predictor=predictor, model_version=model_version, explain=explain)
+                          predictor=predictor, model_version=model_version, explain=explain, workers=workers)
     finally:
         lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
 
@@ -289,7 +298,7 @@ def output_lock_path(output: Path) -> Path:
 def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
                text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
                torch_threads: int | None = None, progress: bool = True, predictor=None,
-               model_version: str | None = None, explain: bool = False) -> ScoreSummary:
+               model_version: str | None = None, explain: bool = False, workers: int | None = 1) -> ScoreSummary:
     """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
 
     Args:
@@ -301,6 +310,10 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
         model_version: the ``model_version`` value to write (default: the registry version, else
             ``local:<sha12>``).
         explain: add the ``explanations`` column (see ``score_frame``).
+        workers: scoring processes (spawned; each loads the model once with ``torch_threads``, default
+            1, intra-op threads). None: ``auto_workers`` (the usable CPUs for inputs of at least
+            ``AUTO_WORKERS_MIN_ROWS`` rows, else 1; 1 when ``predictor`` is given). More than 1 needs a
+            model directory: with ``predictor``, its ``directory``.
 
     Returns:
         The totals over the whole file.
@@ -318,6 +331,8 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
         raise ScoreError(f"input {src} not found")
     if chunk_size < 1:
         raise ScoreError("--chunk-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise ScoreError("--workers must be at least 1")
     if dst.is_dir():
         raise ScoreError(f"output {dst} is a directory; give a file path")
     if dst.exists() and dst.samefile(src):
@@ -328,14 +343,95 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
     if work.exists() and not (work / MANIFEST).exists():
         shutil.rmtree(work)  # a run that died before finishing its first chunk: nothing to keep
 
-    if predictor is None:
-        with tempfile.TemporaryDirectory(prefix="adrisk-score-") as download:  # weights are in memory after load
-            ref = resolve_model(model_uri, download)
-            predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
-    else:
-        ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
-    version = model_version or _model_version(ref, predictor.meta)
-    labels = list(predictor.labels)
+    if workers is None:
+        workers = 1 if predictor is not None else auto_workers(src, chunk_size)  # a given predictor: tests, Spark
+    with contextlib.ExitStack() as stack:
+        if predictor is None:
+            download = stack.enter_context(tempfile.TemporaryDirectory(prefix="adrisk-score-"))
+            ref = resolve_model(model_uri, download)  # the directory lives while workers load from it
+            if workers == 1:
+                predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
+        else:
+            if workers > 1 and predictor.directory is None:
+                raise ScoreError("--workers > 1 needs a model directory to load in each worker")
+            ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
+        pool = None
+        if workers > 1:
+            pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, torch_threads or 1))
+        return _score_chunks(src, dst, work, ref, predictor, pool, text_column=text_column, chunk_size=chunk_size,
+                             resume=resume, progress=progress, model_version=model_version, explain=explain)
+
+
+def auto_workers(src: Path, chunk_size: int) -> int:
+    """Default ``--workers``: one per usable CPU (``os.sched_getaffinity``) when the input holds at
+    least ``AUTO_WORKERS_MIN_ROWS`` rows (and at most one per chunk), else 1.
+
+    Measured on the shared 2-core machine (docs/performance.md, bench/score_workers.py): two
+    single-thread workers against one process at its default threads; ONNX Runtime and torch run
+    one forward pass with little parallel speed-up at the batch sizes used, while separate processes
+    scale with the cores.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return 1
+    rows = estimate_rows(src) or 0
+    if rows < AUTO_WORKERS_MIN_ROWS:
+        return 1
+    return max(1, min(cpus, math.ceil(rows / chunk_size)))
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(directory: str, runtime: str, threads: int) -> None:
+    """Worker process start: load the predictor once (``threads`` intra-op threads)."""
+    from model.predictor import Predictor
+
+    _WORKER["predictor"] = Predictor.load(directory, runtime=runtime, num_threads=threads)
+
+
+def _worker_score(chunk: pd.DataFrame, text_column: str, version: str, explain: bool) -> pd.DataFrame:
+    return score_frame(chunk, _WORKER["predictor"], text_column, version, explain=explain)
+
+
+class _WorkerPool:
+    """``n`` spawned processes that score chunks; results are taken back in submission order.
+
+    Workers never touch the output files: a killed job cannot leave a worker writing behind the
+    resumed one. ``spawn`` (not fork): the parent's thread pools and locks are not inherited."""
+
+    def __init__(self, n: int, directory: Path, runtime: str, threads: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.n = n
+        self.executor = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_init, initargs=(str(directory), runtime, threads))
+
+    def submit(self, chunk: pd.DataFrame, text_column: str, version: str, explain: bool):
+        return self.executor.submit(_worker_score, chunk, text_column, version, explain)
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
+
+
+def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _WorkerPool | None, *, text_column: str,
+                  chunk_size: int, resume: bool, progress: bool, model_version: str | None,
+                  explain: bool) -> ScoreSummary:
+    """The chunk loop of ``_run_score`` (in this process, or on ``pool``)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from model.artifact import load_meta
+
+    meta = predictor.meta if predictor is not None else load_meta(ref.directory)
+    version = model_version or _model_version(ref, meta)
+    labels = list(meta.labels)
     stat = src.stat()
     identity = {"input": str(src.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
                 "text_column": text_column, "chunk_size": chunk_size, "model_version": version, "labels": labels}
@@ -365,12 +461,29 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
     t0 = time.perf_counter() - summary.seconds
     from tqdm import tqdm
 
+    def scored() -> Iterator[tuple[int, pd.DataFrame]]:
+        """(chunk index, scored frame) in input order; with a pool, up to 2 chunks per worker in flight."""
+        chunks = ((i, c) for i, c in enumerate(iter_chunks(src, chunk_size)) if i >= done)
+        if pool is None:
+            for i, chunk in chunks:
+                yield i, score_frame(chunk, predictor, text_column, version, explain=explain)
+            return
+        pending: deque = deque()
+        try:
+            for i, chunk in chunks:
+                pending.append((i, pool.submit(chunk, text_column, version, explain)))
+                while len(pending) >= 2 * pool.n:
+                    j, fut = pending.popleft()
+                    yield j, fut.result()
+            while pending:
+                j, fut = pending.popleft()
+                yield j, fut.result()
+        except BrokenProcessPool as e:
+            raise ScoreError(f"a scoring worker died ({e}); finished chunks are kept: rerun with --resume") from None
+
     with tqdm(total=estimate_rows(src), initial=summary.rows, unit="rows", disable=not progress,
               file=sys.stderr, dynamic_ncols=True, desc="scoring") as bar:
-        for i, chunk in enumerate(iter_chunks(src, chunk_size)):
-            if i < done:
-                continue
-            out = score_frame(chunk, predictor, text_column, version, explain=explain)
+        for i, out in scored():
             part = work / PART.format(i)
             tmp = part.with_name(part.name + ".tmp")
             pq.write_table(_to_arrow(out), tmp)
@@ -379,7 +492,7 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
             summary.missing += int(out["error"].notna().sum())
             summary.flagged += int(out["flagged"].fillna(False).sum())
             for name in labels:
-                thr = predictor.meta.thresholds[name]
+                thr = meta.thresholds[name]
                 summary.flagged_per_label[name] += int((out[SCORE_PREFIX + name] >= thr).sum())
             summary.seconds = time.perf_counter() - t0
             write_json_atomic(manifest_path, {"identity": identity, "chunks_done": i + 1,

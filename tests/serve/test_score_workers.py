@@ -1,0 +1,99 @@
+"""``adrisk score --workers N``: byte-identical output to one worker, and kill + resume with workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serve.score import ScoreError, auto_workers, run_score
+
+ADRISK = Path(sys.executable).with_name("adrisk")
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = ["sweet", "girl", "incall", "flat", "for", "rent", "visa", "job", "cash", "bike"]
+    texts = [
+        None if i % 13 == 7 else " ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for i in range(n)
+    ]
+    return pd.DataFrame({"id": range(n), "text": texts})
+
+
+def test_workers_argument_checks(tmp_path, tiny_artifact, tiny_predictor):
+    src = tmp_path / "in.csv"
+    _frame(10, seed=2).to_csv(src, index=False)
+    with pytest.raises(ScoreError, match="--workers"):
+        run_score(str(tiny_artifact), src, tmp_path / "o.csv", workers=0, progress=False)
+    assert auto_workers(src, chunk_size=1) == 1  # a small input is not worth starting processes
+
+
+def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny_artifact):
+    """One test for both promises (each CLI start and worker spawn costs seconds): a ``--workers 2`` job,
+    killed after some chunks and resumed, writes exactly the file one in-process worker writes."""
+    n, chunk = 2000, 20
+    src = tmp_path / "in.csv"
+    _frame(n, seed=3).to_csv(src, index=False)
+    expected = tmp_path / "expected.csv"
+    run_score(str(tiny_artifact), src, expected, chunk_size=chunk, torch_threads=1, workers=1, progress=False)
+
+    dst = tmp_path / "out.csv"
+    cmd = [
+        str(ADRISK),
+        "score",
+        "--model",
+        str(tiny_artifact),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--chunk-size",
+        str(chunk),
+        "--threads",
+        "1",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    manifest = tmp_path / "out.csv.partial" / "manifest.json"
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(manifest.read_text())["chunks_done"] >= 3:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)  # the parent only, as an OOM kill would; its workers are orphaned
+        proc.wait(10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leave no orphaned worker behind the test
+    done = json.loads(manifest.read_text())["chunks_done"]
+    assert 3 <= done < n // chunk
+    assert not dst.exists()
+
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert f"scored {n} rows" in r.stderr
+    got = pd.read_csv(dst)
+    assert got["id"].tolist() == list(range(n))  # nothing lost, nothing twice, input order
+    assert dst.read_bytes() == expected.read_bytes()  # byte-identical to one worker
+    assert "scored" in r.stderr and "rows/s" in r.stderr
+    assert not manifest.parent.exists()
