@@ -40,6 +40,9 @@ DEFAULT_TOLERANCE = 0.005
 
 
 NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
+# ONNX sessions made before a fork, held by the child so they are never destroyed there (destroying
+# one joins worker threads that exist only in the parent, and hangs).
+_INHERITED_SESSIONS: list[Any] = []
 
 
 def default_num_threads() -> int:
@@ -119,6 +122,8 @@ class OnnxRuntime:
         # Idle intra-op threads sleep instead of spinning: on this shared 2-core machine spinning
         # burned ~45% more CPU per text and cut int8 throughput from ~210 to ~140 texts/s.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._options = so
+        self._pid = os.getpid()
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -129,7 +134,21 @@ class OnnxRuntime:
             raise ArtifactError(f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}")
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids and mask -> (B, L) float32 logits."""
+        """(B, T) int64 ids and mask -> (B, L) float32 logits.
+
+        In a process forked after this session was made, the session is made again first (once per
+        process): onnxruntime's thread pool does not survive ``fork``. The parent's session is kept,
+        never destroyed, in the child (its destructor would join threads the child does not have and
+        hang: seen with onnxruntime 1.32).
+        """
+        if self._pid != os.getpid():
+            import onnxruntime as ort
+
+            logger.info("forked process: loading ONNX variant %s again", self.name)
+            _INHERITED_SESSIONS.append(self.session)  # never freed here: its destructor joins threads
+            self.session = ort.InferenceSession(str(self.path), sess_options=self._options,
+                                                providers=["CPUExecutionProvider"])
+            self._pid = os.getpid()
         out = self.session.run([OUTPUT_NAME], {
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
             "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
@@ -151,6 +170,12 @@ class TorchRuntime:
     ``num_threads`` (if given) applies to this runtime's forward passes only: torch's process-wide
     thread count is set for the call and restored after it (0.1 us), so loading a predictor does not
     change the threads of other torch work in the process (training, another model).
+
+    Fork safety: torch's intra-op pool (GNU OpenMP) does not survive ``fork``; a child that runs a
+    parallel region on it after the parent did hangs forever. So in a process forked after this
+    runtime was made, forward passes use 1 thread (a 1-thread region needs no pool), and torch's
+    process-wide count is set to 1 in every forked child (``os.register_at_fork``). Use the "spawn"
+    or "forkserver" start method for multi-threaded workers.
     """
 
     name = "torch"
@@ -159,7 +184,9 @@ class TorchRuntime:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        _register_torch_fork_handler()
         self._torch = torch
+        self._pid = os.getpid()
         self.num_threads = int(num_threads) if num_threads else None
         self.model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True)
         self.model.eval()
@@ -167,8 +194,11 @@ class TorchRuntime:
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
         previous = torch.get_num_threads()
-        if self.num_threads and self.num_threads != previous:
-            torch.set_num_threads(self.num_threads)
+        wanted = self.num_threads
+        if self._pid != os.getpid():  # forked: the parent's OpenMP pool is unusable here
+            wanted = 1
+        if wanted and wanted != previous:
+            torch.set_num_threads(wanted)
         try:
             with torch.inference_mode():
                 out = self.model(
@@ -178,6 +208,23 @@ class TorchRuntime:
             if torch.get_num_threads() != previous:
                 torch.set_num_threads(previous)
         return out.float().numpy()
+
+
+_fork_handler_registered = False
+
+
+def _torch_single_thread_in_child() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _register_torch_fork_handler() -> None:
+    """Once per process: every child forked from now on runs torch with 1 intra-op thread."""
+    global _fork_handler_registered
+    if not _fork_handler_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_torch_single_thread_in_child)
+        _fork_handler_registered = True
 
 
 def _torch_runtime(directory: Path, num_threads: int | None) -> TorchRuntime:
