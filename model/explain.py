@@ -168,8 +168,14 @@ class Explainer:
         before_batch: optional callable run before each forward pass (a server passes one that waits
             while plain scoring requests are queued, so explanations only use idle time).
 
-    Thread-safety: tokenisation and each forward pass take the predictor's lock, one batch at a
-    time, so plain scoring interleaves with a long explanation instead of waiting for all of it.
+        lock_forward: take the predictor's lock around each forward pass (default). Tokenisation always
+            takes it (fast tokenizers are not thread-safe). ``False`` lets a plain scoring batch run
+            concurrently with an explanation's forward pass instead of waiting for it: safe for both
+            runtimes (a torch module in inference mode and an ONNX Runtime session may be called from
+            several threads); the server uses it.
+
+    Thread-safety: with the lock, one batch at a time, so plain scoring interleaves with a long
+    explanation instead of waiting for all of it.
 
     Raises:
         ValueError: an unknown method.
@@ -182,6 +188,7 @@ class Explainer:
         ig_steps: int = DEFAULT_IG_STEPS,
         batch_size: int = 32,
         before_batch=None,
+        lock_forward: bool = True,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown explanation method {method!r}; choose one of {list(METHODS)}")
@@ -198,6 +205,7 @@ class Explainer:
         self._multi_class = meta.label_schema.problem_type is ProblemType.MULTI_CLASS
         self._torch_model = None
         self._lock = getattr(predictor, "_lock", None)
+        self._forward_lock = self._lock if lock_forward else None
 
     # -- score space --------------------------------------------------------------------------------
     def _space(self, logits: np.ndarray) -> np.ndarray:
@@ -213,8 +221,8 @@ class Explainer:
             ids, mask = enc.pad(rows[i : i + self.batch_size])
             if self.before_batch is not None:
                 self.before_batch()
-            if self._lock is not None:
-                with self._lock:
+            if self._forward_lock is not None:
+                with self._forward_lock:
                     out.append(self.predictor.runtime.logits(ids, mask))
             else:
                 out.append(self.predictor.runtime.logits(ids, mask))
@@ -283,8 +291,8 @@ class Explainer:
         if self.before_batch is not None:
             self.before_batch()
         with torch.enable_grad():
-            if self._lock is not None:
-                self._lock.acquire()
+            if self._forward_lock is not None:
+                self._forward_lock.acquire()
             try:
                 attr = lig.attribute(
                     inputs=ids.repeat(n, 1),
@@ -295,8 +303,8 @@ class Explainer:
                     internal_batch_size=max(self.batch_size, 1),
                 )
             finally:
-                if self._lock is not None:
-                    self._lock.release()
+                if self._forward_lock is not None:
+                    self._forward_lock.release()
         tok = attr.sum(dim=-1).detach().double()  # (n, T)
         for r, j in enumerate(label_idx):
             keep = unit_of >= 0

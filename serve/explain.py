@@ -3,9 +3,10 @@
 Plain scoring keeps its micro-batcher; an explain request is scored there like any other (same
 results), then its texts go to this queue: ONE worker thread runs ``model.explain.Explainer``
 (occlusion, small forward batches) and, before each forward batch, waits while plain texts are queued
-(at most ``max_yield_s`` per batch, so explanations still progress under constant load). Explanations
-therefore use the model between plain batches instead of delaying them. The number of texts waiting
-for explanation is bounded (``QueueFull`` beyond ``queue_size``: a 503 with Retry-After).
+(at most ``max_yield_s`` per batch, so explanations still progress under constant load). Its forward
+passes do not take the predictor's lock (``lock_forward=False``), so a plain batch that arrives during
+one runs at once beside it instead of waiting. The number of texts waiting for explanation is bounded
+(``ExplainQueueFull`` beyond ``queue_size``: a 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ExplainQueue:
         plain_depth: returns the number of plain texts waiting or being scored (the batcher's ``depth``).
         queue_size: most texts waiting for explanation at once.
         top_k: spans per label.
-        batch_size: rows per forward pass (small, so a plain batch waits at most one of them).
+        batch_size: rows per forward pass (small: the yield check runs between them).
         max_yield_s: longest wait for the plain queue to drain before each forward batch.
     """
 
@@ -42,7 +43,7 @@ class ExplainQueue:
         plain_depth: Callable[[], int],
         queue_size: int = 32,
         top_k: int = DEFAULT_TOP_K,
-        batch_size: int = 8,
+        batch_size: int = 4,
         max_yield_s: float = 1.0,
     ):
         self.plain_depth = plain_depth
@@ -71,7 +72,9 @@ class ExplainQueue:
 
     def _explainer_for(self, predictor) -> Explainer:
         if self._explainer is None or self._explainer.predictor is not predictor:  # a model swap
-            self._explainer = Explainer(predictor, batch_size=self.batch_size, before_batch=self._yield)
+            self._explainer = Explainer(
+                predictor, batch_size=self.batch_size, before_batch=self._yield, lock_forward=False
+            )
         return self._explainer
 
     def _run(self, predictor, texts: list[str], labels: list[list[str]]) -> list[dict[str, list[dict]]]:
