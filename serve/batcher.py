@@ -1,9 +1,14 @@
 """Micro-batching: concurrent requests are coalesced into model batches run by ONE worker thread.
 
 The event loop ``submit``s a request's texts and awaits a future; the worker takes the first
-waiting job, waits up to ``max_wait_ms`` for more until ``max_batch_size`` texts are gathered, scores
-them in one ``predict`` call with whichever model is current, and routes each job its slice of the
-results in order. The number of waiting texts is bounded: beyond ``queue_size`` ``submit`` raises
+waiting job plus every job already queued behind it, up to ``max_batch_size`` texts, scores them in
+one ``predict`` call with whichever model is current, and routes each job its slice of the results
+in order. Batches form only under queueing (as in text-embeddings-inference's router): a request
+that finds the worker idle is scored at once, never held back for company; requests that arrive
+while a batch runs are scored together next. Only when other jobs were already queued (the server
+is under load) does the batch wait up to ``max_wait_ms`` for more. Measured with
+``bench/serve_load.py`` (docs/performance.md): the earlier policy, which held every first job for
+``max_wait_ms``, had a worse p99 than no batching at all. The number of waiting texts is bounded: beyond ``queue_size`` ``submit`` raises
 ``QueueFull`` at once instead of letting latency grow without bound.
 """
 
@@ -46,7 +51,8 @@ class MicroBatcher:
             once per batch, so a model swap takes effect at a batch boundary. ``tag`` (e.g. the
             model's name/version) is returned with each job's results.
         max_batch_size: most texts per batch (a single larger request runs as its own batch).
-        max_wait_ms: how long the first job of a batch waits for company (milliseconds).
+        max_wait_ms: how long a batch that already holds queued jobs waits for more (milliseconds); a
+            job that finds the queue empty never waits.
         queue_size: most texts waiting at once.
         on_batch: optional callback ``(n_texts, seconds)`` after each batch (metrics).
         on_depth: optional callback ``(waiting_texts)`` when the queue depth changes.
@@ -63,6 +69,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.on_depth = on_depth
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._carry: _Job | None = None  # a job too big to join the last batch: first of the next
         self._waiting = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -111,23 +118,32 @@ class MicroBatcher:
             self.on_depth(depth)
 
     def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The first job plus whatever arrives within the wait, up to the batch size."""
+        """The first job plus the jobs queued behind it, up to the batch size; see the module doc.
+
+        Returns the batch and whether the stop sentinel was met. A job that would overflow the
+        batch is kept (``_carry``) as the first job of the next batch, so order is preserved."""
         batch, n = [first], len(first.texts)
-        deadline = time.perf_counter() + self.max_wait_s
+        deadline = None
         while n < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
             try:
-                job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+                job = self._jobs.get_nowait()
             except queue.Empty:
-                break
+                if len(batch) == 1 or self.max_wait_s <= 0:
+                    break  # idle server, or no waiting configured: run what we have now
+                if deadline is None:
+                    deadline = time.perf_counter() + self.max_wait_s
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    job = self._jobs.get(timeout=remaining)
+                except queue.Empty:
+                    break
             if job is None:
                 return batch, True
             if n + len(job.texts) > self.max_batch_size:
-                # too big to join: score it next, alone or with later company
-                self._run_batch(batch)
-                batch, n = [job], len(job.texts)
-                deadline = time.perf_counter() + self.max_wait_s
-                continue
+                self._carry = job
+                break
             batch.append(job)
             n += len(job.texts)
         return batch, False
@@ -135,7 +151,7 @@ class MicroBatcher:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._jobs.get()
+            first, self._carry = self._carry or self._jobs.get(), None
             if first is None:
                 break
             batch, stopping = self._gather(first)
