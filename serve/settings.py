@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     follow_alias: float | None = Field(
         None, gt=0, description="seconds between registry polls when the model URI is models:/NAME@ALIAS")
     max_batch_size: int = Field(32, ge=1, le=1024, description="most texts per model batch (1 = no batching)")
-    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits for more requests")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch that already holds queued requests waits for more (an idle server never waits)")
     queue_size: int = Field(1024, ge=1, description="most texts waiting for the model; beyond it 503")
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads (default: the predictor's measured default, ADRISK_NUM_THREADS or half the cores)")
