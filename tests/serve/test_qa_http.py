@@ -8,6 +8,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 SECRET = "qa secret listing text 9917"
 
@@ -108,6 +109,7 @@ def test_invalid_serve_setting_is_one_line(capsys):
     assert err.count("\n") == 0 and "--port" in err and "65535" in err
 
 
+@pytest.mark.clock
 def test_feedback_reviewed_at_is_stored_in_utc_and_not_in_the_future(thread_server, tmp_path):
     # SQLite keeps no zone: 10:00+02:00 was stored as 10:00 and outranked a later 09:00Z decision;
     # a year-9999 date would be the "latest" decision for that ad forever
