@@ -35,7 +35,9 @@ def _frame(path: Path, labels) -> pd.DataFrame:
     return df
 
 
-def split_row(pred: Predictor, df: pd.DataFrame, views: list[str]) -> dict[str, float]:
+def split_row(
+    pred: Predictor, df: pd.DataFrame, views: list[str], base: np.ndarray | None = None
+) -> dict[str, float]:
     """Per-task AP on the unchanged rows; adult_services AP / recall / Craigslist share flagged per view."""
     labels = list(pred.labels)
     thr = pred.meta.threshold_vector()
@@ -43,9 +45,15 @@ def split_row(pred: Predictor, df: pd.DataFrame, views: list[str]) -> dict[str, 
     y = df["adult_services"].to_numpy()
     cl = (df.source == CL).to_numpy()
     out: dict[str, float] = {}
+    base = pred.predict_proba(df.text.tolist()) if base is None else base
     for v in ["unchanged", *views]:
-        texts = df.text.tolist() if v == "unchanged" else apply_view(v, df.text.tolist())
-        p = pred.predict_proba(texts)
+        p = base
+        if v != "unchanged":  # score only the rows the view changes
+            texts = apply_view(v, df.text.tolist())
+            changed = [i for i, (t, o) in enumerate(zip(texts, df.text, strict=True)) if t != o]
+            p = base.copy()
+            if changed:
+                p[changed] = pred.predict_proba([texts[i] for i in changed])
         if v == "unchanged":
             for task, (lab, src) in TASKS.items():
                 m = np.ones(len(df), bool) if src is None else (df.source == src).to_numpy()
@@ -56,7 +64,9 @@ def split_row(pred: Predictor, df: pd.DataFrame, views: list[str]) -> dict[str, 
     return out
 
 
-def cross_site_row(pred: Predictor, xs: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+def cross_site_row(
+    pred: Predictor, xs: pd.DataFrame, test: pd.DataFrame, ptest: np.ndarray
+) -> dict[str, float]:
     """cross-site-v1 as its README asks: adult recall at the model's threshold; AP with risky-ads-v1's
     non-adult test rows as negatives; plus the share of test Craigslist rows flagged."""
     labels = list(pred.labels)
@@ -64,7 +74,7 @@ def cross_site_row(pred: Predictor, xs: pd.DataFrame, test: pd.DataFrame) -> dic
     thr = pred.meta.threshold_vector()[a]
     px = pred.predict_proba(xs.text.tolist())[:, a]
     neg = test[test.adult_services == 0]
-    pn = pred.predict_proba(neg.text.tolist())[:, a]
+    pn = ptest[(test.adult_services == 0).to_numpy(), a]
     yx = xs.adult_services.to_numpy()
     y = np.concatenate([yx, np.zeros(len(neg))])
     return {
@@ -79,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="name=artifact_dir")
     ap.add_argument("--data", default="../shared/datasets/risky-ads-v1")
-    ap.add_argument("--views", nargs="+", default=["short", "title", "plain"])
+    ap.add_argument("--views", nargs="+", default=["short", "title"])
     ap.add_argument(
         "--final", metavar="CROSS_SITE_JSONL", help="also test + cross-site (final evaluation only)"
     )
@@ -99,12 +109,13 @@ def main() -> None:
         }
         if args.final:
             test = _frame(data / "test.jsonl", labels)
+            ptest = pred.predict_proba(test.text.tolist())
             row |= {
                 f"test.{k}": v
-                for k, v in split_row(pred, test, []).items()
+                for k, v in split_row(pred, test, [], ptest).items()
                 if "." not in k or k.startswith("unchanged")
             }
-            row |= cross_site_row(pred, _frame(Path(args.final), labels), test)
+            row |= cross_site_row(pred, _frame(Path(args.final), labels), test, ptest)
         rows.append(row)
         print(pd.DataFrame([row]).round(3).T.to_string(), flush=True)
     print(
