@@ -3,7 +3,6 @@ or uvicorn in a thread around ``create_app`` with an injected model loader)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 ADRISK = Path(sys.executable).with_name("adrisk")
@@ -49,7 +50,7 @@ class ServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        full_env = cli_env(**(env or {}))
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen([str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO)

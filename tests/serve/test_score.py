@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 
 from serve.score import ScoreError, run_score
+from tests.conftest import cli_env
 
 ADRISK = Path(sys.executable).with_name("adrisk")
 LABELS = ("adult_services", "trafficking_indicators", "scam")
@@ -91,7 +91,7 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     dst = tmp_path / "out.csv"
     cmd = [str(ADRISK), "score", "--model", str(tiny_artifact), "--input", str(src), "--output", str(dst),
            "--chunk-size", str(chunk), "--torch-threads", "1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = cli_env()
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
