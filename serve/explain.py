@@ -5,7 +5,8 @@ results), then its texts go to this queue: ONE worker thread runs ``model.explai
 (occlusion, small forward batches) and, before each forward batch, waits while plain texts are queued
 (at most ``max_yield_s`` per batch, so explanations still progress under constant load). Its forward
 passes do not take the predictor's lock (``lock_forward=False``), so a plain batch that arrives during
-one runs at once beside it instead of waiting. The number of texts waiting for explanation is bounded
+one runs at once beside it instead of waiting, and the thread runs at a lower OS priority (nice +10,
+Linux), so the plain batch gets the CPU first. The number of texts waiting for explanation is bounded
 (``ExplainQueueFull`` beyond ``queue_size``: a 503 with Retry-After).
 """
 
@@ -21,6 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from model.explain import DEFAULT_TOP_K, Explainer
 
 logger = logging.getLogger(__name__)
+
+
+# The explain thread's nice value (Linux: per thread). With single-threaded forward passes the work runs
+# on this thread, so the OS gives plain scoring the CPU first when both want it.
+EXPLAIN_NICE = 10
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (best effort: Linux applies setpriority to one
+    thread id; elsewhere, or without permission, nothing changes)."""
+    import os
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):
+        pass
 
 
 class ExplainQueueFull(Exception):
@@ -51,7 +69,12 @@ class ExplainQueue:
         self.top_k = top_k
         self.batch_size = batch_size
         self.max_yield_s = max_yield_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adrisk-explain")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="adrisk-explain",
+            initializer=_lower_thread_priority,
+            initargs=(EXPLAIN_NICE,),
+        )
         self._waiting = 0
         self._lock = threading.Lock()
         self._explainer: Explainer | None = None
