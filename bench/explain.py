@@ -18,6 +18,15 @@ Cost: ``Explainer.explain`` (flagged labels, top 5) on the first ``--cost-texts`
 slices, wall clock, per method and runtime (torch, and each ONNX variant the artifact has; integrated
 gradients always run the torch weights, so they are timed once). Same texts for every row; ratios
 against occlusion on torch. Threads: the predictor's default (``$ADRISK_NUM_THREADS`` or half the CPUs).
+``--cost-only``: only the cost table, on the first labelled rows, explaining every label (for a model
+whose flags mean nothing, e.g. an untrained head of the real size).
+
+``--serve``: one ``adrisk serve`` (``bench/serve_load.py``'s launcher), phases alternating plain-only
+and plain + explain clients (``--clients`` plain single-ad clients back to back, ``--explain-clients``
+explain clients, ``--seconds`` per phase, ``--rounds`` pairs); prints each phase's plain p50/p99 and
+the pooled and median p99 ratios with/without explain.
+
+``--example TEXT``: one text's explanations (both methods) as JSON and highlighted.
 """
 
 from __future__ import annotations
@@ -199,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument(
+        "--cost-only", action="store_true", help="only the cost table, on labelled rows, all labels"
+    )
     ap.add_argument("--example", default=None, help="only print this text's explanation (JSON + highlight)")
     args = ap.parse_args(argv)
 
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'label':<24} {'method':<22} {'n':>4} {'drop top-k':>11} {'drop random':>12} {'margin':>8} {'wins':>6} {'margin logit':>13}"
         f" {'s/text':>7}"
     )
-    for name, texts in slices.items():
+    for name, texts in slices.items() if not args.cost_only else []:
         for method in args.methods:
             ex = Explainer(pred, method=method, ig_steps=args.ig_steps)
             t0 = time.perf_counter()
@@ -258,26 +270,34 @@ def main(argv: list[str] | None = None) -> int:
                 {**f.__dict__, "method": method, "seconds_per_text": dt / max(len(texts), 1)}
             )
 
-    cost_texts = [t for texts in slices.values() for t in texts][: args.cost_texts]
+    if args.cost_only:  # any model (an untrained head flags at random): labelled rows, every label explained
+        cost_texts, cost_labels, what = [r["text"] for r in pos][: args.cost_texts], labels, "all labels"
+    else:
+        cost_texts = [t for texts in slices.values() for t in texts][: args.cost_texts]
+        cost_labels, what = None, "flagged labels"
     runtimes = ["torch", *sorted((pred.meta.runtimes or {}).get("variants", {}))]
-    print(f"\nCost: Explainer.explain (flagged labels, top 5) on {len(cost_texts)} flagged texts")
+    print(
+        f"\nCost: Explainer.explain ({what}, top 5) on {len(cost_texts)} texts, wall clock; plain = predict "
+        f"on the same texts and runtime"
+    )
     print(f"{'method':<22} {'runtime':<16} {'texts/s':>8} {'vs occlusion/torch':>19}")
     ref = None
-    for method in args.methods:
-        for rt in runtimes if method == "occlusion" else ["torch"]:
-            p = pred if rt == "torch" else Predictor.load(model_dir, runtime=rt)
+    for rt in runtimes:
+        p = pred if rt == "torch" else Predictor.load(model_dir, runtime=rt)
+        for method in args.methods if rt == "torch" else [m for m in args.methods if m == "occlusion"]:
             ex = Explainer(p, method=method, ig_steps=args.ig_steps)
-            ex.explain(cost_texts[:2])  # warm-up (IG: loads captum)
+            ex.explain(cost_texts[:2], labels=cost_labels)  # warm-up (IG: loads captum)
             t0 = time.perf_counter()
-            ex.explain(cost_texts)
+            ex.explain(cost_texts, labels=cost_labels)
             tps = len(cost_texts) / (time.perf_counter() - t0)
             ref = ref or tps
             print(f"{method:<22} {rt:<16} {tps:>8.2f} {tps / ref:>18.2f}x")
             results["cost"].append({"method": method, "runtime": rt, "texts_per_s": tps})
-    t0 = time.perf_counter()
-    pred.predict(cost_texts)
-    plain = len(cost_texts) / (time.perf_counter() - t0)
-    print(f"{'(plain scoring)':<22} {'torch':<16} {plain:>8.2f} {plain / ref:>18.2f}x")
+        p.predict(cost_texts[:2])
+        t0 = time.perf_counter()
+        p.predict(cost_texts)
+        plain = len(cost_texts) / (time.perf_counter() - t0)
+        print(f"{'(plain scoring)':<22} {rt:<16} {plain:>8.2f} {plain / ref:>18.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
