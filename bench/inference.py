@@ -10,7 +10,15 @@ pools, allocator state or warm caches). Variants:
 
 - ``hf-pipeline``: ``transformers.pipeline("text-classification")`` over the same weights, batch
   size 32, inputs in file order, ``truncation=True`` at the model's ``max_length``, ``top_k=None``,
-  ``function_to_apply="sigmoid"`` (raw text: the pipeline does not apply adrisk's normalisation).
+  ``function_to_apply="sigmoid"`` (raw text: the pipeline does not apply adrisk's normalisation),
+  at torch's DEFAULT intra-op threads (what a user who just calls ``pipeline`` gets; the ratio
+  column is against this one).
+- ``hf-pipeline-matched``: the same at adrisk's thread count (``--threads``), for a like-for-like
+  per-thread comparison.
+- ``score-default`` / ``score-w1`` / ``score-w2``: the ``adrisk score`` command itself on a JSONL of
+  the texts, at its default settings / ``--workers 1`` / ``--workers 2`` (texts/s over the job's own
+  clock, which excludes the model load but includes reading and writing files; the end-to-end
+  wall time, process start included, is listed below the table).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
 - ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-mixed``: the adrisk predictor on the artifact's ONNX
   Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first). Missing variants are
@@ -52,7 +60,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-VARIANTS = ("hf-pipeline", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed")
+VARIANTS = ("hf-pipeline", "hf-pipeline-matched", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed",
+            "score-default", "score-w1", "score-w2")
+DEFAULT_VARIANTS = ("hf-pipeline", "hf-pipeline-matched", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed",
+                    "score-default")
 HF_BATCH_SIZE = 32
 WARMUP_TEXTS = 8
 
@@ -98,7 +109,7 @@ def encoder_flops(config: dict, batch_widths: list[tuple[int, int]]) -> float:
 # worker: one variant in its own process
 
 
-def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: int) -> None:
+def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: int | None) -> None:
     import logging
 
     logging.disable(logging.WARNING)
@@ -109,9 +120,14 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
 
     texts = json.loads(Path(texts_file).read_text(encoding="utf-8"))
     meta = load_meta(model)
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    if variant == "hf-pipeline":
+    if variant.startswith("score-"):
+        _score_worker(variant, model, texts, meta, out_file)
+        return
+    if variant.startswith("hf-pipeline"):
         from transformers import AutoTokenizer, pipeline
 
         tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
@@ -153,17 +169,60 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
     }))
 
 
+def _score_worker(variant: str, model: str, texts: list[str], meta, out_file: str) -> None:
+    """Run the ``adrisk score`` command on ``texts`` and read its scores and timing back."""
+    import re
+
+    import pandas as pd
+
+    from model.encoding import length_sorted_batches
+    from model.predictor import Predictor
+
+    adrisk = str(Path(sys.executable).with_name("adrisk"))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        pd.DataFrame({"id": range(len(texts)), "text": texts}).to_json(src, orient="records", lines=True)
+        cmd = [adrisk, "score", "--model", model, "--input", str(src), "--output", str(dst), "--no-progress"]
+        if variant != "score-default":
+            cmd += ["--workers", variant.removeprefix("score-w")]
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # its own defaults
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        e2e = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"adrisk score failed: {proc.stderr.strip().splitlines()[-1:]}")
+        m = re.search(r"scored (\d+) rows .* in ([\d.]+)s", proc.stderr)
+        wall = float(m.group(2))
+        out = pd.read_json(dst, lines=True)
+    probs = out[[f"score_{n}" for n in meta.labels]].to_numpy(dtype=float)
+    p = Predictor.load(model)  # padded-token count for the FLOP estimate (same batching as the job)
+    lengths = p.encoder.encode(texts).lengths()
+    widths = [(len(b), int(lengths[b].max())) for b in length_sorted_batches(lengths, p.batch_size, p.max_tokens)]
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    Path(out_file).write_text(json.dumps({
+        "variant": variant, "n": len(texts), "wall_s": wall, "load_s": e2e - wall, "texts_per_s": len(texts) / wall,
+        "tokens": int(np.sum(lengths)), "padded_tokens": int(sum(b * t for b, t in widths)),
+        "flops": encoder_flops(cfg, widths), "probs": probs.tolist(),
+        "settings": f"`{' '.join(['adrisk', *cmd[1:2], '...', *cmd[8:]])}` end-to-end {e2e:.1f} s "
+                    f"(process start + model load + job)", "threads": None, "loadavg_end": os.getloadavg()[0],
+    }))
+
+
 # --------------------------------------------------------------------------------------------------
 # driver
 
 
-def _run_variant(variant: str, model: str, texts_file: str, threads: int, timeout: float) -> dict | None:
+def _run_variant(variant: str, model: str, texts_file: str, threads: int | None, timeout: float) -> dict | None:
+    """One variant in a fresh process; ``threads`` None: the library's own default (no OMP_NUM_THREADS)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", variant, "--model", model,
-           "--_texts", texts_file, "--_out", out, "--threads", str(threads)]
+           "--_texts", texts_file, "--_out", out, "--_threads", str(threads or 0)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -185,19 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="score a seeded random sample of N rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every variant (default: cores)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per variant")
     ap.add_argument("--json", help="also write the results (without scores) here")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_texts", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
+    ap.add_argument("--_threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from model.runtimes import default_num_threads
 
     threads = args.threads or default_num_threads()
     if args._worker:
-        _worker(args._worker, args.model, args._texts, args._out, threads)
+        _worker(args._worker, args.model, args._texts, args._out, args._threads or None)
         return 0
     if not args.data:
         ap.error("--data is required")
@@ -225,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {v} is not in {args.model} (run `adrisk export-onnx`); skipped", file=sys.stderr)
                 continue
             print(f"running {v} on {len(texts)} texts ...", file=sys.stderr, flush=True)
-            r = _run_variant(v, args.model, texts_file, threads, args.timeout)
+            # the pipeline and the score command at their own defaults; every other variant at `threads`
+            own_default = v == "hf-pipeline" or v.startswith("score-")
+            r = _run_variant(v, args.model, texts_file, None if own_default else threads, args.timeout)
             if r:
                 results[v] = r
     if "torch" not in results:
@@ -236,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     hf = results.get("hf-pipeline", {}).get("texts_per_s")
     default = (meta.runtimes or {}).get("default", "torch")
     short = {n: n.split("_")[0][:8] for n in labels}
-    header = (["variant", "texts/s", "x HF pipeline"] + [f"dAP {short[n]}" for n in labels]
+    header = (["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"] + [f"dAP {short[n]}" for n in labels]
               + ["tokens (padded)", "GFLOP/s", "% fp32 peak"])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for v, r in results.items():
@@ -246,14 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         gflops = r["flops"] / r["wall_s"] / 1e9
         r["gflop_per_s"] = gflops
         name = f"{v} (default)" if v == default else v
-        cells = [name, f"{r['texts_per_s']:.1f}", f"{r['texts_per_s'] / hf:.2f}" if hf else "-"]
+        hfm = results.get("hf-pipeline-matched", {}).get("texts_per_s")
+        cells = [name, "own default" if r["threads"] is None else str(r["threads"]), f"{r['texts_per_s']:.1f}",
+                 f"{r['texts_per_s'] / hf:.2f}" if hf else "-", f"{r['texts_per_s'] / hfm:.2f}" if hfm else "-"]
         cells += ["-" if r["ap_delta"][n] is None else f"{r['ap_delta'][n]:+.4f}" for n in labels]
         cells += [f"{r['tokens']:,} ({r['padded_tokens']:,})", f"{gflops:.1f}",
                   f"{100 * r['flops'] / r['wall_s'] / cpu['peak_flops']:.1f}%" if cpu["peak_flops"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
 
     print(f"\n{len(texts)} texts from {args.data} (seed {args.seed}), model {args.model} "
-          f"(max_length {meta.max_length}), {threads} intra-op threads per variant, one process each")
+          f"(max_length {meta.max_length}), one process each; adrisk variants and hf-pipeline-matched at {threads} "
+          f"intra-op threads, hf-pipeline and score-* at their own defaults")
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores @ {cpu['mhz']:.0f} MHz, {cpu['isa']}"
           f"{' + VNNI' if cpu['vnni'] else ''}; assumed fp32 peak {cpu['cores']} x {cpu['mhz'] / 1000:.2f} GHz x "
           f"{cpu['flops_per_cycle']} FLOPs/cycle = {cpu['peak_flops'] / 1e9:.0f} GFLOP/s")
