@@ -57,12 +57,26 @@ def test_predict_and_score_explain(tiny_artifact, tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip())
     assert set(line["explanations"]) == {n for n, on in line["categories"].items() if on}
     for spans in line["explanations"].values():
-        assert len(spans) <= 2 and all(text[s["start"]:s["end"]].strip() for s in spans)
+        assert len(spans) <= 2 and all(text[s["start"] : s["end"]].strip() for s in spans)
 
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(json.dumps({"text": t}) for t in [text, None, "plain"]) + "\n", encoding="utf-8")
-    assert main(["score", "--model", str(tiny_artifact), "--input", str(src), "--output", str(dst), "--explain",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_artifact),
+                "--input",
+                str(src),
+                "--output",
+                str(dst),
+                "--explain",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = pd.read_json(dst, lines=True)
     assert out["explanations"].isna().tolist() == [False, True, False]
     first = json.loads(out["explanations"][0])

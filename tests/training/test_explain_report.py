@@ -9,9 +9,12 @@ def test_explain_report_via_evaluate(tiny_artifact, tmp_path, capsys):
     from adrisk.cli import main
 
     rows = [
-        {"text": f"please call me 💋 now {i}", "labels": ["adult_services"], "source": "escort"} for i in range(4)
+        {"text": f"please call me 💋 now {i}", "labels": ["adult_services"], "source": "escort"}
+        for i in range(4)
     ]
-    rows += [{"text": f"please wire the cash today {i}", "labels": ["scam"], "source": "sms"} for i in range(4)]
+    rows += [
+        {"text": f"please wire the cash today {i}", "labels": ["scam"], "source": "sms"} for i in range(4)
+    ]
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "rep"
