@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -106,22 +108,96 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
 
 
 
+SUPPORTED_ENCODINGS = ("gzip", "identity")
+_ENCODING_SHOWN = re.compile(r"[^A-Za-z0-9 ,._-]")
+
+
+def _content_encoding(request: Request) -> str:
+    """``identity`` or ``gzip`` (``x-gzip``), from the Content-Encoding header.
+
+    Raises:
+        APIError(unsupported_media_type): any other (or a stacked) encoding; the message names it.
+    """
+    raw = request.headers.get("content-encoding", "")
+    enc = raw.strip().lower()
+    if enc in ("", "identity"):
+        return "identity"
+    if enc in ("gzip", "x-gzip"):
+        return "gzip"
+    shown = _ENCODING_SHOWN.sub("?", raw.strip())[:40]
+    raise APIError(ErrorKind.unsupported_media_type,
+                   f"Content-Encoding {shown!r} is not supported; send the body uncompressed or as gzip")
+
+
+class _Gunzip:
+    """Incremental gzip decoding (RFC 1952, several members allowed) that never produces more than
+    ``limit + 1`` bytes, so a zip bomb costs at most ``limit`` bytes of memory (zlib)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.size = 0
+        self.out: list[bytes] = []
+        self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def _too_large(self) -> APIError:
+        return APIError(ErrorKind.payload_too_large,
+                        f"request body over the {self.limit}-byte limit (decompressed)")
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            try:
+                part = self._d.decompress(data, self.limit + 1 - self.size)
+            except zlib.error:
+                raise APIError(ErrorKind.invalid_encoding, "body is not valid gzip (Content-Encoding: gzip)") from None
+            self.size += len(part)
+            if self.size > self.limit:
+                raise self._too_large()
+            self.out.append(part)
+            if self._d.unconsumed_tail:
+                data = self._d.unconsumed_tail
+            elif self._d.eof and self._d.unused_data:  # the next gzip member
+                data = self._d.unused_data
+                self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            else:
+                data = b""
+
+    def finish(self) -> bytes:
+        if not self._d.eof:
+            raise APIError(ErrorKind.invalid_encoding, "body is not valid gzip (truncated)")
+        return b"".join(self.out)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) one over ``limit`` bytes by its Content-Length or its actual
-    size, before it is parsed."""
+    size, before it is parsed.
+
+    ``Content-Encoding: gzip`` bodies are decompressed as they arrive; ``limit`` applies to the
+    compressed and to the decompressed size (a zip bomb is a 413 after at most ``limit`` bytes).
+
+    Raises:
+        APIError(payload_too_large): over ``limit`` (sent or decompressed).
+        APIError(unsupported_media_type): a Content-Encoding other than gzip / identity (415).
+        APIError(invalid_encoding): a gzip body that is not valid gzip.
+        APIError(invalid_json): the client disconnected mid-body.
+    """
+    encoding = _content_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
+    gunzip = _Gunzip(limit) if encoding == "gzip" else None
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise APIError(ErrorKind.payload_too_large, f"request body over the {limit}-byte limit")
-            chunks.append(chunk)
+            if gunzip is not None:
+                gunzip.feed(chunk)
+            else:
+                chunks.append(chunk)
     except ClientDisconnect:  # the client went away mid-body: its fault, not a server error
         raise APIError(ErrorKind.invalid_json, "request body incomplete: the client disconnected") from None
-    return b"".join(chunks)
+    return gunzip.finish() if gunzip is not None else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:

@@ -21,6 +21,7 @@ class ErrorKind(str, Enum):
     invalid_encoding = "invalid_encoding"
     validation_error = "validation_error"
     payload_too_large = "payload_too_large"
+    unsupported_media_type = "unsupported_media_type"
     unauthorized = "unauthorized"
     not_found = "not_found"
     method_not_allowed = "method_not_allowed"
@@ -34,6 +35,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.invalid_encoding: 400,
     ErrorKind.validation_error: 422,
     ErrorKind.payload_too_large: 413,
+    ErrorKind.unsupported_media_type: 415,
     ErrorKind.unauthorized: 401,
     ErrorKind.not_found: 404,
     ErrorKind.method_not_allowed: 405,
@@ -43,7 +45,7 @@ STATUS: dict[ErrorKind, int] = {
 }
 
 _HTTP_STATUS_KIND = {401: ErrorKind.unauthorized, 404: ErrorKind.not_found, 405: ErrorKind.method_not_allowed,
-                     413: ErrorKind.payload_too_large, 422: ErrorKind.validation_error}
+                     413: ErrorKind.payload_too_large, 415: ErrorKind.unsupported_media_type, 422: ErrorKind.validation_error}
 
 
 class APIError(Exception):
