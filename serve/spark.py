@@ -67,7 +67,9 @@ def check_spark_available(need_java: bool = True) -> None:
     home = os.environ.get("JAVA_HOME")
     java = Path(home, "bin", "java") if home else shutil.which("java")
     if not java or not Path(java).is_file():
-        raise ScoreError(f"--engine spark needs Java 17 or newer and found none (PATH, JAVA_HOME): {INSTALL_JAVA}")
+        raise ScoreError(
+            f"--engine spark needs Java 17 or newer and found none (PATH, JAVA_HOME): {INSTALL_JAVA}"
+        )
 
 
 def get_spark(master: str | None = None, spark=None):
@@ -87,11 +89,17 @@ def get_spark(master: str | None = None, spark=None):
     if active is not None and master is None:
         return active
     check_spark_available(need_java=True)
-    builder = (SparkSession.builder.master(master or DEFAULT_MASTER).appName("adrisk-score")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.pyspark.python", sys.executable)
-               .config("spark.pyspark.driver.python", sys.executable))
+    # pyspark takes the workers' interpreter from PYSPARK_PYTHON (default "python3", which lacks this
+    # environment's packages); spark.pyspark.python only reaches spark-submit launches
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(master or DEFAULT_MASTER)
+        .appName("adrisk-score")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+    )
     return builder.getOrCreate()
 
 
@@ -138,7 +146,9 @@ def _staged_copy(directory: Path, sha: str) -> Path:
     return target
 
 
-def ship_model(spark, directory: str | os.PathLike[str], *, ship: bool = True, runtime: str = "auto") -> ShippedModel:
+def ship_model(
+    spark, directory: str | os.PathLike[str], *, ship: bool = True, runtime: str = "auto"
+) -> ShippedModel:
     """Make the artifact ``directory`` reachable from every executor (see the module docstring).
 
     Raises:
@@ -173,8 +183,12 @@ def worker_predictor(model: ShippedModel, threads: int):
     """The predictor of this Python worker for ``model`` (loaded on the worker's first task, then cached)."""
     from model.pyfunc import cached_predictor
 
-    return cached_predictor(model.local_dir(), num_threads=task_threads(threads), runtime=model.runtime,
-                            expected_sha256=model.sha256)
+    return cached_predictor(
+        model.local_dir(),
+        num_threads=task_threads(threads),
+        runtime=model.runtime,
+        expected_sha256=model.sha256,
+    )
 
 
 def _probability_schema(n_labels: int) -> str:
@@ -248,8 +262,16 @@ class SparkScorer:
         progress: log Spark's task progress every 10 s.
     """
 
-    def __init__(self, spark, model: ShippedModel, meta, directory: Path, *, partitions: int | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        spark,
+        model: ShippedModel,
+        meta,
+        directory: Path,
+        *,
+        partitions: int | None = None,
+        progress: bool = True,
+    ):
         self.spark = spark
         self.model = model
         self.meta = meta
@@ -288,16 +310,21 @@ class SparkScorer:
             empty = np.zeros((0, n_labels))
             return Scores(empty, empty.copy(), np.zeros(0, bool), np.zeros(0, bool))
         pdf = pd.DataFrame({"id": np.arange(n, dtype=np.int64), "text": texts})
-        sdf = self.spark.createDataFrame(pdf, schema="id long, text string").repartition(self.partitions_for(n))
-        scored = sdf.mapInPandas(_score_texts_fn(self.model, self.task_cpus, n_labels),
-                                 schema=_probability_schema(n_labels))
+        sdf = self.spark.createDataFrame(pdf, schema="id long, text string").repartition(
+            self.partitions_for(n)
+        )
+        scored = sdf.mapInPandas(
+            _score_texts_fn(self.model, self.task_cpus, n_labels), schema=_probability_schema(n_labels)
+        )
         out = _collect(scored, self.progress).sort_values("id", kind="stable")
         self.jobs += 1
         if len(out) != n or not np.array_equal(out["id"].to_numpy(), np.arange(n)):
             raise RuntimeError(f"spark returned {len(out)} scored rows for {n} texts")
         probs = out[[f"p{j}" for j in range(n_labels)]].to_numpy(dtype=np.float64)
         logits = out[[f"l{j}" for j in range(n_labels)]].to_numpy(dtype=np.float64)
-        return Scores(logits, probs, out["flagged"].to_numpy(dtype=bool), out["truncated"].to_numpy(dtype=bool))
+        return Scores(
+            logits, probs, out["flagged"].to_numpy(dtype=bool), out["truncated"].to_numpy(dtype=bool)
+        )
 
 
 def _version_of(version: str | None, meta) -> str:
@@ -307,8 +334,15 @@ def _version_of(version: str | None, meta) -> str:
     return f"local:{meta.weights_sha256[:12]}" if meta.weights_sha256 else "local"
 
 
-def prepare_scorer(model_uri: str, spark, *, ship: bool = True, runtime: str = "auto",
-                   partitions: int | None = None, progress: bool = True) -> tuple[SparkScorer, str, float]:
+def prepare_scorer(
+    model_uri: str,
+    spark,
+    *,
+    ship: bool = True,
+    runtime: str = "auto",
+    partitions: int | None = None,
+    progress: bool = True,
+) -> tuple[SparkScorer, str, float]:
     """Resolve ``model_uri`` on the driver (one download), ship it, and return (scorer, model_version,
     seconds spent). The registry version is the ``model_version`` when the URI names one."""
     from model.artifact import load_meta
@@ -324,10 +358,21 @@ def prepare_scorer(model_uri: str, spark, *, ship: bool = True, runtime: str = "
     return scorer, _version_of(ref.version, meta), time.perf_counter() - t0
 
 
-def run_spark_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
-                    text_column: str = "text", chunk_size: int = DEFAULT_CHUNK_SIZE, resume: bool = False,
-                    master: str | None = None, spark=None, partitions: int | None = None, runtime: str = "auto",
-                    ship: bool = True, progress: bool = True):
+def run_spark_score(
+    model_uri: str,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    resume: bool = False,
+    master: str | None = None,
+    spark=None,
+    partitions: int | None = None,
+    runtime: str = "auto",
+    ship: bool = True,
+    progress: bool = True,
+):
     """``adrisk score --engine spark``: ``serve.score.run_score`` with the texts scored on Spark.
 
     Same inputs, outputs, row outcomes (``error``), resume and locking as the local job; see the
@@ -355,12 +400,23 @@ def run_spark_score(model_uri: str, input_path: str | os.PathLike[str], output_p
     if not src.is_file():
         raise ScoreError(f"input {src} not found")
     session = get_spark(master, spark)
-    scorer, version, _ = prepare_scorer(model_uri, session, ship=ship, runtime=runtime,
-                                        partitions=partitions, progress=progress)
-    logger.info("spark: %d task slots, %d cpus per task, model %s", scorer.task_slots(), scorer.task_cpus,
-                version)
-    return run_score(model_uri, src, dst, text_column=text_column, chunk_size=chunk_size, resume=resume,
-                     progress=progress, predictor=scorer, model_version=version)
+    scorer, version, _ = prepare_scorer(
+        model_uri, session, ship=ship, runtime=runtime, partitions=partitions, progress=progress
+    )
+    logger.info(
+        "spark: %d task slots, %d cpus per task, model %s", scorer.task_slots(), scorer.task_cpus, version
+    )
+    return run_score(
+        model_uri,
+        src,
+        dst,
+        text_column=text_column,
+        chunk_size=chunk_size,
+        resume=resume,
+        progress=progress,
+        predictor=scorer,
+        model_version=version,
+    )
 
 
 def output_struct_fields(labels: Sequence[str]):
@@ -368,13 +424,23 @@ def output_struct_fields(labels: Sequence[str]):
     ``model_version`` string, ``error`` string (all nullable), as ``adrisk score`` writes them."""
     from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField
 
-    return [StructField("flagged", BooleanType(), True),
-            *(StructField(SCORE_PREFIX + n, DoubleType(), True) for n in labels),
-            StructField("model_version", StringType(), True), StructField("error", StringType(), True)]
+    return [
+        StructField("flagged", BooleanType(), True),
+        *(StructField(SCORE_PREFIX + n, DoubleType(), True) for n in labels),
+        StructField("model_version", StringType(), True),
+        StructField("error", StringType(), True),
+    ]
 
 
-def score_spark_dataframe(df, model_dir: str | os.PathLike[str], *, text_column: str = "text",
-                          model_version: str | None = None, ship: bool = True, runtime: str = "auto"):
+def score_spark_dataframe(
+    df,
+    model_dir: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    model_version: str | None = None,
+    ship: bool = True,
+    runtime: str = "auto",
+):
     """``df`` (a Spark DataFrame) plus the scoring columns, lazily (nothing runs until an action).
 
     Rows keep their columns; a null text gives ``error = missing_text``, a text column that is not a

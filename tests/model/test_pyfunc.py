@@ -67,19 +67,23 @@ def test_rows_without_text_get_an_error_and_null_scores(registered, tiny_predict
     pyfunc, _, _ = registered
     values = ["ok", None, float("nan"), 42, "", ["a"], pd.NA]
     out = pyfunc.predict(pd.DataFrame({"text": pd.Series(values, dtype=object)}))
-    assert errors(out) == [None, "missing_text", "missing_text", "not_text", None, "not_text",
-                                     "missing_text"]
+    assert errors(out) == [None, "missing_text", "missing_text", "not_text", None, "not_text", "missing_text"]
     bad = out["error"].notna().to_numpy()
     assert out.loc[bad, SCORES].isna().all().all() and out.loc[bad, "flagged"].isna().all()
-    np.testing.assert_allclose(out.loc[~bad, SCORES].to_numpy(), tiny_predictor.predict_proba(["ok", ""]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        out.loc[~bad, SCORES].to_numpy(), tiny_predictor.predict_proba(["ok", ""]), atol=1e-6
+    )
     assert errors(pyfunc.predict(["ok", 42])) == [None, "not_text"]
 
 
 def test_shape_errors_name_columns_never_text(registered):
     pyfunc, _, _ = registered
-    for bad in (pd.DataFrame({"txt": [SECRET]}), pd.DataFrame({SECRET: ["x"], "id": [1]}), {"body": [SECRET]},
-                np.array([[SECRET, SECRET]])):
+    for bad in (
+        pd.DataFrame({"txt": [SECRET]}),
+        pd.DataFrame({SECRET: ["x"], "id": [1]}),
+        {"body": [SECRET]},
+        np.array([[SECRET, SECRET]]),
+    ):
         with pytest.raises(InputError) as e:
             pyfunc.predict(bad)
         assert SECRET not in str(e.value) and SECRET not in e.value.message
@@ -99,8 +103,14 @@ def test_output_schema_is_the_signature_and_adrisk_scores_columns(registered, ti
     signature = pyfunc.metadata.signature
     assert signature.inputs is None
     assert signature.outputs.input_names() == output_columns(tiny_predictor.labels)
-    assert [t.name for t in signature.outputs.input_types()] == ["boolean", "double", "double", "double",
-                                                                 "string", "string"]
+    assert [t.name for t in signature.outputs.input_types()] == [
+        "boolean",
+        "double",
+        "double",
+        "double",
+        "string",
+        "string",
+    ]
     frame = pd.DataFrame({"id": [1, 2, 3], "text": TEXTS})
     scored = score_frame(frame, tiny_predictor, "text", pyfunc.predict(TEXTS)["model_version"][0])
     out = pyfunc.predict(frame)
@@ -126,8 +136,11 @@ def test_registered_model_loads_in_a_fresh_virtualenv_without_adrisk(registered,
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "-r", str(local / "requirements.txt")],
-                   check=True, timeout=1200)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "-r", str(local / "requirements.txt")],
+        check=True,
+        timeout=1200,
+    )
     build_s = time.perf_counter() - t0
     script = (
         "import json, sys, mlflow.pyfunc\n"
@@ -139,8 +152,14 @@ def test_registered_model_loads_in_a_fresh_virtualenv_without_adrisk(registered,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
-    res = subprocess.run([str(py), "-c", script, str(local)], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)
+    res = subprocess.run(
+        [str(py), "-c", script, str(local)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["model_file"].startswith(str(local / "code")), got  # adrisk's code came with the model
