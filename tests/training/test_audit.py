@@ -107,3 +107,50 @@ def test_view_metrics_expose_a_style_reliant_model():
     assert calls == [["sweet girl body", "kind girl body"]]  # unchanged views are not scored again
     table = format_audit_table(res, LABELS, ["unchanged", "plain"])
     assert "plain" in table and "unchanged" in table
+
+
+@pytest.mark.slow
+def test_a_training_run_prints_and_logs_the_audit_and_extra_sets(tmp_path):
+    import json
+
+    import mlflow
+
+    from tests.conftest import DATA_DIR, REPO
+    from training.config import load_config
+    from training.pipeline import run_training
+
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(
+        "\n".join(
+            json.dumps({"text": t, "labels": ls})
+            for t, ls in [("sexy massage tonight", ["adult_services"]), ("sports massage", [])]
+        )
+    )
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'out'}",
+            f"data.path={DATA_DIR}",
+            "data.limit=80",
+            "train.epochs=1",
+            "train.max_steps=2",
+            "baseline.enabled=false",
+            "tracking.register_model=false",
+            "generalisation.augment_views=[short]",
+            f"eval_sets={{extra: {{path: {extra}, labels: [adult_services], negatives_from_test: true}}}}",
+        ],
+    )
+    res = run_training(cfg)
+    assert "shortcut audit" in res.table and "extra evaluation sets" in res.table
+    assert (
+        "audit.adult_services.source_only_ap" in res.metrics
+        and "audit.view.short.adult_services.recall" in res.metrics
+    )
+    assert res.metrics["eval.extra.adult_services.support"] == 1.0
+    run = mlflow.get_run(res.run_id)
+    assert (
+        "audit.adult_services.length_only_ap" in run.data.metrics
+        and "adrisk.audit.source_confounded" in run.data.tags
+    )
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(res.run_id)}
+    assert {"audit_table.txt", "eval_sets_table.txt"} <= arts
