@@ -62,7 +62,7 @@ class RegisteredModel:
 # Distributions the pyfunc imports (model/ with a torch or ONNX runtime, MLflow's pyfunc loader):
 # pinned to the logging environment's versions in the model's requirements.txt.
 PYFUNC_REQUIREMENTS = ("mlflow-skinny", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
-                       "scipy", "pydantic")
+                       "scipy", "scikit-learn", "pydantic")
 
 
 def pinned_requirements(artifact_dir: str | os.PathLike[str]) -> list[str]:
