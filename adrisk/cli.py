@@ -256,10 +256,20 @@ def _score(args) -> int:
     from serve.score import ScoreError, run_score
 
     try:
-        summary = run_score(args.model, args.input, args.output, text_column=args.text_column,
-                            chunk_size=args.chunk_size, resume=args.resume, runtime=args.runtime,
-                            torch_threads=args.threads, progress=not args.no_progress, explain=args.explain,
-                            workers=args.workers)
+        if args.engine == "spark":
+            from serve.spark import DEFAULT_CHUNK_SIZE, run_spark_score
+
+            if args.explain or args.workers not in (None, 1):
+                raise ScoreError("--engine spark scores on the Spark cluster: drop --explain / --workers")
+            summary = run_spark_score(args.model, args.input, args.output, text_column=args.text_column,
+                                      chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size, resume=args.resume,
+                                      master=args.master, partitions=args.partitions, runtime=args.runtime,
+                                      progress=not args.no_progress)
+        else:
+            summary = run_score(args.model, args.input, args.output, text_column=args.text_column,
+                                chunk_size=1000 if args.chunk_size is None else args.chunk_size, resume=args.resume, runtime=args.runtime,
+                                torch_threads=args.threads, progress=not args.no_progress, explain=args.explain,
+                                workers=args.workers)
     except ScoreError as e:
         raise CLIError(str(e)) from None
     print(summary.format(), file=sys.stderr)
@@ -398,8 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="input file (.csv, .jsonl, .parquet)")
     p.add_argument("--output", required=True, help="output file (.csv, .jsonl, .parquet); written atomically")
     p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
-    p.add_argument("--chunk-size", type=int, default=1000, help="rows per chunk (default 1000)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="rows per chunk (default 1000; with --engine spark 50000, one Spark job each)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
+    p.add_argument("--engine", choices=("local", "spark"), default="local",
+                   help="local: this process (default); spark: the texts are scored by Spark tasks, same output "
+                        '(needs pip install "adrisk[spark]" and Java 17; docs/spark.md)')
+    p.add_argument("--master", default=None,
+                   help="with --engine spark: the Spark master for a new session (default: the active session, "
+                        "else local[*]); e.g. local[2], spark://host:7077, yarn")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="with --engine spark: partitions per Spark job (default: 2 per task slot, >= 64 rows each)")
     p.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=None, help=threads_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=None,
