@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ident = pd.Series([normalize_text(t) for t in df["text"]]).factorize()[0]
     print(f"{args.split}: {len(df)} ads of {args.source}; true linked pairs from `group`")
     print(f"{'method':<34} {'precision':>9} {'recall':>7} {'pred pairs':>10} {'true pairs':>10}")
-    for name, pred in (("persona_id (contacts + text)", res.persona_id), ("identical normalised text only", ident)):
+    for name, pred in (
+        ("persona_id (contacts + text)", res.persona_id),
+        ("identical normalised text only", ident),
+    ):
         p, r, pp, tp = pair_counts(pred, df["group"].to_numpy())
         print(f"{name:<34} {p:>9.4f} {r:>7.4f} {pp:>10} {tp:>10}")
     print(f"linking took {secs:.2f}s; hub contacts cut: {res.report['hub_contacts_cut']}")

@@ -5,7 +5,8 @@ Three products, computed in two streaming passes over the same chunks the scorin
 MinHash signature, band keys, ids and scores; never the texts):
 
 * **Personas.** Ads that share a normalised contact (``model.contacts``: phone, e-mail, URL, handle)
-  or an identical normalised text (``model.normalize``; texts of at least ``min_tokens`` words) get
+  or an identical text (``text_identity``: NFKC, invisible characters dropped, white space folded;
+  texts of at least ``min_tokens`` words) get
   one ``persona_id``: connected components of the ad-contact graph (``scipy.sparse.csgraph``). A
   *hub* contact, shared by more than ``hub_cap`` ads (a site's own number, an agency line), is not
   used for linking, and an ad with more than ``max_contacts_per_ad`` contacts (a spam list) links by
@@ -13,9 +14,9 @@ MinHash signature, band keys, ids and scores; never the texts):
   in the component, so it is stable across runs and chunk sizes.
 * **Template clusters.** As in InfoShield (Lee et al., ICDE 2021), near-duplicate ads are grouped
   after contacts, numbers and names are masked: word ``shingle_size``-gram shingles, MinHash
-  signatures (Broder 1997) with ``datasketch``'s permutations (the values equal
-  ``datasketch.MinHash.update_batch``; computed for a whole chunk at once in numpy, which is ~50x
-  faster than one ``MinHash`` object per ad), LSH banding with ``datasketch``'s optimal
+  signatures (Broder 1997) with ``datasketch``'s permutations (scheme ``affine32``; the values equal
+  ``datasketch.MinHash.update_batch``, computed for a batch of ads at once in numpy instead of one
+  ``MinHash`` object and one Python hash call per shingle), LSH banding with ``datasketch``'s optimal
   (bands, rows) for the threshold, and every candidate pair verified by its estimated Jaccard
   similarity >= ``similarity`` before it joins a cluster (connected components). Each cluster has an
   id (smallest row number), size, a representative (its first ad) and a template: the words every
@@ -35,11 +36,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import logging
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -49,20 +52,34 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from model.contacts import ContactExtractor
-from model.normalize import normalize_text
 
 logger = logging.getLogger(__name__)
 
 TIME_COLUMNS = ("posted_at", "timestamp", "created_at", "posted", "date", "time")
 PLACE_COLUMNS = ("city", "place", "location", "region", "area")
+CLUSTER_COLUMNS = (
+    "kind",
+    "cluster_id",
+    "size",
+    "score_max",
+    "score_mean",
+    "share_flagged",
+    "n_places",
+    "first_seen",
+    "last_seen",
+    "n_contacts",
+    "priority",
+    "representative_row",
+)
 LINK_COLUMNS = ("contacts", "persona_id", "template_id", "template_size")
 SLOT = "\u27e8\u2026\u27e9"  # ⟨…⟩ marks a slot in a template's text form
 _EMPTY = "[]"
 _MASK_NUM = re.compile(r"\d+(?:[.,:/-]\d+)*")
-_NAME_CUE = re.compile(r"\b(?:[Ii]\s*am|[Ii]'?m|[Nn]ame\s+is|[Aa]sk\s+for|[Cc]all\s+me|[Tt]his\s+is|[Ii]t'?s)\s+"
-                       r"([A-Z][a-z]{1,15})\b")
+_NAME_CUE = re.compile(
+    r"\b(?:[Ii]\s*am|[Ii]'?m|[Nn]ame\s+is|[Aa]sk\s+for|[Cc]all\s+me|[Tt]his\s+is|[Ii]t'?s)\s+"
+    r"([A-Z][a-z]{1,15})\b"
+)
 _WORD = re.compile(r"<\w+>|#|[^\W\d_]+")
-_MERSENNE = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
 
 
@@ -98,11 +115,11 @@ class LinkConfig:
     hub_cap: int = 50
     max_contacts_per_ad: int = 20
     link_identical_text: bool = True
-    similarity: float = 0.6
+    similarity: float = 0.5
     num_perm: int = 64
     shingle_size: int = 3
     min_tokens: int = 6
-    template_sample: int = 8
+    template_sample: int = 6
     flag_threshold: float = 0.5
     time_column: str | None = None
     place_column: str | None = None
@@ -115,8 +132,14 @@ class LinkConfig:
             raise LinkError(f"similarity must be in (0, 1], got {self.similarity}")
         if self.hub_cap < 2:
             raise LinkError(f"hub_cap must be >= 2, got {self.hub_cap}")
-        for name in ("num_perm", "shingle_size", "min_tokens", "template_sample", "max_contacts_per_ad",
-                     "batch_size"):
+        for name in (
+            "num_perm",
+            "shingle_size",
+            "min_tokens",
+            "template_sample",
+            "max_contacts_per_ad",
+            "batch_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise LinkError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -142,7 +165,19 @@ class LinkResult:
 
 
 def _key_hash(s: str) -> int:
-    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
+
+
+_INVISIBLE = re.compile("[\ufe00-\ufe0f\u200b-\u200f\u2060-\u2064\ufeff\xad]")
+
+
+def text_identity(text: str) -> str:
+    """The form in which two texts count as identical for persona linking: format characters and
+    variation selectors dropped, Unicode NFKC, white space folded. Equal ``model.normalize`` output
+    for all but HTML-markup differences, at a third of its cost (emoji are not spelled out)."""
+    return " ".join(unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).split())
 
 
 def mask_text(text: str, contacts) -> str:
@@ -150,7 +185,7 @@ def mask_text(text: str, contacts) -> str:
     numbers by ``#``: what template clustering compares."""
     parts, pos = [], 0
     for c in contacts:
-        parts.append(text[pos:c.start])
+        parts.append(text[pos : c.start])
         parts.append(f" <{c.type}> ")
         pos = c.end
     parts.append(text[pos:])
@@ -160,24 +195,27 @@ def mask_text(text: str, contacts) -> str:
 
 
 class _Permutations:
-    """datasketch's MinHash permutations (same seed -> same ``a``, ``b``) as numpy uint64 rows."""
+    """datasketch's MinHash permutations (scheme ``affine32``, its default since 2.0: MurmurHash3
+    finaliser pre-mix, then ``a * h + b`` mod 2**32 with odd ``a``), applied to a whole batch at once."""
 
     def __init__(self, num_perm: int, seed: int) -> None:
         from datasketch import MinHash
+        from datasketch.minhash import _fmix
 
-        a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-        self.a = np.asarray(a, dtype=np.uint64)
-        self.b = np.asarray(b, dtype=np.uint64)
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self.a = np.asarray(a, dtype=np.uint32)
+        self.b = np.asarray(b, dtype=np.uint32)
+        self._fmix = _fmix
 
     def signatures(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """MinHash signatures (uint32, ``[n_sets, num_perm]``) of sets given as 32-bit hash values
         ``hashes`` split by ``offsets`` (``n_sets + 1`` ascending; every set non-empty).
 
         Equal to ``datasketch.MinHash(num_perm, seed, hashfunc=int).update_batch(set).hashvalues``."""
-        hv = hashes.astype(np.uint64)[:, None]
+        hv = self._fmix(hashes.astype(np.uint32), 32)[:, None]
         with np.errstate(over="ignore"):
-            phv = ((hv * self.a[None, :] + self.b[None, :]) % _MERSENNE) & _MAX_HASH
-        return np.minimum.reduceat(phv, offsets[:-1], axis=0).astype(np.uint32)
+            phv = hv * self.a[None, :] + self.b[None, :]  # wraps mod 2**32: the permutation
+        return np.minimum.reduceat(phv, offsets[:-1], axis=0)
 
 
 class Linker:
@@ -192,8 +230,9 @@ class Linker:
         self.cfg = config or LinkConfig()
         self.cfg.validate()
         try:
-            self.extractor = ContactExtractor(self.cfg.region, strict=self.cfg.strict_phones,
-                                              hash_key=self.cfg.hash_key)
+            self.extractor = ContactExtractor(
+                self.cfg.region, strict=self.cfg.strict_phones, hash_key=self.cfg.hash_key
+            )
         except ValueError as e:
             raise LinkError(str(e)) from None
         from datasketch.lsh import _optimal_param
@@ -203,6 +242,7 @@ class Linker:
         rng = np.random.default_rng(self.cfg.seed)
         self._band_mult = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._vocab: dict[str, int] = {}
+        self._next_id = itertools.count(1)
         self.n = 0
         self._sigs: list[np.ndarray] = []  # per chunk: signatures of the ads with enough words
         self._sig_rows: list[np.ndarray] = []  # their row numbers
@@ -216,8 +256,13 @@ class Linker:
         self._place: list[np.ndarray] = []
         self._time_col = self.cfg.time_column
         self._place_col = self.cfg.place_column
-        self.stats = {"ads": 0, "ads_without_text": 0, "ads_over_contact_cap": 0, "contacts": 0,
-                      "ads_too_short_for_templates": 0}
+        self.stats = {
+            "ads": 0,
+            "ads_without_text": 0,
+            "ads_over_contact_cap": 0,
+            "contacts": 0,
+            "ads_too_short_for_templates": 0,
+        }
 
     # -- pass 1 -------------------------------------------------------------------------------------
     def add(self, df: pd.DataFrame) -> None:
@@ -236,7 +281,6 @@ class Linker:
         tok_ids: list[int] = []
         offsets = [0]
         sig_rows = []
-        vocab = self._vocab
         k = cfg.shingle_size
         for i, text in enumerate(texts):
             row = base + i
@@ -260,12 +304,12 @@ class Linker:
             words = _WORD.findall(mask_text(text, contacts).lower())
             if cfg.link_identical_text and len(words) >= cfg.min_tokens:
                 pair_ad.append(row)
-                pair_key.append(_key_hash("text:" + normalize_text(text)))
+                pair_key.append(_key_hash("text:" + text_identity(text)))
                 pair_text.append(True)
             if len(words) < cfg.min_tokens:
                 self.stats["ads_too_short_for_templates"] += 1
                 continue
-            ids = [vocab.setdefault(w, len(vocab)) for w in words]
+            ids = list(map(self._vocab.setdefault, words, self._next_id))  # ids unique, not dense
             n_sh = max(len(ids) - k + 1, 1)
             tok_ids.extend(ids if len(ids) >= k else ids + [0] * (k - len(ids)))
             offsets.append(offsets[-1] + n_sh + k - 1)
@@ -274,8 +318,9 @@ class Linker:
         self._pair_key.append(np.asarray(pair_key, dtype=np.uint64))
         self._pair_text.append(np.asarray(pair_text, dtype=bool))
         if sig_rows:
-            self._sigs.append(self._signatures(np.asarray(tok_ids, dtype=np.uint64),
-                                               np.asarray(offsets, dtype=np.int64)))
+            self._sigs.append(
+                self._signatures(np.asarray(tok_ids, dtype=np.uint64), np.asarray(offsets, dtype=np.int64))
+            )
             self._sig_rows.append(np.asarray(sig_rows, dtype=np.int64))
         self._record_scores(df, m)
         self.n += m
@@ -288,16 +333,16 @@ class Linker:
         n_ads = len(offsets) - 1
         for lo in range(0, n_ads, self.cfg.batch_size):
             hi = min(lo + self.cfg.batch_size, n_ads)
-            t = tok[offsets[lo]:offsets[hi]]
+            t = tok[offsets[lo] : offsets[hi]]
             # shingle hash at every position p: mix of tokens p..p+k-1 (32-bit, FNV-like multiply-xor)
             h = np.zeros(len(t) - k + 1, dtype=np.uint64)
             with np.errstate(over="ignore"):
                 for j in range(k):
-                    h = (h ^ t[j:len(t) - k + 1 + j]) * np.uint64(0x100000001B3)
+                    h = (h ^ t[j : len(t) - k + 1 + j]) * np.uint64(0x100000001B3)
                     h ^= h >> np.uint64(29)
             h &= _MAX_HASH
             # keep the shingles that start inside their own ad (the last k-1 positions of an ad cross over)
-            local = offsets[lo:hi + 1] - offsets[lo]
+            local = offsets[lo : hi + 1] - offsets[lo]
             starts = local[:-1]
             lens = np.diff(local) - (k - 1)
             keep = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens, strict=True)])
@@ -310,7 +355,9 @@ class Linker:
         if score_cols:
             s = df[score_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
             with np.errstate(all="ignore"):
-                score = np.where(np.isnan(s).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(s), -1, s), axis=1))
+                score = np.where(
+                    np.isnan(s).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(s), -1, s), axis=1)
+                )
         else:
             score = np.full(m, np.nan)
         if "flagged" in df.columns:
@@ -326,9 +373,16 @@ class Linker:
         else:
             self._time.append(np.full(m, np.iinfo(np.int64).min, dtype=np.int64))
         if self._place_col and self._place_col in df.columns:
-            self._place.append(np.fromiter(
-                (_key_hash(str(v).strip().lower()) if isinstance(v, str) and v.strip() else 0
-                 for v in df[self._place_col].tolist()), dtype=np.uint64, count=m))
+            self._place.append(
+                np.fromiter(
+                    (
+                        _key_hash(str(v).strip().lower()) if isinstance(v, str) and v.strip() else 0
+                        for v in df[self._place_col].tolist()
+                    ),
+                    dtype=np.uint64,
+                    count=m,
+                )
+            )
         else:
             self._place.append(np.zeros(m, dtype=np.uint64))
 
@@ -356,7 +410,7 @@ class Linker:
         self._sigs = []
         src, dst = [], []
         for b in range(self.bands):
-            band = sig[:, b * self.rows:(b + 1) * self.rows].astype(np.uint64)
+            band = sig[:, b * self.rows : (b + 1) * self.rows].astype(np.uint64)
             with np.errstate(over="ignore"):
                 keys = (band * self._band_mult[None, :]).sum(axis=1, dtype=np.uint64)
             order = np.argsort(keys, kind="stable")
@@ -375,8 +429,8 @@ class Linker:
             ok = np.zeros(len(s), dtype=bool)
             step = 1 << 18
             for lo in range(0, len(s), step):
-                a, bb = sig[s[lo:lo + step]], sig[d[lo:lo + step]]
-                ok[lo:lo + step] = (a == bb).mean(axis=1) >= self.cfg.similarity
+                a, bb = sig[s[lo : lo + step]], sig[d[lo : lo + step]]
+                ok[lo : lo + step] = (a == bb).mean(axis=1) >= self.cfg.similarity
             s, d = s[ok], d[ok]
         self.stats["template_candidate_pairs_verified"] = int(len(s))
         local = _components(len(rows), s, d, bipartite=False)
@@ -402,18 +456,28 @@ class Linker:
         if chunks is not None and len(clusters):
             texts = self._collect_template_texts(chunks, clusters, template)
             tpl = {cid: _template(members) for cid, members in texts.items()}
-            clusters["template"] = [tpl.get(c, (None, None))[0] if k == "template" else None
-                                    for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)]
+            clusters["template"] = [
+                tpl.get(c, (None, None))[0] if k == "template" else None
+                for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
+            ]
             clusters["template_segments"] = [
                 json.dumps(tpl[c][1], ensure_ascii=False) if k == "template" and c in tpl else None
-                for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)]
-        clusters = clusters.sort_values(["priority", "size", "cluster_id"], ascending=[False, False, True],
-                                        kind="stable").reset_index(drop=True)
+                for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
+            ]
+        clusters = clusters.sort_values(
+            ["priority", "size", "cluster_id"], ascending=[False, False, True], kind="stable"
+        ).reset_index(drop=True)
         clusters.insert(0, "rank", np.arange(1, len(clusters) + 1))
         self.stats["personas_multi"] = int((clusters["kind"] == "persona").sum()) if len(clusters) else 0
         self.stats["templates_multi"] = int((clusters["kind"] == "template").sum()) if len(clusters) else 0
-        return LinkResult(persona.astype(np.int64), template.astype(np.int64), t_size.astype(np.int64),
-                          self._contacts, clusters, dict(self.stats))
+        return LinkResult(
+            persona.astype(np.int64),
+            template.astype(np.int64),
+            t_size.astype(np.int64),
+            self._contacts,
+            clusters,
+            dict(self.stats),
+        )
 
     def _collect_template_texts(self, chunks, clusters, template) -> dict[int, list[str]]:
         want = set(clusters.loc[clusters["kind"] == "template", "cluster_id"].tolist())
@@ -454,14 +518,28 @@ def _cluster_table(kind, labels, score, flag, tim, place, contact_ad, contact_ke
     size = np.bincount(labels, minlength=n) if n else np.zeros(0, np.int64)
     multi = size[labels] >= 2
     if not multi.any():
-        return pd.DataFrame(columns=["kind", "cluster_id", "size"])
-    df = pd.DataFrame({"c": labels[multi], "score": score[multi], "flag": flag[multi],
-                       "t": np.where(tim[multi] == np.iinfo(np.int64).min, np.nan, tim[multi].astype(float)),
-                       "place": np.where(place[multi] == 0, np.nan, place[multi].astype(float))})
+        return pd.DataFrame(columns=CLUSTER_COLUMNS)
+    df = pd.DataFrame(
+        {
+            "c": labels[multi],
+            "score": score[multi],
+            "flag": flag[multi],
+            "t": np.where(tim[multi] == np.iinfo(np.int64).min, np.nan, tim[multi].astype(float)),
+            "place": np.where(place[multi] == 0, np.nan, place[multi].astype(float)),
+        }
+    )
     g = df.groupby("c", sort=True)
-    out = pd.DataFrame({"size": g.size(), "score_max": g["score"].max(), "score_mean": g["score"].mean(),
-                        "share_flagged": g["flag"].mean(), "n_places": g["place"].nunique(),
-                        "first_seen": g["t"].min(), "last_seen": g["t"].max()})
+    out = pd.DataFrame(
+        {
+            "size": g.size(),
+            "score_max": g["score"].max(),
+            "score_mean": g["score"].mean(),
+            "share_flagged": g["flag"].mean(),
+            "n_places": g["place"].nunique(),
+            "first_seen": g["t"].min(),
+            "last_seen": g["t"].max(),
+        }
+    )
     cl = pd.DataFrame({"c": labels[contact_ad], "k": contact_key})
     cl = cl[size[cl["c"].to_numpy()] >= 2] if len(cl) else cl
     out["n_contacts"] = cl.groupby("c")["k"].nunique().reindex(out.index).fillna(0).astype(np.int64)
@@ -515,7 +593,9 @@ def _template(members: list[str]) -> tuple[str, list[dict]]:
     return text, segments
 
 
-def link_chunks(make_chunks: Callable[[], Iterable[pd.DataFrame]], config: LinkConfig | None = None) -> LinkResult:
+def link_chunks(
+    make_chunks: Callable[[], Iterable[pd.DataFrame]], config: LinkConfig | None = None
+) -> LinkResult:
     """Run both passes: ``make_chunks()`` must return a fresh iterator over the same rows each call.
 
     Returns:
@@ -531,32 +611,45 @@ def link_chunks(make_chunks: Callable[[], Iterable[pd.DataFrame]], config: LinkC
     result = linker.finish(make_chunks())
     result.report["seconds"] = round(time.perf_counter() - t0, 2)
     result.report["config"] = {k: v for k, v in asdict(linker.cfg).items() if k != "hash_key"}
-    logger.info("linked %d ads: %d personas and %d template clusters of 2+ ads; %d hub contacts cut",
-                result.report["ads"], result.report["personas_multi"], result.report["templates_multi"],
-                result.report["hub_contacts_cut"])
+    logger.info(
+        "linked %d ads: %d personas and %d template clusters of 2+ ads; %d hub contacts cut",
+        result.report["ads"],
+        result.report["personas_multi"],
+        result.report["templates_multi"],
+        result.report["hub_contacts_cut"],
+    )
     return result
 
 
 def link_frame(df: pd.DataFrame, config: LinkConfig | None = None, chunk_size: int = 50_000) -> LinkResult:
     """``link_chunks`` over an in-memory DataFrame (split into chunks of ``chunk_size`` rows)."""
-    return link_chunks(lambda: (df.iloc[i:i + chunk_size] for i in range(0, max(len(df), 1), chunk_size)),
-                       config)
+    return link_chunks(
+        lambda: (df.iloc[i : i + chunk_size] for i in range(0, max(len(df), 1), chunk_size)), config
+    )
 
 
 def link_columns(result: LinkResult) -> pd.DataFrame:
     """The four per-row output columns of ``adrisk score --link`` (``LINK_COLUMNS``), in row order."""
-    return pd.DataFrame({"contacts": result.contacts, "persona_id": result.persona_id,
-                         "template_id": result.template_id, "template_size": result.template_size})
+    return pd.DataFrame(
+        {
+            "contacts": result.contacts,
+            "persona_id": result.persona_id,
+            "template_id": result.template_id,
+            "template_size": result.template_size,
+        }
+    )
 
 
 def summary(result: LinkResult) -> str:
     """A few human-readable lines (counts only, never contact values)."""
     r = result.report
-    return (f"linked {r['ads']} ads ({r['ads_without_text']} without text) in {r.get('seconds', 0)}s: "
-            f"{r['personas_multi']} personas and {r['templates_multi']} template clusters of 2+ ads\n"
-            f"hub cap {r['hub_cap']}: {r['hub_contacts_cut']} contact(s) shared by more ads were not used "
-            f"({r['hub_links_cut']} ad links cut, largest {r['largest_hub']} ads); "
-            f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none")
+    return (
+        f"linked {r['ads']} ads ({r['ads_without_text']} without text) in {r.get('seconds', 0)}s: "
+        f"{r['personas_multi']} personas and {r['templates_multi']} template clusters of 2+ ads\n"
+        f"hub cap {r['hub_cap']}: {r['hub_contacts_cut']} contact(s) shared by more ads were not used "
+        f"({r['hub_links_cut']} ad links cut, largest {r['largest_hub']} ads); "
+        f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none"
+    )
 
 
 def _fmt_num(x: float) -> str:
