@@ -80,7 +80,9 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: int 
         A list of index arrays covering every row exactly once.
     """
     order = np.argsort(-lengths, kind="stable")
-    batches, cur, cur_max = [], [], 0
+    batches: list[np.ndarray] = []
+    cur: list[int] = []
+    cur_max = 0
     for i in order:
         new_max = max(cur_max, int(lengths[i]))
         if cur and (len(cur) >= batch_size or (max_tokens and new_max * (len(cur) + 1) > max_tokens)):

@@ -67,7 +67,7 @@ class ModelState:
         if follow_alias_s and not self.follow_alias_s:
             logger.warning("--follow-alias ignored: %s is not a models:/NAME@ALIAS URI", uri)
         self._tmp = None if download_dir else tempfile.TemporaryDirectory(prefix="adrisk-serve-")
-        self.download_dir = Path(download_dir or self._tmp.name)
+        self.download_dir = Path(download_dir) if download_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.on_loaded = on_loaded
         self.on_failure = on_failure
         self.current: LoadedModel | None = None
