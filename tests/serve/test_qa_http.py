@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -117,7 +118,9 @@ def test_feedback_reviewed_at_is_stored_in_utc_and_not_in_the_future(thread_serv
 
     db = f"sqlite:///{tmp_path / 'fb.db'}"
     with thread_server(feedback_url=db) as srv:
-        for labels, at in ((["scam"], "2026-01-10T10:00:00+02:00"), ([], "2026-01-10T09:00:00Z")):
+        # yesterday 10:00 at +02:00 is 08:00Z, earlier than yesterday 09:00Z (no literal date: none expires)
+        day = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+        for labels, at in ((["scam"], f"{day}T10:00:00+02:00"), ([], f"{day}T09:00:00Z")):
             r = httpx.post(f"{srv.base}/v1/feedback", timeout=30,
                            json={"text": "same ad", "labels": labels, "reviewer": "m", "reviewed_at": at})
             assert r.status_code == 201, r.text
