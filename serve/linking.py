@@ -589,7 +589,7 @@ def _template(members: list[str]) -> tuple[str, list[dict]]:
                 segments.append({"text": w})
     if gap_after.get(len(rep)):
         segments.append({"slot": sorted(gap_after[len(rep)])[:5]})
-    text = " ".join(s["text"] if "text" in s else SLOT for s in segments)
+    text = " ".join(s.get("text", SLOT) for s in segments)
     return text, segments
 
 
@@ -650,7 +650,3 @@ def summary(result: LinkResult) -> str:
         f"({r['hub_links_cut']} ad links cut, largest {r['largest_hub']} ads); "
         f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none"
     )
-
-
-def _fmt_num(x: float) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
