@@ -39,7 +39,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import re
 import time
 import unicodedata

@@ -53,7 +53,7 @@ def _template_html(segments_json: str | None, text: str | None) -> tuple[str, li
     if not segments_json:
         return (html.escape(text) if text else ""), []
     parts, variants = [], []
-    for i, seg in enumerate(json.loads(segments_json)):
+    for seg in json.loads(segments_json):
         if "text" in seg:
             parts.append(html.escape(seg["text"]))
         else:
