@@ -22,6 +22,7 @@ under ``mlflow models serve``, no stack trace) whose message names columns and t
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from collections import Counter
@@ -236,4 +237,10 @@ class AdriskPyfunc(mlflow.pyfunc.PythonModel):
         self.model_version = f"local:{sha[:12]}" if sha else "local"
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        return score_values(self.predictor, values_from_input(model_input), self.model_version)
+        out = score_values(self.predictor, values_from_input(model_input), self.model_version)
+        if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true":
+            # `mlflow models serve` writes float NaN as the bare token NaN, which strict JSON parsers
+            # refuse: a row without a score gets null there
+            for col in out.columns[out.columns.str.startswith(SCORE_PREFIX)]:
+                out[col] = out[col].astype(object).where(out[col].notna(), None)
+        return out

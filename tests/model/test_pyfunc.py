@@ -96,6 +96,39 @@ def test_shape_errors_name_columns_never_text(registered):
         values_from_input(object())
 
 
+def test_mlflow_scoring_server_answers_per_row_and_never_echoes_text(registered):
+    """MLflow's own scoring server (what ``mlflow models serve`` runs), in process."""
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    pyfunc, _, _ = registered
+    client = TestClient(scoring_server.init(pyfunc))
+
+    def post(body: dict):
+        r = client.post(
+            "/invocations", content=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        assert SECRET not in r.text and "Traceback" not in r.text and "stack_trace" not in r.text
+        return r.status_code, json.loads(
+            r.text, parse_constant=lambda c: pytest.fail(f"invalid JSON token {c}")
+        )
+
+    code, body = post({"inputs": SECRET})
+    assert code == 200 and len(body["predictions"]) == 1 and body["predictions"][0]["error"] is None
+    code, body = post({"dataframe_records": [{"text": "ok"}, {"text": None}, {"text": 42}]})
+    assert code == 200 and [r["error"] for r in body["predictions"]] == [None, "missing_text", "not_text"]
+    assert body["predictions"][1]["score_scam"] is None and body["predictions"][1]["flagged"] is None
+    code, body = post({"inputs": ["ok", None]})
+    assert code == 200 and [r["error"] for r in body["predictions"]] == [None, "missing_text"]
+    for bad in (
+        {"dataframe_split": {"columns": ["txt"], "data": [[SECRET]]}},
+        {"inputs": {"txt": [SECRET]}},
+        {"inputs": [[SECRET, SECRET]]},
+    ):
+        code, body = post(bad)
+        assert code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
+
+
 def test_output_schema_is_the_signature_and_adrisk_scores_columns(registered, tiny_predictor):
     from serve.score import score_frame
 
