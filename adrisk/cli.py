@@ -13,7 +13,8 @@ rollback           ``_rollback``                               ``training.retrai
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
 feedback export    ``_feedback_export``                        ``model.store.FeedbackStore.export``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
-score              ``_score``                                  ``serve.score.run_score``
+score              ``_score``                                  ``serve.score.run_score`` (+ ``serve.linking.link_output``)
+extract            ``_extract``                                ``model.contacts.ContactExtractor.extract``
 serve              ``_serve``                                  ``serve.app.create_app``
 =================  ==========================================  ====================================
 
@@ -73,6 +74,12 @@ def _add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain-method", default="occlusion", choices=["occlusion", "integrated_gradients"],
                    help="attribution method (default occlusion: any runtime; integrated_gradients needs captum)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="spans per label with --explain (default 5)")
+
+
+def _add_contact_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", default="US", help="default phone region, ISO 3166 alpha-2 (default US)")
+    p.add_argument("--hash-contacts", action="store_true",
+                   help="replace contact values by HMAC-SHA256 keyed with $ADRISK_CONTACT_HASH_KEY")
 
 
 def _positive_int(value: str) -> int:
@@ -255,6 +262,10 @@ def _predict(args) -> int:
 def _score(args) -> int:
     from serve.score import ScoreError, run_score
 
+    if _link_only_resume(args):
+        print(f"{args.output} is already scored; running the link pass only", file=sys.stderr)
+        _link(args)
+        return EXIT_OK
     try:
         if args.engine == "spark":
             from serve.spark import DEFAULT_CHUNK_SIZE, run_spark_score
@@ -273,6 +284,52 @@ def _score(args) -> int:
     except ScoreError as e:
         raise CLIError(str(e)) from None
     print(summary.format(), file=sys.stderr)
+    if args.link:
+        _link(args)
+    return EXIT_OK
+
+
+def _link_only_resume(args) -> bool:
+    """``--link --resume`` after a kill during the link pass: the scored output is whole (it is renamed
+    into place only when scoring ends) and no work directory is left, so only the link pass reruns."""
+    out, src = Path(args.output), Path(args.input)
+    partial = out.with_name(out.name + ".partial")
+    return bool(args.link and args.resume and out.is_file() and not partial.exists() and src.is_file()
+                and out.stat().st_mtime >= src.stat().st_mtime)
+
+
+def _link(args) -> None:
+    from serve.linking import LinkConfig, LinkError, link_output, summary
+
+    key = os.environ.get("ADRISK_CONTACT_HASH_KEY") if args.hash_contacts else None
+    if args.hash_contacts and not key:
+        raise CLIError("--hash-contacts needs the key in the ADRISK_CONTACT_HASH_KEY environment variable")
+    cfg = LinkConfig(text_column=args.text_column, region=args.region, hub_cap=args.hub_cap,
+                     similarity=args.similarity, hash_key=key)
+    try:
+        result, clusters, report = link_output(args.output, cfg)
+    except LinkError as e:
+        raise CLIError(str(e)) from None
+    print(f"{summary(result)}\nwrote {clusters} and {report}", file=sys.stderr)
+
+
+def _extract(args) -> int:
+    from model.contacts import ContactExtractor
+
+    texts = args.text
+    if not texts:
+        if sys.stdin.isatty():
+            raise CLIError("give TEXT arguments or pipe one text per line on stdin", EXIT_USAGE)
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    key = os.environ.get("ADRISK_CONTACT_HASH_KEY") if args.hash_contacts else None
+    if args.hash_contacts and not key:
+        raise CLIError("--hash-contacts needs the key in the ADRISK_CONTACT_HASH_KEY environment variable")
+    try:
+        extractor = ContactExtractor(args.region, strict=args.strict, hash_key=key)
+    except ValueError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    for text in texts:
+        print(json.dumps({"contacts": [c.to_dict() for c in extractor.extract(text)]}, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -427,7 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true",
                    help="add an explanations column: JSON {label: [{start, end, score}]} of each row's flagged "
                         "labels (occlusion, top 5; ~10-100x the scoring time, docs/explanations.md)")
+    p.add_argument("--link", action="store_true",
+                   help="cross-ad signals: add contacts, persona_id, template_id, template_size to every row and "
+                        "write <stem>.clusters<ext> and <output>.report.html (docs/linking.md)")
+    _add_contact_args(p)
+    p.add_argument("--hub-cap", type=int, default=50,
+                   help="with --link: a contact shared by more ads is not used for linking (default 50)")
+    p.add_argument("--similarity", type=float, default=0.5,
+                   help="with --link: Jaccard similarity for two ads to share a template (default 0.5)")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("extract", help="contacts (phones, e-mails, URLs, handles) in texts; one JSON line per text",
+                       description='Prints {"contacts": [{"type", "value", "start", "end"[, "platform"]}]} per text; '
+                                   "phones in E.164, offsets into the text as given.")
+    p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
+    _add_contact_args(p)
+    p.add_argument("--strict", action="store_true",
+                   help="keep only phone numbers in assigned ranges (phonenumbers.is_valid_number), not every "
+                        "possible one")
+    p.set_defaults(func=_extract)
 
     p = sub.add_parser("serve", help="the moderation HTTP API (FastAPI on uvicorn)",
                        description="Serve POST /v1/classify, /v1/feedback, /v1/model, /healthz, /readyz, /metrics. "
