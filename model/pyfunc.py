@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,31 +222,25 @@ def _spark_task_cpus() -> int | None:
         return None
 
 
-# MLflow warns at class creation that `predict` has no type hints; type hints would make MLflow
-# validate and convert the input itself (a DataFrame to a list of its first column), which the
-# input handling above replaces on purpose.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+class AdriskPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around ``Predictor`` (artifact key ``adrisk_model``); see the module docstring.
 
-    class AdriskPyfunc(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper around ``Predictor`` (artifact key ``adrisk_model``); see the module docstring.
+    ``model_version`` is ``local:<first 12 hex of the weights sha256>`` (what ``adrisk score`` writes
+    for a model directory; a pyfunc does not know its registry version). Inside a Spark task the
+    runtime uses ``spark.task.cpus`` threads.
+    """
 
-        ``model_version`` is ``local:<first 12 hex of the weights sha256>`` (what ``adrisk score`` writes
-        for a model directory; a pyfunc does not know its registry version). Inside a Spark task the
-        runtime uses ``spark.task.cpus`` threads.
-        """
+    def load_context(self, context) -> None:
+        directory = find_artifact_dir(Path(context.artifacts[PYFUNC_ARTIFACT_KEY]))
+        self.predictor = cached_predictor(directory, num_threads=_spark_task_cpus())
+        sha = self.predictor.meta.weights_sha256
+        self.model_version = f"local:{sha[:12]}" if sha else "local"
 
-        def load_context(self, context) -> None:
-            directory = find_artifact_dir(Path(context.artifacts[PYFUNC_ARTIFACT_KEY]))
-            self.predictor = cached_predictor(directory, num_threads=_spark_task_cpus())
-            sha = self.predictor.meta.weights_sha256
-            self.model_version = f"local:{sha[:12]}" if sha else "local"
-
-        def predict(self, context, model_input, params=None) -> pd.DataFrame:
-            out = score_values(self.predictor, values_from_input(model_input), self.model_version)
-            if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true":
-                # `mlflow models serve` writes float NaN as the bare token NaN, which strict JSON parsers
-                # refuse: a row without a score gets null there
-                for col in out.columns[out.columns.str.startswith(SCORE_PREFIX)]:
-                    out[col] = out[col].astype(object).where(out[col].notna(), None)
-            return out
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        out = score_values(self.predictor, values_from_input(model_input), self.model_version)
+        if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true":
+            # `mlflow models serve` writes float NaN as the bare token NaN, which strict JSON parsers
+            # refuse: a row without a score gets null there
+            for col in out.columns[out.columns.str.startswith(SCORE_PREFIX)]:
+                out[col] = out[col].astype(object).where(out[col].notna(), None)
+        return out
