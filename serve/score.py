@@ -20,6 +20,7 @@ per label (calibrated probability, null when not scored), ``model_version`` and 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -454,6 +455,8 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
         summary.seconds = saved["seconds"]
         logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
     work.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*"):  # final writes of killed runs (older adrisk)
+        stale.unlink(missing_ok=True)
     for stale in work.glob("part-*.parquet*"):  # parts written after the last manifest update
         if stale.suffix != ".parquet" or int(stale.name[5:11]) >= done:
             stale.unlink()
@@ -501,7 +504,9 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
             bar.update(len(out))
 
     parts = sorted(work.glob("part-*.parquet"))
-    tmp_out = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    # The whole output is first written inside the work directory: a run killed during this write
+    # leaves it there, where the resume overwrites it and the final rmtree removes it.
+    tmp_out = work / f"output.tmp{dst.suffix}"
     try:
         _concatenate(parts, tmp_out, file_format(dst))
         os.replace(tmp_out, dst)
