@@ -7,8 +7,8 @@ Usage::
         --data ../shared/datasets/risky-ads-v1/test.jsonl [--per-label 40] [--k 3] [--draws 5] \
         [--methods occlusion integrated_gradients] [--cost-texts 24] [--json OUT]
 
-Slices (seeded): for each label, up to ``--per-label`` test rows that carry the label AND that the
-model flags for it (explanations are shown for flagged labels). On each slice and method: attribute,
+Slices (seeded): for each label, up to ``--per-label`` test rows (among the first ``--pool`` rows
+carrying it, in a seeded order) that carry the label AND that the model flags for it (explanations are shown for flagged labels). On each slice and method: attribute,
 then the deletion test (``model.explain.deletion_test``): delete the top-k positively attributed words
 from the original text and re-score, vs k random words (mean of ``--draws`` draws); the figure is the
 mean drop of the label's calibrated probability, top-k minus random (the margin), and the share of
@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--per-label", type=int, default=40)
     ap.add_argument("--k", type=int, default=3)
+    ap.add_argument(
+        "--pool", type=int, default=300, help="candidate rows per label scored to find flagged ones"
+    )
+    ap.add_argument("--labels", nargs="+", default=None, help="only these labels (default all)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=["occlusion", "integrated_gradients"])
     ap.add_argument("--ig-steps", type=int, default=32)
@@ -233,11 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     rng.shuffle(rows)
     texts_all = [r["text"] for r in rows]
     # score a bounded candidate pool (positives of any label first) to find flagged positives per label
-    pos = [r for r in rows if r.get("labels")][: args.per_label * 12]
+    # candidates: up to --pool rows carrying each label (seeded order), scored once
+    wanted = args.labels or labels
+    pos_ids = sorted(
+        {i for n in wanted for i in [k for k, r in enumerate(rows) if n in r.get("labels", [])][: args.pool]}
+    )
+    pos = [rows[i] for i in pos_ids]
     probs = pred.predict_proba([r["text"] for r in pos])
     thr = np.asarray(pred.meta.threshold_vector())
     slices: dict[str, list[str]] = {}
     for j, name in enumerate(labels):
+        if name not in wanted:
+            continue
         sel = [r["text"] for r, p in zip(pos, probs, strict=True) if name in r["labels"] and p[j] >= thr[j]]
         slices[name] = sel[: args.per_label]
     print(
