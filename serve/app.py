@@ -16,6 +16,7 @@ from serve.deps import AppContext
 from serve.errors import ErrorKind, error_response, install_error_handlers
 from serve.explain import ExplainQueue
 from serve.metrics import Metrics
+from serve.openapi import install_openapi
 from serve.routes import ROUTERS
 from serve.routes.feedback import RecentClassifications
 from serve.settings import Settings
@@ -75,6 +76,12 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+
+    def serving_labels() -> list[str] | None:
+        cur = ctx.model_state.current if ctx.model_state is not None else None
+        return list(cur.predictor.labels) if cur is not None else None
+
+    install_openapi(app, settings, serving_labels)  # limits and labels this server enforces
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):

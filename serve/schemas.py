@@ -1,26 +1,62 @@
 """Request and response bodies of the HTTP API (see ``../shared/CONTRACT.md``).
 
-The field limits shown here are the server defaults; the live values come from ``Settings``.
+The request limits are declared on the schemas' fields, from ``Settings``: the module-level models
+carry the defaults, and ``create_app`` publishes the models built from the server's own settings
+(``serve.openapi``), so ``/openapi.json`` shows the limits the server enforces.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
+
+from serve.settings import Settings
+
+_DEFAULTS = {name: Settings.model_fields[name].default
+             for name in ("max_batch_items", "max_text_chars", "max_explain_items")}
 
 
-class ClassifyRequest(BaseModel):
-    """``{"input": "ad text"}`` or ``{"input": ["ad 1", "ad 2", ...]}`` (every string is scored)."""
+def classify_request_model(max_batch_items: int = _DEFAULTS["max_batch_items"],
+                           max_text_chars: int = _DEFAULTS["max_text_chars"],
+                           max_explain_items: int = _DEFAULTS["max_explain_items"]) -> type[BaseModel]:
+    """The ``/v1/classify`` body with the server's limits on its fields: ``input`` is one string of at
+    most ``max_text_chars`` characters (code points) or a list of 1 to ``max_batch_items`` of them.
 
-    model_config = ConfigDict(json_schema_extra={
-        "examples": [{"input": "Sweet new girl in town, call me 24/7"},
-                     {"input": ["2 bedroom apartment for rent", "hot petite girls 24/7 incall"]}]})
-
-    input: str | list[str] = Field(
-        description="one ad text or a list of 1-256 ad texts; each at most 100000 characters "
-                    "(text beyond the model window is scored on what fits and marked truncated)",
+    ``serve.routes.classify.parse_classify`` enforces the same limits from the same ``Settings``;
+    ``create_app`` publishes this model, built from its settings, in ``/openapi.json``.
+    """
+    text = Annotated[str, Field(max_length=max_text_chars)]
+    return create_model(
+        "ClassifyRequest",
+        __doc__='``{"input": "ad text"}`` or ``{"input": ["ad 1", "ad 2", ...]}`` (every string is scored).',
+        __config__=ConfigDict(json_schema_extra={
+            "examples": [{"input": "Sweet new girl in town, call me 24/7"},
+                         {"input": ["2 bedroom apartment for rent", "hot petite girls 24/7 incall"]}]}),
+        input=(text | Annotated[list[text], Field(min_length=1, max_length=max_batch_items)], Field(
+            description=f"one ad text or a list of 1-{max_batch_items} ad texts; each at most {max_text_chars} "
+                        "characters (text beyond the model window is scored on what fits and marked truncated)")),
+        explain=(bool, Field(False, description=(
+            "add `explanations` (evidence spans per flagged label) to each result; at most "
+            f"{max_explain_items} texts per such request (413 beyond), run on their own queue"))),
     )
-    explain: bool = Field(False, description="add `explanations` (evidence spans per flagged label) to each "
-                          "result; at most 8 texts per such request (413 beyond), run on their own queue")
+
+
+def classify_request_schema(max_batch_items: int = _DEFAULTS["max_batch_items"],
+                            max_text_chars: int = _DEFAULTS["max_text_chars"],
+                            max_explain_items: int = _DEFAULTS["max_explain_items"]) -> dict[str, Any]:
+    """JSON Schema of the ``/v1/classify`` body: ``classify_request_model``'s, plus the rule that a
+    request with ``"explain": true`` holds at most ``max_explain_items`` texts."""
+    schema = classify_request_model(max_batch_items, max_text_chars, max_explain_items).model_json_schema()
+    schema["anyOf"] = [
+        {"properties": {"explain": {"const": False}}},
+        {"properties": {"explain": {"const": True}, "input": {"anyOf": [
+            {"type": "string"}, {"type": "array", "maxItems": max_explain_items}]}}},
+    ]
+    return schema
+
+
+ClassifyRequest = classify_request_model()
 
 
 class ExplanationSpan(BaseModel):

@@ -20,7 +20,13 @@ from serve.deps import (
 )
 from serve.errors import APIError, ErrorKind
 from serve.explain import ExplainQueue, ExplainQueueFull
-from serve.schemas import ERROR_RESPONSES, ClassifyRequest, ClassifyResponse, ClassifyResult, ModelInfo
+from serve.schemas import (
+    ERROR_RESPONSES,
+    ClassifyResponse,
+    ClassifyResult,
+    ModelInfo,
+    classify_request_schema,
+)
 from serve.settings import Settings
 from serve.state import LoadedModel
 
@@ -108,7 +114,7 @@ def _model_info(loaded: LoadedModel) -> ModelInfo:
 
 @router.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
          openapi_extra={"requestBody": {"required": True, "content": {
-             "application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
+             "application/json": {"schema": classify_request_schema()}}}})
 async def classify(request: Request, settings: SettingsDep, state: StateDep, batcher: BatcherDep,
                    metrics: MetricsDep, ctx: ContextDep) -> ClassifyResponse:
     """Score one ad text or a list of them; one result per input, in order.

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
@@ -50,18 +50,41 @@ def _describe(error: dict) -> str:
 
 
 class FeedbackRequest(BaseModel):
-    """One moderator decision. Give ``text`` or ``classification_id`` (+ ``input_index``), not both."""
+    """One moderator decision. Give ``text`` or ``classification_id`` (+ ``input_index``), not both.
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"classification_id": "clf-0f3c...", "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-17"},
-        {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"}]})
+    The published schema (``oneOf``) says "exactly one of them is a string"; the serving model's labels
+    are added to it as an ``enum`` by ``serve.openapi``. Fields take only the JSON types the schema
+    names (no "3" for 3, no number for a time).
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [
+            {"classification_id": "clf-0f3c...", "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-17"},
+            {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"}],
+        "oneOf": [{"required": ["text"], "properties": {"text": {"type": "string"}}},
+                  {"required": ["classification_id"], "properties": {"classification_id": {"type": "string"}}}]})
 
     text: str | None = Field(None, max_length=100_000, description="the ad text as reviewed")
     classification_id: str | None = Field(None, max_length=128, description="id of an earlier /v1/classify answer")
     input_index: int = Field(0, ge=0, description="which input of that classify request")
     labels: list[str] = Field(max_length=64, description="the labels the moderator decided on; [] = benign")
     reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
-    reviewed_at: datetime | None = Field(None, description="when the decision was made (default: now)")
+    reviewed_at: datetime | None = Field(None, description="when the decision was made (default: now); at most a "
+                                                           "day in the future (422 beyond)")
+
+    @field_validator("input_index", mode="before")
+    @classmethod
+    def _index_is_a_json_integer(cls, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be an integer")
+        return value  # 2.0 is an integer in JSON Schema; 2.5 is refused by the int field
+
+    @field_validator("reviewed_at", mode="before")
+    @classmethod
+    def _time_is_a_string(cls, value):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a date-time string (RFC 3339)")
+        return value
 
 
 class FeedbackResponse(BaseModel):
