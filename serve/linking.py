@@ -74,6 +74,7 @@ CLUSTER_COLUMNS = (
 LINK_COLUMNS = ("contacts", "persona_id", "template_id", "template_size")
 SLOT = "\u27e8\u2026\u27e9"  # ⟨…⟩ marks a slot in a template's text form
 _EMPTY = "[]"
+_FLAG_VALUES = {"true": 1.0, "1": 1.0, "1.0": 1.0, "false": 0.0, "0": 0.0, "0.0": 0.0}
 _MASK_NUM = re.compile(r"\d+(?:[.,:/-]\d+)*")
 _NAME_CUE = re.compile(
     r"\b(?:[Ii]\s*am|[Ii]'?m|[Nn]ame\s+is|[Aa]sk\s+for|[Cc]all\s+me|[Tt]his\s+is|[Ii]t'?s)\s+"
@@ -361,8 +362,10 @@ class Linker:
         else:
             score = np.full(m, np.nan)
         if "flagged" in df.columns:
-            f = pd.array(df["flagged"], dtype="boolean")
-            flag = np.where(f.isna(), np.nan, f.fillna(False).astype(float))
+            # bool, nullable boolean, or text (a CSV output): "True"/"False"/"" -> 1/0/NaN
+            flag = (
+                df["flagged"].map(lambda v: _FLAG_VALUES.get(str(v).strip().lower(), np.nan)).to_numpy(float)
+            )
         else:
             flag = np.where(np.isnan(score), np.nan, (score >= self.cfg.flag_threshold).astype(float))
         self._score.append(score.astype(np.float32))

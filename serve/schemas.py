@@ -39,6 +39,8 @@ def classify_request_model(max_batch_items: int = _DEFAULTS["max_batch_items"],
         explain=(bool, Field(False, description=(
             "add `explanations` (evidence spans per flagged label) to each result; at most "
             f"{max_explain_items} texts per such request (413 beyond), run on their own queue"))),
+        extract=(bool, Field(False, description=(
+            "add `contacts` (phones, e-mails, URLs, handles with offsets into the text) to each result"))),
     )
 
 
@@ -68,6 +70,24 @@ class ExplanationSpan(BaseModel):
     score: float
 
 
+class ContactItem(BaseModel):
+    """A contact found in the input text (``model.contacts``): characters ``[start, end)`` of the text AS
+    GIVEN; ``value`` normalised (phones E.164, e-mails lower-cased)."""
+
+    type: str = Field(description="phone, email, url or handle")
+    value: str
+    start: int
+    end: int
+    platform: str | None = Field(None, description="handles only: snapchat, instagram, kik, ...")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_platform(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("platform", 0) is None:
+            del data["platform"]
+        return data
+
+
 class ModelInfo(BaseModel):
     """Which model produced an answer."""
 
@@ -86,12 +106,16 @@ class ClassifyResult(BaseModel):
     explanations: dict[str, list[ExplanationSpan]] | None = Field(
         None, description='only with "explain": true: per flagged label, the top word spans, strongest first '
                           "(see docs/explanations.md)")
+    contacts: list[ContactItem] | None = Field(
+        None, description='only with "extract": true: phones, e-mails, URLs and handles in the text (docs/linking.md)')
 
     @model_serializer(mode="wrap")
     def _omit_absent_explanations(self, handler):
         data = handler(self)
-        if isinstance(data, dict) and data.get("explanations", 0) is None:
-            del data["explanations"]  # plain requests keep the plain result shape
+        if isinstance(data, dict):
+            for key in ("explanations", "contacts"):
+                if data.get(key, 0) is None:
+                    del data[key]  # plain requests keep the plain result shape
         return data
 
 

@@ -107,6 +107,21 @@ async def _explanations(queue: ExplainQueue, loaded: LoadedModel, texts: list[st
         raise APIError(ErrorKind.internal_error, "internal error") from None
 
 
+def parse_extract(payload: Any) -> bool:
+    """The request's ``extract`` flag (default false). Raises APIError(validation_error) for a non-boolean."""
+    extract = payload.get("extract", False)
+    if not isinstance(extract, bool):
+        raise APIError(ErrorKind.validation_error,
+                       f"field 'extract' must be true or false, got {_JSON_TYPES.get(type(extract), 'value')}")
+    return extract
+
+
+def _contacts(texts: list[str]) -> list[list[dict]]:
+    from model.contacts import extract_contacts
+
+    return [[c.to_dict() for c in extract_contacts(t)] for t in texts]
+
+
 def _model_info(loaded: LoadedModel) -> ModelInfo:
     return ModelInfo(name=loaded.ref.name or loaded.predictor.meta.name, version=loaded.ref.version,
                      uri=loaded.ref.uri)
@@ -128,6 +143,7 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     payload = parse_json(body)
     texts = parse_classify(payload, settings)
     explain = parse_explain(payload, len(texts), settings)
+    extract = parse_extract(payload)
     if state.current is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
     try:
@@ -148,4 +164,7 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
         results = [ClassifyResult(**p.to_dict(), explanations=e) for p, e in zip(preds, exps, strict=True)]
     else:
         results = [ClassifyResult(**p.to_dict()) for p in preds]
+    if extract:  # pure Python regexes + phonenumbers, ~0.1 ms per ad: no queue needed
+        results = [ClassifyResult.model_validate({**r.model_dump(), "contacts": cs})
+                   for r, cs in zip(results, _contacts(texts), strict=True)]
     return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded), results=results)
