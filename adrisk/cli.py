@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-alias", type=float, metavar="SECONDS",
                    help="with models:/NAME@ALIAS, poll the registry and hot-swap new versions")
     p.add_argument("--max-batch-size", type=int, help="most texts per model batch (default 32; 1 = off)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 5)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch that already holds queued requests waits to fill; an idle server never waits (default 5)")
     p.add_argument("--queue-size", type=int, help="most texts waiting for the model (default 1024); then 503")
     p.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, help=threads_help)
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1048576)")
