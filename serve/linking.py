@@ -427,8 +427,9 @@ class Linker:
         s = np.concatenate(src)
         d = np.concatenate(dst)
         if len(s):
-            pairs = np.unique(np.stack([s, d], axis=1), axis=0)
-            s, d = pairs[:, 0], pairs[:, 1]
+            m = np.int64(len(rows))
+            pairs = np.unique(s.astype(np.int64) * m + d)  # one int64 per pair: a 1-D sort, not a row sort
+            s, d = pairs // m, pairs % m
             ok = np.zeros(len(s), dtype=bool)
             step = 1 << 18
             for lo in range(0, len(s), step):
