@@ -40,8 +40,13 @@ def configure_tracking(tracking_uri: str | None = None) -> str:
     import mlflow
 
     uri, registry = resolve_tracking_uris(tracking_uri)
+    user_registry = "MLFLOW_REGISTRY_URI" in os.environ
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
+    if not user_registry:
+        # MLflow also exports MLFLOW_REGISTRY_URI to the environment; left there, it would read as a
+        # user's choice and pin the registry of every later resolution in this process to this one
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     return uri
 
 

@@ -42,3 +42,17 @@ def test_one_tracking_and_registry_rule(env, arg, expected, monkeypatch, tmp_pat
         monkeypatch.setenv(key, value)
     cwd = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     assert resolve_tracking_uris(arg) == tuple(x.replace("{cwd}", cwd) for x in expected)
+
+
+def test_configuring_twice_follows_the_second_tracking_store(monkeypatch, tmp_path):
+    """MLflow exports MLFLOW_REGISTRY_URI when it sets the registry; that must not pin later
+    resolutions in the same process to the first store (the registry follows tracking)."""
+    import mlflow
+
+    from model.registry import configure_tracking
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    configure_tracking(f"sqlite:///{tmp_path / 'a.db'}")
+    configure_tracking(f"sqlite:///{tmp_path / 'b.db'}")
+    assert mlflow.get_registry_uri() == f"sqlite:///{tmp_path / 'b.db'}"
+    assert resolve_tracking_uris(f"sqlite:///{tmp_path / 'c.db'}")[1] == f"sqlite:///{tmp_path / 'c.db'}"
