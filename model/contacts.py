@@ -360,6 +360,7 @@ class ContactExtractor:
         return found
 
     def _hash(self, c: Contact) -> str:
+        assert self._key is not None  # only called when hashing
         return hmac.new(self._key, c.key.encode("utf-8"), hashlib.sha256).hexdigest()
 
     # -- phones ---------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ class ContactExtractor:
         out = []
         for run in _RUN.finditer(folded):
             plus = run.group(1) is not None
-            groups = []  # (digits, start, end) per token
+            groups: list[tuple[str, int, int]] = []  # (digits, start, end) per token
             for tok in _TOKEN_RE.finditer(folded, run.start(), run.end()):
                 d = _token_digits(tok.group(0))
                 if d is None:  # a lone O/l: ends the current stretch

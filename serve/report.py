@@ -52,7 +52,8 @@ def _when(x) -> str:
 def _template_html(segments_json: str | None, text: str | None) -> tuple[str, list[str]]:
     if not segments_json:
         return (html.escape(text) if text else ""), []
-    parts, variants = [], []
+    parts: list[str] = []
+    variants: list[str] = []
     for seg in json.loads(segments_json):
         if "text" in seg:
             parts.append(html.escape(seg["text"]))
