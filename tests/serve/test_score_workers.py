@@ -41,7 +41,7 @@ def test_workers_argument_checks(tmp_path, tiny_artifact, tiny_predictor):
 def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny_artifact):
     """One test for both promises (each CLI start and worker spawn costs seconds): a ``--workers 2`` job,
     killed after some chunks and resumed, writes exactly the file one in-process worker writes."""
-    n, chunk = 2000, 20
+    n, chunk = 1200, 20
     src = tmp_path / "in.csv"
     _frame(n, seed=3).to_csv(src, index=False)
     expected = tmp_path / "expected.csv"
