@@ -145,8 +145,7 @@ def test_dataframe_api_keeps_rows_and_gives_row_errors(spark, tiny_artifact, tin
 def test_one_model_load_per_python_worker_and_threads_from_task_cpus(spark, tiny_artifact):
     scorer, _, _ = prepare_scorer(str(tiny_artifact), spark, runtime="torch", progress=False)
     texts = [f"flat {i} for rent" for i in range(64)]
-    scorer.partitions = 8  # 8 tasks over 2 task slots: workers are reused across tasks and jobs
-    scorer.score(texts)
+    scorer.partitions = 8  # 8 tasks over 2 task slots, then 8 more: workers are reused across tasks and jobs
     scorer.score(texts)
     model = scorer.model
 
