@@ -93,6 +93,13 @@ def main() -> None:
     ap.add_argument(
         "--final", metavar="CROSS_SITE_JSONL", help="also test + cross-site (final evaluation only)"
     )
+    ap.add_argument(
+        "--final-for",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="--final only for these models (default all)",
+    )
     args = ap.parse_args()
     data = Path(args.data)
     rows = []
@@ -107,7 +114,7 @@ def main() -> None:
                 for k, v in split_row(pred, _frame(data / "validation.jsonl", labels), args.views).items()
             },
         }
-        if args.final:
+        if args.final and (not args.final_for or name in args.final_for):
             test = _frame(data / "test.jsonl", labels)
             ptest = pred.predict_proba(test.text.tolist())
             row |= {
