@@ -68,13 +68,13 @@ def highlight(text: str, spans) -> str:
     return "".join(out) + text[pos:]
 
 
-def print_example(pred, text: str) -> int:
+def print_example(pred, text: str, labels: list[str] | None = None, top_k: int = 5) -> int:
     from model.explain import Explainer
 
     p = pred.predict([text])[0]
     print("scores", json.dumps({k: round(v, 3) for k, v in p.category_scores.items()}), "flagged", p.flagged)
     for method in ("occlusion", "integrated_gradients"):
-        exp = Explainer(pred, method=method).explain([text], top_k=5)[0]
+        exp = Explainer(pred, method=method).explain([text], labels=labels, top_k=top_k)[0]
         print(f"--- {method}")
         print(
             json.dumps({k: [s.to_dict() | {"score": round(s.score, 3)} for s in v] for k, v in exp.items()})
@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument(
+        "--example-labels", nargs="+", default=None, help="--example: these labels (default flagged)"
+    )
+    ap.add_argument("--top-k", type=int, default=5, help="--example: spans per label")
+    ap.add_argument(
         "--cost-only", action="store_true", help="only the cost table, on labelled rows, all labels"
     )
     ap.add_argument("--example", default=None, help="only print this text's explanation (JSON + highlight)")
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_bench(args)
     pred = Predictor.load(model_dir, runtime="torch")
     if args.example is not None:
-        return print_example(pred, args.example)
+        return print_example(pred, args.example, args.example_labels, args.top_k)
     labels = list(pred.labels)
     rows = load_rows(args.data)
     rng = np.random.default_rng(args.seed)
