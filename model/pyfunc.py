@@ -6,8 +6,8 @@ model holds no pickle and loads where adrisk is not installed.
 
 Input, every shape the README documents: a DataFrame with a ``text`` column (other columns are
 ignored), a dict ``{"text": [...]}``, a list / tuple / Series / 1-d numpy array of texts, or one str;
-a one-column DataFrame whose column is positional (``0``: what MLflow and Spark build from a list)
-counts as the text. The logged signature has outputs only: MLflow's column-based input enforcement
+a one-column DataFrame whose column is positional (``0`` or ``"0"``: what MLflow builds from a list
+and what ``spark_udf`` passes) counts as the text. The logged signature has outputs only: MLflow's column-based input enforcement
 would refuse a list (``Model is missing inputs ['text']``, quoting the data) or, with an optional
 column, silently drop it, so the input reaches ``values_from_input`` unchanged.
 
@@ -117,7 +117,8 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
     if isinstance(model_input, pd.DataFrame):
         if column in model_input.columns:
             return model_input[column].tolist()
-        if model_input.shape[1] == 1 and not isinstance(model_input.columns[0], str):
+        only = model_input.columns[0] if model_input.shape[1] == 1 else None
+        if only is not None and (not isinstance(only, str) or only.isdigit()):  # 0 or "0" (spark_udf)
             return model_input.iloc[:, 0].tolist()
         raise InputError(
             f"input DataFrame needs a '{column}' column; found {describe_columns(model_input.columns)}"

@@ -52,6 +52,7 @@ def test_every_documented_input_shape_scores_the_same(registered, tiny_predictor
         "numpy array": np.array(TEXTS),
         "dict": {"text": TEXTS},
         "positional column": pd.DataFrame({0: TEXTS}),
+        "spark_udf column": pd.DataFrame({"0": TEXTS}),
     }
     for name, x in shapes.items():
         out = pyfunc.predict(x)
