@@ -177,11 +177,12 @@ def test_registered_model_loads_in_a_fresh_virtualenv_without_adrisk(registered,
     )
     build_s = time.perf_counter() - t0
     script = (
-        "import json, sys, mlflow.pyfunc\n"
+        "import json, sys, mlflow.pyfunc, pandas as pd\n"
         "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
         "import model\n"
         "out = m.predict(['cheap rental flat', None, 42])\n"
-        "print(json.dumps({'model_file': model.__file__, 'errors': out['error'].tolist(),\n"
+        "errors = [None if e is pd.NA or e is None else e for e in out['error']]\n"
+        "print(json.dumps({'model_file': model.__file__, 'errors': errors,\n"
         "                  'score': float(out['score_scam'][0])}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
