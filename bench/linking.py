@@ -8,8 +8,9 @@ about 2% of its words swapped with a neighbour and 2% replaced by random corpus 
 re-drawn in half of the copies (new phone numbers and prices), and 1-3 emoji inserted. The corpus is
 written to Parquet by a child process (its memory does not count), then the full ``--link`` pass of
 ``serve.linking.link_chunks`` (extraction + persona linking + template clusters + templates; no model
-scoring) streams over it with ``serve.score.iter_chunks``. Prints wall and CPU time, peak RSS of the
-linking process, and pairwise precision/recall of ``template_id`` against the construction.
+scoring) streams over it with ``serve.score.iter_chunks``, the per-ad work in ``--workers`` processes
+(default 2). Prints wall and CPU time (all processes), peak RSS of the linking process and of its
+largest child, and pairwise precision/recall of ``template_id`` against the construction.
 
     nice -n 10 .venv/bin/python bench/linking.py [--n 1000000] [--work /tmp/adrisk-linkbench]
 """
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--similarity", type=float, default=LinkConfig.similarity)
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument(
+        "--workers", type=int, default=2, help="processes for the per-ad work (default 2: both cores)"
+    )
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -131,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"corpus built in {time.perf_counter() - t0:.0f}s (not counted)", flush=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    cfg = LinkConfig(similarity=args.similarity)
+    cpu_children0 = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
+    cfg = LinkConfig(similarity=args.similarity, workers=args.workers)
     res = link_chunks(lambda: iter_chunks(corpus, args.chunk_size), cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # KiB -> GiB
+    rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 / 1024  # largest worker
+    cpu += sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - cpu_children0
     truth = pd.read_parquet(corpus, columns=["truth"])["truth"].to_numpy()
     prec, rec, pp, tp = pair_counts(res.template_id, truth)
     r = res.report
@@ -144,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"full link pass (extraction + personas + template clusters + templates): wall {wall:.1f}s "
-        f"({wall / 60:.2f} min, target <= 10), CPU {cpu:.1f}s, peak RSS {rss:.2f} GiB (target <= 4)"
+        f"({wall / 60:.2f} min, target <= 10), CPU {cpu:.1f}s (all processes), peak RSS {rss:.2f} GiB "
+        f"(target <= 4) + largest child process {rss_workers:.2f} GiB ({args.workers} worker(s); the corpus "
+        "build when it ran in this call)"
     )
     print(
         f"template clusters vs construction: pairwise precision {prec:.4f} (target >= 0.95), "

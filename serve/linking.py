@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import itertools
 import json
 import logging
 import re
 import time
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +107,7 @@ class LinkConfig:
         time_column, place_column: None = detected from ``TIME_COLUMNS`` / ``PLACE_COLUMNS``; "" = none.
         seed: MinHash permutation seed.
         batch_size: ads per numpy MinHash batch (bounds the temporary arrays' memory).
+        workers: processes for the per-ad work of pass 1 (1 = this process); output identical.
     """
 
     text_column: str = "text"
@@ -126,6 +127,7 @@ class LinkConfig:
     place_column: str | None = None
     seed: int = 1
     batch_size: int = 2048
+    workers: int = 1
 
     def validate(self) -> None:
         """Raises LinkError naming the first bad setting."""
@@ -140,6 +142,7 @@ class LinkConfig:
             "template_sample",
             "max_contacts_per_ad",
             "batch_size",
+            "workers",
         ):
             if int(getattr(self, name)) < 1:
                 raise LinkError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -219,6 +222,112 @@ class _Permutations:
         return np.minimum.reduceat(phv, offsets[:-1], axis=0)
 
 
+_WORKER_STATE: dict = {}
+
+
+def _worker_state(cfg: LinkConfig) -> tuple[ContactExtractor, _Permutations]:
+    """This process's extractor and permutations for ``cfg`` (built once per process)."""
+    key = (cfg.region, cfg.strict_phones, cfg.hash_key, cfg.num_perm, cfg.seed)
+    state = _WORKER_STATE.get(key)
+    if state is None:
+        extractor = ContactExtractor(cfg.region, strict=cfg.strict_phones, hash_key=cfg.hash_key)
+        state = _WORKER_STATE[key] = (extractor, _Permutations(cfg.num_perm, cfg.seed))
+    return state
+
+
+def _word_id(word: str) -> int:
+    return zlib.crc32(word.encode("utf-8", "surrogatepass"))
+
+
+def _process_texts(texts: list, base: int, cfg: LinkConfig) -> dict:
+    """The per-ad work of one chunk (rows ``base``, ``base + 1``, ...): contacts, persona keys and
+    MinHash signatures. A module-level function so worker processes can run it."""
+    extractor, perm = _worker_state(cfg)
+    stats = {
+        "ads_without_text": 0,
+        "ads_over_contact_cap": 0,
+        "contacts": 0,
+        "ads_too_short_for_templates": 0,
+    }
+    contacts_json: list[str] = []
+    pair_ad, pair_key, pair_text = [], [], []
+    tok_ids: list[int] = []
+    offsets = [0]
+    sig_rows = []
+    k = cfg.shingle_size
+    for i, text in enumerate(texts):
+        row = base + i
+        if not isinstance(text, str) or not text.strip():
+            stats["ads_without_text"] += 1
+            contacts_json.append(_EMPTY)
+            continue
+        contacts = extractor.extract(text)
+        stats["contacts"] += len(contacts)
+        if contacts:
+            contacts_json.append(json.dumps([c.to_dict() for c in contacts], ensure_ascii=False))
+            if len(contacts) > cfg.max_contacts_per_ad:
+                stats["ads_over_contact_cap"] += 1
+            else:
+                for key in {c.key for c in contacts}:
+                    pair_ad.append(row)
+                    pair_key.append(_key_hash(key))
+                    pair_text.append(False)
+        else:
+            contacts_json.append(_EMPTY)
+        words = _WORD.findall(mask_text(text, contacts).lower())
+        if cfg.link_identical_text and len(words) >= cfg.min_tokens:
+            pair_ad.append(row)
+            pair_key.append(_key_hash("text:" + text_identity(text)))
+            pair_text.append(True)
+        if len(words) < cfg.min_tokens:
+            stats["ads_too_short_for_templates"] += 1
+            continue
+        ids = list(map(_word_id, words))
+        n_sh = max(len(ids) - k + 1, 1)
+        tok_ids.extend(ids if len(ids) >= k else ids + [0] * (k - len(ids)))
+        offsets.append(offsets[-1] + n_sh + k - 1)
+        sig_rows.append(row)
+    sigs = None
+    if sig_rows:
+        sigs = _signatures(
+            np.asarray(tok_ids, dtype=np.uint64), np.asarray(offsets, dtype=np.int64), perm, cfg
+        )
+    return {
+        "contacts": contacts_json,
+        "pair_ad": np.asarray(pair_ad, dtype=np.int64),
+        "pair_key": np.asarray(pair_key, dtype=np.uint64),
+        "pair_text": np.asarray(pair_text, dtype=bool),
+        "sigs": sigs,
+        "sig_rows": np.asarray(sig_rows, dtype=np.int64),
+        "stats": stats,
+    }
+
+
+def _signatures(tok: np.ndarray, offsets: np.ndarray, perm: _Permutations, cfg: LinkConfig) -> np.ndarray:
+    """Signatures of ads whose token ids lie in ``tok[offsets[i]:offsets[i+1]]`` (>= k tokens each)."""
+    k = cfg.shingle_size
+    out = []
+    n_ads = len(offsets) - 1
+    for lo in range(0, n_ads, cfg.batch_size):
+        hi = min(lo + cfg.batch_size, n_ads)
+        t = tok[offsets[lo] : offsets[hi]]
+        # shingle hash at every position p: mix of tokens p..p+k-1 (32-bit, FNV-like multiply-xor)
+        h = np.zeros(len(t) - k + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(k):
+                h = (h ^ t[j : len(t) - k + 1 + j]) * np.uint64(0x100000001B3)
+                h ^= h >> np.uint64(29)
+        h &= _MAX_HASH
+        # keep the shingles that start inside their own ad (the last k-1 positions of an ad cross over)
+        local = offsets[lo : hi + 1] - offsets[lo]
+        starts = local[:-1]
+        lens = np.diff(local) - (k - 1)
+        keep = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens, strict=True)])
+        new_off = np.concatenate([[0], np.cumsum(lens)])
+        out.append(perm.signatures(h[keep], new_off))
+    return np.concatenate(out)
+
+
 class Linker:
     """Streaming linker: ``add(chunk)`` for every chunk (pass 1), then ``finish(chunks)`` with a fresh
     iterator over the same chunks (pass 2, to sample member texts for the templates).
@@ -242,8 +351,6 @@ class Linker:
         self.perm = _Permutations(self.cfg.num_perm, self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
         self._band_mult = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
-        self._vocab: dict[str, int] = {}
-        self._next_id = itertools.count(1)
         self.n = 0
         self._sigs: list[np.ndarray] = []  # per chunk: signatures of the ads with enough words
         self._sig_rows: list[np.ndarray] = []  # their row numbers
@@ -266,8 +373,8 @@ class Linker:
         }
 
     # -- pass 1 -------------------------------------------------------------------------------------
-    def add(self, df: pd.DataFrame) -> None:
-        """Extract, mask, sign and record one chunk (rows numbered after the previous chunks')."""
+    def _prepare(self, df: pd.DataFrame) -> tuple[list, int]:
+        """Check the chunk, record its scores/times/places; returns (texts, first row number)."""
         cfg = self.cfg
         if cfg.text_column not in df.columns:
             raise LinkError(f"text column {cfg.text_column!r} not found in the input")
@@ -275,81 +382,49 @@ class Linker:
             self._time_col = next((c for c in TIME_COLUMNS if c in df.columns), "")
         if self._place_col is None:
             self._place_col = next((c for c in PLACE_COLUMNS if c in df.columns), "")
-        base = self.n
         texts = df[cfg.text_column].tolist()
-        m = len(texts)
-        pair_ad, pair_key, pair_text = [], [], []
-        tok_ids: list[int] = []
-        offsets = [0]
-        sig_rows = []
-        k = cfg.shingle_size
-        for i, text in enumerate(texts):
-            row = base + i
-            if not isinstance(text, str) or not text.strip():
-                self.stats["ads_without_text"] += 1
-                self._contacts.append(_EMPTY)
-                continue
-            contacts = self.extractor.extract(text)
-            self.stats["contacts"] += len(contacts)
-            if contacts:
-                self._contacts.append(json.dumps([c.to_dict() for c in contacts], ensure_ascii=False))
-                if len(contacts) > cfg.max_contacts_per_ad:
-                    self.stats["ads_over_contact_cap"] += 1
-                else:
-                    for key in {c.key for c in contacts}:
-                        pair_ad.append(row)
-                        pair_key.append(_key_hash(key))
-                        pair_text.append(False)
-            else:
-                self._contacts.append(_EMPTY)
-            words = _WORD.findall(mask_text(text, contacts).lower())
-            if cfg.link_identical_text and len(words) >= cfg.min_tokens:
-                pair_ad.append(row)
-                pair_key.append(_key_hash("text:" + text_identity(text)))
-                pair_text.append(True)
-            if len(words) < cfg.min_tokens:
-                self.stats["ads_too_short_for_templates"] += 1
-                continue
-            ids = list(map(self._vocab.setdefault, words, self._next_id))  # ids unique, not dense
-            n_sh = max(len(ids) - k + 1, 1)
-            tok_ids.extend(ids if len(ids) >= k else ids + [0] * (k - len(ids)))
-            offsets.append(offsets[-1] + n_sh + k - 1)
-            sig_rows.append(row)
-        self._pair_ad.append(np.asarray(pair_ad, dtype=np.int64))
-        self._pair_key.append(np.asarray(pair_key, dtype=np.uint64))
-        self._pair_text.append(np.asarray(pair_text, dtype=bool))
-        if sig_rows:
-            self._sigs.append(
-                self._signatures(np.asarray(tok_ids, dtype=np.uint64), np.asarray(offsets, dtype=np.int64))
-            )
-            self._sig_rows.append(np.asarray(sig_rows, dtype=np.int64))
-        self._record_scores(df, m)
-        self.n += m
+        base = self.n
+        self._record_scores(df, len(texts))
+        self.n += len(texts)
         self.stats["ads"] = self.n
+        return texts, base
 
-    def _signatures(self, tok: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Signatures of ads whose token ids lie in ``tok[offsets[i]:offsets[i+1]]`` (>= k tokens each)."""
-        k = self.cfg.shingle_size
-        out = []
-        n_ads = len(offsets) - 1
-        for lo in range(0, n_ads, self.cfg.batch_size):
-            hi = min(lo + self.cfg.batch_size, n_ads)
-            t = tok[offsets[lo] : offsets[hi]]
-            # shingle hash at every position p: mix of tokens p..p+k-1 (32-bit, FNV-like multiply-xor)
-            h = np.zeros(len(t) - k + 1, dtype=np.uint64)
-            with np.errstate(over="ignore"):
-                for j in range(k):
-                    h = (h ^ t[j : len(t) - k + 1 + j]) * np.uint64(0x100000001B3)
-                    h ^= h >> np.uint64(29)
-            h &= _MAX_HASH
-            # keep the shingles that start inside their own ad (the last k-1 positions of an ad cross over)
-            local = offsets[lo : hi + 1] - offsets[lo]
-            starts = local[:-1]
-            lens = np.diff(local) - (k - 1)
-            keep = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens, strict=True)])
-            new_off = np.concatenate([[0], np.cumsum(lens)])
-            out.append(self.perm.signatures(h[keep], new_off))
-        return np.concatenate(out)
+    def _absorb(self, out: dict) -> None:
+        self._contacts.extend(out["contacts"])
+        self._pair_ad.append(out["pair_ad"])
+        self._pair_key.append(out["pair_key"])
+        self._pair_text.append(out["pair_text"])
+        if out["sigs"] is not None:
+            self._sigs.append(out["sigs"])
+            self._sig_rows.append(out["sig_rows"])
+        for k, v in out["stats"].items():
+            self.stats[k] += v
+
+    def add(self, df: pd.DataFrame) -> None:
+        """Extract, mask, sign and record one chunk (rows numbered after the previous chunks')."""
+        texts, base = self._prepare(df)
+        self._absorb(_process_texts(texts, base, self.cfg))
+
+    def add_all(self, chunks: Iterable[pd.DataFrame]) -> None:
+        """``add`` for every chunk; with ``cfg.workers > 1`` the per-ad work (extraction, masking,
+        signatures) runs in that many processes, at most ``workers + 1`` chunks in flight, results
+        taken in order (ids and output identical to one process)."""
+        if self.cfg.workers <= 1:
+            for chunk in chunks:
+                self.add(chunk)
+            return
+        import multiprocessing as mp
+        from collections import deque
+
+        with mp.get_context("spawn").Pool(self.cfg.workers) as pool:
+            pending: deque = deque()
+            for chunk in chunks:
+                texts, base = self._prepare(chunk)
+                pending.append(pool.apply_async(_process_texts, (texts, base, self.cfg)))
+                if len(pending) > self.cfg.workers:
+                    self._absorb(pending.popleft().get())
+            while pending:
+                self._absorb(pending.popleft().get())
 
     def _record_scores(self, df: pd.DataFrame, m: int) -> None:
         score_cols = [c for c in df.columns if str(c).startswith("score_")]
@@ -610,8 +685,7 @@ def link_chunks(
     """
     t0 = time.perf_counter()
     linker = Linker(config)
-    for chunk in make_chunks():
-        linker.add(chunk)
+    linker.add_all(make_chunks())
     result = linker.finish(make_chunks())
     result.report["seconds"] = round(time.perf_counter() - t0, 2)
     result.report["config"] = {k: v for k, v in asdict(linker.cfg).items() if k != "hash_key"}

@@ -228,3 +228,12 @@ def test_cli_score_link_and_extract(tmp_path, tiny_artifact, capsys):
         {"contacts": [{"type": "phone", "value": "+14155550123", "start": 5, "end": 17}]},
         {"contacts": []},
     ]
+
+
+def test_two_worker_processes_give_identical_output():
+    df = pd.concat([_corpus()] * 3, ignore_index=True)
+    one = link_frame(df, LinkConfig(similarity=0.5), chunk_size=4)
+    two = link_frame(df, LinkConfig(similarity=0.5, workers=2), chunk_size=4)
+    assert np.array_equal(one.persona_id, two.persona_id) and np.array_equal(one.template_id, two.template_id)
+    assert one.contacts == two.contacts and one.report["contacts"] == two.report["contacts"] > 0
+    pd.testing.assert_frame_equal(one.clusters, two.clusters)
