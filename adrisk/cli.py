@@ -305,7 +305,7 @@ def _link(args) -> None:
     if args.hash_contacts and not key:
         raise CLIError("--hash-contacts needs the key in the ADRISK_CONTACT_HASH_KEY environment variable")
     cfg = LinkConfig(text_column=args.text_column, region=args.region, hub_cap=args.hub_cap,
-                     similarity=args.similarity, hash_key=key)
+                     similarity=args.similarity, hash_key=key, workers=args.link_workers)
     try:
         result, clusters, report = link_output(args.output, cfg)
     except LinkError as e:
@@ -492,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --link: a contact shared by more ads is not used for linking (default 50)")
     p.add_argument("--similarity", type=float, default=0.5,
                    help="with --link: Jaccard similarity for two ads to share a template (default 0.5)")
+    p.add_argument("--link-workers", type=int, default=1,
+                   help="with --link: processes for contact extraction and signatures (default 1; output identical)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("extract", help="contacts (phones, e-mails, URLs, handles) in texts; one JSON line per text",
