@@ -30,11 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from model.messages import describe_columns
 from model.predictor import Predictor
@@ -47,26 +44,51 @@ MISSING_TEXT = "missing_text"
 NOT_TEXT = "not_text"
 
 
-class InputError(MlflowException):
-    """The input's shape cannot be scored (no text column, a 2-d array, an unsupported type).
+# MLflow is imported only when its classes are needed (``InputError``, ``AdriskPyfunc``): importing it
+# costs seconds, paid otherwise by every `adrisk score` and every Spark Python worker that only scores.
+_LAZY_LOCK = threading.Lock()
 
-    An ``MlflowException`` (INVALID_PARAMETER_VALUE), so ``mlflow models serve`` answers 400 without
-    a stack trace. Its message is fixed at construction: MLflow's scoring server rewrites an
-    exception's message to ``Failed to predict data '<the request data>'...``, which would echo ad
-    text; that assignment is ignored here.
-    """
 
-    def __init__(self, message: str):
-        self._fixed_message = message
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+def __getattr__(name: str):  # PEP 562: InputError and AdriskPyfunc are defined on first use
+    if name not in ("InputError", "AdriskPyfunc"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _LAZY_LOCK:
+        if name not in globals():
+            globals()[name] = _define_input_error() if name == "InputError" else _define_pyfunc()
+    return globals()[name]
 
-    @property
-    def message(self) -> str:
-        return self._fixed_message
 
-    @message.setter
-    def message(self, value: str) -> None:  # see the class docstring
-        pass
+def _input_error(message: str) -> Exception:
+    return __getattr__("InputError")(message)
+
+
+def _define_input_error() -> type:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class InputError(MlflowException):
+        """The input's shape cannot be scored (no text column, a 2-d array, an unsupported type).
+
+        An ``MlflowException`` (INVALID_PARAMETER_VALUE), so ``mlflow models serve`` answers 400 without
+        a stack trace. Its message is fixed at construction: MLflow's scoring server rewrites an
+        exception's message to ``Failed to predict data '<the request data>'...``, which would echo ad
+        text; that assignment is ignored here.
+        """
+
+        def __init__(self, message: str):
+            self._fixed_message = message
+            super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+        @property
+        def message(self) -> str:
+            return self._fixed_message
+
+        @message.setter
+        def message(self, value: str) -> None:  # see the class docstring
+            pass
+
+    InputError.__module__, InputError.__qualname__ = __name__, "InputError"
+    return InputError
 
 
 def output_columns(labels: Sequence[str]) -> list[str]:
@@ -110,7 +132,7 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
     """
     if isinstance(model_input, dict):
         if column not in model_input:
-            raise InputError(f"input needs a '{column}' key; found keys {describe_columns(model_input)}")
+            raise _input_error(f"input needs a '{column}' key; found keys {describe_columns(model_input)}")
         model_input = model_input[column]
         if isinstance(model_input, str) or np.ndim(model_input) == 0:
             model_input = [model_input.item() if isinstance(model_input, np.ndarray) else model_input]
@@ -120,7 +142,7 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
         only = model_input.columns[0] if model_input.shape[1] == 1 else None
         if only is not None and (not isinstance(only, str) or only.isdigit()):  # 0 or "0" (spark_udf)
             return model_input.iloc[:, 0].tolist()
-        raise InputError(
+        raise _input_error(
             f"input DataFrame needs a '{column}' column; found {describe_columns(model_input.columns)}"
         )
     if isinstance(model_input, pd.Series):
@@ -129,7 +151,7 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
         if model_input.ndim == 0:
             return [model_input.item()]
         if model_input.ndim != 1:
-            raise InputError(f"expected a 1-d array of texts, got an array of shape {model_input.shape}")
+            raise _input_error(f"expected a 1-d array of texts, got an array of shape {model_input.shape}")
         return model_input.tolist()
     if isinstance(model_input, str):
         return [model_input]
@@ -137,7 +159,7 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
         return list(model_input)
     if model_input is None or np.isscalar(model_input):
         return [model_input]
-    raise InputError(
+    raise _input_error(
         f"unsupported input type {type(model_input).__name__}; pass a DataFrame with a "
         f"'{column}' column, a list of str or a str"
     )
@@ -223,25 +245,31 @@ def _spark_task_cpus() -> int | None:
         return None
 
 
-class AdriskPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper around ``Predictor`` (artifact key ``adrisk_model``); see the module docstring.
+def _define_pyfunc() -> type:
+    import mlflow.pyfunc
 
-    ``model_version`` is ``local:<first 12 hex of the weights sha256>`` (what ``adrisk score`` writes
-    for a model directory; a pyfunc does not know its registry version). Inside a Spark task the
-    runtime uses ``spark.task.cpus`` threads.
-    """
+    class AdriskPyfunc(mlflow.pyfunc.PythonModel):
+        """pyfunc wrapper around ``Predictor`` (artifact key ``adrisk_model``); see the module docstring.
 
-    def load_context(self, context) -> None:
-        directory = find_artifact_dir(Path(context.artifacts[PYFUNC_ARTIFACT_KEY]))
-        self.predictor = cached_predictor(directory, num_threads=_spark_task_cpus())
-        sha = self.predictor.meta.weights_sha256
-        self.model_version = f"local:{sha[:12]}" if sha else "local"
+        ``model_version`` is ``local:<first 12 hex of the weights sha256>`` (what ``adrisk score`` writes
+        for a model directory; a pyfunc does not know its registry version). Inside a Spark task the
+        runtime uses ``spark.task.cpus`` threads.
+        """
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        out = score_values(self.predictor, values_from_input(model_input), self.model_version)
-        if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true":
-            # `mlflow models serve` writes float NaN as the bare token NaN, which strict JSON parsers
-            # refuse: a row without a score gets null there
-            for col in out.columns[out.columns.str.startswith(SCORE_PREFIX)]:
-                out[col] = out[col].astype(object).where(out[col].notna(), None)
-        return out
+        def load_context(self, context) -> None:
+            directory = find_artifact_dir(Path(context.artifacts[PYFUNC_ARTIFACT_KEY]))
+            self.predictor = cached_predictor(directory, num_threads=_spark_task_cpus())
+            sha = self.predictor.meta.weights_sha256
+            self.model_version = f"local:{sha[:12]}" if sha else "local"
+
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            out = score_values(self.predictor, values_from_input(model_input), self.model_version)
+            if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true":
+                # `mlflow models serve` writes float NaN as the bare token NaN, which strict JSON parsers
+                # refuse: a row without a score gets null there
+                for col in out.columns[out.columns.str.startswith(SCORE_PREFIX)]:
+                    out[col] = out[col].astype(object).where(out[col].notna(), None)
+            return out
+
+    AdriskPyfunc.__module__, AdriskPyfunc.__qualname__ = __name__, "AdriskPyfunc"
+    return AdriskPyfunc
