@@ -278,8 +278,10 @@ class SparkScorer:
         self.directory = directory
         self.partitions = partitions
         self.progress = progress
-        conf = spark.sparkContext.getConf() if hasattr(spark, "sparkContext") else None
-        self.task_cpus = max(1, int(conf.get("spark.task.cpus", "1"))) if conf is not None else 1
+        try:
+            self.task_cpus = max(1, int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+        except Exception:  # Spark Connect: no SparkContext; the session conf holds it
+            self.task_cpus = max(1, int(spark.conf.get("spark.task.cpus", "1")))
         self.jobs = 0
 
     @property
