@@ -36,7 +36,7 @@ AUDIT_VIEWS = tuple(VIEWS)
 CONFOUNDED_MEANING = (
     "source-confounded: the source column alone predicts {labels} (AP >= {floor:.2f}), so this data cannot "
     "tell the label from the site the ads came from. A high AP for it may measure the site, not the ad; "
-    "expect misses on ads of that kind written elsewhere. Read its style-stripped view rows below and test "
+    "expect misses on ads of that kind written elsewhere. Read its rows in the style-stripped view table and test "
     "on your own platform's ads before relying on it."
 )
 
