@@ -151,7 +151,9 @@ def run_linear(
 
     def tens(m):
         m = m.tocoo()
-        return torch.sparse_coo_tensor(np.vstack([m.row, m.col]), m.data.astype(np.float32), m.shape).coalesce()
+        return torch.sparse_coo_tensor(
+            np.vstack([m.row, m.col]), m.data.astype(np.float32), m.shape
+        ).coalesce()
 
     for _ in range(epochs):
         for b in np.array_split(rng.permutation(x.shape[0]), x.shape[0] // 64):
