@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=None,
                    help="scoring processes, each loading the model once with --threads (default 1) threads; output "
-                        "identical to one worker (default: one per usable CPU for inputs of 5,000+ rows, else 1)")
+                        "identical to one worker (default 1: measured faster than 2 on the shared 2-core machine; docs/performance.md)")
     p.add_argument("--explain", action="store_true",
                    help="add an explanations column: JSON {label: [{start, end, score}]} of each row's flagged "
                         "labels (occlusion, top 5; ~10-100x the scoring time, docs/explanations.md)")

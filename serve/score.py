@@ -23,7 +23,6 @@ import contextlib
 import glob
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -47,7 +46,12 @@ logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 MANIFEST = "manifest.json"
-AUTO_WORKERS_MIN_ROWS = 5_000  # below this, starting N processes that each load the model may not pay off
+# Measured (docs/performance.md, issue 14): on the shared 2-core machine at load ~3-4, the demo model
+# (onnx-fp32) scored 13,140 rows at 212.4 rows/s with one process and 178.7 with two single-thread
+# workers, and 3,285 rows in 22.5 s vs 29.1 s end to end: the second core is not free there. Two
+# workers won only under heavy load (1.48x at load ~16, by taking CPU from other processes). So the
+# default stays one process; `--workers N` is for machines with idle cores (measure there).
+DEFAULT_WORKERS = 1
 PART = "part-{:06d}.parquet"
 
 
@@ -312,9 +316,8 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
             ``local:<sha12>``).
         explain: add the ``explanations`` column (see ``score_frame``).
         workers: scoring processes (spawned; each loads the model once with ``torch_threads``, default
-            1, intra-op threads). None: ``auto_workers`` (the usable CPUs for inputs of at least
-            ``AUTO_WORKERS_MIN_ROWS`` rows, else 1; 1 when ``predictor`` is given). More than 1 needs a
-            model directory: with ``predictor``, its ``directory``.
+            1, intra-op threads); None means 1 (see ``DEFAULT_WORKERS``). More than 1 needs a model
+            directory: with ``predictor``, its ``directory``.
 
     Returns:
         The totals over the whole file.
@@ -345,7 +348,7 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
         shutil.rmtree(work)  # a run that died before finishing its first chunk: nothing to keep
 
     if workers is None:
-        workers = 1 if predictor is not None else auto_workers(src, chunk_size)  # a given predictor: tests, Spark
+        workers = DEFAULT_WORKERS
     with contextlib.ExitStack() as stack:
         if predictor is None:
             download = stack.enter_context(tempfile.TemporaryDirectory(prefix="adrisk-score-"))
@@ -361,27 +364,6 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
             pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, torch_threads or 1))
         return _score_chunks(src, dst, work, ref, predictor, pool, text_column=text_column, chunk_size=chunk_size,
                              resume=resume, progress=progress, model_version=model_version, explain=explain)
-
-
-def auto_workers(src: Path, chunk_size: int) -> int:
-    """Default ``--workers``: one per usable CPU (``os.sched_getaffinity``) when the input holds at
-    least ``AUTO_WORKERS_MIN_ROWS`` rows (and at most one per chunk), else 1.
-
-    Measured on the shared 2-core machine (docs/performance.md, ``bench/inference.py --variants
-    torch,score-w1,score-w2``, MiniLM-L6, 2,000 test texts): ``--workers 2`` scored 1.48x the texts/s
-    of ``--workers 1`` on the job's clock and finished 1.69x sooner end to end (process start and model
-    loads included). The 5,000-row floor is a margin for the per-worker model load on larger models.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    if cpus < 2:
-        return 1
-    rows = estimate_rows(src) or 0
-    if rows < AUTO_WORKERS_MIN_ROWS:
-        return 1
-    return max(1, min(cpus, math.ceil(rows / chunk_size)))
 
 
 _WORKER: dict = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serve.score import ScoreError, auto_workers, run_score
+from serve.score import ScoreError, run_score
 
 ADRISK = Path(sys.executable).with_name("adrisk")
 
@@ -35,7 +36,11 @@ def test_workers_argument_checks(tmp_path, tiny_artifact, tiny_predictor):
     _frame(10, seed=2).to_csv(src, index=False)
     with pytest.raises(ScoreError, match="--workers"):
         run_score(str(tiny_artifact), src, tmp_path / "o.csv", workers=0, progress=False)
-    assert auto_workers(src, chunk_size=1) == 1  # a small input is not worth starting processes
+    in_memory = copy.copy(tiny_predictor)
+    in_memory.directory = None  # nothing a worker process could load
+    with pytest.raises(ScoreError, match="model directory"):
+        run_score("mem", src, tmp_path / "o.csv", predictor=in_memory, workers=2, progress=False)
+    assert not (tmp_path / "o.csv").exists()
 
 
 def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny_artifact):
