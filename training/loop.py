@@ -132,8 +132,10 @@ def bf16_supported() -> bool:
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` with the fused kernel (one multi-tensor kernel per step, as the HF
     Trainer's default ``adamw_torch_fused``) where torch has it for the parameters' device and dtype,
-    else ``foreach`` (multi-tensor), never the per-tensor for-loop (measured: ~4x slower per step on
-    MiniLM-L6, issue 14). Same update rule (Loshchilov & Hutter 2019), so results agree to rounding."""
+    else ``foreach`` (multi-tensor), never the per-tensor for-loop (its step measured 4-11x the fused
+    one's on MiniLM-L6: issue 14, ``bench/train_step_profile.py``). Same update rule (Loshchilov &
+    Hutter 2019), so results agree to rounding. A checkpoint's saved group options (``fused``,
+    ``foreach``) win on ``--resume``."""
     groups = param_groups(model, cfg)
     try:
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
