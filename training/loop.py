@@ -234,8 +234,8 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
         for b in range(state["batch"], len(batches)):
             idx = batches[b]
             x, m = encoder.pad([train_ids[i] for i in idx])  # (B, T) int64
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits  # (B, L)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # logits: (B, L)
+                logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
             loss = loss_fn(logits.float(), _loss_targets(schema, train_y[idx]))
             if dro is not None:
                 loss = dro.loss(loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx]))
