@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo demo-run test lint full clean
+.PHONY: venv demo demo-run test test-all lint full clean
 
 $(BIN)/adrisk: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,11 +37,16 @@ demo-run:
 full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml
 
-lint: venv
+lint: venv  ## style, formatting, package boundaries, types
 	$(BIN)/ruff check adrisk training model serve tests bench
+	$(BIN)/ruff format --check adrisk training model serve tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
-test: lint
+test: lint  ## the suite in random order (seed printed), without the minutes-long fresh-virtualenv test
+	$(BIN)/python -m pytest -q -m "not venv" $(PYTEST_ARGS)
+
+test-all: lint  ## everything, the fresh-virtualenv build of a registered model included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

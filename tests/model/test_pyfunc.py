@@ -161,7 +161,7 @@ def test_logged_model_ships_code_and_pinned_requirements(registered):
     assert (local / "code" / "model" / "pyfunc.py").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.venv
 def test_registered_model_loads_in_a_fresh_virtualenv_without_adrisk(registered, tmp_path):
     """Builds a virtualenv from the model's own requirements.txt (wheels from pip's cache and the
     configured indexes; several minutes on the shared 2-core machine) and predicts there."""
