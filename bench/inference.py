@@ -60,10 +60,26 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-VARIANTS = ("hf-pipeline", "hf-pipeline-matched", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed",
-            "score-default", "score-w1", "score-w2")
-DEFAULT_VARIANTS = ("hf-pipeline", "hf-pipeline-matched", "torch", "onnx-fp32", "onnx-int8", "onnx-int8-mixed",
-                    "score-default")
+VARIANTS = (
+    "hf-pipeline",
+    "hf-pipeline-matched",
+    "torch",
+    "onnx-fp32",
+    "onnx-int8",
+    "onnx-int8-mixed",
+    "score-default",
+    "score-w1",
+    "score-w2",
+)
+DEFAULT_VARIANTS = (
+    "hf-pipeline",
+    "hf-pipeline-matched",
+    "torch",
+    "onnx-fp32",
+    "onnx-int8",
+    "onnx-int8-mixed",
+    "score-default",
+)
 HF_BATCH_SIZE = 32
 WARMUP_TEXTS = 8
 
@@ -92,9 +108,15 @@ def cpu_info() -> dict:
     else:
         isa, per_cycle = "SSE", 16
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"model": model, "cores": cores, "mhz": mhz, "isa": isa, "flops_per_cycle": per_cycle,
-            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-            "peak_flops": cores * mhz * 1e6 * per_cycle}
+    return {
+        "model": model,
+        "cores": cores,
+        "mhz": mhz,
+        "isa": isa,
+        "flops_per_cycle": per_cycle,
+        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+        "peak_flops": cores * mhz * 1e6 * per_cycle,
+    }
 
 
 def encoder_flops(config: dict, batch_widths: list[tuple[int, int]]) -> float:
@@ -131,8 +153,14 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
         from transformers import AutoTokenizer, pipeline
 
         tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        clf = pipeline("text-classification", model=model, tokenizer=tok, device=-1, top_k=None,
-                       function_to_apply="sigmoid")
+        clf = pipeline(
+            "text-classification",
+            model=model,
+            tokenizer=tok,
+            device=-1,
+            top_k=None,
+            function_to_apply="sigmoid",
+        )
         kw = {"batch_size": HF_BATCH_SIZE, "truncation": True, "max_length": meta.max_length}
         load_s = time.perf_counter() - t0
         clf(texts[:WARMUP_TEXTS], **kw)
@@ -145,8 +173,10 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
             for d in row:
                 probs[i, index[d["label"]]] = d["score"]
         lengths = [len(x) for x in tok(texts, truncation=True, max_length=meta.max_length)["input_ids"]]
-        widths = [(len(lengths[s:s + HF_BATCH_SIZE]), max(lengths[s:s + HF_BATCH_SIZE]))
-                  for s in range(0, len(lengths), HF_BATCH_SIZE)]
+        widths = [
+            (len(lengths[s : s + HF_BATCH_SIZE]), max(lengths[s : s + HF_BATCH_SIZE]))
+            for s in range(0, len(lengths), HF_BATCH_SIZE)
+        ]
         settings = f"batch {HF_BATCH_SIZE}, file order, pad to longest in batch"
     else:
         from model.predictor import Predictor
@@ -158,15 +188,30 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
         probs = p.predict_proba(texts)
         wall = time.perf_counter() - t1
         lengths = p.encoder.encode(texts).lengths()
-        widths = [(len(b), int(lengths[b].max())) for b in length_sorted_batches(lengths, p.batch_size, p.max_tokens)]
+        widths = [
+            (len(b), int(lengths[b].max()))
+            for b in length_sorted_batches(lengths, p.batch_size, p.max_tokens)
+        ]
         settings = f"batch {p.batch_size}, max_tokens {p.max_tokens}, length-sorted"
     cfg = json.loads((Path(model) / "config.json").read_text())
-    Path(out_file).write_text(json.dumps({
-        "variant": variant, "n": len(texts), "wall_s": wall, "load_s": load_s, "texts_per_s": len(texts) / wall,
-        "tokens": int(np.sum(lengths)), "padded_tokens": int(sum(b * t for b, t in widths)),
-        "flops": encoder_flops(cfg, widths), "probs": np.asarray(probs, dtype=float).tolist(),
-        "settings": settings, "threads": threads, "loadavg_end": os.getloadavg()[0],
-    }))
+    Path(out_file).write_text(
+        json.dumps(
+            {
+                "variant": variant,
+                "n": len(texts),
+                "wall_s": wall,
+                "load_s": load_s,
+                "texts_per_s": len(texts) / wall,
+                "tokens": int(np.sum(lengths)),
+                "padded_tokens": int(sum(b * t for b, t in widths)),
+                "flops": encoder_flops(cfg, widths),
+                "probs": np.asarray(probs, dtype=float).tolist(),
+                "settings": settings,
+                "threads": threads,
+                "loadavg_end": os.getloadavg()[0],
+            }
+        )
+    )
 
 
 def _score_worker(variant: str, model: str, texts: list[str], meta, out_file: str) -> None:
@@ -197,32 +242,64 @@ def _score_worker(variant: str, model: str, texts: list[str], meta, out_file: st
     probs = out[[f"score_{n}" for n in meta.labels]].to_numpy(dtype=float)
     p = Predictor.load(model)  # padded-token count for the FLOP estimate (same batching as the job)
     lengths = p.encoder.encode(texts).lengths()
-    widths = [(len(b), int(lengths[b].max())) for b in length_sorted_batches(lengths, p.batch_size, p.max_tokens)]
+    widths = [
+        (len(b), int(lengths[b].max())) for b in length_sorted_batches(lengths, p.batch_size, p.max_tokens)
+    ]
     cfg = json.loads((Path(model) / "config.json").read_text())
-    Path(out_file).write_text(json.dumps({
-        "variant": variant, "n": len(texts), "wall_s": wall, "load_s": e2e - wall, "texts_per_s": len(texts) / wall,
-        "tokens": int(np.sum(lengths)), "padded_tokens": int(sum(b * t for b, t in widths)),
-        "flops": encoder_flops(cfg, widths), "probs": probs.tolist(),
-        "settings": f"`{' '.join(['adrisk', *cmd[1:2], '...', *cmd[8:]])}` end-to-end {e2e:.1f} s "
-                    f"(process start + model load + job)", "threads": None, "loadavg_end": os.getloadavg()[0],
-    }))
+    Path(out_file).write_text(
+        json.dumps(
+            {
+                "variant": variant,
+                "n": len(texts),
+                "wall_s": wall,
+                "load_s": e2e - wall,
+                "texts_per_s": len(texts) / wall,
+                "tokens": int(np.sum(lengths)),
+                "padded_tokens": int(sum(b * t for b, t in widths)),
+                "flops": encoder_flops(cfg, widths),
+                "probs": probs.tolist(),
+                "settings": f"`{' '.join(['adrisk', *cmd[1:2], '...', *cmd[8:]])}` end-to-end {e2e:.1f} s "
+                f"(process start + model load + job)",
+                "threads": None,
+                "loadavg_end": os.getloadavg()[0],
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # driver
 
 
-def _run_variant(variant: str, model: str, texts_file: str, threads: int | None, timeout: float) -> dict | None:
+def _run_variant(
+    variant: str, model: str, texts_file: str, threads: int | None, timeout: float
+) -> dict | None:
     """One variant in a fresh process; ``threads`` None: the library's own default (no OMP_NUM_THREADS)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     env.pop("OMP_NUM_THREADS", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", variant, "--model", model,
-           "--_texts", texts_file, "--_out", out, "--_threads", str(threads or 0)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_worker",
+        variant,
+        "--model",
+        model,
+        "--_texts",
+        texts_file,
+        "--_out",
+        out,
+        "--_threads",
+        str(threads or 0),
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -243,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="labelled JSONL (text, labels), e.g. risky-ads-v1/test.jsonl")
     ap.add_argument("--limit", type=int, default=None, help="score a seeded random sample of N rows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every variant (default: cores)")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads for every variant (default: cores)"
+    )
+    ap.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated subset of {VARIANTS}"
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per variant")
     ap.add_argument("--json", help="also write the results (without scores) here")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -282,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(texts_file).write_text(json.dumps(texts), encoding="utf-8")
         for v in wanted:
             if v.startswith("onnx") and v not in recorded:
-                print(f"note: {v} is not in {args.model} (run `adrisk export-onnx`); skipped", file=sys.stderr)
+                print(
+                    f"note: {v} is not in {args.model} (run `adrisk export-onnx`); skipped", file=sys.stderr
+                )
                 continue
             print(f"running {v} on {len(texts)} texts ...", file=sys.stderr, flush=True)
             # the pipeline and the score command at their own defaults; every other variant at `threads`
@@ -298,40 +381,62 @@ def main(argv: list[str] | None = None) -> int:
     hf = results.get("hf-pipeline", {}).get("texts_per_s")
     default = (meta.runtimes or {}).get("default", "torch")
     short = {n: n.split("_")[0][:8] for n in labels}
-    header = (["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"] + [f"dAP {short[n]}" for n in labels]
-              + ["tokens (padded)", "GFLOP/s", "% fp32 peak"])
+    header = (
+        ["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"]
+        + [f"dAP {short[n]}" for n in labels]
+        + ["tokens (padded)", "GFLOP/s", "% fp32 peak"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for v, r in results.items():
         ap_v = per_label_ap(np.asarray(r["probs"]), targets, labels)
         r["ap"] = ap_v
-        r["ap_delta"] = {n: None if ap_v[n] is None or ref_ap[n] is None else ap_v[n] - ref_ap[n] for n in labels}
+        r["ap_delta"] = {
+            n: None if ap_v[n] is None or ref_ap[n] is None else ap_v[n] - ref_ap[n] for n in labels
+        }
         gflops = r["flops"] / r["wall_s"] / 1e9
         r["gflop_per_s"] = gflops
         name = f"{v} (default)" if v == default else v
         hfm = results.get("hf-pipeline-matched", {}).get("texts_per_s")
-        cells = [name, "own default" if r["threads"] is None else str(r["threads"]), f"{r['texts_per_s']:.1f}",
-                 f"{r['texts_per_s'] / hf:.2f}" if hf else "-", f"{r['texts_per_s'] / hfm:.2f}" if hfm else "-"]
+        cells = [
+            name,
+            "own default" if r["threads"] is None else str(r["threads"]),
+            f"{r['texts_per_s']:.1f}",
+            f"{r['texts_per_s'] / hf:.2f}" if hf else "-",
+            f"{r['texts_per_s'] / hfm:.2f}" if hfm else "-",
+        ]
         cells += ["-" if r["ap_delta"][n] is None else f"{r['ap_delta'][n]:+.4f}" for n in labels]
-        cells += [f"{r['tokens']:,} ({r['padded_tokens']:,})", f"{gflops:.1f}",
-                  f"{100 * r['flops'] / r['wall_s'] / cpu['peak_flops']:.1f}%" if cpu["peak_flops"] else "-"]
+        cells += [
+            f"{r['tokens']:,} ({r['padded_tokens']:,})",
+            f"{gflops:.1f}",
+            f"{100 * r['flops'] / r['wall_s'] / cpu['peak_flops']:.1f}%" if cpu["peak_flops"] else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
 
-    print(f"\n{len(texts)} texts from {args.data} (seed {args.seed}), model {args.model} "
-          f"(max_length {meta.max_length}), one process each; adrisk variants and hf-pipeline-matched at {threads} "
-          f"intra-op threads, hf-pipeline and score-* at their own defaults")
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores @ {cpu['mhz']:.0f} MHz, {cpu['isa']}"
-          f"{' + VNNI' if cpu['vnni'] else ''}; assumed fp32 peak {cpu['cores']} x {cpu['mhz'] / 1000:.2f} GHz x "
-          f"{cpu['flops_per_cycle']} FLOPs/cycle = {cpu['peak_flops'] / 1e9:.0f} GFLOP/s")
-    print(f"load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    print("dAP = per-label average precision minus adrisk torch fp32's on the same texts; "
-          "tokens = real tokens (padded tokens computed)\n")
+    print(
+        f"\n{len(texts)} texts from {args.data} (seed {args.seed}), model {args.model} "
+        f"(max_length {meta.max_length}), one process each; adrisk variants and hf-pipeline-matched at {threads} "
+        f"intra-op threads, hf-pipeline and score-* at their own defaults"
+    )
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores @ {cpu['mhz']:.0f} MHz, {cpu['isa']}"
+        f"{' + VNNI' if cpu['vnni'] else ''}; assumed fp32 peak {cpu['cores']} x {cpu['mhz'] / 1000:.2f} GHz x "
+        f"{cpu['flops_per_cycle']} FLOPs/cycle = {cpu['peak_flops'] / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} (other processes share these cores)"
+    )
+    print(
+        "dAP = per-label average precision minus adrisk torch fp32's on the same texts; "
+        "tokens = real tokens (padded tokens computed)\n"
+    )
     print("\n".join(lines))
     for v, r in results.items():
         print(f"- {v}: {r['settings']}; model load {r['load_s']:.1f} s")
     if args.json:
         slim = {v: {k: x for k, x in r.items() if k != "probs"} for v, r in results.items()}
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "n": len(texts), "threads": threads,
-                                               "results": slim}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"cpu": cpu, "n": len(texts), "threads": threads, "results": slim}, indent=2)
+        )
     return 0
 
 

@@ -75,7 +75,8 @@ class ArtifactMeta(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     runtimes: dict[str, Any] = Field(
-        default_factory=dict, description="optional non-torch runtimes (ONNX variants) and their accuracy gate"
+        default_factory=dict,
+        description="optional non-torch runtimes (ONNX variants) and their accuracy gate",
     )
 
     @model_validator(mode="after")

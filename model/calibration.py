@@ -73,12 +73,16 @@ def fit_temperatures(logits: np.ndarray, targets: np.ndarray, problem_type: Prob
         if t.min() == t.max():
             temps.append(1.0)
             continue
-        res = minimize_scalar(lambda lt, z=z, t=t: _bce(z / np.exp(lt), t), bounds=_LOG_T_BOUNDS, method="bounded")
+        res = minimize_scalar(
+            lambda lt, z=z, t=t: _bce(z / np.exp(lt), t), bounds=_LOG_T_BOUNDS, method="bounded"
+        )
         temps.append(float(np.exp(res.x)))
     return temps
 
 
-def calibrated_probabilities(logits: np.ndarray, temperatures: list[float], problem_type: ProblemType) -> np.ndarray:
+def calibrated_probabilities(
+    logits: np.ndarray, temperatures: list[float], problem_type: ProblemType
+) -> np.ndarray:
     """Apply temperature scaling: (n, L) logits -> (n, L) probabilities in [0, 1] (float64)."""
     z = np.asarray(logits, dtype=np.float64) / np.asarray(temperatures, dtype=np.float64)[None, :]
     if problem_type is ProblemType.MULTI_CLASS:
@@ -115,7 +119,9 @@ def select_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
         i = int(tied[np.argmax(precision[tied])])
         method = "target_precision"
     else:
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+        f1 = np.where(
+            precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+        )
         i = int(np.argmax(f1))
         method = "max_f1"
     return ThresholdInfo(
@@ -128,7 +134,9 @@ def select_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
 
 
 def select_thresholds(
-    probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...] | list[str],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    labels: tuple[str, ...] | list[str],
     target_precision: float | dict[str, float] = 0.9,
 ) -> dict[str, ThresholdInfo]:
     """``select_threshold`` for each column of (n, L) ``probs``/``targets``; keys are label names.
@@ -141,7 +149,11 @@ def select_thresholds(
             logger.warning(
                 "label %s: precision %.2f is unreachable on validation; using the max-F1 threshold %.3f "
                 "(precision %.3f, recall %.3f)",
-                name, target, info.threshold, info.precision, info.recall,
+                name,
+                target,
+                info.threshold,
+                info.precision,
+                info.recall,
             )
         out[name] = info
     return out

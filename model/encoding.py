@@ -68,7 +68,9 @@ class TextEncoder:
         return ids, mask
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+def length_sorted_batches(
+    lengths: np.ndarray, batch_size: int, max_tokens: int | None = None
+) -> list[np.ndarray]:
     """Split row indices into batches of similar length (longest first) for dynamic padding.
 
     Args:

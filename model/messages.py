@@ -13,4 +13,6 @@ def describe_columns(columns) -> str:
     names = [str(c) for c in columns]
     shown = [n for n in names if _COLUMN_NAME.match(n)]
     hidden = len(names) - len(shown)
-    return f"{shown}" + (f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else "")
+    return f"{shown}" + (
+        f" and {hidden} not shown (not name-like: is the header row missing?)" if hidden else ""
+    )

@@ -83,8 +83,14 @@ class Predictor:
         max_tokens: most padded tokens per forward pass.
     """
 
-    def __init__(self, encoder: TextEncoder, runtime: Runtime, meta: ArtifactMeta,
-                 batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        runtime: Runtime,
+        meta: ArtifactMeta,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ):
         if batch_size < 1 or max_tokens < 1:
             raise ValueError("batch_size and max_tokens must be positive")
         self.encoder = encoder
@@ -99,9 +105,16 @@ class Predictor:
         self._flaggable = np.asarray([n != benign for n in meta.labels], dtype=bool)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, runtime: str = "auto", num_threads: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
-             verify: bool = True) -> Predictor:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        runtime: str = "auto",
+        num_threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        verify: bool = True,
+    ) -> Predictor:
         """Load an artifact directory (offline; no network).
 
         Args:
@@ -184,8 +197,14 @@ class Predictor:
 
 
 # any one of these is a tokenizer (without them transformers builds an empty vocabulary silently)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def check_model_files(directory: Path, meta: ArtifactMeta) -> None:
@@ -209,7 +228,9 @@ def check_model_files(directory: Path, meta: ArtifactMeta) -> None:
         raise ArtifactError(f"{directory / CONFIG_FILE}: missing or invalid ({type(e).__name__}: {e})") from e
     n = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
     if n is not None and n != len(meta.labels):
-        raise ArtifactError(f"{directory}: {CONFIG_FILE} has {n} labels but adrisk.json has {len(meta.labels)}")
+        raise ArtifactError(
+            f"{directory}: {CONFIG_FILE} has {n} labels but adrisk.json has {len(meta.labels)}"
+        )
     id2label = config.get("id2label")
     if isinstance(id2label, dict) and n == len(meta.labels):
         try:
@@ -218,9 +239,12 @@ def check_model_files(directory: Path, meta: ArtifactMeta) -> None:
             names = []
         if names != [f"LABEL_{j}" for j in range(n)] and names != list(meta.labels):
             # the output order the model was trained with differs: scores would go to the wrong labels
-            raise ArtifactError(f"{directory}: {CONFIG_FILE} id2label {names} does not match adrisk.json labels "
-                                f"{list(meta.labels)}")
+            raise ArtifactError(
+                f"{directory}: {CONFIG_FILE} id2label {names} does not match adrisk.json labels "
+                f"{list(meta.labels)}"
+            )
     window = config.get("max_position_embeddings")
     if isinstance(window, int) and meta.max_length > window:
-        raise ArtifactError(f"{directory}: adrisk.json max_length {meta.max_length} exceeds the model's "
-                            f"{window} positions")
+        raise ArtifactError(
+            f"{directory}: adrisk.json max_length {meta.max_length} exceeds the model's {window} positions"
+        )

@@ -108,7 +108,7 @@ def output_signature(labels: Sequence[str]):
         ColSpec("string", "model_version"),
         ColSpec("string", "error", required=False),
     ]
-    return ModelSignature(inputs=None, outputs=Schema(cols))
+    return ModelSignature(inputs=None, outputs=Schema(cols))  # type: ignore[arg-type]
 
 
 def is_missing(value: Any) -> bool:
@@ -248,7 +248,7 @@ def _spark_task_cpus() -> int | None:
 def _define_pyfunc() -> type:
     import mlflow.pyfunc
 
-    class AdriskPyfunc(mlflow.pyfunc.PythonModel):
+    class AdriskPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         """pyfunc wrapper around ``Predictor`` (artifact key ``adrisk_model``); see the module docstring.
 
         ``model_version`` is ``local:<first 12 hex of the weights sha256>`` (what ``adrisk score`` writes

@@ -66,8 +66,18 @@ class RegisteredModel:
 
 # Distributions the pyfunc imports (model/ with a torch or ONNX runtime, MLflow's pyfunc loader):
 # pinned to the logging environment's versions in the model's requirements.txt.
-PYFUNC_REQUIREMENTS = ("mlflow-skinny", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
-                       "scipy", "scikit-learn", "pydantic")
+PYFUNC_REQUIREMENTS = (
+    "mlflow-skinny",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "pydantic",
+)
 
 
 def pinned_requirements(artifact_dir: str | os.PathLike[str]) -> list[str]:
@@ -86,8 +96,11 @@ def pinned_requirements(artifact_dir: str | os.PathLike[str]) -> list[str]:
     return pins
 
 
-def log_pyfunc_model(artifact_dir: str | os.PathLike[str], registered_model_name: str | None,
-                     input_example: list[str] | None = None) -> RegisteredModel | None:
+def log_pyfunc_model(
+    artifact_dir: str | os.PathLike[str],
+    registered_model_name: str | None,
+    input_example: list[str] | None = None,
+) -> RegisteredModel | None:
     """Log ``artifact_dir`` as the active run's pyfunc model ``model`` (models from code, no pickle)
     and register it under ``registered_model_name`` (skip registration when None).
 

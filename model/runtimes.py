@@ -85,8 +85,14 @@ class OnnxRuntime:
         ImportError: onnxruntime is not installed.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], variant_info: dict[str, Any], *,
-                 num_threads: int | None = None, verify: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        variant_info: dict[str, Any],
+        *,
+        num_threads: int | None = None,
+        verify: bool = True,
+    ):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - a declared dependency
@@ -100,18 +106,24 @@ class OnnxRuntime:
         self.name = str(variant_info.get("name") or Path(file).stem)
         self.path = path
         if not path.is_file():
-            raise ArtifactError(f"ONNX variant {self.name!r}: {path} not found "
-                                f"(re-run `adrisk export-onnx` or load with runtime='torch')")
+            raise ArtifactError(
+                f"ONNX variant {self.name!r}: {path} not found "
+                f"(re-run `adrisk export-onnx` or load with runtime='torch')"
+            )
         if verify:
             expected = variant_info.get("sha256")
             if expected and sha256_file(path) != expected:
-                raise ArtifactError(f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
-                                    f"(corrupted or replaced; re-run `adrisk export-onnx`)")
+                raise ArtifactError(
+                    f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
+                    f"(corrupted or replaced; re-run `adrisk export-onnx`)"
+                )
             source = variant_info.get("source_weights_sha256")
             current = load_meta(directory).weights_sha256
             if source and current and source != current:
-                raise ArtifactError(f"ONNX variant {self.name!r} was exported from different weights than "
-                                    f"{directory}'s model.safetensors; re-run `adrisk export-onnx`")
+                raise ArtifactError(
+                    f"ONNX variant {self.name!r} was exported from different weights than "
+                    f"{directory}'s model.safetensors; re-run `adrisk export-onnx`"
+                )
         self.num_threads = int(num_threads) if num_threads else default_num_threads()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.num_threads
@@ -125,13 +137,19 @@ class OnnxRuntime:
         self._options = so
         self._pid = os.getpid()
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise ArtifactError(f"ONNX variant {self.name!r}: onnxruntime cannot load {path} "
-                                f"(corrupted? re-run `adrisk export-onnx`): {type(e).__name__}") from e
+            raise ArtifactError(
+                f"ONNX variant {self.name!r}: onnxruntime cannot load {path} "
+                f"(corrupted? re-run `adrisk export-onnx`): {type(e).__name__}"
+            ) from e
         names = {i.name for i in self.session.get_inputs()}
         if names != set(INPUT_NAMES):
-            raise ArtifactError(f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}")
+            raise ArtifactError(
+                f"ONNX variant {self.name!r}: inputs {sorted(names)}, expected {list(INPUT_NAMES)}"
+            )
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids and mask -> (B, L) float32 logits.
@@ -146,13 +164,17 @@ class OnnxRuntime:
 
             logger.info("forked process: loading ONNX variant %s again", self.name)
             _INHERITED_SESSIONS.append(self.session)  # never freed here: its destructor joins threads
-            self.session = ort.InferenceSession(str(self.path), sess_options=self._options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=self._options, providers=["CPUExecutionProvider"]
+            )
             self._pid = os.getpid()
-        out = self.session.run([OUTPUT_NAME], {
-            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-        })[0]
+        out = self.session.run(
+            [OUTPUT_NAME],
+            {
+                "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+            },
+        )[0]
         return np.asarray(out, dtype=np.float32)
 
 

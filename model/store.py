@@ -64,20 +64,35 @@ class FeedbackStore:
         must not silently create an empty store)."""
         self.url = url or os.environ.get("ADRISK_FEEDBACK_URL") or DEFAULT_FEEDBACK_URL
         if must_exist and self.url.startswith("sqlite:///"):
-            path = Path(self.url[len("sqlite:///"):].split("?", 1)[0])
+            path = Path(self.url[len("sqlite:///") :].split("?", 1)[0])
             if not path.is_file():
                 raise FileNotFoundError(f"feedback store {path} does not exist")
         self.engine = create_engine(self.url, future=True)
         Base.metadata.create_all(self.engine)
 
-    def add(self, text: str, labels: list[str], reviewer: str, reviewed_at: datetime | None = None,
-            classification_id: str | None = None, model_name: str | None = None,
-            model_version: str | None = None) -> int:
+    def add(
+        self,
+        text: str,
+        labels: list[str],
+        reviewer: str,
+        reviewed_at: datetime | None = None,
+        classification_id: str | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
+    ) -> int:
         """Record one decision; returns its id. ``labels`` must already be validated by the caller."""
         now = datetime.now(timezone.utc)
-        row = FeedbackRow(text=text, text_sha256=text_digest(text), labels=list(labels), reviewer=reviewer,
-                          reviewed_at=reviewed_at or now, created_at=now, classification_id=classification_id,
-                          model_name=model_name, model_version=model_version)
+        row = FeedbackRow(
+            text=text,
+            text_sha256=text_digest(text),
+            labels=list(labels),
+            reviewer=reviewer,
+            reviewed_at=reviewed_at or now,
+            created_at=now,
+            classification_id=classification_id,
+            model_name=model_name,
+            model_version=model_version,
+        )
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()
@@ -97,10 +112,21 @@ class FeedbackStore:
         with Session(self.engine) as s:
             for row in s.execute(q).scalars():
                 latest[row.text_sha256] = row
-            lines = [json.dumps({"id": f"fb-{r.id}", "text": r.text, "labels": list(r.labels), "source": FEEDBACK_SOURCE,
-                                 "group": f"fb-{r.text_sha256[:16]}", "reviewer": r.reviewer,
-                                 "reviewed_at": r.reviewed_at.isoformat()}, ensure_ascii=False)
-                     for r in latest.values()]
+            lines = [
+                json.dumps(
+                    {
+                        "id": f"fb-{r.id}",
+                        "text": r.text,
+                        "labels": list(r.labels),
+                        "source": FEEDBACK_SOURCE,
+                        "group": f"fb-{r.text_sha256[:16]}",
+                        "reviewer": r.reviewer,
+                        "reviewed_at": r.reviewed_at.isoformat(),
+                    },
+                    ensure_ascii=False,
+                )
+                for r in latest.values()
+            ]
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

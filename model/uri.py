@@ -45,10 +45,12 @@ def _check_registry_exists(store_uri: str, uri: str) -> None:
     model missing from it."""
     if not store_uri.startswith("sqlite:///"):
         return
-    path = store_uri[len("sqlite:///"):].split("?", 1)[0]
+    path = store_uri[len("sqlite:///") :].split("?", 1)[0]
     if path and path != ":memory:" and not Path(path).is_file():
-        raise ModelNotFound(f"{uri} not found: the registry {redact_uri(store_uri)} does not exist "
-                            f"(set MLFLOW_TRACKING_URI / --tracking-uri to the registry that holds it)")
+        raise ModelNotFound(
+            f"{uri} not found: the registry {redact_uri(store_uri)} does not exist "
+            f"(set MLFLOW_TRACKING_URI / --tracking-uri to the registry that holds it)"
+        )
 
 
 def _registry_entry(uri: str):
@@ -128,8 +130,14 @@ def _cache_identity(uri: str, download_uri: str, mv) -> dict[str, str]:
     import mlflow
 
     if mv is not None:
-        return {"registry": mlflow.get_registry_uri(), "name": mv.name, "version": str(mv.version),
-                "run_id": str(mv.run_id), "source": str(mv.source), "created": str(mv.creation_timestamp)}
+        return {
+            "registry": mlflow.get_registry_uri(),
+            "name": mv.name,
+            "version": str(mv.version),
+            "run_id": str(mv.run_id),
+            "source": str(mv.source),
+            "created": str(mv.creation_timestamp),
+        }
     m = _RUNS_URI.match(download_uri)
     if m:
         from mlflow import MlflowClient
@@ -137,8 +145,12 @@ def _cache_identity(uri: str, download_uri: str, mv) -> dict[str, str]:
         tracking = mlflow.get_tracking_uri()
         _check_registry_exists(tracking, uri)
         run = MlflowClient().get_run(m["run_id"])
-        return {"tracking": tracking, "run_id": m["run_id"], "start_time": str(run.info.start_time),
-                "path": m["path"] or ""}
+        return {
+            "tracking": tracking,
+            "run_id": m["run_id"],
+            "start_time": str(run.info.start_time),
+            "path": m["path"] or "",
+        }
     return {"uri": download_uri}
 
 
@@ -171,8 +183,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("ADRISK_CACHE_DIR") or Path.home() / ".cache" / "adrisk" / "models")
 
 
-def _cached_download(uri: str, download_uri: str, name: str | None, version: str | None,
-                     run_id: str | None, mv=None) -> ModelRef:
+def _cached_download(
+    uri: str, download_uri: str, name: str | None, version: str | None, run_id: str | None, mv=None
+) -> ModelRef:
     """Download once per model version (or run path) into the cache; reuse after.
 
     The cache key is what the tracking store guarantees about the version (``_cache_identity``: run
@@ -193,15 +206,22 @@ def _cached_download(uri: str, download_uri: str, name: str | None, version: str
     final = cache_root() / store / key
     directory = _cache_hit(final, identity)
     if directory is not None:
-        return ModelRef(uri=uri, directory=directory, name=name or load_meta(directory).name,
-                        version=version, run_id=run_id)
+        return ModelRef(
+            uri=uri,
+            directory=directory,
+            name=name or load_meta(directory).name,
+            version=version,
+            run_id=run_id,
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=download_uri, dst_path=str(tmp))
         found = find_artifact_dir(tmp)  # fail before publishing a download that holds no model
-        marker = {"identity": identity, "weights_sha256": sha256_file(found / WEIGHTS_FILE)
-                  if (found / WEIGHTS_FILE).is_file() else None}
+        marker = {
+            "identity": identity,
+            "weights_sha256": sha256_file(found / WEIGHTS_FILE) if (found / WEIGHTS_FILE).is_file() else None,
+        }
         (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         publish_modes(tmp)  # mkdtemp's 0700 and the source's modes must not travel
         try:

@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     """
     settings = settings or Settings()
     metrics = Metrics()
-    ctx = AppContext(settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent))
+    ctx = AppContext(
+        settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,19 +52,34 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             metrics.inference.observe(seconds)
             metrics.texts.inc(n)
 
-        state = ModelState(settings.model, loader or default_loader(settings.runtime, settings.torch_threads),
-                           follow_alias_s=settings.follow_alias, download_dir=settings.download_dir,
-                           on_loaded=loaded, on_failure=metrics.load_failures.inc)
-        batcher = MicroBatcher(state.get, max_batch_size=settings.max_batch_size,
-                               max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
-                               on_batch=batch_done, on_depth=metrics.queue_depth.set)
+        state = ModelState(
+            settings.model,
+            loader or default_loader(settings.runtime, settings.torch_threads),
+            follow_alias_s=settings.follow_alias,
+            download_dir=settings.download_dir,
+            on_loaded=loaded,
+            on_failure=metrics.load_failures.inc,
+        )
+        batcher = MicroBatcher(
+            state.get,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            queue_size=settings.queue_size,
+            on_batch=batch_done,
+            on_depth=metrics.queue_depth.set,
+        )
         ctx.model_state, ctx.batcher = state, batcher
         ctx.explain_queue = ExplainQueue(lambda: batcher.depth, queue_size=settings.explain_queue_size)
         batcher.start()
         state.start()
-        logger.info("adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
-                    settings.model, settings.max_batch_size, settings.max_wait_ms, settings.queue_size,
-                    "on" if settings.api_key_list() else "off")
+        logger.info(
+            "adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
+            settings.model,
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.queue_size,
+            "on" if settings.api_key_list() else "off",
+        )
         try:
             yield
         finally:
@@ -70,8 +87,12 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             ctx.explain_queue.stop()
             state.stop()
 
-    app = FastAPI(title="adrisk", version="1", lifespan=lifespan,
-                  description="Flags risky classified ads (commercial sex, trafficking indicators, scams).")
+    app = FastAPI(
+        title="adrisk",
+        version="1",
+        lifespan=lifespan,
+        description="Flags risky classified ads (commercial sex, trafficking indicators, scams).",
+    )
     app.state.ctx = ctx  # read only through serve/deps.py
     install_error_handlers(app)
     for router in ROUTERS:
@@ -100,8 +121,15 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         metrics.latency.labels(route).observe(seconds)
         response.headers[REQUEST_ID_HEADER] = rid
         # request line without query string or body: ad text never reaches the logs
-        logger.info("%s %s %s %d %.1fms n=%s", rid, request.method, route, response.status_code,
-                    seconds * 1000, getattr(request.state, "n_texts", "-"))
+        logger.info(
+            "%s %s %s %d %.1fms n=%s",
+            rid,
+            request.method,
+            route,
+            response.status_code,
+            seconds * 1000,
+            getattr(request.state, "n_texts", "-"),
+        )
         return response
 
     return app

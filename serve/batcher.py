@@ -58,10 +58,15 @@ class MicroBatcher:
         on_depth: optional callback ``(waiting_texts)`` when the queue depth changes.
     """
 
-    def __init__(self, get_model: Callable[[], tuple[object, object] | None], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, queue_size: int = 1024,
-                 on_batch: Callable[[int, float], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        get_model: Callable[[], tuple[object, object] | None],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ):
         self.get_model = get_model
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -165,7 +170,7 @@ class MicroBatcher:
             if current is None:
                 raise NotReady("no model loaded")
             predictor, tag = current
-            preds = predictor.predict(texts)
+            preds = predictor.predict(texts)  # type: ignore[attr-defined]  # any object with predict()
         except Exception as e:  # routed to each waiting request; never kills the worker
             if not isinstance(e, NotReady):
                 logger.error("batch of %d texts failed: %s", len(texts), type(e).__name__)
@@ -174,7 +179,7 @@ class MicroBatcher:
         else:
             start = 0
             for job in batch:
-                part = preds[start:start + len(job.texts)]
+                part = preds[start : start + len(job.texts)]
                 start += len(job.texts)
                 job.loop.call_soon_threadsafe(_set_result, job.future, (part, tag))
         finally:

@@ -103,9 +103,11 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     for key in keys:  # no early exit: the time taken does not depend on which key matched
         ok |= hmac.compare_digest(given_b, key.encode("utf-8"))
     if scheme.lower() != "bearer" or not ok:
-        raise APIError(ErrorKind.unauthorized, "missing or invalid API key (Authorization: Bearer <key>)",
-                       headers={"WWW-Authenticate": "Bearer"})
-
+        raise APIError(
+            ErrorKind.unauthorized,
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 SUPPORTED_ENCODINGS = ("gzip", "identity")
@@ -125,8 +127,10 @@ def _content_encoding(request: Request) -> str:
     if enc in ("gzip", "x-gzip"):
         return "gzip"
     shown = _ENCODING_SHOWN.sub("?", raw.strip())[:40]
-    raise APIError(ErrorKind.unsupported_media_type,
-                   f"Content-Encoding {shown!r} is not supported; send the body uncompressed or as gzip")
+    raise APIError(
+        ErrorKind.unsupported_media_type,
+        f"Content-Encoding {shown!r} is not supported; send the body uncompressed or as gzip",
+    )
 
 
 class _Gunzip:
@@ -140,15 +144,18 @@ class _Gunzip:
         self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
 
     def _too_large(self) -> APIError:
-        return APIError(ErrorKind.payload_too_large,
-                        f"request body over the {self.limit}-byte limit (decompressed)")
+        return APIError(
+            ErrorKind.payload_too_large, f"request body over the {self.limit}-byte limit (decompressed)"
+        )
 
     def feed(self, data: bytes) -> None:
         while data:
             try:
                 part = self._d.decompress(data, self.limit + 1 - self.size)
             except zlib.error:
-                raise APIError(ErrorKind.invalid_encoding, "body is not valid gzip (Content-Encoding: gzip)") from None
+                raise APIError(
+                    ErrorKind.invalid_encoding, "body is not valid gzip (Content-Encoding: gzip)"
+                ) from None
             self.size += len(part)
             if self.size > self.limit:
                 raise self._too_large()
@@ -214,9 +221,12 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise APIError(ErrorKind.invalid_json, f"body is not valid JSON: {e.msg} at line {e.lineno} "
-                                               f"column {e.colno}") from None
+        raise APIError(
+            ErrorKind.invalid_json, f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
     except RecursionError:
         raise APIError(ErrorKind.invalid_json, "body is nested too deeply") from None
     except ValueError:  # e.g. an integer literal over Python's 4300-digit conversion limit
-        raise APIError(ErrorKind.invalid_json, "body is not valid JSON: a number literal is too long") from None
+        raise APIError(
+            ErrorKind.invalid_json, "body is not valid JSON: a number literal is too long"
+        ) from None

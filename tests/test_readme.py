@@ -37,7 +37,9 @@ def _layout(tmp: Path) -> Path:
     (repo / "configs").mkdir(parents=True)
     for split in ("train", "validation", "test"):  # a slice keeps every command quick
         lines = (DATA_DIR / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        (data / f"{split}.jsonl").write_text("\n".join(lines[:: max(1, len(lines) // 150)]) + "\n", encoding="utf-8")
+        (data / f"{split}.jsonl").write_text(
+            "\n".join(lines[:: max(1, len(lines) // 150)]) + "\n", encoding="utf-8"
+        )
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     cfg.update(model_name=demo["model_name"], output_dir=demo["output_dir"], export_onnx=False)
@@ -57,8 +59,14 @@ def test_readme_commands_run_as_written_after_make_demo(tmp_path):
     repo = _layout(tmp_path)
     env = cli_env(MLFLOW_TRACKING_URI=None, PYTHONPATH=None)  # the installed CLI, the default store
 
-    demo = subprocess.run(["make", "--no-print-directory", "demo-run"], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=600)
+    demo = subprocess.run(
+        ["make", "--no-print-directory", "demo-run"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert "promoted" in demo.stdout and (repo / "mlflow.db").is_file()
     assert len([json.loads(x) for x in demo.stdout.splitlines() if x.startswith('{"flagged"')]) == 3
@@ -66,9 +74,17 @@ def test_readme_commands_run_as_written_after_make_demo(tmp_path):
     port = str(free_port())
     for i, block in enumerate(blocks):
         script = block.replace("8000", port)  # the README's port may be taken on this machine
-        r = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=repo, env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, f"README bash block {i} failed:\n{block}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+        r = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, (
+            f"README bash block {i} failed:\n{block}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+        )
         if "adrisk predict" in block:
             assert json.loads(r.stdout.splitlines()[0])["flagged"] in (True, False)
         if "/v1/classify" in block:
@@ -77,25 +93,51 @@ def test_readme_commands_run_as_written_after_make_demo(tmp_path):
     assert (repo / "outputs" / "scored.parquet").is_file() and (repo / "outputs" / "eval.json").is_file()
 
     # a second `make demo` on the same data and config changes nothing and still succeeds
-    again = subprocess.run(["make", "--no-print-directory", "demo-run"], cwd=repo, env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0 and "already trained on this data and config" in again.stdout, again.stderr[-2000:]
+    again = subprocess.run(
+        ["make", "--no-print-directory", "demo-run"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0 and "already trained on this data and config" in again.stdout, again.stderr[
+        -2000:
+    ]
 
     # from another directory, only the environment says where the registry is
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     store = f"sqlite:///{repo / 'mlflow.db'}"
-    for verb in (["predict", "--model", "models:/risky-ads@champion", "cheap flat"],
-                 ["evaluate", "--model", "models:/risky-ads/1", "--data",
-                  str(repo.parent / "shared" / "datasets" / "risky-ads-v1" / "test.jsonl")]):
-        r = subprocess.run([sys.executable, "-m", "adrisk", *verb], cwd=elsewhere, capture_output=True, text=True,
-                           env=cli_env(MLFLOW_TRACKING_URI=store), timeout=300)
+    for verb in (
+        ["predict", "--model", "models:/risky-ads@champion", "cheap flat"],
+        [
+            "evaluate",
+            "--model",
+            "models:/risky-ads/1",
+            "--data",
+            str(repo.parent / "shared" / "datasets" / "risky-ads-v1" / "test.jsonl"),
+        ],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "adrisk", *verb],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            env=cli_env(MLFLOW_TRACKING_URI=store),
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
     assert not (elsewhere / "mlflow.db").exists()
     # MLFLOW_REGISTRY_URI, when set, is where every verb looks for models
-    r = subprocess.run([sys.executable, "-m", "adrisk", "predict", "--model", "models:/risky-ads/1", "x"],
-                       cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                       env=cli_env(MLFLOW_TRACKING_URI=store, MLFLOW_REGISTRY_URI=f"sqlite:///{elsewhere / 'reg.db'}"))
+    r = subprocess.run(
+        [sys.executable, "-m", "adrisk", "predict", "--model", "models:/risky-ads/1", "x"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(MLFLOW_TRACKING_URI=store, MLFLOW_REGISTRY_URI=f"sqlite:///{elsewhere / 'reg.db'}"),
+    )
     assert r.returncode == 1 and "reg.db" in r.stderr, r.stderr[-2000:]
 
 
@@ -123,8 +165,9 @@ def test_serve_flag_help_states_the_settings_defaults():
         m = re.search(r"\(default ([^;)]+)\)", action.help or "")
         if m and action.dest in defaults:
             stated, actual = m.group(1).split()[0], defaults[action.dest].default
-            assert (float(stated) == float(actual)) if isinstance(actual, int | float) else stated == str(actual), \
-                action.dest
+            assert (
+                (float(stated) == float(actual)) if isinstance(actual, int | float) else stated == str(actual)
+            ), action.dest
             checked += 1
         if action.dest == "torch_threads":
             assert "half the usable CPUs" in action.help

@@ -37,7 +37,9 @@ def _package_dir(name: str) -> Path:
     try:
         mod = importlib.import_module(name)
     except ImportError as e:
-        raise BaseModelError(f"base model package '{name}' is not installed (pip install {name.replace('_', '-')})") from e
+        raise BaseModelError(
+            f"base model package '{name}' is not installed (pip install {name.replace('_', '-')})"
+        ) from e
     if hasattr(mod, "get_model_path"):
         return Path(mod.get_model_path())
     return Path(mod.__file__).parent / "model"
@@ -56,8 +58,10 @@ def resolve_base_model(cfg: BaseModelConfig) -> BaseModel:
         path = Path(ref).expanduser().resolve()
     else:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise BaseModelError(f"base model '{ref}' is neither a package (pkg:...) nor a local directory, "
-                                 "and HF_HUB_OFFLINE=1 forbids the hub")
+            raise BaseModelError(
+                f"base model '{ref}' is neither a package (pkg:...) nor a local directory, "
+                "and HF_HUB_OFFLINE=1 forbids the hub"
+            )
         return BaseModel(ref, ref, None)
     if not (path / "config.json").is_file():
         raise BaseModelError(f"base model directory {path} has no config.json")
@@ -82,9 +86,16 @@ def build_model(base: BaseModel, cfg: BaseModelConfig, schema: LabelSchema, voca
     """
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    kw = dict(num_labels=schema.num_labels, id2label=dict(enumerate(schema.labels)),
-              label2id={n: i for i, n in enumerate(schema.labels)}, problem_type=_HF_PROBLEM[schema.problem_type])
+    kw = dict(
+        num_labels=schema.num_labels,
+        id2label=dict(enumerate(schema.labels)),
+        label2id={n: i for i, n in enumerate(schema.labels)},
+        problem_type=_HF_PROBLEM[schema.problem_type],
+    )
     if cfg.tiny is not None:
-        return BertForSequenceClassification(BertConfig(vocab_size=vocab_size, max_position_embeddings=512,
-                                                        **cfg.tiny.model_dump(), **kw))
-    return AutoModelForSequenceClassification.from_pretrained(base.path, local_files_only=os.path.isdir(base.path), **kw)
+        return BertForSequenceClassification(
+            BertConfig(vocab_size=vocab_size, max_position_embeddings=512, **cfg.tiny.model_dump(), **kw)
+        )
+    return AutoModelForSequenceClassification.from_pretrained(
+        base.path, local_files_only=os.path.isdir(base.path), **kw
+    )

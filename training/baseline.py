@@ -29,11 +29,29 @@ class TfidfBaseline:
         self.seed = seed
 
     def _features(self) -> FeatureUnion:
-        return FeatureUnion([
-            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=self.cfg.max_features_word)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
-                                     max_features=self.cfg.max_features_char)),
-        ])
+        return FeatureUnion(
+            [
+                (
+                    "word",
+                    TfidfVectorizer(
+                        ngram_range=(1, 2),
+                        min_df=2,
+                        sublinear_tf=True,
+                        max_features=self.cfg.max_features_word,
+                    ),
+                ),
+                (
+                    "char",
+                    TfidfVectorizer(
+                        analyzer="char_wb",
+                        ngram_range=(2, 5),
+                        min_df=2,
+                        sublinear_tf=True,
+                        max_features=self.cfg.max_features_char,
+                    ),
+                ),
+            ]
+        )
 
     def fit(self, texts: list[str], targets: np.ndarray) -> TfidfBaseline:
         lr = LogisticRegression(C=self.cfg.C, class_weight="balanced", max_iter=2000, random_state=self.seed)

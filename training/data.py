@@ -117,7 +117,9 @@ def _parse_list(value) -> list[str]:
     raise DataError(f"cannot read labels of type {type(value).__name__}")
 
 
-def _unknown_labels_message(where: str, column: str, unknown: dict[str, list[int]], schema: LabelSchema) -> str:
+def _unknown_labels_message(
+    where: str, column: str, unknown: dict[str, list[int]], schema: LabelSchema
+) -> str:
     lines = [f"{where}: unknown labels in column '{column}' (schema: {list(schema.labels)}):"]
     for name, idx in sorted(unknown.items()):
         hint = difflib.get_close_matches(name.strip().lower(), schema.labels, n=1)
@@ -137,16 +139,24 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
     if cfg.label_format == "columns":
         missing = [c for c in labels if c not in df.columns]
         if missing:
-            raise DataError(f"{where}: label columns {missing} not found; columns: {describe_columns(df.columns)}")
+            raise DataError(
+                f"{where}: label columns {missing} not found; columns: {describe_columns(df.columns)}"
+            )
         for j, name in enumerate(labels):
-            vals = pd.to_numeric(df[name].replace({True: 1, False: 0, "true": 1, "false": 0}), errors="coerce")
+            vals = pd.to_numeric(
+                df[name].replace({True: 1, False: 0, "true": 1, "false": 0}), errors="coerce"
+            )
             bad = np.flatnonzero(~vals.isin([0, 1]).to_numpy())
             if bad.size:
-                raise DataError(f"{where}: column '{name}' must hold 0/1; bad values in {_rows(bad.tolist())}")
+                raise DataError(
+                    f"{where}: column '{name}' must hold 0/1; bad values in {_rows(bad.tolist())}"
+                )
             y[:, j] = vals.to_numpy(dtype=np.float32)
     else:
         if cfg.labels_column not in df.columns:
-            raise DataError(f"{where}: labels column '{cfg.labels_column}' not found; columns: {describe_columns(df.columns)}")
+            raise DataError(
+                f"{where}: labels column '{cfg.labels_column}' not found; columns: {describe_columns(df.columns)}"
+            )
         unknown: dict[str, list[int]] = defaultdict(list)
         empty: list[int] = []
         for i, value in enumerate(df[cfg.labels_column].tolist()):
@@ -154,7 +164,9 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
                 names = [value] if cfg.label_format == "class" else _parse_list(value)
             except DataError as e:
                 raise DataError(f"{where}: column '{cfg.labels_column}', row {i + 1}: {e}") from None
-            if cfg.label_format == "class" and (value is None or (isinstance(value, float) and math.isnan(value))):
+            if cfg.label_format == "class" and (
+                value is None or (isinstance(value, float) and math.isnan(value))
+            ):
                 empty.append(i)
                 continue
             for name in names:
@@ -170,11 +182,15 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
     if schema.problem_type is ProblemType.MULTI_CLASS:
         bad = np.flatnonzero(y.sum(axis=1) != 1)
         if bad.size:
-            raise DataError(f"{where}: multi_class needs exactly one label per row; not so in {_rows(bad.tolist())}")
+            raise DataError(
+                f"{where}: multi_class needs exactly one label per row; not so in {_rows(bad.tolist())}"
+            )
     return y
 
 
-def prepare_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, where: str) -> tuple[pd.DataFrame, np.ndarray]:
+def prepare_frame(
+    df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, where: str
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Validate columns and text, and map them to the normalised layout (text, source, group, id).
 
     Raises:
@@ -182,11 +198,15 @@ def prepare_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, where:
             with missing / non-string text.
     """
     if cfg.text_column not in df.columns:
-        raise DataError(f"{where}: text column '{cfg.text_column}' not found; columns found: {describe_columns(df.columns)}")
+        raise DataError(
+            f"{where}: text column '{cfg.text_column}' not found; columns found: {describe_columns(df.columns)}"
+        )
     text = df[cfg.text_column]
     bad = [i for i, t in enumerate(text.tolist()) if not isinstance(t, str)]
     if bad:
-        raise DataError(f"{where}: text column '{cfg.text_column}' is missing or not a string in {_rows(bad)}")
+        raise DataError(
+            f"{where}: text column '{cfg.text_column}' is missing or not a string in {_rows(bad)}"
+        )
     y = targets_from_frame(df, cfg, schema, where)
     out = pd.DataFrame({"text": text.astype(str).to_numpy()})
     for key, col in (("source", cfg.source_column), ("group", cfg.group_column), ("id", cfg.id_column)):
@@ -255,7 +275,9 @@ def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= n else frame.sample(n=n, random_state=seed).sort_index()
 
 
-def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: list[str] | None = None) -> DataBundle:
+def load_data(
+    cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: list[str] | None = None
+) -> DataBundle:
     """Load, validate and split the configured data.
 
     Rows of ``extra_train_files`` (e.g. exported moderator feedback) whose normalised text occurs
@@ -278,8 +300,10 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         made_split = False
     else:
         if root.is_dir():
-            raise DataError(f"{root}: no train/validation/test files (train.jsonl, ...); for one file to be "
-                            "split, point data.path at the file itself")
+            raise DataError(
+                f"{root}: no train/validation/test files (train.jsonl, ...); for one file to be "
+                "split, point data.path at the file itself"
+            )
         whole, _ = prepare_frame(read_table(root), cfg, schema, str(root))
         frames = group_split(whole, cfg, seed)
         paths = {s: f"{root}#{s}" for s in SPLITS}
@@ -295,7 +319,9 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         frames["train"] = pd.concat(parts).sort_index()
     extra_report = {"rows": 0, "excluded_gate_duplicates": 0}
     if cfg.extra_train_files:
-        held_out = set(frames["validation"]["text"].map(normalize_text)) | set(frames["test"]["text"].map(normalize_text))
+        held_out = set(frames["validation"]["text"].map(normalize_text)) | set(
+            frames["test"]["text"].map(normalize_text)
+        )
         held_out |= {normalize_text(t) for t in exclude_texts or []}
         for extra in cfg.extra_train_files:
             add, _ = prepare_frame(read_table(extra), cfg, schema, extra)
@@ -303,7 +329,11 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
             extra_report["rows"] += int(len(add))
             extra_report["excluded_gate_duplicates"] += int(dup.sum())
             if dup.any():
-                logger.warning("%s: %d rows repeat a held-out (validation/test/gate) text and are excluded", extra, int(dup.sum()))
+                logger.warning(
+                    "%s: %d rows repeat a held-out (validation/test/gate) text and are excluded",
+                    extra,
+                    int(dup.sum()),
+                )
             frames["train"] = pd.concat([frames["train"], add[~dup]], ignore_index=True)
             paths["train"] += f"+{extra}"
     if cfg.shuffle_train_labels:  # negative control: keep label frequencies, break text-label link
@@ -314,16 +344,23 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         logger.warning("train labels are shuffled (negative control)")
     empty = [k for k in SPLITS if len(frames[k]) == 0]
     if empty:
-        raise DataError(f"{root}: the {', '.join(empty)} split{'s' if len(empty) > 1 else ''} "
-                        f"{'have' if len(empty) > 1 else 'has'} no rows ({', '.join(paths[k] for k in empty)})")
+        raise DataError(
+            f"{root}: the {', '.join(empty)} split{'s' if len(empty) > 1 else ''} "
+            f"{'have' if len(empty) > 1 else 'has'} no rows ({', '.join(paths[k] for k in empty)})"
+        )
     yv = frames["validation"][[f"y.{n}" for n in schema.labels]].to_numpy()
     if not ((yv.sum(axis=0) > 0) & (yv.sum(axis=0) < len(yv))).any():
-        raise DataError(f"{paths['validation']}: no label has both positive and negative rows in the validation "
-                        f"split ({len(yv)} rows), so checkpoints and thresholds cannot be chosen; add labelled rows")
+        raise DataError(
+            f"{paths['validation']}: no label has both positive and negative rows in the validation "
+            f"split ({len(yv)} rows), so checkpoints and thresholds cannot be chosen; add labelled rows"
+        )
     overlaps = overlap_report(frames)
     if any(overlaps.values()):
-        logger.warning("the same normalised text occurs in more than one split: %s%s", overlaps,
-                       "" if made_split else " (given splits; counted, not removed)")
+        logger.warning(
+            "the same normalised text occurs in more than one split: %s%s",
+            overlaps,
+            "" if made_split else " (given splits; counted, not removed)",
+        )
     splits = {}
     for name, fr in frames.items():
         fr = fr.reset_index(drop=True)
@@ -334,8 +371,10 @@ def load_data(cfg: DataConfig, schema: LabelSchema, seed: int, exclude_texts: li
         "extra_train": extra_report,
         "overlap": overlaps,
         "rows": {k: len(v) for k, v in splits.items()},
-        "positives": {k: dict(zip(schema.labels, v.targets.sum(axis=0).astype(int).tolist(), strict=True))
-                      for k, v in splits.items()},
+        "positives": {
+            k: dict(zip(schema.labels, v.targets.sum(axis=0).astype(int).tolist(), strict=True))
+            for k, v in splits.items()
+        },
     }
     logger.info("data: %s rows, positives %s", report["rows"], report["positives"]["train"])
     return DataBundle(splits["train"], splits["validation"], splits["test"], report)

@@ -25,8 +25,14 @@ class Evaluation:
     report: dict = field(default_factory=dict)
 
 
-def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split: str = "eval",
-                   config: Config | None = None, audit: bool = True) -> Evaluation:
+def evaluate_model(
+    predictor: Predictor,
+    ref: ModelRef,
+    data: DataConfig,
+    split: str = "eval",
+    config: Config | None = None,
+    audit: bool = True,
+) -> Evaluation:
     """Score ``data.path`` with ``predictor`` at the model's own thresholds and compute every metric
     per label and per source slice (see ``training.metrics.evaluate_scores``).
 
@@ -47,8 +53,18 @@ def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split:
     table = format_table(metrics, predictor.labels, split)
     if audit:
         texts = frame["text"].tolist()
-        res = run_audit(predictor.labels, texts, y, sources, texts, y, sources, predictor.predict_proba, thr,
-                        eval_probs=probs)
+        res = run_audit(
+            predictor.labels,
+            texts,
+            y,
+            sources,
+            texts,
+            y,
+            sources,
+            predictor.predict_proba,
+            thr,
+            eval_probs=probs,
+        )
         metrics |= res.prefixed()
         table += "\n\n" + res.table
     if config is not None and config.eval_sets:
@@ -59,7 +75,12 @@ def evaluate_model(predictor: Predictor, ref: ModelRef, data: DataConfig, split:
             es = load_eval_set(name, entry, predictor.meta.label_schema, test)
             metrics |= evaluate_eval_set(es, predictor.predict_proba(es.split.texts), predictor.labels, thr)
         table += "\n\nextra evaluation sets (the model's own thresholds)\n" + format_eval_sets(
-            metrics, list(config.eval_sets), predictor.labels)
-    report = {"model": {"uri": ref.uri, "name": ref.name, "version": ref.version}, "data": data.path,
-              "rows": int(len(y)), "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()}}
+            metrics, list(config.eval_sets), predictor.labels
+        )
+    report = {
+        "model": {"uri": ref.uri, "name": ref.name, "version": ref.version},
+        "data": data.path,
+        "rows": int(len(y)),
+        "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
+    }
     return Evaluation(metrics, table, report)

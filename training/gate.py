@@ -45,16 +45,22 @@ class GateDecision:
         return [r for r in self.rows if r.passed is False]
 
     def to_dict(self) -> dict:
-        return {"promoted": self.promoted, "reason": self.reason, "champion_version": self.champion_version,
-                "challenger_version": self.challenger_version,
-                "rows": [asdict(r) | {"delta": r.delta} for r in self.rows]}
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "champion_version": self.champion_version,
+            "challenger_version": self.challenger_version,
+            "rows": [asdict(r) | {"delta": r.delta} for r in self.rows],
+        }
 
 
 def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def apply_gate(challenger: dict[str, float], champion: dict[str, float] | None, labels, g: GateConfig) -> list[GateRow]:
+def apply_gate(
+    challenger: dict[str, float], champion: dict[str, float] | None, labels, g: GateConfig
+) -> list[GateRow]:
     """Evaluate the gate rules. ``champion`` None means a first model: absolute floors apply.
 
     Returns every compared row (per label overall, per source slice, macro AP), each with its rule.
@@ -70,21 +76,51 @@ def apply_gate(challenger: dict[str, float], champion: dict[str, float] | None, 
         rows.append(GateRow(slice_, lab, metric, ch, new, rule, passed))
 
     if champion is None:
-        add("all", "macro", "ap", f"{GATE_SPLIT}.macro.ap", f">= {g.min_macro_ap} (first-model floor)",
-            lambda new, _: new >= g.min_macro_ap)
+        add(
+            "all",
+            "macro",
+            "ap",
+            f"{GATE_SPLIT}.macro.ap",
+            f">= {g.min_macro_ap} (first-model floor)",
+            lambda new, _: new >= g.min_macro_ap,
+        )
     else:
-        add("all", "macro", "ap", f"{GATE_SPLIT}.macro.ap", f">= champion - {g.macro_ap_tolerance}",
-            lambda new, old: old is None or new >= old - g.macro_ap_tolerance)
+        add(
+            "all",
+            "macro",
+            "ap",
+            f"{GATE_SPLIT}.macro.ap",
+            f">= champion - {g.macro_ap_tolerance}",
+            lambda new, old: old is None or new >= old - g.macro_ap_tolerance,
+        )
     for lab in labels:
         if champion is None:
             floor = g.min_ap.get(lab)
-            add("all", lab, "ap", key(lab, "ap"), f">= {floor} (first-model floor)" if floor is not None else "report",
-                None if floor is None else (lambda new, _, f=floor: new >= f))
+            add(
+                "all",
+                lab,
+                "ap",
+                key(lab, "ap"),
+                f">= {floor} (first-model floor)" if floor is not None else "report",
+                None if floor is None else (lambda new, _, f=floor: new >= f),
+            )
         else:
-            add("all", lab, "ap", key(lab, "ap"), f">= champion - {g.ap_tolerance}",
-                lambda new, old: old is None or new >= old - g.ap_tolerance)
-            add("all", lab, "recall", key(lab, "recall"), f">= champion - {g.max_recall_drop}",
-                lambda new, old: old is None or new >= old - g.max_recall_drop)
+            add(
+                "all",
+                lab,
+                "ap",
+                key(lab, "ap"),
+                f">= champion - {g.ap_tolerance}",
+                lambda new, old: old is None or new >= old - g.ap_tolerance,
+            )
+            add(
+                "all",
+                lab,
+                "recall",
+                key(lab, "recall"),
+                f">= champion - {g.max_recall_drop}",
+                lambda new, old: old is None or new >= old - g.max_recall_drop,
+            )
         add("all", lab, "ece", key(lab, "ece"), f"<= {g.max_ece}", lambda new, _: new <= g.max_ece)
     sources = sorted({k.split(".")[2] for k in challenger if k.startswith(f"{GATE_SPLIT}.source.")})
     for src in sources:
@@ -96,22 +132,45 @@ def apply_gate(challenger: dict[str, float], champion: dict[str, float] | None, 
             if champion is None or tol is None:
                 add(src, lab, "ap", key(lab, "ap", src), "report", None)
             else:
-                add(src, lab, "ap", key(lab, "ap", src), f">= champion - {tol}",
-                    lambda new, old, t=tol: old is None or new >= old - t)
+                add(
+                    src,
+                    lab,
+                    "ap",
+                    key(lab, "ap", src),
+                    f">= champion - {tol}",
+                    lambda new, old, t=tol: old is None or new >= old - t,
+                )
     for k, bound in sorted(g.eval_floors.items()):  # extra evaluation sets (eval.<set>.*): absolute bounds
         set_name, rest = k.split(".", 1)
         lab, metric = rest.rsplit(".", 1) if "." in rest else (rest, "")
         ceiling = metric == "flagged_negatives"  # a share of negatives flagged: lower is better
-        add(f"eval:{set_name}", lab, metric, f"eval.{k}", f"{'<=' if ceiling else '>='} {bound} (eval floor)",
-            lambda new, _, b=bound, c=ceiling: new <= b if c else new >= b)
+        add(
+            f"eval:{set_name}",
+            lab,
+            metric,
+            f"eval.{k}",
+            f"{'<=' if ceiling else '>='} {bound} (eval floor)",
+            lambda new, _, b=bound, c=ceiling: new <= b if c else new >= b,
+        )
     return rows
 
 
 def format_gate_table(rows: list[GateRow]) -> str:
     """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result."""
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    body = [[r.slice, r.label, r.metric, f(r.champion), f(r.challenger), "-" if r.delta is None else f"{r.delta:+.4f}",
-             r.rule, {True: "pass", False: "FAIL", None: ""}[r.passed]] for r in rows]
+    body = [
+        [
+            r.slice,
+            r.label,
+            r.metric,
+            f(r.champion),
+            f(r.challenger),
+            "-" if r.delta is None else f"{r.delta:+.4f}",
+            r.rule,
+            {True: "pass", False: "FAIL", None: ""}[r.passed],
+        ]
+        for r in rows
+    ]
     header = ["slice", "label", "metric", "champion", "challenger", "delta", "rule", "result"]
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
     line = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731

@@ -92,7 +92,9 @@ def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size
     out = None
     for idx in length_sorted_batches(lengths, batch_size):
         x, m = encoder.pad([ids[i] for i in idx])
-        logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
+        logits = (
+            model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
+        )
         if out is None:
             out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
@@ -102,8 +104,11 @@ def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size
 
 def macro_ap(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean average precision over labels that have both classes (rank-based: no calibration needed)."""
-    aps = [average_precision_score(targets[:, j], logits[:, j]) for j in range(targets.shape[1])
-           if 0 < targets[:, j].sum() < len(targets)]
+    aps = [
+        average_precision_score(targets[:, j], logits[:, j])
+        for j in range(targets.shape[1])
+        if 0 < targets[:, j].sum() < len(targets)
+    ]
     return float(np.mean(aps)) if aps else float("nan")
 
 
@@ -115,9 +120,14 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
         head = name.startswith(("classifier", "bert.pooler", "pooler"))
         decay = p.ndim >= 2 and "LayerNorm" not in name
         groups.setdefault((head, decay), []).append(p)
-    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
-             "lr": cfg.learning_rate * (cfg.head_learning_rate_multiplier if head else 1.0)}
-            for (head, decay), ps in sorted(groups.items())]
+    return [
+        {
+            "params": ps,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "lr": cfg.learning_rate * (cfg.head_learning_rate_multiplier if head else 1.0),
+        }
+        for (head, decay), ps in sorted(groups.items())
+    ]
 
 
 def bf16_supported() -> bool:
@@ -149,11 +159,23 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.ndarray,
-        val_ids: list[list[int]], val_y: np.ndarray, schema: LabelSchema, cfg: TrainConfig, seed: int,
-        checkpoint_dir: Path, config_digest: str, resume: bool = False,
-        on_metrics: Callable[[dict, int], None] | None = None, group_ids: np.ndarray | None = None,
-        group_dro_eta: float = 0.01) -> FitResult:
+def fit(
+    model,
+    encoder: TextEncoder,
+    train_ids: list[list[int]],
+    train_y: np.ndarray,
+    val_ids: list[list[int]],
+    val_y: np.ndarray,
+    schema: LabelSchema,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_dir: Path,
+    config_digest: str,
+    resume: bool = False,
+    on_metrics: Callable[[dict, int], None] | None = None,
+    group_ids: np.ndarray | None = None,
+    group_dro_eta: float = 0.01,
+) -> FitResult:
     """Fine-tune ``model`` in place and load the best validation weights into it at the end.
 
     Args:
@@ -178,7 +200,9 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
     optimizer = make_optimizer(model, cfg)
     from transformers import get_linear_schedule_with_warmup
 
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
+    )
     loss_fn = loss_function(schema, train_y, cfg)
     dro = None
     if group_ids is not None:
@@ -187,8 +211,15 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
         dro = GroupDRO(int(np.max(group_ids)) + 1, group_dro_eta)
         loss_fn.reduction = "none"  # per-row losses, combined by group DRO
 
-    state = {"epoch": 0, "batch": 0, "global_step": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0,
-             "history": []}
+    state = {
+        "epoch": 0,
+        "batch": 0,
+        "global_step": 0,
+        "best_score": -1.0,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+    }
     last = checkpoint_dir / LAST_CHECKPOINT
     if resume:
         if not last.is_file():
@@ -198,8 +229,10 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
             if not isinstance(ck, dict) or "config_digest" not in ck:
                 raise ValueError("not an adrisk checkpoint")
         except Exception as e:  # truncated / garbage file: torch's own message misleads (weights_only=False)
-            raise CheckpointError(f"--resume: {last} is unreadable ({type(e).__name__}); it is corrupt or "
-                                  f"truncated: delete {checkpoint_dir} to start over") from None
+            raise CheckpointError(
+                f"--resume: {last} is unreadable ({type(e).__name__}); it is corrupt or "
+                f"truncated: delete {checkpoint_dir} to start over"
+            ) from None
         if ck["config_digest"] != config_digest:
             raise CheckpointError(f"--resume: {last} was written under a different config")
         model.load_state_dict(ck["model"])
@@ -209,27 +242,46 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
         state = ck["state"]
         if dro is not None and state.get("dro_q"):
             dro.load_state(state["dro_q"])
-        logger.info("resumed at epoch %d, batch %d (step %d)", state["epoch"], state["batch"], state["global_step"])
+        logger.info(
+            "resumed at epoch %d, batch %d (step %d)", state["epoch"], state["batch"], state["global_step"]
+        )
     else:
         torch.manual_seed(seed)
 
     def save_checkpoint() -> None:
         if dro is not None:
             state["dro_q"] = dro.state()
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "state": state, "config_digest": config_digest}, last)
+        _atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+                "config_digest": config_digest,
+            },
+            last,
+        )
 
     bf16 = cfg.bf16 and bf16_supported()
     if cfg.bf16 and not bf16:
         logger.warning("train.bf16: this CPU has no bfloat16 support (AVX512-BF16/AMX); training in fp32")
     model.train()
-    bar = tqdm(total=total_steps, initial=state["global_step"], desc="fine-tune", unit="step",
-               mininterval=2.0 if sys.stderr.isatty() else 60.0, dynamic_ncols=True)  # a log file gets a line a minute
+    bar = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        desc="fine-tune",
+        unit="step",
+        mininterval=2.0 if sys.stderr.isatty() else 60.0,
+        dynamic_ncols=True,
+    )  # a log file gets a line a minute
     stopped_early = False
     ema = None
-    while (state["epoch"] < cfg.epochs and state["global_step"] < total_steps
-           and state["bad_epochs"] < cfg.early_stopping_patience):
+    while (
+        state["epoch"] < cfg.epochs
+        and state["global_step"] < total_steps
+        and state["bad_epochs"] < cfg.early_stopping_patience
+    ):
         batches = epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed + state["epoch"])
         for b in range(state["batch"], len(batches)):
             idx = batches[b]
@@ -238,7 +290,9 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
                 logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
             loss = loss_fn(logits.float(), _loss_targets(schema, train_y[idx]))
             if dro is not None:
-                loss = dro.loss(loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx]))
+                loss = dro.loss(
+                    loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -248,7 +302,9 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
             state["batch"] = b + 1
             ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
             bar.update(1)
-            bar.set_postfix(epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(
+                epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+            )
             if on_metrics and state["global_step"] % 50 == 0:
                 on_metrics({"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}, state["global_step"])
             if state["global_step"] % cfg.checkpoint_every_steps == 0:
@@ -257,14 +313,20 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
                 break
         # end of epoch (or of max_steps): validate, keep the best weights, maybe stop early
         score = macro_ap(predict_logits(model, encoder, val_ids, cfg.eval_batch_size), val_y)
-        epoch_metrics = {"validation.macro_ap": score, "train.loss_ema": float(ema or 0.0), "epoch": state["epoch"] + 1}
+        epoch_metrics = {
+            "validation.macro_ap": score,
+            "train.loss_ema": float(ema or 0.0),
+            "epoch": state["epoch"] + 1,
+        }
         state["history"].append(epoch_metrics)
         logger.info("epoch %d: validation macro AP %.4f", state["epoch"] + 1, score)
         if on_metrics:
             on_metrics({"epoch.validation.macro_ap": score}, state["epoch"] + 1)
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=state["epoch"] + 1, bad_epochs=0)
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint_dir / BEST_WEIGHTS))
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint_dir / BEST_WEIGHTS)
+            )
         else:
             state["bad_epochs"] += 1
         state["epoch"] += 1
@@ -278,4 +340,6 @@ def fit(model, encoder: TextEncoder, train_ids: list[list[int]], train_y: np.nda
     bar.close()
     model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
     model.eval()
-    return FitResult(state["best_score"], state["best_epoch"], state["history"], stopped_early, state["global_step"])
+    return FitResult(
+        state["best_score"], state["best_epoch"], state["history"], stopped_early, state["global_step"]
+    )

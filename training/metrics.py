@@ -115,8 +115,13 @@ def evaluate_scores(
     return out
 
 
-def format_table(metrics: dict[str, float], labels: Sequence[str], split: str = "test",
-                 baseline_prefix: str = "baseline.", columns: Sequence[str] = ("ap", "roc_auc", "f1", "recall_at_p90", "ece")) -> str:
+def format_table(
+    metrics: dict[str, float],
+    labels: Sequence[str],
+    split: str = "test",
+    baseline_prefix: str = "baseline.",
+    columns: Sequence[str] = ("ap", "roc_auc", "f1", "recall_at_p90", "ece"),
+) -> str:
     """A plain-text table: one row per label and per (source, label) slice with positives and negatives,
     transformer columns and, where present, the baseline's beside them (``b.ap`` ...)."""
     rows = []
@@ -124,7 +129,9 @@ def format_table(metrics: dict[str, float], labels: Sequence[str], split: str = 
     sources = sorted({k.split(".")[2] for k in metrics if k.startswith(f"{split}.source.")})
     slices += [(s, f"{split}.source.{s}.") for s in sources]
     has_base = any(k.startswith(baseline_prefix) for k in metrics)
-    header = ["slice", "label", "n", "pos"] + list(columns) + ([f"b.{c}" for c in columns] if has_base else [])
+    header = (
+        ["slice", "label", "n", "pos"] + list(columns) + ([f"b.{c}" for c in columns] if has_base else [])
+    )
     for sname, key in slices:
         for lab in labels:
             n = metrics.get(f"{key}{lab}.n")
@@ -134,7 +141,12 @@ def format_table(metrics: dict[str, float], labels: Sequence[str], split: str = 
             vals = [metrics.get(f"{key}{lab}.{c}") for c in columns]
             if has_base:
                 vals += [metrics.get(f"{baseline_prefix}{key}{lab}.{c}") for c in columns]
-            rows.append([sname, lab, str(int(n)), str(int(pos))] + ["-" if v is None else f"{v:.3f}" for v in vals])
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+            rows.append(
+                [sname, lab, str(int(n)), str(int(pos))] + ["-" if v is None else f"{v:.3f}" for v in vals]
+            )
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

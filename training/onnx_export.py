@@ -40,7 +40,6 @@ Methods and sources:
   See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -79,8 +78,9 @@ DEFAULT_TOLERANCE = 0.005
 # export and quantisation
 
 
-def export_fp32(directory: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
-                optimize: bool = False) -> Path:
+def export_fp32(
+    directory: str | os.PathLike[str], out_path: str | os.PathLike[str], *, optimize: bool = False
+) -> Path:
     """Export the artifact's torch model to an fp32 ONNX graph with dynamic batch and sequence axes.
 
     Inputs ``input_ids`` and ``attention_mask`` (int64, (batch, sequence)); output ``logits``
@@ -99,7 +99,8 @@ def export_fp32(directory: str | os.PathLike[str], out_path: str | os.PathLike[s
     directory, out_path = Path(directory), Path(out_path)
     load_meta(directory)  # a clear error for a non-artifact
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), local_files_only=True, attn_implementation="eager")
+        str(directory), local_files_only=True, attn_implementation="eager"
+    )
     model.eval()
 
     class _Logits(torch.nn.Module):
@@ -121,10 +122,20 @@ def export_fp32(directory: str | os.PathLike[str], out_path: str | os.PathLike[s
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(
-            _Logits(model), (ids, mask), str(raw), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            _Logits(model),
+            (ids, mask),
+            str(raw),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                OUTPUT_NAME: {0: "batch"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     if optimize:
         try:
             _optimize_bert(raw, out_path, model.config)
@@ -149,19 +160,27 @@ def _optimize_bert(src: Path, dst: Path, config) -> None:
     opt.save_model_to_file(str(dst))
 
 
-def ffn_output_matmuls(onnx_path: str | os.PathLike[str], hidden_size: int, intermediate_size: int) -> list[str]:
+def ffn_output_matmuls(
+    onnx_path: str | os.PathLike[str], hidden_size: int, intermediate_size: int
+) -> list[str]:
     """Names of the MatMul nodes whose constant weight has shape (intermediate_size, hidden_size):
     the FFN output (down) projections of a BERT-like encoder, found by shape rather than by name."""
     import onnx
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
     shapes = {t.name: tuple(t.dims) for t in g.initializer}
-    return [n.name for n in g.node if n.op_type == "MatMul" and len(n.input) == 2
-            and shapes.get(n.input[1]) == (intermediate_size, hidden_size)]
+    return [
+        n.name
+        for n in g.node
+        if n.op_type == "MatMul"
+        and len(n.input) == 2
+        and shapes.get(n.input[1]) == (intermediate_size, hidden_size)
+    ]
 
 
-def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                  keep_fp32: Sequence[str] = ()) -> Path:
+def quantize_int8(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_fp32: Sequence[str] = ()
+) -> Path:
     """Int8 dynamic quantisation of an fp32 ONNX graph: MatMul (and Gather/Attention) weights int8
     per channel, activations quantised at run time; nodes named in ``keep_fp32`` stay fp32.
     Returns ``dst``."""
@@ -172,9 +191,14 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     quiet = _DropInfoFrom("onnxruntime")  # the quantiser logs one INFO line per tensor on the root logger
     root.addFilter(quiet)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=list(keep_fp32),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=list(keep_fp32),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.removeFilter(quiet)
     return Path(dst)
@@ -191,7 +215,10 @@ class _DropInfoFrom(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.fragment not in (record.pathname or ""):
             return True
-        return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
+        return (
+            record.levelno >= logging.WARNING
+            and "pre-processing before quantization" not in record.getMessage()
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,8 +241,9 @@ def per_label_ap(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]) 
     return out
 
 
-def ap_deltas(probs: np.ndarray, ref_probs: np.ndarray, targets: np.ndarray,
-              labels: Sequence[str]) -> dict[str, float | None]:
+def ap_deltas(
+    probs: np.ndarray, ref_probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]
+) -> dict[str, float | None]:
     """Per-label AP(probs) - AP(ref_probs) on the same targets; None where AP is undefined."""
     a, r = per_label_ap(probs, targets, labels), per_label_ap(ref_probs, targets, labels)
     return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
@@ -230,9 +258,15 @@ def _timed_scores(predictor, texts: list[str]) -> tuple[np.ndarray, float]:
     return probs, len(texts) / dt if dt > 0 else float("inf")
 
 
-def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], targets: np.ndarray, *,
-                      quantize: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-                      num_threads: int | None = None) -> dict:
+def add_onnx_variants(
+    artifact_dir: str | os.PathLike[str],
+    texts: list[str],
+    targets: np.ndarray,
+    *,
+    quantize: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    num_threads: int | None = None,
+) -> dict:
     """Export ONNX variants into an artifact, gate them on labelled texts, record them in ``adrisk.json``.
 
     Writes ``<artifact>/onnx/model.fp32.onnx`` (and ``model.int8.onnx`` with ``quantize``), scores
@@ -267,7 +301,9 @@ def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], ta
     targets = np.asarray(targets)
     labels = list(meta.labels)
     if targets.shape != (len(texts), len(labels)):
-        raise ValueError(f"targets shape {targets.shape}, expected ({len(texts)}, {len(labels)}) for labels {labels}")
+        raise ValueError(
+            f"targets shape {targets.shape}, expected ({len(texts)}, {len(labels)}) for labels {labels}"
+        )
     if not any(0 < targets[:, j].sum() < len(texts) for j in range(len(labels))):
         raise ValueError("no label has both positives and negatives among the texts; the AP gate needs them")
     threads = int(num_threads) if num_threads else default_num_threads()
@@ -290,11 +326,15 @@ def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], ta
         quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
         files[INT8_VARIANT] = (INT8_FILE, "int8-dynamic")
         cfg = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        ffn_out = ffn_output_matmuls(onnx_dir / FP32_FILE, int(cfg.get("hidden_size", 0)),
-                                     int(cfg.get("intermediate_size", 0)))
+        ffn_out = ffn_output_matmuls(
+            onnx_dir / FP32_FILE, int(cfg.get("hidden_size", 0)), int(cfg.get("intermediate_size", 0))
+        )
         if ffn_out:
             quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_MIXED_FILE, keep_fp32=ffn_out)
-            files[INT8_MIXED_VARIANT] = (INT8_MIXED_FILE, f"int8-dynamic, {len(ffn_out)} FFN output MatMuls fp32")
+            files[INT8_MIXED_VARIANT] = (
+                INT8_MIXED_FILE,
+                f"int8-dynamic, {len(ffn_out)} FFN output MatMuls fp32",
+            )
         else:
             logger.info("no FFN output projections found by shape; no mixed int8 variant")
     logger.info("exported %s in %.1f s", sorted(files), time.perf_counter() - t0)
@@ -305,21 +345,34 @@ def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], ta
 
     variants: dict[str, dict] = {}
     for name, (file, precision) in files.items():
-        info: dict[str, Any] = {"name": name, "file": file, "sha256": sha256_file(onnx_dir / file),
-                                "precision": precision, "opset": OPSET,
-                                "source_weights_sha256": meta.weights_sha256,
-                                "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
+        info: dict[str, Any] = {
+            "name": name,
+            "file": file,
+            "sha256": sha256_file(onnx_dir / file),
+            "precision": precision,
+            "opset": OPSET,
+            "source_weights_sha256": meta.weights_sha256,
+            "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        }
         rt = OnnxRuntime(directory, info, num_threads=threads)
         pred = Predictor(ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens)
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)
         delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
-        info.update(ap=ap, ap_delta=delta, max_abs_prob_diff=float(np.abs(probs - ref_probs).max()),
-                    passed=all(d is None or abs(d) <= tolerance for d in delta.values()),
-                    texts_per_s=round(tps, 2))
-        logger.info("%s: %.1f texts/s, AP deltas %s, %s", name, tps,
-                    {n: None if d is None else round(d, 5) for n, d in delta.items()},
-                    "passed" if info["passed"] else "FAILED the gate")
+        info.update(
+            ap=ap,
+            ap_delta=delta,
+            max_abs_prob_diff=float(np.abs(probs - ref_probs).max()),
+            passed=all(d is None or abs(d) <= tolerance for d in delta.values()),
+            texts_per_s=round(tps, 2),
+        )
+        logger.info(
+            "%s: %.1f texts/s, AP deltas %s, %s",
+            name,
+            tps,
+            {n: None if d is None else round(d, 5) for n, d in delta.items()},
+            "passed" if info["passed"] else "FAILED the gate",
+        )
         variants[name] = info
 
     # 4. the default: fastest of torch and the passing variants
@@ -329,8 +382,15 @@ def add_onnx_variants(artifact_dir: str | os.PathLike[str], texts: list[str], ta
         "default": default,
         "variants": variants,
         "torch": {"texts_per_s": round(torch_tps, 2), "ap": ref_ap},
-        "gate": {"metric": "ap", "tolerance": tolerance, "reference": "torch fp32", "n_texts": len(texts),
-                 "num_threads": threads, "batch_size": ref.batch_size, "max_tokens": ref.max_tokens},
+        "gate": {
+            "metric": "ap",
+            "tolerance": tolerance,
+            "reference": "torch fp32",
+            "n_texts": len(texts),
+            "num_threads": threads,
+            "batch_size": ref.batch_size,
+            "max_tokens": ref.max_tokens,
+        },
     }
     save_meta(directory, meta.model_copy(update={"runtimes": runtimes}))
     logger.info("runtimes.default = %s", default)
@@ -348,8 +408,13 @@ def remove_onnx_variants(artifact_dir: str | os.PathLike[str]) -> ArtifactMeta:
     return meta
 
 
-def read_labelled_jsonl(path: str | os.PathLike[str], labels: Sequence[str], *, text_column: str = "text",
-                        labels_column: str = "labels") -> tuple[list[str], np.ndarray]:
+def read_labelled_jsonl(
+    path: str | os.PathLike[str],
+    labels: Sequence[str],
+    *,
+    text_column: str = "text",
+    labels_column: str = "labels",
+) -> tuple[list[str], np.ndarray]:
     """Read a JSONL file of ``{text_column: str, labels_column: [label names] | label name}`` rows.
 
     Returns:
@@ -369,8 +434,10 @@ def read_labelled_jsonl(path: str | os.PathLike[str], labels: Sequence[str], *, 
                 row = json.loads(line)
                 text, names = row[text_column], row[labels_column]
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON object with {text_column!r} and {labels_column!r} "
-                                 f"({type(e).__name__})") from None
+                raise ValueError(
+                    f"{path}:{lineno}: not a JSON object with {text_column!r} and {labels_column!r} "
+                    f"({type(e).__name__})"
+                ) from None
             if not isinstance(text, str):
                 raise ValueError(f"{path}:{lineno}: {text_column!r} is not a string")
             if isinstance(names, str):

@@ -60,11 +60,14 @@ def _log_datasets(bundle: DataBundle, labels) -> None:
 
     import mlflow
 
-    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+    warnings.filterwarnings(
+        "ignore", message="The specified dataset source can be interpreted in multiple ways"
+    )
     for split in bundle.splits():
         df = split.frame.drop(columns=["text"]).assign(text_sha=split.fingerprint)  # no ad text in tracking
-        ds = mlflow.data.from_pandas(df, source=split.path, name=f"{split.name}-{split.fingerprint[:12]}",
-                                     targets=f"y.{labels[0]}")
+        ds = mlflow.data.from_pandas(
+            df, source=split.path, name=f"{split.name}-{split.fingerprint[:12]}", targets=f"y.{labels[0]}"
+        )
         mlflow.log_input(ds, context=split.name)
 
 
@@ -72,8 +75,12 @@ def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str =
     return evaluate_scores(probs, split.targets, labels, thresholds, split.name, split.sources, prefix=prefix)
 
 
-def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | None = None,
-                 bundle: DataBundle | None = None) -> TrainResult:
+def run_training(
+    cfg: Config,
+    resume: bool = False,
+    exclude_texts: list[str] | None = None,
+    bundle: DataBundle | None = None,
+) -> TrainResult:
     """Train, evaluate, save, log and register one model (see module docstring).
 
     Args:
@@ -106,10 +113,19 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
     # --- phase 2: data ---------------------------------------------------------------------
     if bundle is None:
         bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
-    extra_sets = [load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()]  # bad files fail now
+    extra_sets = [
+        load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()
+    ]  # bad files fail now
     gen = cfg.generalisation
-    rows = training_rows(bundle.train.texts, bundle.train.targets, bundle.train.sources, gen.augment_views,
-                         gen.augment_fraction, gen.source_balanced, cfg.seed)  # views, balancing (issue 10)
+    rows = training_rows(
+        bundle.train.texts,
+        bundle.train.targets,
+        bundle.train.sources,
+        gen.augment_views,
+        gen.augment_fraction,
+        gen.source_balanced,
+        cfg.seed,
+    )  # views, balancing (issue 10)
     bundle.report["training_rows"] = rows.report
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
@@ -126,12 +142,20 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         run_id_file.write_text(run.info.run_id)
         if not run_id:
             mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in cfg.flat().items()})
-            mlflow.set_tags({"adrisk.base_model": base.ref, "adrisk.config_digest": cfg.digest(), "adrisk.base_model_sha256": base.sha256 or "",
-                             "adrisk.tracking_uri": tracking_uri,
-                             **{f"adrisk.data.{s.name}.fingerprint": s.fingerprint for s in bundle.splits()}})
+            mlflow.set_tags(
+                {
+                    "adrisk.base_model": base.ref,
+                    "adrisk.config_digest": cfg.digest(),
+                    "adrisk.base_model_sha256": base.sha256 or "",
+                    "adrisk.tracking_uri": tracking_uri,
+                    **{f"adrisk.data.{s.name}.fingerprint": s.fingerprint for s in bundle.splits()},
+                }
+            )
             mlflow.log_dict(bundle.report, "data_report.json")
-            mlflow.log_metrics({f"data.overlap.{k}": v for k, v in bundle.report["overlap"].items()}
-                               | {f"data.{k}.truncated_fraction": v for k, v in truncated.items()})
+            mlflow.log_metrics(
+                {f"data.overlap.{k}": v for k, v in bundle.report["overlap"].items()}
+                | {f"data.{k}.truncated_fraction": v for k, v in truncated.items()}
+            )
             _log_datasets(bundle, labels)
         metrics: dict[str, float] = {}
 
@@ -141,27 +165,48 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
             logger.info("training the TF-IDF + logistic regression baseline")
             bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
             val_p = bl.predict_proba(bundle.validation.texts)
-            bl_thr = [select_thresholds(val_p, bundle.validation.targets, labels, cfg.target_precisions())[n].threshold
-                      for n in labels]
+            bl_thr = [
+                select_thresholds(val_p, bundle.validation.targets, labels, cfg.target_precisions())[
+                    n
+                ].threshold
+                for n in labels
+            ]
             for split in (bundle.validation, bundle.test):
-                base_probs[split.name] = val_p if split is bundle.validation else bl.predict_proba(split.texts)
+                base_probs[split.name] = (
+                    val_p if split is bundle.validation else bl.predict_proba(split.texts)
+                )
                 metrics |= _evaluate(base_probs[split.name], split, labels, bl_thr, prefix="baseline.")
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
-        result = fit(model, encoder, enc["train"].input_ids, rows.targets,
-                     enc["validation"].input_ids, bundle.validation.targets, schema, cfg.train, cfg.seed,
-                     out_dir / "checkpoints", cfg.digest(), resume=resume,
-                     on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
-                     group_ids=rows.group_ids if gen.group_dro else None, group_dro_eta=gen.group_dro_eta)
+        result = fit(
+            model,
+            encoder,
+            enc["train"].input_ids,
+            rows.targets,
+            enc["validation"].input_ids,
+            bundle.validation.targets,
+            schema,
+            cfg.train,
+            cfg.seed,
+            out_dir / "checkpoints",
+            cfg.digest(),
+            resume=resume,
+            on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
+            group_ids=rows.group_ids if gen.group_dro else None,
+            group_dro_eta=gen.group_dro_eta,
+        )
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
-        logits = {s: predict_logits(model, encoder, enc[s].input_ids, cfg.train.eval_batch_size)
-                  for s in ("validation", "test")}
+        logits = {
+            s: predict_logits(model, encoder, enc[s].input_ids, cfg.train.eval_batch_size)
+            for s in ("validation", "test")
+        }
         temps = fit_temperatures(logits["validation"], bundle.validation.targets, schema.problem_type)
         probs = {s: calibrated_probabilities(z, temps, schema.problem_type) for s, z in logits.items()}
-        thr_info = select_thresholds(probs["validation"], bundle.validation.targets, labels,
-                                     cfg.target_precisions())
+        thr_info = select_thresholds(
+            probs["validation"], bundle.validation.targets, labels, cfg.target_precisions()
+        )
         thresholds = [thr_info[n].threshold for n in labels]
 
         # --- phase 8: evaluation -------------------------------------------------------------
@@ -177,12 +222,23 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
 
         audit = None
         if gen.audit:  # the shortcut audit on test (training/audit.py)
-            audit = run_audit(labels, bundle.train.texts, bundle.train.targets, bundle.train.sources, bundle.test.texts,
-                              bundle.test.targets, bundle.test.sources, score, thresholds, eval_probs=probs["test"])
+            audit = run_audit(
+                labels,
+                bundle.train.texts,
+                bundle.train.targets,
+                bundle.train.sources,
+                bundle.test.texts,
+                bundle.test.targets,
+                bundle.test.sources,
+                score,
+                thresholds,
+                eval_probs=probs["test"],
+            )
             metrics |= audit.prefixed()
             if bundle.test.sources:
-                metrics |= flagged_negatives(probs["test"], bundle.test.targets, labels, thresholds, "audit.test",
-                                             bundle.test.sources)
+                metrics |= flagged_negatives(
+                    probs["test"], bundle.test.targets, labels, thresholds, "audit.test", bundle.test.sources
+                )
             for note in audit.notes:
                 logger.warning("%s", note)
         for es in extra_sets:  # extra evaluation sets: eval.<name>.*
@@ -198,10 +254,16 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
             shutil.rmtree(art)
         headline = {k: v for k, v in metrics.items() if k.startswith("test.") and ".source." not in k}
         meta = ArtifactMeta(
-            name=cfg.model_name, label_schema=schema, thresholds=dict(zip(labels, thresholds, strict=True)),
-            threshold_info=thr_info, temperatures=temps, max_length=cfg.train.max_length,
-            base_model=base.ref, base_model_sha256=base.sha256,
-            data_fingerprint={s.name: s.fingerprint for s in bundle.splits()}, metrics=headline,
+            name=cfg.model_name,
+            label_schema=schema,
+            thresholds=dict(zip(labels, thresholds, strict=True)),
+            threshold_info=thr_info,
+            temperatures=temps,
+            max_length=cfg.train.max_length,
+            base_model=base.ref,
+            base_model_sha256=base.sha256,
+            data_fingerprint={s.name: s.fingerprint for s in bundle.splits()},
+            metrics=headline,
         )
         save_artifact(art, model, tokenizer, meta)
         if cfg.export_onnx:
@@ -213,10 +275,26 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
         plots = out_dir / "plots"
         plots.mkdir(exist_ok=True)
         curves = {"transformer": probs["test"]} | ({"baseline": base_probs["test"]} if base_probs else {})
-        mlflow.log_artifact(str(pr_curves(curves, bundle.test.targets, labels, plots / "pr_curves_test.png",
-                                          "test precision-recall")), "plots")
-        mlflow.log_artifact(str(reliability_diagram(probs["test"], bundle.test.targets, labels,
-                                                    plots / "reliability_test.png", "test reliability")), "plots")
+        mlflow.log_artifact(
+            str(
+                pr_curves(
+                    curves, bundle.test.targets, labels, plots / "pr_curves_test.png", "test precision-recall"
+                )
+            ),
+            "plots",
+        )
+        mlflow.log_artifact(
+            str(
+                reliability_diagram(
+                    probs["test"],
+                    bundle.test.targets,
+                    labels,
+                    plots / "reliability_test.png",
+                    "test reliability",
+                )
+            ),
+            "plots",
+        )
         table = format_table(metrics, labels, "test")
         mlflow.log_text(table, "metrics_table.txt")
         if audit is not None:
@@ -228,6 +306,9 @@ def run_training(cfg: Config, resume: bool = False, exclude_texts: list[str] | N
             table += "\n\nextra evaluation sets (the model's own thresholds)\n" + es_table
 
         # --- phase 11: log the pyfunc model and register it --------------------------------
-        registered = log_pyfunc_model(art, cfg.model_name if cfg.tracking.register_model else None,
-                                      input_example=["2 bedroom apartment for rent", "call me now 24/7 incall"])
+        registered = log_pyfunc_model(
+            art,
+            cfg.model_name if cfg.tracking.register_model else None,
+            input_example=["2 bedroom apartment for rent", "call me now 24/7 incall"],
+        )
     return TrainResult(art, metrics, run.info.run_id, registered, table)

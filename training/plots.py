@@ -40,7 +40,9 @@ def reliability_diagram(probs: np.ndarray, targets: np.ndarray, labels, path: Pa
         if 0 < targets[:, j].sum() < len(targets):
             frac, mean = calibration_curve(targets[:, j], probs[:, j], n_bins=10, strategy="uniform")
             ax.plot(mean, frac, marker="o", label=lab)
-    ax.set(xlabel="calibrated probability", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="calibrated probability", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1)
+    )
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

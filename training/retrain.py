@@ -33,7 +33,6 @@ from training.metrics import evaluate_scores
 logger = logging.getLogger(__name__)
 
 
-
 class Outcome(str, Enum):
     """How a retrain ended (the CLI maps each to an exit code, see ``adrisk.cli``)."""
 
@@ -74,7 +73,9 @@ def gate_set(cfg: Config, test: Split, golden: list[tuple[pd.DataFrame, np.ndarr
     return Split(GATE_SPLIT, frame, targets, path="+".join([test.path, *cfg.gate.golden_files]))
 
 
-def gate_metrics(predictor: Predictor, gate: Split, extra_sets: list[EvalSet] | None = None) -> dict[str, float]:
+def gate_metrics(
+    predictor: Predictor, gate: Split, extra_sets: list[EvalSet] | None = None
+) -> dict[str, float]:
     """Metrics of one model on the gate set at that model's own thresholds (keys ``gate.*``), plus the
     configured extra evaluation sets (keys ``eval.<name>.*``, for ``gate.eval_floors``)."""
     probs = predictor.predict_proba(gate.texts)
@@ -100,13 +101,15 @@ def lock_path(cfg: Config) -> Path:
     _, uri = resolve_tracking_uris(cfg.tracking.tracking_uri)  # the aliases live in the registry
     name = re.sub(r"[^A-Za-z0-9._-]", "_", cfg.model_name)
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+        db = Path(uri[len("sqlite:///") :].split("?", 1)[0]).resolve()
         return db.with_name(f".{db.name}.retrain-{name}.lock")
     key = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
     return Path.home() / ".cache" / "adrisk" / "locks" / f"retrain-{key}-{name}.lock"
 
 
-def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False) -> RetrainResult:
+def retrain(
+    cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False
+) -> RetrainResult:
     """Run one retrain under the lock and return how it ended (nothing is printed).
 
     Args:
@@ -133,18 +136,28 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
         golden = golden_sets(cfg)
         # one load serves the idempotence check, the gate set and training: feedback rows that
         # repeat a validation, test or golden text are excluded before anything is fingerprinted
-        bundle = load_data(cfg.data, cfg.label_schema, cfg.seed,
-                           exclude_texts=[t for fr, _ in golden for t in fr["text"].tolist()])
+        bundle = load_data(
+            cfg.data,
+            cfg.label_schema,
+            cfg.seed,
+            exclude_texts=[t for fr, _ in golden for t in fr["text"].tolist()],
+        )
         if champion_version and not force:
             tags = _champion_run_tags(cfg.model_name, g.champion_alias)
-            if (tags.get("adrisk.config_digest") == cfg.digest()
-                    and tags.get("adrisk.data.train.fingerprint") == bundle.train.fingerprint):
-                logger.info("champion v%s was trained on the same data and config: nothing to do", champion_version)
+            if (
+                tags.get("adrisk.config_digest") == cfg.digest()
+                and tags.get("adrisk.data.train.fingerprint") == bundle.train.fingerprint
+            ):
+                logger.info(
+                    "champion v%s was trained on the same data and config: nothing to do", champion_version
+                )
                 return RetrainResult(Outcome.UNCHANGED)
         gate = gate_set(cfg, bundle.test, golden)
         extra_sets = [load_eval_set(n, e, cfg.label_schema, bundle.test) for n, e in cfg.eval_sets.items()]
         if not cfg.tracking.register_model:
-            raise ValueError("retrain needs tracking.register_model: true (the challenger must be a model version)")
+            raise ValueError(
+                "retrain needs tracking.register_model: true (the challenger must be a model version)"
+            )
         result = run_training(cfg, bundle=bundle)
         challenger_version = result.registered.version
         challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets)
@@ -164,9 +177,15 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
         decision = GateDecision(promoted, rows, champion_version, challenger_version, reason)
         table = format_gate_table(rows)
         with mlflow.start_run(run_id=result.run_id):
-            mlflow.set_tags({"adrisk.gate.decision": "promoted" if promoted else ("dry_run" if dry_run and not failed else "rejected"),
-                             "adrisk.gate.champion_version": champion_version or "",
-                             "adrisk.gate.reason": reason[:5000]})
+            mlflow.set_tags(
+                {
+                    "adrisk.gate.decision": "promoted"
+                    if promoted
+                    else ("dry_run" if dry_run and not failed else "rejected"),
+                    "adrisk.gate.champion_version": champion_version or "",
+                    "adrisk.gate.reason": reason[:5000],
+                }
+            )
             mlflow.log_dict(decision.to_dict(), "gate/report.json")
             mlflow.log_text(table, "gate/table.txt")
         if promoted:
@@ -174,13 +193,20 @@ def retrain(cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force
                 set_alias(cfg.model_name, g.previous_alias, champion_version)
             set_alias(cfg.model_name, g.champion_alias, challenger_version)
         outcome = Outcome.REJECTED if failed else (Outcome.PROMOTED if promoted else Outcome.WOULD_PROMOTE)
-        return RetrainResult(outcome, decision, table, training_table=result.table,
-                             challenger_uri=f"models:/{cfg.model_name}/{challenger_version}")
+        return RetrainResult(
+            outcome,
+            decision,
+            table,
+            training_table=result.table,
+            challenger_uri=f"models:/{cfg.model_name}/{challenger_version}",
+        )
     finally:
         lock.release()
 
 
-def rollback(model_name: str, champion_alias: str = "champion", previous_alias: str = "previous") -> tuple[str, str]:
+def rollback(
+    model_name: str, champion_alias: str = "champion", previous_alias: str = "previous"
+) -> tuple[str, str]:
     """Swap ``champion`` and ``previous`` (so a rollback can itself be undone).
 
     Returns (new champion version, new previous version).
@@ -190,8 +216,10 @@ def rollback(model_name: str, champion_alias: str = "champion", previous_alias: 
     """
     champ, prev = get_alias(model_name, champion_alias), get_alias(model_name, previous_alias)
     if not champ or not prev:
-        raise ValueError(f"rollback needs both @{champion_alias} and @{previous_alias} on {model_name}; "
-                         f"found champion={champ}, previous={prev}")
+        raise ValueError(
+            f"rollback needs both @{champion_alias} and @{previous_alias} on {model_name}; "
+            f"found champion={champ}, previous={prev}"
+        )
     set_alias(model_name, champion_alias, prev)
     set_alias(model_name, previous_alias, champ)
     return prev, champ

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Request
 
@@ -34,8 +34,15 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
 
-_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", dict: "object",
-               list: "array", str: "string"}
+_JSON_TYPES = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    dict: "object",
+    list: "array",
+    str: "string",
+}
 
 
 def parse_classify(payload: Any, settings: Settings) -> list[str]:
@@ -47,30 +54,42 @@ def parse_classify(payload: Any, settings: Settings) -> list[str]:
         APIError(payload_too_large): more than ``max_batch_items`` texts.
     """
     if not isinstance(payload, dict) or "input" not in payload:
-        raise APIError(ErrorKind.validation_error,
-                       "body must be a JSON object with the field 'input': a string or a list of strings")
+        raise APIError(
+            ErrorKind.validation_error,
+            "body must be a JSON object with the field 'input': a string or a list of strings",
+        )
     inp = payload["input"]
     if isinstance(inp, str):
         texts = [inp]
     elif isinstance(inp, list):
         if not inp:
-            raise APIError(ErrorKind.validation_error, "field 'input' is an empty list; give at least one string")
+            raise APIError(
+                ErrorKind.validation_error, "field 'input' is an empty list; give at least one string"
+            )
         if len(inp) > settings.max_batch_items:
-            raise APIError(ErrorKind.payload_too_large,
-                           f"input: {len(inp)} items, over the limit of {settings.max_batch_items} per request")
+            raise APIError(
+                ErrorKind.payload_too_large,
+                f"input: {len(inp)} items, over the limit of {settings.max_batch_items} per request",
+            )
         for i, x in enumerate(inp):
             if not isinstance(x, str):
-                raise APIError(ErrorKind.validation_error,
-                               f"input[{i}]: expected a string, got {_JSON_TYPES.get(type(x), 'value')}")
+                raise APIError(
+                    ErrorKind.validation_error,
+                    f"input[{i}]: expected a string, got {_JSON_TYPES.get(type(x), 'value')}",
+                )
         texts = inp
     else:
-        raise APIError(ErrorKind.validation_error,
-                       f"field 'input' must be a string or a list of strings, got {_JSON_TYPES.get(type(inp), 'value')}")
+        raise APIError(
+            ErrorKind.validation_error,
+            f"field 'input' must be a string or a list of strings, got {_JSON_TYPES.get(type(inp), 'value')}",
+        )
     for i, t in enumerate(texts):
         if len(t) > settings.max_text_chars:
             where = f"input[{i}]" if isinstance(inp, list) else "input"
-            raise APIError(ErrorKind.validation_error,
-                           f"{where}: {len(t)} characters, over the limit of {settings.max_text_chars}")
+            raise APIError(
+                ErrorKind.validation_error,
+                f"{where}: {len(t)} characters, over the limit of {settings.max_text_chars}",
+            )
     return texts
 
 
@@ -83,25 +102,33 @@ def parse_explain(payload: Any, n_texts: int, settings: Settings) -> bool:
     """
     explain = payload.get("explain", False)
     if not isinstance(explain, bool):
-        raise APIError(ErrorKind.validation_error,
-                       f"field 'explain' must be true or false, got {_JSON_TYPES.get(type(explain), 'value')}")
+        raise APIError(
+            ErrorKind.validation_error,
+            f"field 'explain' must be true or false, got {_JSON_TYPES.get(type(explain), 'value')}",
+        )
     if explain and n_texts > settings.max_explain_items:
-        raise APIError(ErrorKind.payload_too_large,
-                       f"input: {n_texts} items, over the limit of {settings.max_explain_items} per request "
-                       f"with explain")
+        raise APIError(
+            ErrorKind.payload_too_large,
+            f"input: {n_texts} items, over the limit of {settings.max_explain_items} per request "
+            f"with explain",
+        )
     return explain
 
 
-async def _explanations(queue: ExplainQueue, loaded: LoadedModel, texts: list[str], preds, settings: Settings,
-                        metrics) -> list[dict]:
+async def _explanations(
+    queue: ExplainQueue, loaded: LoadedModel, texts: list[str], preds, settings: Settings, metrics
+) -> list[dict]:
     benign = loaded.predictor.meta.label_schema.benign_label
     labels = [[n for n, on in p.categories.items() if on and n != benign] for p in preds]
     try:
         return await queue.submit(loaded.predictor, texts, labels)
     except ExplainQueueFull:
         metrics.rejected.inc()
-        raise APIError(ErrorKind.overloaded, "server busy: the explanation queue is full, retry later",
-                       headers={"Retry-After": str(settings.retry_after_s)}) from None
+        raise APIError(
+            ErrorKind.overloaded,
+            "server busy: the explanation queue is full, retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
     except Exception as e:  # the message may quote the input
         logger.error("explanation failed: %s", type(e).__name__)
         raise APIError(ErrorKind.internal_error, "internal error") from None
@@ -111,8 +138,10 @@ def parse_extract(payload: Any) -> bool:
     """The request's ``extract`` flag (default false). Raises APIError(validation_error) for a non-boolean."""
     extract = payload.get("extract", False)
     if not isinstance(extract, bool):
-        raise APIError(ErrorKind.validation_error,
-                       f"field 'extract' must be true or false, got {_JSON_TYPES.get(type(extract), 'value')}")
+        raise APIError(
+            ErrorKind.validation_error,
+            f"field 'extract' must be true or false, got {_JSON_TYPES.get(type(extract), 'value')}",
+        )
     return extract
 
 
@@ -123,15 +152,30 @@ def _contacts(texts: list[str]) -> list[list[dict]]:
 
 
 def _model_info(loaded: LoadedModel) -> ModelInfo:
-    return ModelInfo(name=loaded.ref.name or loaded.predictor.meta.name, version=loaded.ref.version,
-                     uri=loaded.ref.uri)
+    return ModelInfo(
+        name=loaded.ref.name or loaded.predictor.meta.name, version=loaded.ref.version, uri=loaded.ref.uri
+    )
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
-         openapi_extra={"requestBody": {"required": True, "content": {
-             "application/json": {"schema": classify_request_schema()}}}})
-async def classify(request: Request, settings: SettingsDep, state: StateDep, batcher: BatcherDep,
-                   metrics: MetricsDep, ctx: ContextDep) -> ClassifyResponse:
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": classify_request_schema()}},
+        }
+    },
+)
+async def classify(
+    request: Request,
+    settings: SettingsDep,
+    state: StateDep,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+    ctx: ContextDep,
+) -> ClassifyResponse:
     """Score one ad text or a list of them; one result per input, in order.
 
     Limits: body ``max_body_bytes`` (413), ``max_batch_items`` texts (413), ``max_text_chars`` per
@@ -147,11 +191,15 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     if state.current is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
     try:
-        preds, loaded = await batcher.submit(texts)
+        preds, tag = await batcher.submit(texts)
+        loaded = cast(LoadedModel, tag)  # the batcher tags predictions with the LoadedModel that scored them
     except QueueFull:
         metrics.rejected.inc()
-        raise APIError(ErrorKind.overloaded, "server busy: the scoring queue is full, retry later",
-                       headers={"Retry-After": str(settings.retry_after_s)}) from None
+        raise APIError(
+            ErrorKind.overloaded,
+            "server busy: the scoring queue is full, retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
     except NotReady:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"}) from None
     except Exception:  # logged by type in the batcher; the message may quote the input
@@ -165,6 +213,8 @@ async def classify(request: Request, settings: SettingsDep, state: StateDep, bat
     else:
         results = [ClassifyResult(**p.to_dict()) for p in preds]
     if extract:  # pure Python regexes + phonenumbers, ~0.1 ms per ad: no queue needed
-        results = [ClassifyResult.model_validate({**r.model_dump(), "contacts": cs})
-                   for r, cs in zip(results, _contacts(texts), strict=True)]
+        results = [
+            ClassifyResult.model_validate({**r.model_dump(), "contacts": cs})
+            for r, cs in zip(results, _contacts(texts), strict=True)
+        ]
     return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded), results=results)

@@ -44,7 +44,9 @@ def _describe(error: dict) -> str:
     loc = error.get("loc", ())
     if error.get("type") == "extra_forbidden" and loc:
         hint = difflib.get_close_matches(str(loc[-1]), list(FeedbackRequest.model_fields), n=1, cutoff=0.75)
-        return f"unknown field {str(loc[-1])!r} (did you mean {hint[0]!r}?)" if hint else "body: unknown field"
+        return (
+            f"unknown field {str(loc[-1])!r} (did you mean {hint[0]!r}?)" if hint else "body: unknown field"
+        )
     parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<field>" for x in loc]
     return f"{'.'.join(parts) or 'body'}: {error.get('msg', 'invalid')}"
 
@@ -57,20 +59,36 @@ class FeedbackRequest(BaseModel):
     names (no "3" for 3, no number for a time).
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [
-            {"classification_id": "clf-0f3c...", "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-17"},
-            {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"}],
-        "oneOf": [{"required": ["text"], "properties": {"text": {"type": "string"}}},
-                  {"required": ["classification_id"], "properties": {"classification_id": {"type": "string"}}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "classification_id": "clf-0f3c...",
+                    "input_index": 0,
+                    "labels": ["adult_services"],
+                    "reviewer": "mod-17",
+                },
+                {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"},
+            ],
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["classification_id"], "properties": {"classification_id": {"type": "string"}}},
+            ],
+        },
+    )
 
     text: str | None = Field(None, max_length=100_000, description="the ad text as reviewed")
-    classification_id: str | None = Field(None, max_length=128, description="id of an earlier /v1/classify answer")
+    classification_id: str | None = Field(
+        None, max_length=128, description="id of an earlier /v1/classify answer"
+    )
     input_index: int = Field(0, ge=0, description="which input of that classify request")
     labels: list[str] = Field(max_length=64, description="the labels the moderator decided on; [] = benign")
     reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
-    reviewed_at: datetime | None = Field(None, description="when the decision was made (default: now); at most a "
-                                                           "day in the future (422 beyond)")
+    reviewed_at: datetime | None = Field(
+        None,
+        description="when the decision was made (default: now); at most a day in the future (422 beyond)",
+    )
 
     @field_validator("input_index", mode="before")
     @classmethod
@@ -129,7 +147,9 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=[
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackResponse, responses=ERROR_RESPONSES)
-async def feedback(request: Request, settings: SettingsDep, state: StateDep, ctx: ContextDep) -> FeedbackResponse:
+async def feedback(
+    request: Request, settings: SettingsDep, state: StateDep, ctx: ContextDep
+) -> FeedbackResponse:
     """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign).
 
     Errors: 422 (bad body, unknown label, both or neither of text/classification_id), 404 (unknown or
@@ -142,7 +162,7 @@ async def feedback(request: Request, settings: SettingsDep, state: StateDep, ctx
         req = FeedbackRequest.model_validate(payload)
     except ValidationError as e:  # messages name fields only; never the values
         first = e.errors()[0]
-        raise APIError(ErrorKind.validation_error, _describe(first)) from None
+        raise APIError(ErrorKind.validation_error, _describe(dict(first))) from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
     reviewed_at = req.reviewed_at
@@ -160,20 +180,35 @@ async def feedback(request: Request, settings: SettingsDep, state: StateDep, ctx
     known = list(cur.predictor.labels)
     unknown = [i for i, x in enumerate(req.labels) if x not in known]
     if unknown:  # named by index: the value is client text and is not echoed
-        raise APIError(ErrorKind.validation_error,
-                       f"labels[{unknown[0]}]: unknown label; this model's labels are {known}")
+        raise APIError(
+            ErrorKind.validation_error,
+            f"labels[{unknown[0]}]: unknown label; this model's labels are {known}",
+        )
     text = req.text
     if text is None:
-        texts = ctx.recent.get(req.classification_id)
+        texts = ctx.recent.get(req.classification_id or "")
         if texts is None:
-            raise APIError(ErrorKind.not_found, "classification_id unknown or expired (the server keeps the last "
-                                                f"{settings.feedback_recent} requests); send 'text' instead")
+            raise APIError(
+                ErrorKind.not_found,
+                "classification_id unknown or expired (the server keeps the last "
+                f"{settings.feedback_recent} requests); send 'text' instead",
+            )
         if req.input_index >= len(texts):
-            raise APIError(ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs")
+            raise APIError(
+                ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs"
+            )
         text = _without_surrogates(texts[req.input_index])
     store = ctx.feedback_store()
-    fid = await run_in_threadpool(store.add, text, sorted(set(req.labels)), req.reviewer, reviewed_at,
-                                  req.classification_id, cur.ref.name, cur.ref.version)
+    fid = await run_in_threadpool(
+        store.add,
+        text,
+        sorted(set(req.labels)),
+        req.reviewer,
+        reviewed_at,
+        req.classification_id,
+        cur.ref.name,
+        cur.ref.version,
+    )
     from model.store import text_digest
 
     logger.info("feedback %d recorded (labels %s)", fid, sorted(set(req.labels)))

@@ -20,6 +20,14 @@ async def model_details(state: StateDep) -> ModelDetails:
         msg = "model not loaded yet" + (f"; last load failed: {err['error']}" if err else "")
         raise APIError(ErrorKind.not_ready, msg, headers={"Retry-After": "5"})
     meta = cur.predictor.meta
-    return ModelDetails(name=cur.ref.name or meta.name, version=cur.ref.version, uri=cur.ref.uri,
-                        labels=list(meta.labels), thresholds=dict(meta.thresholds), metrics=dict(meta.metrics),
-                        loaded_at=cur.loaded_at, follow_alias_s=state.follow_alias_s, load_error=err)
+    return ModelDetails(
+        name=cur.ref.name or meta.name,
+        version=cur.ref.version,
+        uri=cur.ref.uri,
+        labels=list(meta.labels),
+        thresholds=dict(meta.thresholds),
+        metrics=dict(meta.metrics),
+        loaded_at=cur.loaded_at,
+        follow_alias_s=state.follow_alias_s,
+        load_error=err,
+    )

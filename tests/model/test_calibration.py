@@ -15,7 +15,9 @@ def test_temperature_recovers_known_scale():
     temps = fit_temperatures(z * np.array([3.0, 0.5]), y, ProblemType.MULTI_LABEL)
     assert temps[0] == pytest.approx(3.0, rel=0.05) and temps[1] == pytest.approx(0.5, rel=0.05)
     before = expected_calibration_error(1 / (1 + np.exp(-3 * z[:, 0])), y[:, 0])
-    after = expected_calibration_error(calibrated_probabilities(z * [3.0, 0.5], temps, ProblemType.MULTI_LABEL)[:, 0], y[:, 0])
+    after = expected_calibration_error(
+        calibrated_probabilities(z * [3.0, 0.5], temps, ProblemType.MULTI_LABEL)[:, 0], y[:, 0]
+    )
     assert after < before / 3
 
 
@@ -29,7 +31,9 @@ def test_multiclass_shared_temperature():
 
 
 def test_single_class_label_keeps_unit_temperature():
-    assert fit_temperatures(np.array([[1.0], [2.0]]), np.array([[0.0], [0.0]]), ProblemType.MULTI_LABEL) == [1.0]
+    assert fit_temperatures(np.array([[1.0], [2.0]]), np.array([[0.0], [0.0]]), ProblemType.MULTI_LABEL) == [
+        1.0
+    ]
 
 
 def test_threshold_for_target_precision_is_lowest_reaching_it():

@@ -74,8 +74,10 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
         assert v["texts_per_s"] > 0 and v["name"] == name
     fp32 = runtimes["variants"][FP32_VARIANT]
     assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values()) < 1e-6
-    passing = {"torch": runtimes["torch"]["texts_per_s"],
-               **{n: v["texts_per_s"] for n, v in runtimes["variants"].items() if v["passed"]}}
+    passing = {
+        "torch": runtimes["torch"]["texts_per_s"],
+        **{n: v["texts_per_s"] for n, v in runtimes["variants"].items() if v["passed"]},
+    }
     assert runtimes["default"] == max(passing, key=passing.get)
 
 
@@ -94,8 +96,9 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     np.testing.assert_allclose(mixed.predict_proba(texts), p_ref, atol=INT8_ATOL)
     # padding invariance holds for the ONNX graph too: alone == inside a padded batch
     for t in texts[:4]:
-        np.testing.assert_allclose(fp32.predict_proba([t])[0], fp32.predict_proba(texts)[texts.index(t)],
-                                   atol=FP32_ATOL)
+        np.testing.assert_allclose(
+            fp32.predict_proba([t])[0], fp32.predict_proba(texts)[texts.index(t)], atol=FP32_ATOL
+        )
     assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
 
 
@@ -169,8 +172,12 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     data = tmp_path / "val.jsonl"
     with data.open("w") as f:
         for t, y in zip(texts, targets, strict=True):
-            f.write(json.dumps({"text": t, "labels": [n for n, v in zip(LABELS, y, strict=True) if v]}) + "\n")
-    assert main(["export-onnx", "--model", str(d), "--data", str(data), "--no-quantize", "--threads", "1"]) == 0
+            f.write(
+                json.dumps({"text": t, "labels": [n for n, v in zip(LABELS, y, strict=True) if v]}) + "\n"
+            )
+    assert (
+        main(["export-onnx", "--model", str(d), "--data", str(data), "--no-quantize", "--threads", "1"]) == 0
+    )
     out = capsys.readouterr().out
     assert "| onnx-fp32 |" in out and "default runtime:" in out
     meta = load_meta(d)
@@ -190,7 +197,8 @@ def test_bench_flop_arithmetic():
     per_token = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # MiniLM-L6: ~21.2 MFLOPs per token
     assert bench.encoder_flops(cfg, [(1, 1)]) == per_token + 6 * 4 * 384
     assert bench.encoder_flops(cfg, [(2, 10), (1, 5)]) == 2 * 10 * (per_token + 6 * 4 * 10 * 384) + 5 * (
-        per_token + 6 * 4 * 5 * 384)
+        per_token + 6 * 4 * 5 * 384
+    )
     info = bench.cpu_info()
     assert info["cores"] >= 1 and info["flops_per_cycle"] in (16, 32, 64)
 

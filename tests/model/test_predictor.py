@@ -42,7 +42,9 @@ def test_unicode_forms_score_identically(tiny_predictor, probes):
     [row] = _by_kind(probes, "unicode-forms")
     nfc, nfd = row["value"]
     assert nfc != nfd  # the probe really holds two encodings
-    np.testing.assert_allclose(tiny_predictor.predict_proba([nfc]), tiny_predictor.predict_proba([nfd]), atol=1e-6)
+    np.testing.assert_allclose(
+        tiny_predictor.predict_proba([nfc]), tiny_predictor.predict_proba([nfd]), atol=1e-6
+    )
 
 
 def test_homoglyph_zero_width_normalised_to_plain(tiny_predictor, probes):

@@ -26,14 +26,20 @@ def test_length_sorted_batches_token_budget():
     assert all(len(b) * lengths[b].max() <= 32 for b in batches[1:])
 
 
-@pytest.mark.parametrize("env, arg, expected", [
-    ({}, None, ("{cwd}", "{cwd}")),
-    ({"MLFLOW_TRACKING_URI": "http://t:5000"}, None, ("http://t:5000", "http://t:5000")),
-    ({"MLFLOW_TRACKING_URI": "http://t:5000"}, "sqlite:///a.db", ("sqlite:///a.db", "sqlite:///a.db")),
-    ({"MLFLOW_TRACKING_URI": "http://t:5000", "MLFLOW_REGISTRY_URI": "sqlite:///r.db"}, None,
-     ("http://t:5000", "sqlite:///r.db")),
-    ({"MLFLOW_REGISTRY_URI": "sqlite:///r.db"}, None, ("{cwd}", "sqlite:///r.db")),
-])
+@pytest.mark.parametrize(
+    "env, arg, expected",
+    [
+        ({}, None, ("{cwd}", "{cwd}")),
+        ({"MLFLOW_TRACKING_URI": "http://t:5000"}, None, ("http://t:5000", "http://t:5000")),
+        ({"MLFLOW_TRACKING_URI": "http://t:5000"}, "sqlite:///a.db", ("sqlite:///a.db", "sqlite:///a.db")),
+        (
+            {"MLFLOW_TRACKING_URI": "http://t:5000", "MLFLOW_REGISTRY_URI": "sqlite:///r.db"},
+            None,
+            ("http://t:5000", "sqlite:///r.db"),
+        ),
+        ({"MLFLOW_REGISTRY_URI": "sqlite:///r.db"}, None, ("{cwd}", "sqlite:///r.db")),
+    ],
+)
 def test_one_tracking_and_registry_rule(env, arg, expected, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):

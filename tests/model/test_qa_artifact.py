@@ -65,13 +65,19 @@ def test_label_count_disagreeing_with_the_weights(damaged):
         m["label_schema"]["labels"].append("extra")
         m["thresholds"]["extra"] = 0.5
         m["temperatures"].append(1.0)
+
     _edit_json(damaged / META_FILE, more)
     _load_fails(damaged, "labels")
 
 
 def test_labels_renamed_against_the_model_outputs(damaged):
-    _edit_json(damaged / META_FILE, lambda m: (m["label_schema"].update(labels=["a", "b", "c"]),
-                                               m.update(thresholds={"a": .5, "b": .5, "c": .5})))
+    _edit_json(
+        damaged / META_FILE,
+        lambda m: (
+            m["label_schema"].update(labels=["a", "b", "c"]),
+            m.update(thresholds={"a": 0.5, "b": 0.5, "c": 0.5}),
+        ),
+    )
     _load_fails(damaged, "id2label")
 
 
@@ -81,12 +87,15 @@ def test_window_beyond_position_embeddings(damaged):
     _load_fails(damaged, "positions")
 
 
-@pytest.mark.parametrize("change", [
-    lambda m: m["thresholds"].update(scam=float("nan")),  # never flags
-    lambda m: m["thresholds"].update(scam=2.0),  # never flags
-    lambda m: m.update(temperatures=[1.0, 1.0, float("nan")]),  # NaN scores: invalid JSON answers
-    lambda m: m.update(temperatures=[1.0, 1.0, float("inf")]),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["thresholds"].update(scam=float("nan")),  # never flags
+        lambda m: m["thresholds"].update(scam=2.0),  # never flags
+        lambda m: m.update(temperatures=[1.0, 1.0, float("nan")]),  # NaN scores: invalid JSON answers
+        lambda m: m.update(temperatures=[1.0, 1.0, float("inf")]),
+    ],
+)
 def test_non_probability_thresholds_and_non_finite_temperatures(damaged, change):
     _edit_json(damaged / META_FILE, change)
     _load_fails(damaged, "invalid")

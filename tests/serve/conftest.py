@@ -45,15 +45,21 @@ def wait_ready(base: str, timeout: float = 120.0, proc: subprocess.Popen | None 
 class ServerProcess:
     """``adrisk serve`` in a subprocess; stderr (the logs) goes to ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None):
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = cli_env(**(env or {}))
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
-        self.proc = subprocess.Popen([str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO)
+        self.proc = subprocess.Popen(
+            [str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or REPO,
+        )
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -71,8 +77,10 @@ class ServerProcess:
 @pytest.fixture(scope="module")
 def server(tiny_artifact, tmp_path_factory) -> Iterator[ServerProcess]:
     """A real ``adrisk serve`` on the tiny model (batching on: max batch 32, wait 5 ms)."""
-    srv = ServerProcess(["--model", str(tiny_artifact), "--max-batch-size", "32", "--max-wait-ms", "5"],
-                        tmp_path_factory.mktemp("server") / "server.log")
+    srv = ServerProcess(
+        ["--model", str(tiny_artifact), "--max-batch-size", "32", "--max-wait-ms", "5"],
+        tmp_path_factory.mktemp("server") / "server.log",
+    )
     try:
         wait_ready(srv.base, proc=srv.proc)
         yield srv
@@ -88,8 +96,11 @@ class ThreadServer:
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:
@@ -118,8 +129,11 @@ def thread_server(tiny_artifact, tiny_predictor) -> Callable[..., ThreadServer]:
         pred = predictor or tiny_predictor
 
         def default(uri, dst):
-            return LoadedModel(pred, ModelRef(uri=uri, directory=tiny_artifact, name="risky-ads"),
-                               datetime.now(timezone.utc).isoformat())
+            return LoadedModel(
+                pred,
+                ModelRef(uri=uri, directory=tiny_artifact, name="risky-ads"),
+                datetime.now(timezone.utc).isoformat(),
+            )
 
         s = Settings(model=str(tiny_artifact), **settings)
         return ThreadServer(create_app(s, loader=loader or default))

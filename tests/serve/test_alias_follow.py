@@ -58,8 +58,12 @@ def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny
     v1 = _register(tiny_artifact)
     set_alias(NAME, "champion", v1)
 
-    srv = ServerProcess(["--model", f"models:/{NAME}@champion", "--follow-alias", "0.5"], tmp_path / "server.log",
-                        env={"MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path)
+    srv = ServerProcess(
+        ["--model", f"models:/{NAME}@champion", "--follow-alias", "0.5"],
+        tmp_path / "server.log",
+        env={"MLFLOW_TRACKING_URI": tracking},
+        cwd=tmp_path,
+    )
     try:
         wait_ready(srv.base, proc=srv.proc)
         info = httpx.get(f"{srv.base}/v1/model").json()
@@ -82,20 +86,25 @@ def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny
         v3_dir = build_tiny_artifact(tmp_path / "v3", seed=2)
         v3 = _register(v3_dir)
         original = (v3_dir / "model.safetensors").read_bytes()
-        stored = [p for p in tmp_path.rglob("model.safetensors")
-                  if v3_dir not in p.parents and p.read_bytes() == original]
+        stored = [
+            p
+            for p in tmp_path.rglob("model.safetensors")
+            if v3_dir not in p.parents and p.read_bytes() == original
+        ]
         assert stored, "the registry's copy of version 3 was not found"
         for p in stored:  # corrupt the registry's copy
             p.write_bytes(original[:-8] + b"corrupt!")
         set_alias(NAME, "champion", v3)
-        info = _wait_for(lambda: (m := httpx.get(f"{srv.base}/v1/model").json())["load_error"] and m,
-                         what="load error for version 3")
+        info = _wait_for(
+            lambda: (m := httpx.get(f"{srv.base}/v1/model").json())["load_error"] and m,
+            what="load error for version 3",
+        )
         assert info["version"] == "2" and info["load_error"]["version"] == "3"
         assert "ArtifactError" in info["load_error"]["error"] or "sha256" in info["load_error"]["error"]
         version, still = _scores(srv.base)
         assert version == "2"
         np.testing.assert_allclose(still, after, atol=1e-6)
-        assert 'adrisk_model_version 2.0' in httpx.get(f"{srv.base}/metrics").text
+        assert "adrisk_model_version 2.0" in httpx.get(f"{srv.base}/metrics").text
         assert "adrisk_model_load_failures_total 1.0" in httpx.get(f"{srv.base}/metrics").text
         assert "version 3" in srv.logs() and "failed" in srv.logs()
     finally:

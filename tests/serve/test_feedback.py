@@ -9,8 +9,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import httpx
-import pytest
 import mlflow
+import pytest
 
 from tests.conftest import DATA_DIR, REPO
 
@@ -23,8 +23,13 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
     from training.data import load_data
     from training.retrain import Outcome, retrain
 
-    tiny = [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}", "baseline.enabled=false",
-            "gate.min_macro_ap=0.0", "gate.max_ece=1.0"]
+    tiny = [
+        f"output_dir={tmp_path / 'out'}",
+        f"data.path={DATA_DIR}",
+        "baseline.enabled=false",
+        "gate.min_macro_ap=0.0",
+        "gate.max_ece=1.0",
+    ]
     cfg = load_config(REPO / "configs" / "tiny.yaml", tiny)
     gate_text = load_data(cfg.data, cfg.label_schema, cfg.seed).test.texts[3]
     db = f"sqlite:///{tmp_path / 'fb.db'}"
@@ -38,8 +43,12 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
         ok = [
             {"classification_id": cid, "input_index": 0, "labels": ["adult_services"], "reviewer": "mod-1"},
             {"classification_id": cid, "input_index": 1, "labels": ["scam"], "reviewer": "mod-1"},
-            {"text": "fresh listing never seen before", "labels": [], "reviewer": "mod-2",
-             "reviewed_at": earlier},
+            {
+                "text": "fresh listing never seen before",
+                "labels": [],
+                "reviewer": "mod-2",
+                "reviewed_at": earlier,
+            },
         ]
         for body in ok:
             r = httpx.post(f"{srv.base}/v1/feedback", json=body, timeout=30)
@@ -59,13 +68,21 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
             assert words in r.json()["error"]["message"] and SECRET not in r.text
 
     out = tmp_path / "feedback.jsonl"
-    p = subprocess.run([sys.executable, "-m", "adrisk", "feedback", "export", "--db", db, "--output", str(out)],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "adrisk", "feedback", "export", "--db", db, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     # ordered by reviewed_at: the earlier review first
-    assert [(r["text"], r["labels"]) for r in rows] == [("fresh listing never seen before", []),
-                                                        (gate_text, ["adult_services"]), (SECRET, ["scam"])]
+    assert [(r["text"], r["labels"]) for r in rows] == [
+        ("fresh listing never seen before", []),
+        (gate_text, ["adult_services"]),
+        (SECRET, ["scam"]),
+    ]
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -78,8 +95,22 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
 
 
 def test_export_from_a_mistyped_store_path_is_an_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "adrisk", "feedback", "export", "--db",
-                        f"sqlite:///{tmp_path / 'typo.db'}", "--output", str(tmp_path / "f.jsonl")],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adrisk",
+            "feedback",
+            "export",
+            "--db",
+            f"sqlite:///{tmp_path / 'typo.db'}",
+            "--output",
+            str(tmp_path / "f.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 1 and "does not exist" in p.stderr
     assert not (tmp_path / "typo.db").exists() and not (tmp_path / "f.jsonl").exists()

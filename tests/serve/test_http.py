@@ -47,8 +47,11 @@ def _assert_matches_offline(results: list[dict], texts: list[str], predictor) ->
     expected = predictor.predict(texts)
     assert len(results) == len(texts)
     for got, exp in zip(results, expected, strict=True):
-        np.testing.assert_allclose([got["category_scores"][n] for n in predictor.labels],
-                                   [exp.category_scores[n] for n in predictor.labels], atol=ATOL)
+        np.testing.assert_allclose(
+            [got["category_scores"][n] for n in predictor.labels],
+            [exp.category_scores[n] for n in predictor.labels],
+            atol=ATOL,
+        )
         assert got["truncated"] == exp.truncated
         assert set(got) == {"flagged", "categories", "category_scores", "truncated"}
 
@@ -80,7 +83,9 @@ def test_batch_in_order(server, tiny_predictor):
 def test_request_id_header_passed_through(server):
     r = httpx.post(f"{server.base}/v1/classify", json={"input": "x"}, headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123" and r.json()["id"] == "abc-123"
-    r = httpx.post(f"{server.base}/v1/classify", json={"input": "x"}, headers={"X-Request-ID": "bad id\twith ad"})
+    r = httpx.post(
+        f"{server.base}/v1/classify", json={"input": "x"}, headers={"X-Request-ID": "bad id\twith ad"}
+    )
     assert r.headers["x-request-id"].startswith("clf-")
 
 
@@ -122,15 +127,20 @@ def test_probe_http(server, tiny_predictor, row):
         # each text scores the same alone and inside a (padded) batch
         for t, res in zip(texts, results, strict=True):
             alone = httpx.post(f"{server.base}/v1/classify", json={"input": t}).json()["results"][0]
-            mixed = httpx.post(f"{server.base}/v1/classify", json={"input": ["padding " * 40, t]}).json()["results"][1]
+            mixed = httpx.post(f"{server.base}/v1/classify", json={"input": ["padding " * 40, t]}).json()[
+                "results"
+            ][1]
             for other in (alone, mixed):
-                np.testing.assert_allclose(list(other["category_scores"].values()),
-                                           list(res["category_scores"].values()), atol=ATOL)
+                np.testing.assert_allclose(
+                    list(other["category_scores"].values()), list(res["category_scores"].values()), atol=ATOL
+                )
 
 
 @pytest.mark.parametrize("row", _probe_params({"http-raw", "http-raw-bytes-hex"}))
 def test_probe_http_raw(server, tiny_predictor, row):
-    raw = bytes.fromhex(row["input"]) if "http-raw-bytes-hex" in row["where"] else row["input"].encode("utf-8")
+    raw = (
+        bytes.fromhex(row["input"]) if "http-raw-bytes-hex" in row["where"] else row["input"].encode("utf-8")
+    )
     r = httpx.post(f"{server.base}/v1/classify", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code != 500 and "Traceback" not in r.text and "surrogates not allowed" not in r.text
     allowed = {"lone-surrogate": {200, 422}, "invalid-json": {400, 422}, "non-utf8-body": {400, 415, 422}}
@@ -144,13 +154,16 @@ def test_probe_http_raw(server, tiny_predictor, row):
         _assert_error_shape(r, ["unterminated", "hi \ud83d there"])
 
 
-@pytest.mark.parametrize("body, status, kind", [
-    ({"input": []}, 422, "validation_error"),
-    ({"input": 42}, 422, "validation_error"),
-    ([1, 2], 422, "validation_error"),
-    ({"input": ["ok"] * 257}, 413, "payload_too_large"),
-    ({"input": ["ok", "y" * 100_001]}, 422, "validation_error"),
-])
+@pytest.mark.parametrize(
+    "body, status, kind",
+    [
+        ({"input": []}, 422, "validation_error"),
+        ({"input": 42}, 422, "validation_error"),
+        ([1, 2], 422, "validation_error"),
+        ({"input": ["ok"] * 257}, 413, "payload_too_large"),
+        ({"input": ["ok", "y" * 100_001]}, 422, "validation_error"),
+    ],
+)
 def test_bad_requests(server, body, status, kind):
     r = httpx.post(f"{server.base}/v1/classify", json=body)
     assert r.status_code == status
@@ -169,7 +182,9 @@ def test_oversized_body_413_before_parsing(server):
             yield b"x" * 1000
         yield b'"}'
 
-    r = httpx.post(f"{server.base}/v1/classify", content=chunks(), headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{server.base}/v1/classify", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413
 
 
@@ -202,7 +217,10 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_32_concurrent_clients_match_offline(server, tiny_predictor):
-    texts = [f"ad number {i}: " + "sweet girl incall " * (i % 7) + "apartment for rent" * (i % 3) for i in range(96)]
+    texts = [
+        f"ad number {i}: " + "sweet girl incall " * (i % 7) + "apartment for rent" * (i % 3)
+        for i in range(96)
+    ]
     before = httpx.get(f"{server.base}/metrics").text
 
     async def client(k: int, c: httpx.AsyncClient) -> list[tuple[str, dict]]:
@@ -229,19 +247,39 @@ def test_32_concurrent_clients_match_offline(server, tiny_predictor):
 
 def test_metrics_exposed(server):
     text = httpx.get(f"{server.base}/metrics").text
-    for name in ("adrisk_http_requests_total", "adrisk_http_request_duration_seconds_bucket",
-                 "adrisk_batch_size_bucket", "adrisk_queue_depth", "adrisk_model_info", "adrisk_model_version"):
+    for name in (
+        "adrisk_http_requests_total",
+        "adrisk_http_request_duration_seconds_bucket",
+        "adrisk_batch_size_bucket",
+        "adrisk_queue_depth",
+        "adrisk_model_info",
+        "adrisk_model_version",
+    ):
         assert name in text
-    assert re.search(r'adrisk_http_requests_total\{method="POST",route="/v1/classify",status="422"\} [1-9]', text)
-    assert re.search(r'adrisk_http_requests_total\{method="POST",route="/v1/classify",status="200"\} [1-9]', text)
+    assert re.search(
+        r'adrisk_http_requests_total\{method="POST",route="/v1/classify",status="422"\} [1-9]', text
+    )
+    assert re.search(
+        r'adrisk_http_requests_total\{method="POST",route="/v1/classify",status="200"\} [1-9]', text
+    )
 
 
 def test_logs_never_contain_ad_text(server):
     """Runs last in this module: everything above was logged by the server by now."""
     logs = server.logs()
     assert "POST /v1/classify 200" in logs  # the request lines are there...
-    sent = ["Sweet new girl", "cheap rental flat", "hot petite girls", "typo in key", "unterminated",
-            "ok text", "a much longer advertisement", "2 bedroom apartment", "sweet girl incall", "bad id"]
+    sent = [
+        "Sweet new girl",
+        "cheap rental flat",
+        "hot petite girls",
+        "typo in key",
+        "unterminated",
+        "ok text",
+        "a much longer advertisement",
+        "2 bedroom apartment",
+        "sweet girl incall",
+        "bad id",
+    ]
     for t in sent:  # ...but none of the texts
         assert t not in logs, t
     assert "Traceback" not in logs

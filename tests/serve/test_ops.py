@@ -28,8 +28,12 @@ class SlowPredictor:
 def test_api_keys(thread_server, keys):
     with thread_server(api_keys=keys) as srv:
         url = f"{srv.base}/v1/classify"
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "secret-one"},
-                        {"Authorization": "Basic secret-one"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "secret-one"},
+            {"Authorization": "Basic secret-one"},
+        ):
             r = httpx.post(url, json={"input": "Sweet new girl in town"}, headers=headers)
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "unauthorized" and "Sweet" not in r.text
@@ -37,9 +41,17 @@ def test_api_keys(thread_server, keys):
         assert httpx.get(f"{srv.base}/v1/model").status_code == 401
         ok = httpx.post(url, json={"input": "x"}, headers={"Authorization": "Bearer secret-one"})
         assert ok.status_code == 200 and len(ok.json()["results"]) == 1
-        assert httpx.get(f"{srv.base}/v1/model", headers={"Authorization": "Bearer secret-one"}).status_code == 200
+        assert (
+            httpx.get(f"{srv.base}/v1/model", headers={"Authorization": "Bearer secret-one"}).status_code
+            == 200
+        )
         if "other-key" in keys:
-            assert httpx.post(url, json={"input": "x"}, headers={"Authorization": "Bearer other-key"}).status_code == 200
+            assert (
+                httpx.post(
+                    url, json={"input": "x"}, headers={"Authorization": "Bearer other-key"}
+                ).status_code
+                == 200
+            )
         # probes stay open for orchestrators
         assert httpx.get(f"{srv.base}/healthz").status_code == 200
         assert httpx.get(f"{srv.base}/readyz").status_code == 200
@@ -53,6 +65,7 @@ def test_no_auth_by_default(thread_server):
 def test_queue_full_is_503_with_retry_after(thread_server, tiny_predictor):
     slow = SlowPredictor(tiny_predictor, delay=0.4)
     with thread_server(predictor=slow, queue_size=2, max_batch_size=1, max_wait_ms=0) as srv:
+
         def call(i):
             return httpx.post(f"{srv.base}/v1/classify", json={"input": f"ad {i}"}, timeout=30)
 
@@ -80,8 +93,11 @@ def test_not_ready_until_loaded(thread_server, tiny_predictor, tiny_artifact):
 
     def loader(uri, dst):
         gate.wait(30)
-        return LoadedModel(tiny_predictor, ModelRef(uri=uri, directory=tiny_artifact, name="risky-ads"),
-                           datetime.now(timezone.utc).isoformat())
+        return LoadedModel(
+            tiny_predictor,
+            ModelRef(uri=uri, directory=tiny_artifact, name="risky-ads"),
+            datetime.now(timezone.utc).isoformat(),
+        )
 
     with thread_server(loader=loader) as srv:
         assert httpx.get(f"{srv.base}/healthz").status_code == 200

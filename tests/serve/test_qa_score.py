@@ -20,9 +20,11 @@ def _jsonl(path, rows):
 def test_jsonl_chunks_with_different_key_order_keys_and_types(tmp_path, tiny_predictor, fmt_out):
     # each JSONL chunk is read on its own: key order, key sets and value types can differ between
     # chunks. CSV output used to shift columns under the header; Parquet output failed at the end.
-    rows = ([{"text": f"ad a{i}", "id": i, "a": 1} for i in range(3)]
-            + [{"id": i, "text": f"ad b{i}", "b": "x"} for i in range(3, 6)]
-            + [{"text": f"ad c{i}", "id": f"id-{i}", "a": "one"} for i in range(6, 9)])
+    rows = (
+        [{"text": f"ad a{i}", "id": i, "a": 1} for i in range(3)]
+        + [{"id": i, "text": f"ad b{i}", "b": "x"} for i in range(3, 6)]
+        + [{"text": f"ad c{i}", "id": f"id-{i}", "a": "one"} for i in range(6, 9)]
+    )
     src = _jsonl(tmp_path / "in.jsonl", rows)
     dst = tmp_path / f"out.{fmt_out}"
     run_score("tiny", src, dst, chunk_size=3, progress=False, predictor=tiny_predictor)
@@ -75,17 +77,22 @@ def test_missing_text_column_error_does_not_quote_a_headerless_first_row(tmp_pat
 
 def test_jsonl_with_a_byte_order_mark_is_scored(tmp_path, tiny_predictor):
     src = tmp_path / "in.jsonl"
-    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "ad one", "id": 1}).encode() + b"\n")  # was a ValueError
+    src.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"text": "ad one", "id": 1}).encode() + b"\n"
+    )  # was a ValueError
     run_score("tiny", src, tmp_path / "out.csv", progress=False, predictor=tiny_predictor)
     assert pd.read_csv(tmp_path / "out.csv")["text"].tolist() == ["ad one"]
 
 
-@pytest.mark.parametrize("name,body", [
-    ("in.jsonl", '{"text": "a"}\n[1, 2]\n"secret listing"\n'),  # was TypeError
-    ("in.jsonl", '{"text": "secret listing", "x"\n'),  # was ValueError
-    ("in.csv", ""),  # was EmptyDataError
-    ("in.csv", 'id,text\n1,"secret listing\n'),  # was ParserError
-])
+@pytest.mark.parametrize(
+    "name,body",
+    [
+        ("in.jsonl", '{"text": "a"}\n[1, 2]\n"secret listing"\n'),  # was TypeError
+        ("in.jsonl", '{"text": "secret listing", "x"\n'),  # was ValueError
+        ("in.csv", ""),  # was EmptyDataError
+        ("in.csv", 'id,text\n1,"secret listing\n'),  # was ParserError
+    ],
+)
 def test_malformed_jsonl_and_csv_are_score_errors(tmp_path, tiny_predictor, name, body):
     src = tmp_path / name
     src.write_text(body, encoding="utf-8")
@@ -108,9 +115,11 @@ def test_second_job_on_the_same_output_is_refused_while_one_runs(tmp_path, tiny_
     src.write_text("id,text\n1,ad one\n", encoding="utf-8")
     dst = tmp_path / "out.csv"
     with FileLock(str(output_lock_path(dst))):  # what a running job holds
-        code = ("from serve.score import run_score, ScoreError\n"
-                f"try: run_score('m', {str(src)!r}, {str(dst)!r}, progress=False, predictor=object())\n"
-                "except ScoreError as e: print('refused:', e)\n")
+        code = (
+            "from serve.score import run_score, ScoreError\n"
+            f"try: run_score('m', {str(src)!r}, {str(dst)!r}, progress=False, predictor=object())\n"
+            "except ScoreError as e: print('refused:', e)\n"
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "refused: another adrisk score is writing" in out.stdout, out.stdout + out.stderr
     assert not dst.exists()

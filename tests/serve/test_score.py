@@ -22,9 +22,13 @@ SCORE_COLS = [f"score_{n}" for n in LABELS]
 
 
 def _frame(n: int) -> pd.DataFrame:
-    texts = [None if i % 11 == 5 else f"ad {i}: " + ("sweet girl incall " if i % 3 else "flat for rent ") * (i % 5)
-             for i in range(n)]
-    return pd.DataFrame({"id": range(n), "text": texts, "source": ["web" if i % 2 else "app" for i in range(n)]})
+    texts = [
+        None if i % 11 == 5 else f"ad {i}: " + ("sweet girl incall " if i % 3 else "flat for rent ") * (i % 5)
+        for i in range(n)
+    ]
+    return pd.DataFrame(
+        {"id": range(n), "text": texts, "source": ["web" if i % 2 else "app" for i in range(n)]}
+    )
 
 
 def _write(df: pd.DataFrame, path: Path) -> Path:
@@ -45,8 +49,9 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-@pytest.mark.parametrize("fmt_in, fmt_out", [("csv", "jsonl"), ("jsonl", "parquet"), ("parquet", "csv"),
-                                             ("csv", "csv")])
+@pytest.mark.parametrize(
+    "fmt_in, fmt_out", [("csv", "jsonl"), ("jsonl", "parquet"), ("parquet", "csv"), ("csv", "csv")]
+)
 def test_score_formats_missing_text_and_order(tmp_path, tiny_predictor, fmt_in, fmt_out):
     df = _frame(230)
     src = _write(df, tmp_path / f"in.{fmt_in}")
@@ -59,9 +64,12 @@ def test_score_formats_missing_text_and_order(tmp_path, tiny_predictor, fmt_in, 
     assert (out["error"].fillna("") == np.where(missing, "missing_text", "")).all()
     assert out.loc[missing, SCORE_COLS].isna().all().all() and out.loc[missing, "flagged"].isna().all()
     texts = df.loc[~missing, "text"].tolist()
-    np.testing.assert_allclose(out.loc[~missing, SCORE_COLS].to_numpy(dtype=float),
-                               tiny_predictor.predict_proba(texts), atol=1e-6)
-    assert out.loc[~missing, "flagged"].astype(bool).tolist() == [p.flagged for p in tiny_predictor.predict(texts)]
+    np.testing.assert_allclose(
+        out.loc[~missing, SCORE_COLS].to_numpy(dtype=float), tiny_predictor.predict_proba(texts), atol=1e-6
+    )
+    assert out.loc[~missing, "flagged"].astype(bool).tolist() == [
+        p.flagged for p in tiny_predictor.predict(texts)
+    ]
     assert (out["model_version"].astype(str).str.startswith("local:")).all()
     assert summary.rows == 230 and summary.missing == int(missing.sum())
     assert not (tmp_path / f"out.{fmt_out}.partial").exists()
@@ -70,15 +78,24 @@ def test_score_formats_missing_text_and_order(tmp_path, tiny_predictor, fmt_in, 
 
 def test_score_errors(tmp_path, tiny_predictor):
     src = _write(_frame(10), tmp_path / "in.csv")
-    with pytest.raises(ScoreError, match=r"text column 'body' not found; columns are \['id', 'text', 'source'\]"):
-        run_score("tiny", src, tmp_path / "out.csv", text_column="body", predictor=tiny_predictor, progress=False)
+    with pytest.raises(
+        ScoreError, match=r"text column 'body' not found; columns are \['id', 'text', 'source'\]"
+    ):
+        run_score(
+            "tiny", src, tmp_path / "out.csv", text_column="body", predictor=tiny_predictor, progress=False
+        )
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(ScoreError, match="unknown format"):
         run_score("tiny", src, tmp_path / "out.xlsx", predictor=tiny_predictor, progress=False)
     clash = _frame(10).assign(flagged=1)
     with pytest.raises(ScoreError, match="flagged"):
-        run_score("tiny", _write(clash, tmp_path / "clash.csv"), tmp_path / "o.csv", predictor=tiny_predictor,
-                  progress=False)
+        run_score(
+            "tiny",
+            _write(clash, tmp_path / "clash.csv"),
+            tmp_path / "o.csv",
+            predictor=tiny_predictor,
+            progress=False,
+        )
 
 
 @pytest.mark.slow
@@ -86,11 +103,25 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     n, chunk = 3000, 20
     src = _write(_frame(n), tmp_path / "in.csv")
     expected_path = tmp_path / "expected.csv"
-    run_score(str(tiny_artifact), src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False)
+    run_score(
+        str(tiny_artifact), src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False
+    )
 
     dst = tmp_path / "out.csv"
-    cmd = [str(ADRISK), "score", "--model", str(tiny_artifact), "--input", str(src), "--output", str(dst),
-           "--chunk-size", str(chunk), "--torch-threads", "1"]
+    cmd = [
+        str(ADRISK),
+        "score",
+        "--model",
+        str(tiny_artifact),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--chunk-size",
+        str(chunk),
+        "--torch-threads",
+        "1",
+    ]
     env = cli_env()
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,7 +146,9 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--resume" in r.stderr
 
-    r = subprocess.run([*cmd, "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [*cmd, "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=180
+    )
     assert r.returncode == 0, r.stderr
     assert f"scored {n} rows" in r.stderr and "rows/s" in r.stderr and "adult_services=" in r.stderr
     got, expected = pd.read_csv(dst), pd.read_csv(expected_path)

@@ -15,9 +15,16 @@ def test_shipped_configs_validate(name):
 
 
 def test_set_overrides_are_typed():
-    cfg = load_config(CONFIGS / "tiny.yaml", ["train.epochs=5", "train.learning_rate=0.01", "data.limit=10",
-                                              "baseline.enabled=false"])
-    assert (cfg.train.epochs, cfg.train.learning_rate, cfg.data.limit, cfg.baseline.enabled) == (5, 0.01, 10, False)
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        ["train.epochs=5", "train.learning_rate=0.01", "data.limit=10", "baseline.enabled=false"],
+    )
+    assert (cfg.train.epochs, cfg.train.learning_rate, cfg.data.limit, cfg.baseline.enabled) == (
+        5,
+        0.01,
+        10,
+        False,
+    )
 
 
 def test_unknown_keys_are_errors(tmp_path):

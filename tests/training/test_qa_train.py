@@ -16,8 +16,16 @@ SECRET = "qa secret listing 5531"
 
 
 def _rows(n: int, prefix: str, labels=None) -> list[dict]:
-    return [{"id": f"{prefix}{i}", "text": f"{SECRET} {prefix} {i}", "source": "s", "group": f"{prefix}{i}",
-             "labels": labels if labels is not None else (["scam"] if i % 2 else [])} for i in range(n)]
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "text": f"{SECRET} {prefix} {i}",
+            "source": "s",
+            "group": f"{prefix}{i}",
+            "labels": labels if labels is not None else (["scam"] if i % 2 else []),
+        }
+        for i in range(n)
+    ]
 
 
 def _write(d, name, rows):
@@ -26,8 +34,10 @@ def _write(d, name, rows):
 
 
 def _cfg(tmp_path, data):
-    return load_config(REPO / "configs" / "tiny.yaml", [f"output_dir={tmp_path / 'out'}", f"data.path={data}",
-                                                        "baseline.enabled=false", "data.limit=null"])
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"output_dir={tmp_path / 'out'}", f"data.path={data}", "baseline.enabled=false", "data.limit=null"],
+    )
 
 
 def _splits(d, train, validation=None, test=None):
@@ -115,11 +125,21 @@ def test_missing_columns_error_does_not_quote_a_headerless_first_row(tmp_path):
     assert SECRET not in str(e.value)
 
 
-@pytest.mark.parametrize("argv", [
-    ["evaluate", "--model", "unused", "--data", "unused.jsonl", "--report", "BLOCKED/sub/r.json"],
-    ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--uri-file", "BLOCKED/sub/uri.txt",
-     "--set", "baseline.enabled=false"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--model", "unused", "--data", "unused.jsonl", "--report", "BLOCKED/sub/r.json"],
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "tiny.yaml"),
+            "--uri-file",
+            "BLOCKED/sub/uri.txt",
+            "--set",
+            "baseline.enabled=false",
+        ],
+    ],
+)
 def test_unwritable_output_file_fails_before_the_work(argv, capsys, tmp_path, monkeypatch):
     # used to train (and register) / score first, then fail with FileNotFoundError
     from adrisk.cli import main

@@ -34,9 +34,20 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _cfg(tmp_path, *sets):
-    return load_config(TINY, [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}", "baseline.enabled=false",
-                              "gate.min_macro_ap=0.0", "gate.ap_tolerance=0.15", "gate.max_recall_drop=1.0", "gate.max_ece=1.0",
-                              "gate.per_source_ap_tolerance=null", *sets])
+    return load_config(
+        TINY,
+        [
+            f"output_dir={tmp_path / 'out'}",
+            f"data.path={DATA_DIR}",
+            "baseline.enabled=false",
+            "gate.min_macro_ap=0.0",
+            "gate.ap_tolerance=0.15",
+            "gate.max_recall_drop=1.0",
+            "gate.max_ece=1.0",
+            "gate.per_source_ap_tolerance=null",
+            *sets,
+        ],
+    )
 
 
 def _decision(version: str) -> dict:
@@ -126,11 +137,18 @@ def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
 
 def test_golden_sets_join_the_gate_and_feedback_repeating_them_is_excluded(workdir):
     golden = workdir / "golden.jsonl"
-    rows = [{"text": f"golden listing {i}, text me for details", "labels": ["scam"] if i % 2 else []} for i in range(6)]
+    rows = [
+        {"text": f"golden listing {i}, text me for details", "labels": ["scam"] if i % 2 else []}
+        for i in range(6)
+    ]
     golden.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fb = workdir / "fb.jsonl"
-    fb.write_text(json.dumps({"text": rows[1]["text"] + "  ", "labels": ["scam"], "source": "feedback"}) + "\n"
-                  + json.dumps({"text": "brand new feedback text", "labels": [], "source": "feedback"}) + "\n")
+    fb.write_text(
+        json.dumps({"text": rows[1]["text"] + "  ", "labels": ["scam"], "source": "feedback"})
+        + "\n"
+        + json.dumps({"text": "brand new feedback text", "labels": [], "source": "feedback"})
+        + "\n"
+    )
     res = retrain(_cfg(workdir, f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"))
     dec = res.decision
     assert res.outcome is Outcome.PROMOTED
