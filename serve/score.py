@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -291,26 +292,16 @@ def _model_version(ref, meta) -> str:
 
 
 def run_score(
-    model_uri: str,
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    *,
-    text_column: str = "text",
-    chunk_size: int = 1000,
-    resume: bool = False,
-    runtime: str = "auto",
-    torch_threads: int | None = None,
-    progress: bool = True,
-    predictor=None,
-    model_version: str | None = None,
-    explain: bool = False,
-    workers: int | None = 1,
+    model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], **options: Any
 ) -> ScoreSummary:
-    """Score ``input_path`` into ``output_path``; see ``_run_score``. One job per output at a time:
-    two jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
+    """Score ``input_path`` into ``output_path``; ``options`` are ``_run_score``'s keyword arguments
+    (``text_column``, ``chunk_size``, ``resume``, ``runtime``, ``torch_threads``, ``progress``,
+    ``predictor``, ``model_version``, ``explain``, ``workers``). One job per output at a time: two
+    jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
 
     Raises:
         ScoreError: as ``_run_score``, or another job is writing the same output.
+        TypeError: an unknown option.
     """
     from filelock import FileLock, Timeout
 
@@ -325,21 +316,7 @@ def run_score(
             f"another adrisk score is writing {dst}; wait for it or choose another --output"
         ) from None
     try:
-        return _run_score(
-            model_uri,
-            input_path,
-            output_path,
-            text_column=text_column,
-            chunk_size=chunk_size,
-            resume=resume,
-            runtime=runtime,
-            torch_threads=torch_threads,
-            progress=progress,
-            predictor=predictor,
-            model_version=model_version,
-            explain=explain,
-            workers=workers,
-        )
+        return _run_score(model_uri, input_path, output_path, **options)
     finally:
         lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
 
