@@ -19,7 +19,7 @@ from model.artifact import META_FILE, ArtifactError, load_meta
 from model.predictor import Predictor
 from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR
 from tests.conftest import LABELS
-from training.onnx_export import add_onnx_variants
+from training.onnx_export import BATCH_INVARIANCE_TOLERANCE, add_onnx_variants, batch_invariance
 
 FP32_ATOL = 1e-4
 INT8_ATOL = 0.05
@@ -70,10 +70,14 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
         assert (d / ONNX_DIR / v["file"]).is_file()
         assert len(v["sha256"]) == 64
         assert set(v["ap_delta"]) == set(LABELS)
-        assert v["passed"] == all(abs(x) <= 0.005 for x in v["ap_delta"].values() if x is not None)
+        assert v["passed"] == (
+            all(abs(x) <= 0.005 for x in v["ap_delta"].values() if x is not None)
+            and v["batch_invariance_max_abs"] <= BATCH_INVARIANCE_TOLERANCE
+        )
         assert v["texts_per_s"] > 0 and v["name"] == name
     fp32 = runtimes["variants"][FP32_VARIANT]
     assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values()) < 1e-6
+    assert fp32["batch_invariance_max_abs"] < 1e-4  # padding round-off only
     passing = {
         "torch": runtimes["torch"]["texts_per_s"],
         **{n: v["texts_per_s"] for n, v in runtimes["variants"].items() if v["passed"]},
@@ -227,3 +231,18 @@ def test_torch_threads_apply_to_forward_only(tiny_artifact):
         hook.remove()
     assert seen == [1] * len(seen) and seen
     assert torch.get_num_threads() == before
+
+
+def test_batch_invariance_measures_dependence_on_batch_mates(tiny_predictor):
+    """A scorer whose output depends on its batch-mates is caught; a per-row scorer is not."""
+    texts = ["cheap flat", "hot girls 24/7", "job offer, pay upfront", "win a prize now"]
+    probs = tiny_predictor.predict_proba(texts)
+    assert batch_invariance(tiny_predictor, texts, probs) < 1e-4
+
+    class BatchScaled:  # like dynamic int8: one scale per batch
+        def predict_proba(self, batch):
+            p = tiny_predictor.predict_proba(batch)
+            return p * (0.9 if len(batch) > 1 else 1.0)
+
+    drift = batch_invariance(BatchScaled(), texts, BatchScaled().predict_proba(texts))
+    assert drift > BATCH_INVARIANCE_TOLERANCE
