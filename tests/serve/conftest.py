@@ -139,3 +139,38 @@ def thread_server(tiny_artifact, tiny_predictor) -> Callable[..., ThreadServer]:
         return ThreadServer(create_app(s, loader=loader or default))
 
     return make
+
+
+def run_and_kill_after_chunks(
+    cmd: list[str], manifest: Path, chunks: int = 3, timeout: float = 120.0
+) -> None:
+    """Start an ``adrisk score`` command, SIGKILL its process once ``manifest`` counts ``chunks``
+    finished chunks (the parent only, as an OOM kill would), then kill whatever is left of its
+    process group so no orphaned worker outlives the test.
+
+    Raises:
+        AssertionError: the job finished (or died) before it could be killed.
+    """
+    import contextlib
+    import json
+    import os
+    import signal
+
+    proc = subprocess.Popen(
+        cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(manifest.read_text())["chunks_done"] >= chunks:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 from serve.score import ScoreError, run_score
 from tests.conftest import cli_env
+from tests.serve.conftest import run_and_kill_after_chunks
 
 ADRISK = Path(sys.executable).with_name("adrisk")
 LABELS = ("adult_services", "trafficking_indicators", "scam")
@@ -122,32 +121,18 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
         "--torch-threads",
         "1",
     ]
-    env = cli_env()
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(manifest.read_text())["chunks_done"] >= 3:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(10)
+    run_and_kill_after_chunks(cmd, manifest)
     done = json.loads(manifest.read_text())["chunks_done"]
     assert 3 <= done < n // chunk
     assert not dst.exists()  # no half-written output
 
     # without --resume the unfinished run is protected
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--resume" in r.stderr
 
     r = subprocess.run(
-        [*cmd, "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=180
+        [*cmd, "--resume", "--no-progress"], env=cli_env(), capture_output=True, text=True, timeout=180
     )
     assert r.returncode == 0, r.stderr
     assert f"scored {n} rows" in r.stderr and "rows/s" in r.stderr and "adult_services=" in r.stderr

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from serve.score import ScoreError, run_score
+from tests.conftest import cli_env
+from tests.serve.conftest import run_and_kill_after_chunks
 
 ADRISK = Path(sys.executable).with_name("adrisk")
 
@@ -70,31 +68,13 @@ def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny
         "2",
         "--no-progress",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(manifest.read_text())["chunks_done"] >= 3:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)  # the parent only, as an OOM kill would; its workers are orphaned
-        proc.wait(10)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # leave no orphaned worker behind the test
+    run_and_kill_after_chunks(cmd, manifest)  # the parent only, as an OOM kill would; then its group
     done = json.loads(manifest.read_text())["chunks_done"]
     assert 3 <= done < n // chunk
     assert not dst.exists()
 
-    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run([*cmd, "--resume"], env=cli_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert f"scored {n} rows" in r.stderr
     got = pd.read_csv(dst)
