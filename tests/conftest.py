@@ -168,3 +168,10 @@ def expand_probe_input(x):
 
 def probe_rows(probes: list[dict], where: str) -> list[dict]:
     return [r for r in probes if where in r["where"].split(",")]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the random-order seed even under ``-q`` (pytest-randomly puts it only in the header)."""
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed", default=None)
+        terminalreporter.write_line(f"test order: random, reproduce with --randomly-seed={seed}")
