@@ -43,6 +43,7 @@ import numpy as np
 
 from model.encoding import CHARS_PER_TOKEN_CAP
 from model.normalize import _VARIATION_SELECTORS, normalize_with_offsets
+from model.predictor import check_texts
 from model.schema import ProblemType
 
 logger = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class Explainer:
             TypeError: an item is not a str (the message names its index, never its content).
             ValueError: an unknown label name.
         """
-        texts = _check(texts)
+        texts = check_texts(texts)
         idx = self._label_indices(labels)
         out = []
         for t in texts:
@@ -347,7 +348,7 @@ class Explainer:
         """
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
-        texts = _check(texts)
+        texts = check_texts(texts)
         if labels is None:
             preds = self.predictor.predict(texts)
             benign = self.predictor.meta.label_schema.benign_label
@@ -383,16 +384,6 @@ class Explainer:
         if unknown:
             raise ValueError(f"unknown labels {unknown}; this model has {list(self.labels)}")
         return [self.labels.index(n) for n in labels]
-
-
-def _check(texts) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"item {i} is {type(t).__name__}, expected str")
-    return texts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,7 +444,7 @@ def deletion_test(
     if k < 1 or draws < 1:
         raise ValueError("k and draws must be >= 1")
     j = explainer._label_indices([label])[0]
-    texts = _check(texts)
+    texts = check_texts(texts)
     attrs = list(attributions) if attributions is not None else explainer.attribute(texts, [label])
     rng = np.random.default_rng(seed)
     base, top, rand = [], [], []

@@ -59,7 +59,12 @@ class Scores:
     truncated: np.ndarray
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[str] | str) -> list[str]:
+    """One str or a sequence of str as a list, in order (the one input check of every scoring entry).
+
+    Raises:
+        TypeError: an item is not a str (named by index; the value is never shown).
+    """
     if isinstance(texts, str):
         return [texts]
     texts = list(texts)
@@ -173,7 +178,7 @@ class Predictor:
         Raises:
             TypeError: an item is not a str (the message names its index, never its content).
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         with self._lock:
             enc = self.encoder.encode(texts)
             logits = self._logits(enc)

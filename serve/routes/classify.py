@@ -115,6 +115,16 @@ def parse_explain(payload: Any, n_texts: int, settings: Settings) -> bool:
     return explain
 
 
+def _overloaded(queue: str, settings: Settings, metrics) -> APIError:
+    """A full queue: counted, and answered 503 with ``Retry-After``."""
+    metrics.rejected.inc()
+    return APIError(
+        ErrorKind.overloaded,
+        f"server busy: the {queue} queue is full, retry later",
+        headers={"Retry-After": str(settings.retry_after_s)},
+    )
+
+
 async def _explanations(
     queue: ExplainQueue, loaded: LoadedModel, texts: list[str], preds, settings: Settings, metrics
 ) -> list[dict]:
@@ -123,12 +133,7 @@ async def _explanations(
     try:
         return await queue.submit(loaded.predictor, texts, labels)
     except ExplainQueueFull:
-        metrics.rejected.inc()
-        raise APIError(
-            ErrorKind.overloaded,
-            "server busy: the explanation queue is full, retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        ) from None
+        raise _overloaded("explanation", settings, metrics) from None
     except Exception as e:  # the message may quote the input
         logger.error("explanation failed: %s", type(e).__name__)
         raise APIError(ErrorKind.internal_error, "internal error") from None
@@ -194,12 +199,7 @@ async def classify(
         preds, tag = await batcher.submit(texts)
         loaded = cast(LoadedModel, tag)  # the batcher tags predictions with the LoadedModel that scored them
     except QueueFull:
-        metrics.rejected.inc()
-        raise APIError(
-            ErrorKind.overloaded,
-            "server busy: the scoring queue is full, retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        ) from None
+        raise _overloaded("scoring", settings, metrics) from None
     except NotReady:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"}) from None
     except Exception:  # logged by type in the batcher; the message may quote the input
