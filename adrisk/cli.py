@@ -256,13 +256,17 @@ def _export_onnx(args) -> int:
         quantize=not args.no_quantize,
         tolerance=args.tolerance,
         num_threads=args.threads,
+        mixed=args.mixed,
     )
-    print("| runtime | texts/s | passed | max abs AP delta |")
-    print("|---|---:|---|---:|")
-    print(f"| torch | {runtimes['torch']['texts_per_s']:.1f} | reference | 0 |")
+    print("| runtime | texts/s | passed | max abs AP delta | kept fp32 |")
+    print("|---|---:|---|---:|---|")
+    print(f"| torch | {runtimes['torch']['texts_per_s']:.1f} | reference | 0 | |")
     for name, v in runtimes["variants"].items():
         worst = max((abs(d) for d in v["ap_delta"].values() if d is not None), default=0.0)
-        print(f"| {name} | {v['texts_per_s']:.1f} | {'yes' if v['passed'] else 'NO'} | {worst:.4f} |")
+        kept = ", ".join(v.get("fp32_groups", []))
+        print(
+            f"| {name} | {v['texts_per_s']:.1f} | {'yes' if v['passed'] else 'NO'} | {worst:.4f} | {kept} |"
+        )
     print(f"default runtime: {runtimes['default']}")
     return EXIT_OK
 
@@ -569,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--labels-column", default="labels", help="column holding a list of label names")
     p.add_argument("--no-quantize", action="store_true", help="skip the int8 variants")
+    p.add_argument(
+        "--mixed",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="sensitivity-guided mixed int8 (layers measured most sensitive kept fp32): "
+        "auto = only when full int8 fails the gate (default auto)",
+    )
     p.add_argument(
         "--tolerance", type=float, default=0.005, help="per-label AP gate vs fp32 torch (absolute)"
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only
+WARMUP_REQUESTS = 3  # per client, before the timed requests
 ADS = [
     "Sweet new girl in town, call me 24/7 incall outcall",
     "2 bedroom apartment for rent near downtown, no pets, $1200/month",
@@ -119,13 +120,15 @@ async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> 
     errors = 0
     stop_at = time.perf_counter() + max_seconds
 
-    async def client(k: int, c: httpx.AsyncClient) -> None:
+    async def client(k: int, c: httpx.AsyncClient, requests: int = requests, record: bool = True) -> None:
         nonlocal errors
         for i in range(requests):
             if time.perf_counter() > stop_at:
                 return
             t0 = time.perf_counter()
             r = await c.post(f"{base}/v1/classify", json={"input": ADS[(k + i) % len(ADS)]})
+            if not record:
+                continue
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -133,8 +136,10 @@ async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> 
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=limits) as c:
-        for ad in ADS:  # warm up
-            await c.post(f"{base}/v1/classify", json={"input": ad})
+        # warm-up, not timed: every client opens its connection and sends WARMUP_REQUESTS, so the
+        # figures are the steady state (connection set-up and first-run allocations excluded)
+        await asyncio.gather(*(client(k, c, WARMUP_REQUESTS, False) for k in range(clients)))
+        stop_at = time.perf_counter() + max_seconds
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k, c) for k in range(clients)))
         wall = time.perf_counter() - t0

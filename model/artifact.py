@@ -78,6 +78,10 @@ class ArtifactMeta(BaseModel):
         default_factory=dict,
         description="optional non-torch runtimes (ONNX variants) and their accuracy gate",
     )
+    blend: dict[str, Any] = Field(
+        default_factory=dict,
+        description="optional TF-IDF blend (model/blend.py): files with sha256 and the blended labels",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ArtifactMeta:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
+from model.blend import TfidfBlend
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
 from model.runtimes import Runtime, select_runtime
@@ -95,9 +96,11 @@ class Predictor:
         meta: ArtifactMeta,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        blend: TfidfBlend | None = None,
     ):
         if batch_size < 1 or max_tokens < 1:
             raise ValueError("batch_size and max_tokens must be positive")
+        self.blend = blend
         self.encoder = encoder
         self.runtime = runtime
         self.meta = meta
@@ -127,8 +130,7 @@ class Predictor:
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
             num_threads: intra-op threads of the runtime's forward passes; None uses
-                ``model.runtimes.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else half the CPUs:
-                measured fastest on the shared 2-core machine, see README "Inference speed").
+                ``model.runtimes.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else every usable CPU).
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
@@ -152,7 +154,8 @@ class Predictor:
             raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
         encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)
-        predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens)
+        blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
+        predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)
         predictor.directory = directory
         logger.info("loaded model %s (%s runtime, labels %s)", directory, rt.name, list(meta.labels))
         return predictor
@@ -164,6 +167,9 @@ class Predictor:
     def _logits(self, enc: Encoded) -> np.ndarray:
         n = len(enc.input_ids)
         out = np.zeros((n, self.meta.label_schema.num_labels), dtype=np.float32)
+        if getattr(self.runtime, "per_row", False) and n:  # int8: every row alone, all at once
+            out[:] = self.runtime.logits_rows(enc.input_ids)  # type: ignore[attr-defined]
+            return out
         for idx in length_sorted_batches(enc.lengths(), self.batch_size, self.max_tokens):
             ids, mask = self.encoder.pad([enc.input_ids[i] for i in idx])
             out[idx] = self.runtime.logits(ids, mask)
@@ -182,6 +188,8 @@ class Predictor:
         with self._lock:
             enc = self.encoder.encode(texts)
             logits = self._logits(enc)
+            if self.blend is not None:  # the stacked TF-IDF model (model/blend.py)
+                logits = self.blend.blend(logits, texts)
         probs = calibrated_probabilities(logits, self.meta.temperatures, self.meta.label_schema.problem_type)
         flagged = ((probs >= self._thresholds[None, :]) & self._flaggable[None, :]).any(axis=1)
         return Scores(logits, probs, flagged, np.asarray(enc.truncated, dtype=bool))

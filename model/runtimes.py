@@ -9,7 +9,13 @@ ONNX variants live under ``<artifact>/onnx/``::
 
     <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
     <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
-    <dir>/onnx/model.int8-mixed.onnx   int8, but the FFN output projections stay fp32
+    <dir>/onnx/model.int8-mixed.onnx   int8, but the layers measured most sensitive stay fp32
+
+Dynamically quantised (int8) variants run *per row*: each text alone, at its own length, so the
+activation scales computed at run time come from that text only and its score does not depend on
+which texts share its batch (one scale per batch tensor moved a text's probability by up to 0.25).
+On MiniLM-L6, one thread, 3,134 validation texts, per-row int8 ran at 0.88x its batched speed
+(440 vs 502 texts/s; fp32 batched: 244).
 """
 
 from __future__ import annotations
@@ -46,14 +52,14 @@ _INHERITED_SESSIONS: list[Any] = []
 
 
 def default_num_threads() -> int:
-    """Intra-op threads used when none are given: ``$ADRISK_NUM_THREADS`` if set, else half the CPUs
-    this process may run on (at least 1).
+    """Cores used when none are given: ``$ADRISK_NUM_THREADS`` if set, else every CPU this process may
+    run on (``os.sched_getaffinity``; at least 1).
 
-    Measured on the shared 2-core machine (README, "Inference speed"): 1 thread was as fast as or 3-8%
-    faster than 2 in every paired run, for torch, ONNX fp32 and int8 (the other core is busy with
-    other processes, and a parallel op waits for its slowest thread), and 4 threads were worse. One
-    thread also leaves a core to a second adrisk process (server and scoring job). On machines with
-    SMT, half the logical CPUs is the physical core count, the libraries' own default.
+    Measured on the 2-core machine while it was otherwise idle (``bench/inference.py``, 2,000 test
+    texts, one run): the HF pipeline ran 1.76x faster on 2 threads than on 1, and int8 per-row scoring
+    on 2 concurrent rows 1.86x faster than on 1 (876 vs 472 texts/s). An earlier policy of half the
+    CPUs came from runs while other jobs held the second core; set ``ADRISK_NUM_THREADS=1`` where
+    adrisk shares the machine (a server beside a scoring job).
     """
     env = os.environ.get(NUM_THREADS_ENV, "").strip()
     if env:
@@ -65,7 +71,7 @@ def default_num_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
+    return max(1, cpus)
 
 
 class OnnxRuntime:
@@ -75,8 +81,11 @@ class OnnxRuntime:
         directory: the model artifact directory.
         variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (needs ``file``;
             ``sha256`` and ``source_weights_sha256`` are checked when present).
-        num_threads: intra-op threads; None uses ``default_num_threads()``. Inter-op threads are 1
-            (the graph runs sequentially; parallelism is inside each op).
+        num_threads: cores to use; None uses ``default_num_threads()``. A batched variant runs one
+            graph at a time with this many intra-op threads; a per-row (int8) variant runs this many
+            rows at once, each on one thread (``session.run`` releases the GIL and is thread-safe:
+            2 concurrent rows ran 1.86x the texts/s of 1 on 2 cores, where 2 intra-op threads on one
+            short row barely help). Inter-op threads are 1.
         verify: check the file's sha256 and that it was exported from this artifact's weights.
 
     Raises:
@@ -105,6 +114,10 @@ class OnnxRuntime:
         path = directory / ONNX_DIR / file
         self.name = str(variant_info.get("name") or Path(file).stem)
         self.path = path
+        # Dynamic int8 computes activation scales per tensor at run time: run each text alone.
+        self.per_row = bool(
+            variant_info.get("per_row", str(variant_info.get("precision", "")).startswith("int8"))
+        )
         if not path.is_file():
             raise ArtifactError(
                 f"ONNX variant {self.name!r}: {path} not found "
@@ -126,7 +139,7 @@ class OnnxRuntime:
                 )
         self.num_threads = int(num_threads) if num_threads else default_num_threads()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.num_threads
+        so.intra_op_num_threads = 1 if self.per_row else self.num_threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -136,6 +149,7 @@ class OnnxRuntime:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options = so
         self._pid = os.getpid()
+        self._rows_pool: Any = None  # made on first use, again after a fork (threads do not survive it)
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=so, providers=["CPUExecutionProvider"]
@@ -154,11 +168,25 @@ class OnnxRuntime:
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids and mask -> (B, L) float32 logits.
 
-        In a process forked after this session was made, the session is made again first (once per
+        A ``per_row`` variant runs each row alone on its unmasked tokens (any padding side), so a
+        row's logits do not depend on the other rows.
+        """
+        self._check_fork()
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        attention_mask = np.asarray(attention_mask, dtype=np.int64)
+        if self.per_row and len(input_ids) > 0:
+            rows = []
+            for ids, mask in zip(input_ids, attention_mask, strict=True):
+                keep = mask != 0
+                rows.append(ids[keep] if keep.any() else ids[:1])  # all padding: keep one position
+            return self.logits_rows(rows)
+        return self._run(input_ids, attention_mask)
+
+    def _check_fork(self) -> None:
+        """In a process forked after this session was made, make the session again (once per
         process): onnxruntime's thread pool does not survive ``fork``. The parent's session is kept,
         never destroyed, in the child (its destructor would join threads the child does not have and
-        hang: seen with onnxruntime 1.32).
-        """
+        hang: seen with onnxruntime 1.32)."""
         if self._pid != os.getpid():
             import onnxruntime as ort
 
@@ -168,6 +196,29 @@ class OnnxRuntime:
                 str(self.path), sess_options=self._options, providers=["CPUExecutionProvider"]
             )
             self._pid = os.getpid()
+            self._rows_pool = None
+
+    def logits_rows(self, rows: list[Any]) -> np.ndarray:
+        """Unpadded token id sequences -> (n, L) float32 logits, each row run alone (see ``per_row``),
+        ``num_threads`` rows at once, in row order. ``Predictor`` calls this directly for a per-row
+        variant, with every text of the call at once (no padding, no waits at batch ends)."""
+        self._check_fork()
+
+        def one(ids: Any) -> np.ndarray:
+            x = np.asarray(ids, dtype=np.int64)[None, :]
+            return self._run(x, np.ones_like(x))
+
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        if self.num_threads == 1 or len(rows) == 1:
+            return np.vstack([one(r) for r in rows])
+        if self._rows_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._rows_pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="adrisk-onnx-row")
+        return np.vstack(list(self._rows_pool.map(one, rows)))
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         out = self.session.run(
             [OUTPUT_NAME],
             {

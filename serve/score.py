@@ -47,11 +47,11 @@ logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 MANIFEST = "manifest.json"
-# Measured (docs/performance.md, issue 14): on the shared 2-core machine at load ~3-4, the demo model
-# (onnx-fp32) scored 13,140 rows at 212.4 rows/s with one process and 178.7 with two single-thread
-# workers, and 3,285 rows in 22.5 s vs 29.1 s end to end: the second core is not free there. Two
-# workers won only under heavy load (1.48x at load ~16, by taking CPU from other processes). So the
-# default stays one process; `--workers N` is for machines with idle cores (measure there).
+# Measured (docs/performance.md, issue 14): one process already uses every core (the predictor's
+# default threads are all usable CPUs, and an int8 variant runs that many rows at once). On the idle
+# 2-core machine, 2,000 test texts, make-demo model: one process 625-800 rows/s, `--workers 2` (two
+# single-thread processes, each loading the model) 345-370 rows/s. `--workers N` is for many-core
+# machines where one process's threads stop scaling (measure there).
 DEFAULT_WORKERS = 1
 PART = "part-{:06d}.parquet"
 

@@ -112,6 +112,12 @@ class BaselineConfig(_Strict):
     max_features_word: int = 200_000
     max_features_char: int = 300_000
     C: float = 4.0
+    blend: bool = Field(
+        True,
+        description="stack the baseline with the transformer per label where it raises the cross-fitted "
+        "validation AP (model/blend.py; stored in the artifact, served by the predictor)",
+    )
+    blend_min_gain: float = Field(0.0, ge=0.0, description="AP gain the blend must beat the transformer by")
 
 
 class TrackingConfig(_Strict):

@@ -5,7 +5,7 @@ A trained artifact can carry, beside its torch weights, ONNX variants under ``<a
 
     <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
     <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
-    <dir>/onnx/model.int8-mixed.onnx   int8, but the FFN output projections stay fp32
+    <dir>/onnx/model.int8-mixed.onnx   int8, but the layers measured most sensitive stay fp32
 
 and ``adrisk.json`` records them under ``runtimes``::
 
@@ -31,12 +31,16 @@ Methods and sources:
 - Quantisation: ``onnxruntime.quantization.quantize_dynamic`` (weights int8 symmetric per output
   channel, activations uint8 quantised per batch at run time; uses VNNI/AVX-512 int8 GEMMs where the
   CPU has them). Per-channel halved the max logit error vs per-tensor (0.011 vs 0.022) at equal speed.
-  The *mixed* variant keeps each layer's FFN output projection (the MatMul after GELU, weight
-  (intermediate, hidden)) in fp32: its inputs carry the outlier activations that make BERT hard to
-  quantise (Bondarenko et al., "Understanding and Overcoming the Challenges of Efficient Transformer
-  Quantization", EMNLP 2021). On the demo MiniLM-L6 model this cut the largest logit error from
-  1.16 to 0.37 for ~40% more CPU time than full int8 (still ~1.5x faster than fp32). Both int8
-  variants are gated; the fastest that passes becomes the default.
+  Dynamic int8 computes one activation scale per tensor at run time, so int8 variants run *per row*
+  (``OnnxRuntime.per_row``): a text's score then depends on that text only (batched, a text's
+  probability moved by up to 0.25 with its batch-mates).
+  The *mixed* variant is chosen by measurement (``_sensitivity_guided_mixed``): each layer's sublayers
+  (attention q/k/v, attention output, FFN in, FFN out; embeddings; head) are quantised alone and
+  their logit error measured, and the most sensitive stay fp32 until the gate passes. On the demo
+  MiniLM-L6 model the FFN output projections of layers 0 and 2 came first (their inputs carry the
+  outlier activations that make BERT hard to quantise: Bondarenko et al., "Understanding and
+  Overcoming the Challenges of Efficient Transformer Quantization", EMNLP 2021); keeping those two
+  fp32 moved trafficking AP from -0.0117 (full int8) to +0.0032 at 0.84x full int8's speed.
   See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
 """
 
@@ -52,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from model.artifact import CONFIG_FILE, ArtifactMeta, load_meta, save_meta, sha256_file
+from model.artifact import ArtifactMeta, load_meta, save_meta, sha256_file
 from model.runtimes import (
     ALL_FILES,
     FP32_FILE,
@@ -78,6 +82,10 @@ DEFAULT_TOLERANCE = 0.005
 # 3,285 flagged decisions flipped); fp32 differs by padding round-off only (~1e-6).
 BATCH_INVARIANCE_TOLERANCE = 1e-3
 BATCH_INVARIANCE_TEXTS = 48
+# Sensitivity-guided mixed precision: texts used to measure each group's error, most groups kept fp32.
+SENSITIVITY_TEXTS = 256
+MAX_FP32_GROUPS = 6
+TRIAL_FILE = "trial.int8.onnx"
 
 
 def batch_invariance(predictor: Any, texts: Sequence[str], batched_probs: np.ndarray) -> float:
@@ -184,30 +192,52 @@ def _optimize_bert(src: Path, dst: Path, config) -> None:
     opt.save_model_to_file(str(dst))
 
 
-def ffn_output_matmuls(
-    onnx_path: str | os.PathLike[str], hidden_size: int, intermediate_size: int
-) -> list[str]:
-    """Names of the MatMul nodes whose constant weight has shape (intermediate_size, hidden_size):
-    the FFN output (down) projections of a BERT-like encoder, found by shape rather than by name."""
+def quantizable_groups(onnx_path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """The nodes int8 dynamic quantisation turns int8 (MatMul/Gemm with a constant weight, Gather of a
+    constant table), grouped per encoder layer and sublayer, in graph order.
+
+    Group names: ``layer.<i>/attention.qkv`` (query, key and value projections), ``layer.<i>/attention.out``,
+    ``layer.<i>/ffn.in``, ``layer.<i>/ffn.out`` for the exporter's HF module paths
+    (``.../layer.<i>/attention/self/query/MatMul`` ...); ``embeddings`` for the Gathers; any other node
+    (pooler, classifier) is its own group, named by its module path.
+    """
+    import re
+
     import onnx
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
-    shapes = {t.name: tuple(t.dims) for t in g.initializer}
-    return [
-        n.name
-        for n in g.node
-        if n.op_type == "MatMul"
-        and len(n.input) == 2
-        and shapes.get(n.input[1]) == (intermediate_size, hidden_size)
-    ]
+    consts = {t.name for t in g.initializer}
+    kinds = (
+        ("attention/self/", "attention.qkv"),
+        ("attention/output/", "attention.out"),
+        ("intermediate/", "ffn.in"),
+        ("output/", "ffn.out"),
+    )
+    groups: dict[str, list[str]] = {}
+    for n in g.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 and n.input[1] in consts:
+            m = re.search(r"layer\.(\d+)/(.*)$", n.name)
+            key = n.name.rsplit("/", 1)[0].lstrip("/") or n.name
+            if m:
+                key = next((f"layer.{m.group(1)}/{k}" for p, k in kinds if m.group(2).startswith(p)), key)
+        elif n.op_type == "Gather" and n.input and n.input[0] in consts:
+            key = "embeddings"
+        else:
+            continue
+        groups.setdefault(key, []).append(n.name)
+    return groups
 
 
 def quantize_int8(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_fp32: Sequence[str] = ()
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    keep_fp32: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> Path:
     """Int8 dynamic quantisation of an fp32 ONNX graph: MatMul (and Gather/Attention) weights int8
-    per channel, activations quantised at run time; nodes named in ``keep_fp32`` stay fp32.
-    Returns ``dst``."""
+    per channel, activations quantised at run time; nodes named in ``keep_fp32`` stay fp32; with
+    ``only``, just those nodes are quantised. Returns ``dst``."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -221,6 +251,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=True,
             nodes_to_exclude=list(keep_fp32),
+            nodes_to_quantize=list(only) if only is not None else None,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
@@ -290,32 +321,46 @@ def add_onnx_variants(
     quantize: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     num_threads: int | None = None,
+    mixed: str = "auto",
+    max_fp32_groups: int = MAX_FP32_GROUPS,
 ) -> dict:
     """Export ONNX variants into an artifact, gate them on labelled texts, record them in ``adrisk.json``.
 
-    Writes ``<artifact>/onnx/model.fp32.onnx`` (and ``model.int8.onnx`` with ``quantize``), scores
-    ``texts`` with the fp32 torch predictor and with each variant, and records per variant: ``file``,
-    ``sha256``, ``ap`` and ``ap_delta`` per label (variant minus torch fp32), ``max_abs_prob_diff``,
-    ``passed`` (every defined |ap_delta| <= ``tolerance``) and ``texts_per_s`` (measured on these texts,
-    tokenisation included, ``num_threads`` intra-op threads, the predictor's default batching). Sets
-    ``runtimes.default`` to the fastest of torch and the passing variants. Modifies the artifact in
-    place (``adrisk.json`` keeps every other field; ``weights_sha256`` is unchanged).
+    Writes ``<artifact>/onnx/model.fp32.onnx`` and, with ``quantize``, ``model.int8.onnx`` (every
+    quantisable node int8) and, where that fails the gate (``mixed="auto"``) or always
+    (``mixed="always"``), ``model.int8-mixed.onnx``: int8 with the layers measured most sensitive kept
+    fp32. Sensitivity-guided mixed precision: each group of ``quantizable_groups`` is quantised alone
+    and its mean |logit change| against fp32 measured on up to ``SENSITIVITY_TEXTS`` of the texts; then
+    the 1, 2, ... ``max_fp32_groups`` most sensitive groups stay fp32 until the variant passes the gate
+    (the layer-wise sensitivity analysis of mixed-precision quantisation, e.g. Dong et al., "HAWQ",
+    ICCV 2019, with the measured output error in place of the Hessian).
+
+    Scores ``texts`` with the fp32 torch predictor and with each variant, and records per variant:
+    ``file``, ``sha256``, ``ap`` and ``ap_delta`` per label (variant minus torch fp32),
+    ``max_abs_prob_diff``, ``batch_invariance_max_abs``, ``passed`` (every defined |ap_delta| <=
+    ``tolerance`` and batch-invariant) and ``texts_per_s`` (measured on these texts, tokenisation
+    included, ``num_threads`` intra-op threads, the predictor's default batching); the mixed variant
+    also ``fp32_groups`` and ``sensitivity``. Sets ``runtimes.default`` to the fastest of torch and the
+    passing variants. Modifies the artifact in place (``adrisk.json`` keeps every other field;
+    ``weights_sha256`` is unchanged).
 
     Args:
         artifact_dir: a model artifact directory (``model.artifact``).
         texts: labelled texts, e.g. the validation split (a few thousand: the gate's AP needs
             positives of every label; speed is measured on the same pass).
         targets: (n, L) 0/1 array, columns in the artifact's label order.
-        quantize: also make the int8 dynamic-quantised variant.
+        quantize: also make the int8 variants.
         tolerance: the per-label AP gate (absolute).
         num_threads: intra-op threads for torch and ONNX Runtime (default ``default_num_threads()``).
+        mixed: "auto" (search only when full int8 fails), "always" or "never".
+        max_fp32_groups: most groups the search keeps fp32.
 
     Returns:
         The ``runtimes`` dict written to ``adrisk.json``.
 
     Raises:
         ArtifactError: not an artifact. ValueError: ``targets`` does not match ``texts`` and the
-        labels, or no label has both classes (the gate cannot be evaluated).
+        labels, no label has both classes (the gate cannot be evaluated), or ``mixed`` is unknown.
     """
     from model.predictor import Predictor
 
@@ -324,6 +369,8 @@ def add_onnx_variants(
     texts = list(texts)
     targets = np.asarray(targets)
     labels = list(meta.labels)
+    if mixed not in ("auto", "always", "never"):
+        raise ValueError(f"mixed must be 'auto', 'always' or 'never', not {mixed!r}")
     if targets.shape != (len(texts), len(labels)):
         raise ValueError(
             f"targets shape {targets.shape}, expected ({len(texts)}, {len(labels)}) for labels {labels}"
@@ -338,48 +385,43 @@ def add_onnx_variants(
     ref_ap = per_label_ap(ref_probs, targets, labels)
     logger.info("torch fp32: %.1f texts/s on %d gate texts", torch_tps, len(texts))
 
-    # 2. export (and quantise) into onnx/
+    # 2. export into onnx/
     onnx_dir = directory / ONNX_DIR
     onnx_dir.mkdir(exist_ok=True)
-    for stale in ALL_FILES:
+    for stale in (*ALL_FILES, TRIAL_FILE):
         (onnx_dir / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     export_fp32(directory, onnx_dir / FP32_FILE)
-    files = {FP32_VARIANT: (FP32_FILE, "fp32")}
-    if quantize:
-        quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
-        files[INT8_VARIANT] = (INT8_FILE, "int8-dynamic")
-        cfg = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        ffn_out = ffn_output_matmuls(
-            onnx_dir / FP32_FILE, int(cfg.get("hidden_size", 0)), int(cfg.get("intermediate_size", 0))
-        )
-        if ffn_out:
-            quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_MIXED_FILE, keep_fp32=ffn_out)
-            files[INT8_MIXED_VARIANT] = (
-                INT8_MIXED_FILE,
-                f"int8-dynamic, {len(ffn_out)} FFN output MatMuls fp32",
-            )
-        else:
-            logger.info("no FFN output projections found by shape; no mixed int8 variant")
-    logger.info("exported %s in %.1f s", sorted(files), time.perf_counter() - t0)
+    logger.info("exported %s in %.1f s", FP32_FILE, time.perf_counter() - t0)
 
-    # 3. gate and time each variant on the same texts
     import onnxruntime
     import torch
 
-    variants: dict[str, dict] = {}
-    for name, (file, precision) in files.items():
+    def predictor_for(file: str, precision: str) -> Any:
+        info = {"name": file, "file": file, "precision": precision}
+        rt = OnnxRuntime(directory, info, num_threads=threads, verify=False)
+        return Predictor(ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens)
+
+    def gate(name: str, file: str, precision: str, **extra: Any) -> dict[str, Any]:
+        """Score the variant on the gate texts, time it, and decide whether it passes."""
         info: dict[str, Any] = {
             "name": name,
             "file": file,
             "sha256": sha256_file(onnx_dir / file),
             "precision": precision,
+            "per_row": precision.startswith("int8"),
             "opset": OPSET,
             "source_weights_sha256": meta.weights_sha256,
             "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+            **extra,
         }
-        rt = OnnxRuntime(directory, info, num_threads=threads)
-        pred = Predictor(ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens)
+        pred = Predictor(
+            ref.encoder,
+            OnnxRuntime(directory, info, num_threads=threads),
+            meta,
+            batch_size=ref.batch_size,
+            max_tokens=ref.max_tokens,
+        )
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)
         delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
@@ -401,7 +443,19 @@ def add_onnx_variants(
             batch_drift,
             "passed" if info["passed"] else "FAILED the gate",
         )
-        variants[name] = info
+        return info
+
+    # 3. gate and time each variant on the same texts
+    variants: dict[str, dict] = {FP32_VARIANT: gate(FP32_VARIANT, FP32_FILE, "fp32")}
+    if quantize:
+        quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
+        variants[INT8_VARIANT] = gate(INT8_VARIANT, INT8_FILE, "int8-dynamic, per-row")
+        if mixed == "always" or (mixed == "auto" and not variants[INT8_VARIANT]["passed"]):
+            found = _sensitivity_guided_mixed(
+                onnx_dir, texts, predictor_for, gate, max_fp32_groups=max_fp32_groups
+            )
+            if found is not None:
+                variants[INT8_MIXED_VARIANT] = found
 
     # 4. the default: fastest of torch and the passing variants
     speeds = {"torch": torch_tps, **{n: v["texts_per_s"] for n, v in variants.items() if v["passed"]}}
@@ -418,11 +472,59 @@ def add_onnx_variants(
             "num_threads": threads,
             "batch_size": ref.batch_size,
             "max_tokens": ref.max_tokens,
+            "batch_invariance_tolerance": BATCH_INVARIANCE_TOLERANCE,
         },
     }
     save_meta(directory, meta.model_copy(update={"runtimes": runtimes}))
     logger.info("runtimes.default = %s", default)
     return runtimes
+
+
+def _sensitivity_guided_mixed(
+    onnx_dir: Path, texts: list[str], predictor_for, gate, *, max_fp32_groups: int
+) -> dict[str, Any] | None:
+    """Measure each quantisable group's sensitivity, then keep the most sensitive ones fp32 until the
+    variant passes the gate (see ``add_onnx_variants``). Returns the last variant gated (passed or
+    not, with ``fp32_groups`` and ``sensitivity``), or None when the graph has nothing to quantise."""
+    fp32 = onnx_dir / FP32_FILE
+    groups = quantizable_groups(fp32)
+    if not groups:
+        logger.info("no quantisable nodes found; no mixed int8 variant")
+        return None
+    t0 = time.perf_counter()
+    idx = np.unique(
+        np.linspace(0, len(texts) - 1, num=min(len(texts), SENSITIVITY_TEXTS)).round().astype(int)
+    )
+    sample = [texts[i] for i in idx]
+    ref_logits = predictor_for(FP32_FILE, "fp32").score(sample).logits
+    sensitivity: dict[str, float] = {}
+    try:
+        for name, nodes in groups.items():
+            quantize_int8(fp32, onnx_dir / TRIAL_FILE, only=nodes)
+            logits = predictor_for(TRIAL_FILE, "int8").score(sample).logits
+            sensitivity[name] = float(np.abs(logits - ref_logits).mean())
+    finally:
+        (onnx_dir / TRIAL_FILE).unlink(missing_ok=True)
+    order = sorted(sensitivity, key=lambda g: sensitivity[g], reverse=True)
+    logger.info(
+        "int8 sensitivity (mean |logit change|, that group alone int8) in %.1f s: %s",
+        time.perf_counter() - t0,
+        ", ".join(f"{g} {sensitivity[g]:.4f}" for g in order[:8]),
+    )
+    info: dict[str, Any] | None = None
+    for k in range(1, min(max_fp32_groups, len(order)) + 1):
+        keep = order[:k]
+        quantize_int8(fp32, onnx_dir / INT8_MIXED_FILE, keep_fp32=[n for g in keep for n in groups[g]])
+        info = gate(
+            INT8_MIXED_VARIANT,
+            INT8_MIXED_FILE,
+            f"int8-dynamic, per-row; fp32: {', '.join(keep)}",
+            fp32_groups=keep,
+            sensitivity={g: round(sensitivity[g], 6) for g in order},
+        )
+        if info["passed"]:
+            break
+    return info
 
 
 def remove_onnx_variants(artifact_dir: str | os.PathLike[str]) -> ArtifactMeta:

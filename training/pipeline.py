@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from model.artifact import ArtifactMeta, save_artifact
+from model.artifact import ArtifactMeta, load_meta, save_artifact, save_meta
 from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
 from model.encoding import TextEncoder
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
+from model.schema import ProblemType
 from training.audit import run_audit
 from training.base_model import build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
+from training.blend import blend_from_baseline, fit_blend
 from training.config import Config
 from training.data import DataBundle, Split, load_data
 from training.domain import training_rows
@@ -161,6 +163,7 @@ def run_training(
 
         # --- phase 5: baseline ---------------------------------------------------------------
         base_probs = {}
+        bl = None
         if cfg.baseline.enabled:
             logger.info("training the TF-IDF + logistic regression baseline")
             bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
@@ -202,6 +205,23 @@ def run_training(
             s: predict_logits(model, encoder, enc[s].input_ids, cfg.train.eval_batch_size)
             for s in ("validation", "test")
         }
+        blend = None
+        if bl is not None and cfg.baseline.blend and schema.problem_type is not ProblemType.MULTI_CLASS:
+            # the TF-IDF blend (training/blend.py): fitted on validation, only for labels it helps
+            blend, blend_report = fit_blend(
+                blend_from_baseline(bl, labels),
+                logits["validation"],
+                bundle.validation.texts,
+                bundle.validation.targets,
+                min_gain=cfg.baseline.blend_min_gain,
+                seed=cfg.seed,
+            )
+            metrics |= blend_report.metrics()
+            if blend.weights:
+                texts_of = {sp.name: sp.texts for sp in bundle.splits()}
+                logits = {s: blend.blend(z, texts_of[s]) for s, z in logits.items()}
+            else:
+                blend = None
         temps = fit_temperatures(logits["validation"], bundle.validation.targets, schema.problem_type)
         probs = {s: calibrated_probabilities(z, temps, schema.problem_type) for s, z in logits.items()}
         thr_info = select_thresholds(
@@ -218,6 +238,8 @@ def run_training(
 
         def score(texts: list[str]) -> np.ndarray:
             z = predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)
+            if blend is not None:
+                z = blend.blend(z, texts)
             return calibrated_probabilities(z, temps, schema.problem_type)
 
         audit = None
@@ -266,6 +288,8 @@ def run_training(
             metrics=headline,
         )
         save_artifact(art, model, tokenizer, meta)
+        if blend is not None:
+            save_meta(art, load_meta(art).model_copy(update={"blend": blend.save(art)}))
         if cfg.export_onnx:
             from training.onnx_export import add_onnx_variants
 

@@ -49,7 +49,7 @@ def onnx_artifact(tiny_artifact, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx") / "model"
     shutil.copytree(tiny_artifact, d)
     texts, targets = _gate_data()
-    runtimes = add_onnx_variants(d, texts, targets, num_threads=1)
+    runtimes = add_onnx_variants(d, texts, targets, num_threads=1, mixed="always", max_fp32_groups=2)
     return d, runtimes
 
 
@@ -65,7 +65,15 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
     meta = load_meta(d)
     assert meta.runtimes == runtimes
     assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT, INT8_MIXED_VARIANT}
-    assert "2 FFN output MatMuls fp32" in runtimes["variants"][INT8_MIXED_VARIANT]["precision"]
+    mixed = runtimes["variants"][INT8_MIXED_VARIANT]
+    # the sensitivity search: every group measured, the most sensitive kept fp32 first
+    sens = mixed["sensitivity"]
+    assert {"embeddings", "layer.0/ffn.out", "layer.1/attention.qkv"} <= set(sens)
+    assert 1 <= len(mixed["fp32_groups"]) <= 2
+    assert mixed["fp32_groups"] == sorted(sens, key=sens.get, reverse=True)[: len(mixed["fp32_groups"])]
+    assert mixed["passed"] or len(mixed["fp32_groups"]) == 2  # stops at the first pass
+    assert ", ".join(mixed["fp32_groups"]) in mixed["precision"]
+    assert runtimes["variants"][INT8_VARIANT]["per_row"] and not runtimes["variants"][FP32_VARIANT]["per_row"]
     for name, v in runtimes["variants"].items():
         assert (d / ONNX_DIR / v["file"]).is_file()
         assert len(v["sha256"]) == 64
@@ -98,6 +106,18 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     np.testing.assert_allclose(fp32.predict_proba(texts), p_ref, atol=FP32_ATOL)
     np.testing.assert_allclose(int8.predict_proba(texts), p_ref, atol=INT8_ATOL)
     np.testing.assert_allclose(mixed.predict_proba(texts), p_ref, atol=INT8_ATOL)
+    # int8 runs per row: a text's score does not depend on its batch-mates (dynamic scales per text),
+    # nor on how many rows run at once (results come back in input order)
+    for variant in (INT8_VARIANT, INT8_MIXED_VARIANT):
+        one_core = Predictor.load(d, runtime=variant, num_threads=1)
+        two_cores = Predictor.load(d, runtime=variant, num_threads=2)
+        assert one_core.runtime.per_row and two_cores.runtime.num_threads == 2
+        together = one_core.predict_proba(texts)
+        alone = np.vstack([one_core.predict_proba([t]) for t in texts])
+        np.testing.assert_array_equal(together, alone)
+        np.testing.assert_array_equal(two_cores.predict_proba(texts), together)
+        padded = one_core.runtime.logits(*one_core.encoder.pad(one_core.encoder.encode(texts[:5]).input_ids))
+        np.testing.assert_array_equal(padded, one_core.score(texts[:5]).logits)  # padding removed per row
     # padding invariance holds for the ONNX graph too: alone == inside a padded batch
     for t in texts[:4]:
         np.testing.assert_allclose(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import httpx
 import numpy as np
@@ -265,10 +266,24 @@ def test_metrics_exposed(server):
 
 
 def test_logs_never_contain_ad_text(server):
-    """Runs last in this module: everything above was logged by the server by now."""
+    """Whatever order the module's tests ran in: this test sends its own scored, refused and
+    malformed requests carrying marker texts, then checks the server's log has their request lines
+    and none of the texts (nor of any text sent by the tests that ran before it)."""
+    markers = ["zq marker ad text one", "zq marker refused text", "zq marker malformed"]
+    assert httpx.post(f"{server.base}/v1/classify", json={"input": markers[0]}).status_code == 200
+    assert httpx.post(f"{server.base}/v1/classify", json={"inptu": markers[1]}).status_code == 422
+    bad = b'{"input": "' + markers[2].encode() + b'"'  # unterminated JSON
+    r = httpx.post(f"{server.base}/v1/classify", content=bad, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    deadline = time.monotonic() + 10
+    while "POST /v1/classify 200" not in server.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the access line is written after the response
     logs = server.logs()
-    assert "POST /v1/classify 200" in logs  # the request lines are there...
+    assert (
+        "POST /v1/classify 200" in logs and "POST /v1/classify 400" in logs
+    )  # the request lines are there...
     sent = [
+        *markers,
         "Sweet new girl",
         "cheap rental flat",
         "hot petite girls",

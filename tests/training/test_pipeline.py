@@ -89,6 +89,11 @@ def test_tiny_run_train_register_load_predict(tmp_path):
         "validation",
         "test",
     }
+    # the TF-IDF blend: decided per label on validation, recorded, and stored only for the chosen labels
+    labels = meta["label_schema"]["labels"]
+    used = {n for n in labels if run.data.metrics[f"blend.{n}.used"] == 1.0}
+    assert set(meta.get("blend", {}).get("labels", [])) == used
+    assert ({"blend.json", "blend.npz"} <= files) == bool(used)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert arts == {"plots/pr_curves_test.png", "plots/reliability_test.png"}
 

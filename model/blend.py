@@ -1,0 +1,177 @@
+"""The TF-IDF blend: a linear text model beside the transformer, stacked per label (issue 10, item 3).
+
+A fine-tuned encoder and a TF-IDF + logistic-regression model make different errors (the encoder reads
+context within its window; the n-gram model sees every word of a long ad and exact phrasings), so a
+per-label logistic regression on their two logits ("stacking", Wolpert 1992, "Stacked
+generalization") can beat either. Training (``training/blend.py``) fits it on the validation split and
+keeps it only for labels where it raises the cross-fitted validation average precision; the artifact
+stores it, and ``Predictor`` applies it to every text it scores, before temperature calibration and
+thresholds (which are fitted on the blended logits).
+
+Stored in the artifact as two files, no pickle (loading runs no code):
+
+    <dir>/blend.json   vectoriser settings, vocabularies (feature order) and per-label stacking weights
+    <dir>/blend.npz    idf weights and the logistic-regression coefficients (``numpy.savez``)
+
+``adrisk.json`` records ``blend: {"files": {...: sha256}, "labels": [...]}``; a file that does not match
+its checksum is an ``ArtifactError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.artifact import ArtifactError, sha256_file, write_json_atomic
+from model.normalize import normalize_text
+
+BLEND_JSON = "blend.json"
+BLEND_NPZ = "blend.npz"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StackWeights:
+    """One label's stacker: blended logit = ``model * z_model + tfidf * z_tfidf + bias``."""
+
+    model: float
+    tfidf: float
+    bias: float
+
+
+class TfidfBlend:
+    """TF-IDF logits for every label and the per-label stacking of them with the transformer's.
+
+    Args:
+        vectorizers: fitted scikit-learn ``TfidfVectorizer`` objects whose outputs are concatenated
+            (the baseline's word 1-2-grams and char_wb 2-5-grams), in order.
+        coef: (L, F) logistic-regression coefficients over the concatenated features; ``intercept``
+            (L,). Row j is label j of ``labels``.
+        labels: L label names, the artifact's order.
+        weights: label -> ``StackWeights`` for the blended labels; the others keep the transformer's
+            logit unchanged.
+    """
+
+    def __init__(
+        self,
+        vectorizers: Sequence[Any],
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        labels: Sequence[str],
+        weights: dict[str, StackWeights],
+    ):
+        self.vectorizers = list(vectorizers)
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.intercept = np.asarray(intercept, dtype=np.float64)
+        self.labels = tuple(labels)
+        self.weights = dict(weights)
+        if self.coef.shape[0] != len(self.labels) or self.intercept.shape != (len(self.labels),):
+            raise ValueError(
+                f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
+            )
+
+    def tfidf_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """(n,) raw texts -> (n, L) float64 logistic-regression logits (texts normalised as in training)."""
+        from scipy.sparse import hstack
+
+        if not len(texts):
+            return np.zeros((0, len(self.labels)))
+        x = [normalize_text(t) for t in texts]
+        feats = hstack([v.transform(x) for v in self.vectorizers]).tocsr()
+        return np.asarray(feats @ self.coef.T) + self.intercept[None, :]
+
+    def apply(self, model_logits: np.ndarray, tfidf_logits: np.ndarray) -> np.ndarray:
+        """(n, L) transformer logits and (n, L) TF-IDF logits -> (n, L) float32 blended logits."""
+        out = np.array(model_logits, dtype=np.float32, copy=True)
+        for j, name in enumerate(self.labels):
+            w = self.weights.get(name)
+            if w is not None:
+                out[:, j] = w.model * model_logits[:, j] + w.tfidf * tfidf_logits[:, j] + w.bias
+        return out
+
+    def blend(self, model_logits: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """``apply`` with the TF-IDF logits of ``texts`` computed here."""
+        if not self.weights:
+            return np.asarray(model_logits, dtype=np.float32)
+        return self.apply(model_logits, self.tfidf_logits(texts))
+
+    # ---------------------------------------------------------------------------------------------
+    # storage
+
+    def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write ``blend.json`` and ``blend.npz`` into an artifact directory; returns the
+        ``adrisk.json`` ``blend`` entry (files with sha256, blended labels)."""
+        directory = Path(directory)
+        arrays: dict[str, np.ndarray] = {"coef": self.coef, "intercept": self.intercept}
+        vecs = []
+        for i, v in enumerate(self.vectorizers):
+            vocab = sorted(v.vocabulary_, key=v.vocabulary_.__getitem__)
+            arrays[f"idf_{i}"] = np.asarray(v.idf_, dtype=np.float64)
+            vecs.append(
+                {
+                    "analyzer": v.analyzer,
+                    "ngram_range": list(v.ngram_range),
+                    "sublinear_tf": bool(v.sublinear_tf),
+                    "lowercase": bool(v.lowercase),
+                    "norm": v.norm,
+                    "vocabulary": vocab,
+                }
+            )
+        doc = {
+            "format": FORMAT,
+            "labels": list(self.labels),
+            "vectorizers": vecs,
+            "weights": {n: [w.model, w.tfidf, w.bias] for n, w in self.weights.items()},
+        }
+        write_json_atomic(directory / BLEND_JSON, doc)
+        tmp = directory / (BLEND_NPZ + ".tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle comes first
+        os.replace(tmp, directory / BLEND_NPZ)
+        return {
+            "files": {f: sha256_file(directory / f) for f in (BLEND_JSON, BLEND_NPZ)},
+            "labels": sorted(self.weights),
+        }
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], entry: dict[str, Any]) -> TfidfBlend:
+        """Read the blend recorded in ``entry`` (``adrisk.json`` ``blend``) from an artifact directory.
+
+        Raises:
+            ArtifactError: a file is missing, fails its checksum or is not a blend.
+        """
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        directory = Path(directory)
+        files = entry.get("files") or {}
+        for f in (BLEND_JSON, BLEND_NPZ):
+            path = directory / f
+            if not path.is_file():
+                raise ArtifactError(f"{directory}: the TF-IDF blend file {f} is missing")
+            if files.get(f) and sha256_file(path) != files[f]:
+                raise ArtifactError(f"{directory}: {f} does not match its sha256 in adrisk.json (corrupted?)")
+        try:
+            doc = json.loads((directory / BLEND_JSON).read_text(encoding="utf-8"))
+            with np.load(directory / BLEND_NPZ, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            vecs = []
+            for i, spec in enumerate(doc["vectorizers"]):
+                v = TfidfVectorizer(
+                    analyzer=spec["analyzer"],
+                    ngram_range=tuple(spec["ngram_range"]),
+                    sublinear_tf=spec["sublinear_tf"],
+                    lowercase=spec["lowercase"],
+                    norm=spec["norm"],
+                    vocabulary={t: k for k, t in enumerate(spec["vocabulary"])},
+                )
+                v.idf_ = arrays[f"idf_{i}"]
+                vecs.append(v)
+            weights = {n: StackWeights(*map(float, w)) for n, w in doc["weights"].items()}
+            return cls(vecs, arrays["coef"], arrays["intercept"], doc["labels"], weights)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ArtifactError(f"{directory}: not a valid TF-IDF blend ({type(e).__name__}: {e})") from e

@@ -1,0 +1,95 @@
+"""The TF-IDF blend: chosen per label only where it helps on cross-fitted validation, stored without
+pickle, applied by the predictor, and rejected when its files are corrupted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.artifact import ArtifactError
+from model.blend import BLEND_NPZ, TfidfBlend
+from model.schema import LabelSchema, ProblemType
+from training.baseline import TfidfBaseline
+from training.blend import blend_from_baseline, fit_blend
+from training.config import BaselineConfig
+
+LABELS = ("scam", "spam")
+WORDS = [
+    "apartment",
+    "rent",
+    "car",
+    "sale",
+    "bike",
+    "lamp",
+    "sofa",
+    "desk",
+    "chair",
+    "table",
+    "phone",
+    "laptop",
+    "garden",
+]
+
+
+def _data(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Texts where a word marks each label ("wire" -> scam, "winner" -> spam) among neutral words."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 2)) < 0.3).astype(np.uint8)
+    texts = []
+    for row in y:
+        words = list(rng.choice(WORDS, size=6))
+        if row[0]:
+            words.insert(int(rng.integers(0, 6)), "wire")
+        if row[1]:
+            words.insert(int(rng.integers(0, 6)), "winner")
+        texts.append(" ".join(words))
+    return texts, y
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    texts, y = _data(400, 0)
+    schema = LabelSchema(labels=LABELS, problem_type=ProblemType.MULTI_LABEL)
+    cfg = BaselineConfig(max_features_word=500, max_features_char=500)
+    return blend_from_baseline(TfidfBaseline(schema, cfg, seed=0).fit(texts, y), LABELS)
+
+
+def test_blends_only_the_labels_it_helps(fitted):
+    texts, y = _data(300, 1)
+    rng = np.random.default_rng(2)
+    # the "transformer" is perfect on scam and uninformative on spam: blend spam, leave scam
+    model_logits = np.stack([np.where(y[:, 0] == 1, 5.0, -5.0), rng.normal(size=len(y))], axis=1)
+    chosen, report = fit_blend(fitted, model_logits, texts, y)
+    assert report.used == {"scam": False, "spam": True}
+    assert set(chosen.weights) == {"spam"}
+    assert report.blend_ap["spam"] > report.model_ap["spam"] + 0.2
+    out = chosen.blend(model_logits, texts)
+    np.testing.assert_array_equal(out[:, 0], model_logits[:, 0].astype(np.float32))  # untouched label
+    assert not np.allclose(out[:, 1], model_logits[:, 1])
+    assert set(report.metrics()) >= {"blend.spam.used", "blend.spam.crossfit_ap", "blend.scam.model_ap"}
+
+
+def test_too_few_positives_is_not_blended(fitted):
+    texts, y = _data(60, 3)
+    y[:, 1] = 0
+    y[:3, 1] = 1  # 3 positives: too few to decide
+    chosen, report = fit_blend(fitted, np.zeros((60, 2)), texts, y)
+    assert report.used["spam"] is False and report.blend_ap["spam"] is None
+
+
+def test_save_load_round_trip_and_corruption(fitted, tmp_path):
+    texts, y = _data(200, 4)
+    chosen, _ = fit_blend(fitted, np.zeros((200, 2)), texts, y)
+    assert chosen.weights  # the zero "transformer" gains from TF-IDF on both labels
+    entry = chosen.save(tmp_path)
+    assert sorted(entry["labels"]) == sorted(chosen.weights)
+    loaded = TfidfBlend.load(tmp_path, entry)
+    z = np.random.default_rng(5).normal(size=(len(texts), 2))
+    np.testing.assert_allclose(loaded.blend(z, texts), chosen.blend(z, texts), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loaded.tfidf_logits(texts), chosen.tfidf_logits(texts), atol=1e-9)
+    (tmp_path / BLEND_NPZ).write_bytes(b"not numpy")
+    with pytest.raises(ArtifactError, match="sha256"):
+        TfidfBlend.load(tmp_path, entry)
+    (tmp_path / BLEND_NPZ).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        TfidfBlend.load(tmp_path, entry)
