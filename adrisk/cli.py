@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     from model.runtimes import NUM_THREADS_ENV
 
     threads_help = (
-        f"intra-op threads for the model (default: ${NUM_THREADS_ENV}, else half the usable CPUs; "
+        f"intra-op threads for the model (default: ${NUM_THREADS_ENV}, else every usable CPU; "
         "see docs/performance.md)"
     )
     parser = argparse.ArgumentParser(

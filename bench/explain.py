@@ -17,7 +17,7 @@ texts where top-k beats random.
 Cost: ``Explainer.explain`` (flagged labels, top 5) on the first ``--cost-texts`` flagged rows of all
 slices, wall clock, per method and runtime (torch, and each ONNX variant the artifact has; integrated
 gradients always run the torch weights, so they are timed once). Same texts for every row; ratios
-against occlusion on torch. Threads: the predictor's default (``$ADRISK_NUM_THREADS`` or half the CPUs).
+against occlusion on torch. Threads: the predictor's default (``$ADRISK_NUM_THREADS``, else every usable CPU).
 ``--cost-only``: only the cost table, on the first labelled rows, explaining every label (for a model
 whose flags mean nothing, e.g. an untrained head of the real size).
 

@@ -203,6 +203,16 @@ class Explainer:
         meta = predictor.meta
         self.labels = tuple(meta.labels)
         self._temps = np.asarray(meta.temperatures, dtype=np.float64)
+        # With a TF-IDF blend (model/blend.py) a label's score is w_model * transformer logit + the
+        # TF-IDF part: attributions cover the transformer's share, so its logits are scaled by w_model.
+        blend = getattr(predictor, "blend", None)
+        self._model_weight = np.asarray(
+            [
+                blend.weights[n].model if blend is not None and n in blend.weights else 1.0
+                for n in self.labels
+            ],
+            dtype=np.float64,
+        )
         self._multi_class = meta.label_schema.problem_type is ProblemType.MULTI_CLASS
         self._torch_model = None
         self._lock = getattr(predictor, "_lock", None)
@@ -227,7 +237,7 @@ class Explainer:
                     out.append(self.predictor.runtime.logits(ids, mask))
             else:
                 out.append(self.predictor.runtime.logits(ids, mask))
-        return self._space(np.concatenate(out, axis=0))
+        return self._space(np.concatenate(out, axis=0) * self._model_weight[None, :])
 
     def _units(self, text: str) -> Units:
         tok = self.predictor.encoder.tokenizer
@@ -275,7 +285,7 @@ class Explainer:
         active = u.active
         if active.size == 0 or not label_idx:
             return scores
-        temps = torch.as_tensor(self._temps, dtype=torch.float32)
+        temps = torch.as_tensor(self._temps / self._model_weight, dtype=torch.float32)
         multi_class = self._multi_class
 
         def fwd(input_ids, attention_mask):

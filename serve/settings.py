@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads (default: the predictor's measured default, ADRISK_NUM_THREADS or half the cores)",
+        description="intra-op threads (default: the predictor's measured default, ADRISK_NUM_THREADS, else every usable CPU)",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (bytes)")
     max_batch_items: int = Field(256, ge=1, description="most strings in one request's input list")

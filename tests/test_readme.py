@@ -170,6 +170,6 @@ def test_serve_flag_help_states_the_settings_defaults():
             ), action.dest
             checked += 1
         if action.dest == "torch_threads":
-            assert "half the usable CPUs" in action.help
+            assert "every usable CPU" in action.help
     assert checked >= 5
-    assert "half the usable CPUs" in " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "every usable CPU" in " ".join((REPO / "README.md").read_text(encoding="utf-8").split())

@@ -400,7 +400,9 @@ def add_onnx_variants(
     def predictor_for(file: str, precision: str) -> Any:
         info = {"name": file, "file": file, "precision": precision}
         rt = OnnxRuntime(directory, info, num_threads=threads, verify=False)
-        return Predictor(ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens)
+        return Predictor(
+            ref.encoder, rt, meta, batch_size=ref.batch_size, max_tokens=ref.max_tokens, blend=ref.blend
+        )
 
     def gate(name: str, file: str, precision: str, **extra: Any) -> dict[str, Any]:
         """Score the variant on the gate texts, time it, and decide whether it passes."""
@@ -421,6 +423,7 @@ def add_onnx_variants(
             meta,
             batch_size=ref.batch_size,
             max_tokens=ref.max_tokens,
+            blend=ref.blend,  # the same TF-IDF blend as the reference: the gate compares runtimes only
         )
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)

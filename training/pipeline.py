@@ -27,10 +27,13 @@ from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval
 from training.loop import LAST_CHECKPOINT, CheckpointError, fit, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
+from training.views import apply_view
 
 logger = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+# Style-stripped views of the validation rows on which the TF-IDF blend may not cost recall (training/blend.py).
+BLEND_CHECK_VIEWS = ("short", "plain")
 
 
 @dataclass
@@ -208,6 +211,7 @@ def run_training(
         blend = None
         if bl is not None and cfg.baseline.blend and schema.problem_type is not ProblemType.MULTI_CLASS:
             # the TF-IDF blend (training/blend.py): fitted on validation, only for labels it helps
+            view_texts = {v: apply_view(v, bundle.validation.texts) for v in BLEND_CHECK_VIEWS}
             blend, blend_report = fit_blend(
                 blend_from_baseline(bl, labels),
                 logits["validation"],
@@ -215,6 +219,16 @@ def run_training(
                 bundle.validation.targets,
                 min_gain=cfg.baseline.blend_min_gain,
                 seed=cfg.seed,
+                views={
+                    v: (
+                        predict_logits(
+                            model, encoder, encoder.encode(t).input_ids, cfg.train.eval_batch_size
+                        ),
+                        t,
+                    )
+                    for v, t in view_texts.items()
+                },
+                target_precision=cfg.target_precisions(),
             )
             metrics |= blend_report.metrics()
             if blend.weights:

@@ -245,3 +245,38 @@ def test_aggregate_ranks_the_shortcut_per_label_and_source(known_predictor):
     assert adult.token.iloc[0] == "💋" and adult.texts.iloc[0] == 3
     bottom = df[(df.label == "scam") & (df.source == "escort")]
     assert bottom.token.iloc[-1] == "hello"  # negative contributions rank last
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
+def test_with_a_tfidf_blend_attributions_cover_the_transformer_share(known_predictor, method):
+    """Blended score = 0.5 * transformer logit + TF-IDF part: the transformer's attributions halve."""
+    from model.blend import StackWeights
+    from model.predictor import Predictor
+    from model.schema import LabelSchema, ProblemType
+    from training.baseline import TfidfBaseline
+    from training.blend import blend_from_baseline
+    from training.config import BaselineConfig
+
+    labels = known_predictor.labels
+    texts = ["send cash by wire", "sweet girl kiss", "sofa for sale", "cash now", "lamp and desk"] * 4
+    y = np.array([[n == "scam" and "cash" in t for n in labels] for t in texts], dtype=np.uint8)
+    y[-1] = 1  # every label has a positive
+    schema = LabelSchema(labels=labels, problem_type=ProblemType.MULTI_LABEL)
+    blend = blend_from_baseline(
+        TfidfBaseline(schema, BaselineConfig(max_features_word=50, max_features_char=50)).fit(texts, y),
+        labels,
+    )
+    blend.weights["scam"] = StackWeights(0.5, 1.0, 0.0)
+    p = known_predictor
+    blended = Predictor(p.encoder, p.runtime, p.meta, blend=blend)
+    text = "hello&nbsp;please <b>send</b> CASH by ｗｉｒｅ now 💋"
+    plain = Explainer(p, method=method, ig_steps=4).explain(
+        [text], labels=["scam", "adult_services"], top_k=3
+    )[0]
+    half = Explainer(blended, method=method, ig_steps=4).explain(
+        [text], labels=["scam", "adult_services"], top_k=3
+    )[0]
+    assert [s.score for s in half["scam"]] == pytest.approx([0.5 * s.score for s in plain["scam"]], abs=1e-4)
+    assert [s.score for s in half["adult_services"]] == pytest.approx(
+        [s.score for s in plain["adult_services"]], abs=1e-4
+    )

@@ -266,3 +266,29 @@ def test_batch_invariance_measures_dependence_on_batch_mates(tiny_predictor):
 
     drift = batch_invariance(BatchScaled(), texts, BatchScaled().predict_proba(texts))
     assert drift > BATCH_INVARIANCE_TOLERANCE
+
+
+def test_gate_compares_runtimes_with_the_same_tfidf_blend(tiny_artifact, tmp_path):
+    """A blended artifact: every variant is scored with the blend, so fp32 passes with dAP ~0 (a
+    variant scored without it once failed the gate by 0.06 AP on the demo model)."""
+    from model.artifact import save_meta
+    from model.blend import StackWeights
+    from model.schema import LabelSchema, ProblemType
+    from training.baseline import TfidfBaseline
+    from training.blend import blend_from_baseline
+    from training.config import BaselineConfig
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_artifact, d)
+    texts, targets = _gate_data()
+    schema = LabelSchema(labels=LABELS, problem_type=ProblemType.MULTI_LABEL)
+    base = TfidfBaseline(schema, BaselineConfig(max_features_word=300, max_features_char=300)).fit(
+        texts, targets
+    )
+    blend = blend_from_baseline(base, LABELS)
+    blend.weights.update({n: StackWeights(0.5, 1.0, 0.0) for n in LABELS})
+    save_meta(d, load_meta(d).model_copy(update={"blend": blend.save(d)}))
+    assert Predictor.load(d, runtime="torch", num_threads=1).blend is not None
+    runtimes = add_onnx_variants(d, texts, targets, quantize=False, num_threads=1)
+    fp32 = runtimes["variants"][FP32_VARIANT]
+    assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values() if x is not None) < 1e-6

@@ -93,3 +93,26 @@ def test_save_load_round_trip_and_corruption(fitted, tmp_path):
     (tmp_path / BLEND_NPZ).unlink()
     with pytest.raises(ArtifactError, match="missing"):
         TfidfBlend.load(tmp_path, entry)
+
+
+def test_a_blend_that_learns_the_site_is_refused_by_the_views():
+    """Positives carry a site marker the TF-IDF model latches onto; in the view (marker removed) the
+    blend's threshold, set on the unchanged rows, misses them: the label is not blended."""
+    schema = LabelSchema(labels=LABELS, problem_type=ProblemType.MULTI_LABEL)
+    cfg = BaselineConfig(max_features_word=500, max_features_char=500)
+
+    def with_site(texts, y):
+        return [t + " zzsite" if row[0] else t for t, row in zip(texts, y, strict=True)]
+
+    train, ytr = _data(400, 6)
+    base = blend_from_baseline(TfidfBaseline(schema, cfg, seed=0).fit(with_site(train, ytr), ytr), LABELS)
+    texts, y = _data(300, 7)
+    rng = np.random.default_rng(8)
+    z = np.stack([2.0 * y[:, 0] + rng.normal(size=len(y)), 2.0 * y[:, 1] + rng.normal(size=len(y))], axis=1)
+    # the transformer reads the ad, not the marker: the same logits with and without it
+    chosen, report = fit_blend(base, z, with_site(texts, y), y, views={"no_marker": (z, texts)})
+    model_recall, blend_recall = report.view_recall["scam"]["no_marker"]
+    assert report.blend_ap["scam"] > report.model_ap["scam"]  # the AP rule alone would blend it...
+    assert blend_recall < model_recall - 0.02 and not report.used["scam"]  # ...the view rule refuses
+    assert "scam" not in chosen.weights
+    assert "blend.scam.view.no_marker.recall_blend" in report.metrics()
