@@ -154,6 +154,21 @@ async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> 
     }
 
 
+def _server_share_under(metrics: str, route: str, le: str) -> float | None:
+    """Share of the route's requests the server itself answered within ``le`` seconds (its latency
+    histogram, warm-up requests included): the part of the client's latency the server owns."""
+    import re
+
+    def value(name: str, extra: str = "") -> float | None:
+        pat = rf'^{name}\{{{extra}route="{re.escape(route)}"\}} ([0-9.e+-]+)$'
+        m = re.search(pat, metrics, re.MULTILINE)
+        return float(m.group(1)) if m else None
+
+    under = value("adrisk_http_request_duration_seconds_bucket", f'le="{le}",')
+    count = value("adrisk_http_request_duration_seconds_count")
+    return round(under / count, 4) if under is not None and count else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model URI or directory (default: --demo-model, built now)")
@@ -210,6 +225,7 @@ def main() -> int:
                     if x.startswith("adrisk_batch_size_sum")
                 )
                 r["mean_batch"] = round(total / count, 1) if count else None
+                r["server_under_100ms"] = _server_share_under(metrics, "/v1/classify", "0.1")
                 runs[mode].append(r)
                 if args.rounds > 1:
                     print(f"round {rnd + 1} {mode:3s} {r}", flush=True)
@@ -218,7 +234,11 @@ def main() -> int:
                 proc.wait(20)
     results = {
         m: {
-            k: (round(float(np.median([r[k] for r in rs])), 1) if rs[0][k] is not None else None)
+            k: (
+                round(float(np.median([r[k] for r in rs])), 4 if k == "server_under_100ms" else 1)
+                if rs[0][k] is not None
+                else None
+            )
             for k in rs[0]
         }
         for m, rs in runs.items()
@@ -229,11 +249,15 @@ def main() -> int:
         f"torch threads {args.torch_threads}; cores {os.cpu_count()}; rounds {args.rounds} (medians); "
         f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}")
+    print(
+        f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}"
+        f"{'server <=100ms':>16}"
+    )
     for mode, r in results.items():
         label = f"on ({args.batch_size}, {args.max_wait_ms:g}ms)" if mode == "on" else "off (1)"
         print(
             f"{label:<10}{r['throughput_rps']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['mean_batch']:>12}{r['errors']:>8}"
+            f"{r['server_under_100ms']!s:>16}"
         )
     on, off = results["on"], results["off"]
     ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")

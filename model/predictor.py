@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,9 +188,15 @@ class Predictor:
         texts = check_texts(texts)
         with self._lock:
             enc = self.encoder.encode(texts)
-            logits = self._logits(enc)
-            if self.blend is not None:  # the stacked TF-IDF model (model/blend.py)
-                logits = self.blend.blend(logits, texts)
+            if self.blend is not None and self.blend.weights:  # the stacked TF-IDF model (model/blend.py)
+                # The TF-IDF features (Python, holding the GIL) are computed while the runtime's
+                # threads (which release it) run the encoder: 0.94 s of 3.5 s per 2,000 texts otherwise.
+                with ThreadPoolExecutor(1, thread_name_prefix="adrisk-encoder") as pool:
+                    pending = pool.submit(self._logits, enc)
+                    tfidf = self.blend.tfidf_logits(texts)
+                    logits = self.blend.apply(pending.result(), tfidf)
+            else:
+                logits = self._logits(enc)
         probs = calibrated_probabilities(logits, self.meta.temperatures, self.meta.label_schema.problem_type)
         flagged = ((probs >= self._thresholds[None, :]) & self._flaggable[None, :]).any(axis=1)
         return Scores(logits, probs, flagged, np.asarray(enc.truncated, dtype=bool))
