@@ -200,15 +200,15 @@ def cached_predictor(
     expected_sha256: str | None = None,
 ) -> Predictor:
     """This process's Predictor for an artifact directory, loaded once: a module-level cache keyed
-    by (directory, the weights sha256 its ``adrisk.json`` records, threads, runtime), so a directory
-    whose model was replaced is loaded again. Spark and MLflow reuse Python workers across tasks;
+    by (directory, the weights sha256 its ``adrisk.json`` records, the sha256 of ``adrisk.json``
+    itself, threads, runtime), so a directory whose model or metadata was replaced is loaded again. Spark and MLflow reuse Python workers across tasks;
     this makes their later tasks skip the load.
 
     Raises:
         ArtifactError: not an artifact, weights failing their checksum, or a sha256 other than
             ``expected_sha256``.
     """
-    from model.artifact import ArtifactError, load_meta
+    from model.artifact import META_FILE, ArtifactError, load_meta, sha256_file
 
     directory = Path(directory).resolve()
     sha = load_meta(directory).weights_sha256 or ""
@@ -216,7 +216,8 @@ def cached_predictor(
         raise ArtifactError(
             f"{directory}: weights sha256 {sha[:12]} is not the expected {expected_sha256[:12]}"
         )
-    key = (str(directory), sha, num_threads, runtime)
+    # adrisk.json too: thresholds, ONNX variants and the TF-IDF blend can change with the same weights
+    key = (str(directory), sha, sha256_file(directory / META_FILE), num_threads, runtime)
     with _PREDICTORS_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:

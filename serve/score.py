@@ -285,6 +285,14 @@ def _concatenate(parts: list[Path], output: Path, fmt: str) -> None:
                 f.write(text if text.endswith("\n") or not text else text + "\n")
 
 
+def _metadata_sha256(meta) -> str:
+    """sha256 of the scoring model's metadata (``adrisk.json`` as loaded: thresholds, calibration, ONNX
+    variants and TF-IDF blend with their checksums), for any predictor (local, workers, Spark)."""
+    import hashlib
+
+    return hashlib.sha256(meta.model_dump_json().encode("utf-8")).hexdigest()
+
+
 def _model_version(ref, meta) -> str:
     if ref.version:
         return str(ref.version)
@@ -495,6 +503,8 @@ def _score_chunks(
         "text_column": text_column,
         "chunk_size": chunk_size,
         "model_version": version,
+        # same weights can come with other thresholds, ONNX variants or a TF-IDF blend (adrisk.json)
+        "model_metadata_sha256": _metadata_sha256(meta),
         "labels": labels,
     }
     if explain:

@@ -122,10 +122,15 @@ class ShippedModel:
 
 
 def _staged_copy(directory: Path, sha: str) -> Path:
-    """``directory`` copied (hard-linked where possible) to ``<tmp>/adrisk-spark/adrisk-model-<sha12>``:
-    a name per model, so one SparkContext can ship several models and ship one model twice."""
+    """``directory`` copied (hard-linked where possible) to
+    ``<tmp>/adrisk-spark/adrisk-model-<weights sha12>-<adrisk.json sha12>``: a name per model *and*
+    metadata (thresholds, calibration, ONNX variants, TF-IDF blend all live in ``adrisk.json`` or
+    are checksummed there), so one SparkContext can ship several models and ship one model twice,
+    and two artifacts with the same weights never share a staged copy."""
+    from model.artifact import META_FILE, sha256_file
+
     root = Path(tempfile.gettempdir()) / "adrisk-spark"
-    target = root / f"adrisk-model-{sha[:12]}"
+    target = root / f"adrisk-model-{sha[:12]}-{sha256_file(directory / META_FILE)[:12]}"
     if (target / "adrisk.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

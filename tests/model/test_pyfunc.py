@@ -202,3 +202,21 @@ def test_registered_model_loads_in_a_fresh_virtualenv_without_adrisk(registered,
     missing = subprocess.run([str(py), "-c", "import adrisk"], capture_output=True, cwd=tmp_path, env=env)
     assert missing.returncode != 0  # adrisk itself is not installed there
     print(f"fresh virtualenv built in {build_s:.0f}s")
+
+
+def test_cached_predictor_reloads_when_the_metadata_changes_with_the_same_weights(tiny_artifact, tmp_path):
+    """The process cache follows adrisk.json, not only the weights: an in-place change (thresholds,
+    ONNX variants, a TF-IDF blend) with the same weights is loaded again."""
+    import shutil
+
+    from model.artifact import load_meta, save_meta
+    from model.pyfunc import cached_predictor
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_artifact, d)
+    before = cached_predictor(d, num_threads=1)
+    meta = load_meta(d)
+    save_meta(d, meta.model_copy(update={"thresholds": {n: 0.123 for n in meta.labels}}))
+    after = cached_predictor(d, num_threads=1)
+    assert after is not before and after.meta.thresholds == {n: 0.123 for n in meta.labels}
+    assert cached_predictor(d, num_threads=1) is after  # still cached while unchanged

@@ -151,3 +151,23 @@ def test_score_non_string_text_is_marked_not_scored(tmp_path, tiny_predictor):
     assert out["text"].tolist()[:2] == ["flat for rent", "42"]  # a mixed-type column is kept as text
     assert out.loc[[1, 2], SCORE_COLS].isna().all().all()
     assert out.loc[[0, 3], SCORE_COLS].notna().all().all()  # the empty string is scored like any text
+
+
+def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
+    """Same weights, other adrisk.json (thresholds here; an ONNX export or a TF-IDF blend alike): the
+    rows already written came from another model, so resuming onto them is refused."""
+    import shutil
+
+    from model.artifact import load_meta, save_meta
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_artifact, d)
+    src = _write(_frame(3000), tmp_path / "in.csv")
+    dst = tmp_path / "out.csv"
+    cmd = [str(ADRISK), "score", "--model", str(d), "--input", str(src), "--output", str(dst)]
+    cmd += ["--chunk-size", "20", "--torch-threads", "1"]
+    run_and_kill_after_chunks(cmd, tmp_path / "out.csv.partial" / "manifest.json")
+    meta = load_meta(d)
+    save_meta(d, meta.model_copy(update={"thresholds": {n: 0.123 for n in meta.labels}}))
+    r = subprocess.run([*cmd, "--resume"], env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1 and "changed since it started" in r.stderr and "model" in r.stderr, r.stderr
