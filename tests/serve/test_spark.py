@@ -182,25 +182,13 @@ def test_missing_java_or_pyspark_is_one_line_with_the_install_command(monkeypatc
     assert INSTALL_PYSPARK in str(e.value) and "\n" not in str(e.value)
 
 
-def _same_weights_other_thresholds(src: Path, dst: Path) -> Path:
-    """A copy of an artifact with the same weights but different thresholds (as a re-calibration,
-    an in-place ONNX export or a TF-IDF blend would make)."""
-    import shutil
-
-    from model.artifact import load_meta, save_meta
-
-    shutil.copytree(src, dst)
-    meta = load_meta(dst)
-    save_meta(dst, meta.model_copy(update={"thresholds": {n: 0.123 for n in meta.labels}}))
-    return dst
-
-
 def test_staging_follows_the_whole_artifact_not_only_its_weights(tiny_artifact, tmp_path, monkeypatch):
     """Two artifacts with identical weights but different metadata must not share a staged copy
     (a make-demo model once got the thresholds and no blend of an earlier one with the same weights)."""
     import tempfile
 
     from serve.spark import ship_model
+    from tests.conftest import same_weights_other_metadata
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -213,7 +201,7 @@ def test_staging_follows_the_whole_artifact_not_only_its_weights(tiny_artifact, 
     class _Spark:
         sparkContext = _Context()
 
-    other = _same_weights_other_thresholds(tiny_artifact, tmp_path / "other")
+    other = same_weights_other_metadata(tiny_artifact, tmp_path / "other")
     ship_model(_Spark(), tiny_artifact)
     ship_model(_Spark(), other)
     first, second = (json.loads((Path(p) / "adrisk.json").read_text()) for p in shipped)
