@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
@@ -129,14 +130,14 @@ def fit_blend(
         w = StackWeights(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
         target = target_precision[name] if isinstance(target_precision, dict) else target_precision
         blended = w.model * x[:, 0] + w.tfidf * x[:, 1] + w.bias
-        thr_model = select_threshold(_sigmoid(x[:, 0]), y, target).threshold
-        thr_blend = select_threshold(_sigmoid(blended), y, target).threshold
+        thr_model = select_threshold(expit(x[:, 0]), y, target).threshold
+        thr_blend = select_threshold(expit(blended), y, target).threshold
         pos = y == 1
         worst = 0.0
         for v, (vz, _) in (views or {}).items():
             vb = w.model * vz[:, j] + w.tfidf * view_tfidf[v][:, j] + w.bias
-            r_model = float(np.mean(_sigmoid(vz[pos, j]) >= thr_model))
-            r_blend = float(np.mean(_sigmoid(vb[pos]) >= thr_blend))
+            r_model = float(np.mean(expit(vz[pos, j]) >= thr_model))
+            r_blend = float(np.mean(expit(vb[pos]) >= thr_blend))
             view_recall.setdefault(name, {})[v] = (r_model, r_blend)
             worst = max(worst, r_model - r_blend)
         used[name] = worst <= view_recall_tolerance
@@ -152,7 +153,3 @@ def fit_blend(
         )
     chosen = TfidfBlend(blend.vectorizers, blend.coef, blend.intercept, blend.labels, weights)
     return chosen, BlendReport(model_ap, blend_ap, used, view_recall)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))

@@ -141,6 +141,12 @@ def thread_server(tiny_artifact, tiny_predictor) -> Callable[..., ThreadServer]:
     return make
 
 
+def score_command(model: Path | str, src: Path, dst: Path, chunk: int, *extra: str) -> list[str]:
+    """The ``adrisk score`` command line of the resume tests: one thread, ``chunk`` rows a chunk."""
+    return [str(ADRISK), "score", "--model", str(model), "--input", str(src), "--output", str(dst),
+            "--chunk-size", str(chunk), "--threads", "1", *extra]  # fmt: skip
+
+
 def run_and_kill_after_chunks(
     cmd: list[str], manifest: Path, chunks: int = 3, timeout: float = 120.0
 ) -> None:

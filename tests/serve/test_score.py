@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,8 @@ import pytest
 
 from serve.score import ScoreError, run_score
 from tests.conftest import cli_env
-from tests.serve.conftest import run_and_kill_after_chunks
+from tests.serve.conftest import run_and_kill_after_chunks, score_command
 
-ADRISK = Path(sys.executable).with_name("adrisk")
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 SCORE_COLS = [f"score_{n}" for n in LABELS]
 
@@ -107,20 +105,7 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     )
 
     dst = tmp_path / "out.csv"
-    cmd = [
-        str(ADRISK),
-        "score",
-        "--model",
-        str(tiny_artifact),
-        "--input",
-        str(src),
-        "--output",
-        str(dst),
-        "--chunk-size",
-        str(chunk),
-        "--torch-threads",
-        "1",
-    ]
+    cmd = score_command(tiny_artifact, src, dst, chunk)
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
     run_and_kill_after_chunks(cmd, manifest)
     done = json.loads(manifest.read_text())["chunks_done"]
@@ -165,8 +150,7 @@ def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
     shutil.copytree(tiny_artifact, d)
     src = _write(_frame(3000), tmp_path / "in.csv")
     dst = tmp_path / "out.csv"
-    cmd = [str(ADRISK), "score", "--model", str(d), "--input", str(src), "--output", str(dst)]
-    cmd += ["--chunk-size", "20", "--torch-threads", "1"]
+    cmd = score_command(d, src, dst, 20)
     run_and_kill_after_chunks(cmd, tmp_path / "out.csv.partial" / "manifest.json")
     other = same_weights_other_metadata(tiny_artifact, tmp_path / "other")
     shutil.copyfile(other / META_FILE, d / META_FILE)  # the same model directory, other metadata

@@ -5,17 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from serve.score import ScoreError, run_score
 from tests.conftest import cli_env
-from tests.serve.conftest import run_and_kill_after_chunks
-
-ADRISK = Path(sys.executable).with_name("adrisk")
+from tests.serve.conftest import run_and_kill_after_chunks, score_command
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -51,23 +47,7 @@ def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny
     run_score(str(tiny_artifact), src, expected, chunk_size=chunk, torch_threads=1, workers=1, progress=False)
 
     dst = tmp_path / "out.csv"
-    cmd = [
-        str(ADRISK),
-        "score",
-        "--model",
-        str(tiny_artifact),
-        "--input",
-        str(src),
-        "--output",
-        str(dst),
-        "--chunk-size",
-        str(chunk),
-        "--threads",
-        "1",
-        "--workers",
-        "2",
-        "--no-progress",
-    ]
+    cmd = score_command(tiny_artifact, src, dst, chunk, "--workers", "2", "--no-progress")
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
     run_and_kill_after_chunks(cmd, manifest)  # the parent only, as an OOM kill would; then its group
     done = json.loads(manifest.read_text())["chunks_done"]
