@@ -247,6 +247,9 @@ def test_32_concurrent_clients_match_offline(server, tiny_predictor):
 
 
 def test_metrics_exposed(server):
+    # this test makes its own 200 and 422 so it holds in any test order
+    assert httpx.post(f"{server.base}/v1/classify", json={"input": "x"}).status_code == 200
+    assert httpx.post(f"{server.base}/v1/classify", json={"input": 7}).status_code == 422
     text = httpx.get(f"{server.base}/metrics").text
     for name in (
         "adrisk_http_requests_total",
