@@ -41,6 +41,19 @@ def shifted_clock(request):
         yield traveller
 
 
+@pytest.fixture(autouse=True, scope="session")
+def checkout_untouched(tmp_path_factory):
+    """The whole session (module and session fixtures included) runs outside the checkout, which it
+    must leave as it found it: MLflow puts a sqlite store's artifacts in ``./mlruns`` of the working
+    directory, and a suite run from the repository root used to leave one there."""
+    before, saved_cwd = set(os.listdir(REPO)), os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session-cwd"))
+    yield
+    os.chdir(saved_cwd)
+    new = sorted(set(os.listdir(REPO)) - before - {".pytest_cache", "__pycache__"})
+    assert not new, f"the test session wrote {new} into the checkout"
+
+
 def _reset_mlflow_globals() -> None:
     """MLflow keeps the tracking / registry URI and the active experiment in module globals (and
     ``set_*_uri`` also writes ``MLFLOW_*`` environment variables): clear them all."""
@@ -66,17 +79,22 @@ def isolated_environment(tmp_path_factory):
     ``cli_env``.
     """
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    checkout_before = set(os.listdir(REPO))
     root = tmp_path_factory.mktemp("isolated")
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         del os.environ[key]
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["ADRISK_CACHE_DIR"] = str(root / "model-cache")
+    # MLflow puts a sqlite store's artifacts in ./mlruns of the working directory: run in the test's own
+    os.chdir(root)
     _reset_mlflow_globals()
     yield root
     _reset_mlflow_globals()
     os.environ.clear()
     os.environ.update(saved_env)
     os.chdir(saved_cwd)
+    new = sorted(set(os.listdir(REPO)) - checkout_before - {".pytest_cache", "__pycache__"})
+    assert not new, f"the test wrote {new} into the checkout"
 
 
 def cli_env(**extra: str | None) -> dict[str, str]:
