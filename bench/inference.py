@@ -23,8 +23,9 @@ pools, allocator state or warm caches). Variants:
   wall time, process start included, is listed below the table).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
 - ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-mixed``: the adrisk predictor on the artifact's ONNX
-  Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first). Missing variants are
-  skipped with a note.
+  Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first); ``student-onnx-fp32`` /
+  ``student-onnx-int8`` on its distilled student's (``distill.enabled`` in the training config; FLOPs
+  counted with the student's layers). Missing variants are skipped with a note.
 
 Each worker loads its model, warms up on 8 texts, then times one pass over all texts (wall clock,
 tokenisation included; load time excluded and reported separately). Accuracy: per-label average
@@ -70,6 +71,8 @@ VARIANTS = (
     "onnx-fp32",
     "onnx-int8",
     "onnx-int8-mixed",
+    "student-onnx-fp32",
+    "student-onnx-int8",
     "score-default",
     "score-w1",
     "score-w2",
@@ -112,6 +115,14 @@ def cpu_info() -> dict:
         "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
         "peak_flops": cores * mhz * 1e6 * per_cycle,
     }
+
+
+def encoder_config(model: str, runtime: str) -> dict:
+    """The ``config.json`` of the network a runtime runs: the artifact's, or its distilled student's."""
+    from model.runtimes import STUDENT_DIR
+
+    base = Path(model) / STUDENT_DIR if runtime.startswith("student") else Path(model)
+    return json.loads((base / "config.json").read_text())
 
 
 def encoder_flops(config: dict, batch_widths: list[tuple[int, int]]) -> float:
@@ -187,7 +198,7 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
         settings = f"batch {p.batch_size}, max_tokens {p.max_tokens}, length-sorted"
         if getattr(p.runtime, "per_row", False):
             settings += ", run per row"
-    cfg = json.loads((Path(model) / "config.json").read_text())
+    cfg = encoder_config(model, variant)
     Path(out_file).write_text(
         json.dumps(
             {
@@ -248,7 +259,7 @@ def _score_worker(variant: str, model: str, texts: list[str], meta, out_file: st
     p = Predictor.load(model)  # padded-token count for the FLOP estimate (same batching as the job)
     lengths = p.encoder.encode(texts).lengths()
     widths = _predictor_widths(p, lengths)
-    cfg = json.loads((Path(model) / "config.json").read_text())
+    cfg = encoder_config(model, p.runtime.name)
     Path(out_file).write_text(
         json.dumps(
             {
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         texts_file = str(Path(tmp) / "texts.json")
         Path(texts_file).write_text(json.dumps(texts), encoding="utf-8")
         for v in wanted:
-            if v.startswith("onnx") and v not in recorded:
+            if v.startswith(("onnx", "student")) and v not in recorded:
                 print(
                     f"note: {v} is not in {args.model} (run `adrisk export-onnx`); skipped", file=sys.stderr
                 )

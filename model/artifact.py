@@ -67,6 +67,9 @@ class ArtifactMeta(BaseModel):
     threshold_info: dict[str, ThresholdInfo] = Field(default_factory=dict)
     temperatures: list[float]
     max_length: int = Field(gt=2, le=8192)
+    tail_tokens: int = Field(
+        0, ge=0, description="head+tail truncation: tokens kept from a long text's end (model.encoding)"
+    )
     normalization: str = NORMALIZATION_VERSION
     base_model: str = ""
     base_model_sha256: str | None = None

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.encoding import CHARS_PER_TOKEN_CAP
+from model.encoding import CHARS_PER_TOKEN_CAP, window_positions
 from model.normalize import _VARIATION_SELECTORS, normalize_with_offsets
 from model.predictor import check_texts
 from model.schema import ProblemType
@@ -92,13 +92,14 @@ class Units:
         return np.unique(self.token_unit[self.token_unit >= 0])
 
 
-def text_units(text: str, tokenizer, max_length: int) -> Units:
+def text_units(text: str, tokenizer, max_length: int, tail_tokens: int = 0) -> Units:
     """Tokenise ``text`` like ``TextEncoder.encode`` and group tokens into units (see module docstring).
 
     Args:
         text: the original text.
         tokenizer: a Hugging Face fast tokenizer (needs ``return_offsets_mapping``).
         max_length: the model window in tokens.
+        tail_tokens: the artifact's head+tail truncation (``model.encoding.window_positions``).
     """
     norm, offsets = normalize_with_offsets(text)
     cap = max_length * CHARS_PER_TOKEN_CAP
@@ -116,16 +117,19 @@ def text_units(text: str, tokenizer, max_length: int) -> Units:
         char_unit[a:b] = len(spans) - 1
     enc = tokenizer(
         cut,
-        truncation=True,
-        max_length=max_length,
+        truncation=not tail_tokens,
+        max_length=max_length if not tail_tokens else None,
         add_special_tokens=True,
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
+        verbose=False,
     )
-    ids = list(enc["input_ids"])
-    special = np.asarray(enc["special_tokens_mask"], dtype=bool)
+    keep = window_positions(len(enc["input_ids"]), max_length, tail_tokens)
+    ids = [enc["input_ids"][i] for i in keep]
+    special = np.asarray(enc["special_tokens_mask"], dtype=bool)[keep]
+    token_offsets = [enc["offset_mapping"][i] for i in keep]
     token_unit = np.full(len(ids), -1, dtype=np.int64)
-    for t, (a, b) in enumerate(enc["offset_mapping"]):
+    for t, (a, b) in enumerate(token_offsets):
         if special[t] or b <= a:
             continue
         token_unit[t] = char_unit[a] if char_unit[a] >= 0 else char_unit[min(b - 1, len(cut) - 1)]
@@ -243,8 +247,8 @@ class Explainer:
         tok = self.predictor.encoder.tokenizer
         if self._lock is not None:
             with self._lock:
-                return text_units(text, tok, self.predictor.meta.max_length)
-        return text_units(text, tok, self.predictor.meta.max_length)
+                return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
+        return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
 
     # -- methods ------------------------------------------------------------------------------------
     def _occlusion(self, u: Units) -> np.ndarray:

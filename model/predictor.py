@@ -155,7 +155,7 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:  # a corrupt tokenizer file fails deep inside transformers/tokenizers
             raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
-        encoder = TextEncoder(tokenizer, meta.max_length)
+        encoder = TextEncoder(tokenizer, meta.max_length, meta.tail_tokens)
         rt = select_runtime(directory, meta, runtime, num_threads)
         blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)

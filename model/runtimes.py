@@ -10,6 +10,7 @@ ONNX variants live under ``<artifact>/onnx/``::
     <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
     <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
     <dir>/onnx/model.int8-mixed.onnx   int8, but the layers measured most sensitive stay fp32
+    <dir>/onnx/student.fp32.onnx, student.int8.onnx   a distilled student (<dir>/student/), if trained
 
 Dynamically quantised (int8) variants run *per row*: each text alone, at its own length, so the
 activation scales computed at run time come from that text only and its score does not depend on
@@ -38,7 +39,13 @@ INT8_MIXED_FILE = "model.int8-mixed.onnx"
 FP32_VARIANT = "onnx-fp32"
 INT8_VARIANT = "onnx-int8"
 INT8_MIXED_VARIANT = "onnx-int8-mixed"
-ALL_FILES = (FP32_FILE, INT8_FILE, INT8_MIXED_FILE)
+# A distilled student (training/distill.py): its torch weights under student/, its variants in onnx/.
+STUDENT_DIR = "student"
+STUDENT_FP32_FILE = "student.fp32.onnx"
+STUDENT_INT8_FILE = "student.int8.onnx"
+STUDENT_FP32_VARIANT = "student-onnx-fp32"
+STUDENT_INT8_VARIANT = "student-onnx-int8"
+ALL_FILES = (FP32_FILE, INT8_FILE, INT8_MIXED_FILE, STUDENT_FP32_FILE, STUDENT_INT8_FILE)
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"

@@ -73,6 +73,12 @@ class BaseModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     max_length: int = Field(128, ge=8, le=512, description="model window in tokens")
+    tail_tokens: int = Field(
+        0,
+        ge=0,
+        description="a text longer than the window keeps its head and its last tail_tokens tokens "
+        "(head+tail truncation, Sun et al. 2019); 0: the head only",
+    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
@@ -96,6 +102,14 @@ class TrainConfig(_Strict):
         False,
         description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported",
     )
+
+    @model_validator(mode="after")
+    def _tail_fits(self) -> TrainConfig:
+        if self.tail_tokens > self.max_length - 2:
+            raise ValueError(
+                f"train.tail_tokens {self.tail_tokens} exceeds the window's {self.max_length - 2} text tokens"
+            )
+        return self
 
 
 class CalibrationConfig(_Strict):
@@ -193,6 +207,22 @@ class GeneralisationConfig(_Strict):
         return self
 
 
+class DistillConfig(_Strict):
+    """A distilled student served as an ONNX variant where it passes the gate (issue 14; ``training/distill.py``)."""
+
+    enabled: bool = Field(False, description="also train a shallower student on the model's logits")
+    layers: list[int] = Field(
+        default_factory=lambda: [1, 3, 5],
+        description="teacher layers the student keeps (DistilBERT: every other layer)",
+    )
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha: the labels"
+    )
+    temperature: float = Field(2.0, gt=0, description="softening temperature of both logit sets")
+    epochs: int | None = Field(None, ge=1, description="student epochs (default: train.epochs)")
+    learning_rate: float | None = Field(None, gt=0, description="student learning rate (default: train's)")
+
+
 class EvalSetConfig(_Strict):
     """An extra labelled file scored by training and ``adrisk evaluate`` (never trained or tuned on)."""
 
@@ -226,6 +256,7 @@ class Config(_Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     export_onnx: bool = Field(False, description="also export ONNX fp32/int8 variants into the artifact")
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
     eval_sets: dict[str, EvalSetConfig] = Field(
@@ -261,6 +292,14 @@ class Config(_Strict):
         bad = sorted(k for k in self.gate.eval_floors if k.split(".", 1)[0] not in self.eval_sets)
         if bad:
             raise ValueError(f"gate.eval_floors {bad} name no configured eval set ({sorted(self.eval_sets)})")
+        return self
+
+    @model_validator(mode="after")
+    def _distill_ok(self) -> Config:
+        if self.distill.enabled and not self.export_onnx:
+            raise ValueError(
+                "distill.enabled needs export_onnx: true (the student is served as an ONNX variant)"
+            )
         return self
 
     def target_precisions(self) -> dict[str, float]:

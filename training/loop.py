@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +44,17 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     global_step: int = 0
+
+
+class FitData(NamedTuple):
+    """``fit``'s data arguments in its order: ``fit(model, *data, cfg, ...)``."""
+
+    encoder: TextEncoder
+    train_ids: list[list[int]]
+    train_y: np.ndarray
+    val_ids: list[list[int]]
+    val_y: np.ndarray
+    schema: LabelSchema
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, group_size: int, seed: int) -> list[np.ndarray]:
@@ -175,6 +187,9 @@ def fit(
     on_metrics: Callable[[dict, int], None] | None = None,
     group_ids: np.ndarray | None = None,
     group_dro_eta: float = 0.01,
+    teacher_logits: np.ndarray | None = None,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 2.0,
 ) -> FitResult:
     """Fine-tune ``model`` in place and load the best validation weights into it at the end.
 
@@ -186,10 +201,19 @@ def fit(
         on_metrics: called with (metrics dict, step) for per-step loss and per-epoch validation.
         group_ids: (n,) int group of each train row: the loss becomes group DRO's
             (``training.domain.GroupDRO``, Sagawa et al. 2020) with step size ``group_dro_eta``.
+        teacher_logits: (n, L) a teacher's logits for the train rows: knowledge distillation, the
+            loss becomes ``(1 - distill_alpha) * loss + distill_alpha * distillation_loss`` at
+            temperature ``distill_temperature`` (``training.distill``; Hinton et al. 2015).
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint.
+        ValueError: ``teacher_logits`` together with ``group_ids``, or not one row per train row.
     """
+    if teacher_logits is not None:
+        if group_ids is not None:
+            raise ValueError("distillation and group DRO cannot be combined in one fit")
+        if len(teacher_logits) != len(train_ids):
+            raise ValueError(f"{len(teacher_logits)} teacher logit rows for {len(train_ids)} train rows")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     lengths = np.fromiter((len(x) for x in train_ids), dtype=np.int64, count=len(train_ids))
     steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed))
@@ -270,7 +294,7 @@ def fit(
     bar = tqdm(
         total=total_steps,
         initial=state["global_step"],
-        desc="fine-tune",
+        desc="distil" if teacher_logits is not None else "fine-tune",
         unit="step",
         mininterval=2.0 if sys.stderr.isatty() else 60.0,
         dynamic_ncols=True,
@@ -289,6 +313,16 @@ def fit(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # logits: (B, L)
                 logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
             loss = loss_fn(logits.float(), _loss_targets(schema, train_y[idx]))
+            if teacher_logits is not None:
+                from training.distill import distillation_loss
+
+                soft = distillation_loss(
+                    logits.float(),
+                    torch.from_numpy(teacher_logits[idx]),
+                    distill_temperature,
+                    schema.problem_type is ProblemType.MULTI_CLASS,
+                )
+                loss = (1.0 - distill_alpha) * loss + distill_alpha * soft
             if dro is not None:
                 loss = dro.loss(
                     loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])

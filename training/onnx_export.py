@@ -6,6 +6,7 @@ A trained artifact can carry, beside its torch weights, ONNX variants under ``<a
     <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
     <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
     <dir>/onnx/model.int8-mixed.onnx   int8, but the layers measured most sensitive stay fp32
+    <dir>/onnx/student.fp32.onnx, student.int8.onnx   the distilled student of <dir>/student/, if any
 
 and ``adrisk.json`` records them under ``runtimes``::
 
@@ -68,6 +69,11 @@ from model.runtimes import (
     INT8_VARIANT,
     ONNX_DIR,
     OUTPUT_NAME,
+    STUDENT_DIR,
+    STUDENT_FP32_FILE,
+    STUDENT_FP32_VARIANT,
+    STUDENT_INT8_FILE,
+    STUDENT_INT8_VARIANT,
     OnnxRuntime,
     default_num_threads,
 )
@@ -111,7 +117,11 @@ def batch_invariance(predictor: Any, texts: Sequence[str], batched_probs: np.nda
 
 
 def export_fp32(
-    directory: str | os.PathLike[str], out_path: str | os.PathLike[str], *, optimize: bool = False
+    directory: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    optimize: bool = False,
+    model_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Export the artifact's torch model to an fp32 ONNX graph with dynamic batch and sequence axes.
 
@@ -120,6 +130,7 @@ def export_fp32(
     ``onnxruntime.transformers.optimizer.optimize_model``. Off by default: onnxruntime's own load-time
     optimisations (``ORT_ENABLE_ALL``) on the plain graph were faster on MiniLM-L6 (4.3 vs 5.0 CPU
     ms/text fp32, 1.9 vs 2.3 int8, 2 threads; see README "Inference speed"), and it needs no pattern matcher.
+    ``model_dir`` exports another model of the artifact (its distilled student) instead of its own.
 
     Raises:
         ArtifactError: the directory is not an artifact.
@@ -131,7 +142,7 @@ def export_fp32(
     directory, out_path = Path(directory), Path(out_path)
     load_meta(directory)  # a clear error for a non-artifact
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), local_files_only=True, attn_implementation="eager"
+        str(model_dir or directory), local_files_only=True, attn_implementation="eager"
     )
     model.eval()
 
@@ -459,6 +470,25 @@ def add_onnx_variants(
             )
             if found is not None:
                 variants[INT8_MIXED_VARIANT] = found
+
+    # 3b. a distilled student (training/distill.py), gated against the same torch reference
+    student_dir = directory / STUDENT_DIR
+    if (student_dir / "config.json").is_file():
+        scfg = json.loads((student_dir / "config.json").read_text())
+        student = {
+            "student": {
+                "num_hidden_layers": scfg.get("num_hidden_layers"),
+                "teacher_layers": scfg.get("adrisk_teacher_layers"),
+                "weights_sha256": sha256_file(student_dir / "model.safetensors"),
+            }
+        }
+        export_fp32(directory, onnx_dir / STUDENT_FP32_FILE, model_dir=student_dir)
+        variants[STUDENT_FP32_VARIANT] = gate(STUDENT_FP32_VARIANT, STUDENT_FP32_FILE, "fp32", **student)
+        if quantize:
+            quantize_int8(onnx_dir / STUDENT_FP32_FILE, onnx_dir / STUDENT_INT8_FILE)
+            variants[STUDENT_INT8_VARIANT] = gate(
+                STUDENT_INT8_VARIANT, STUDENT_INT8_FILE, "int8-dynamic, per-row", **student
+            )
 
     # 4. the default: fastest of torch and the passing variants
     speeds = {"torch": torch_tps, **{n: v["texts_per_s"] for n, v in variants.items() if v["passed"]}}

@@ -24,7 +24,7 @@ from training.config import Config
 from training.data import DataBundle, Split, load_data
 from training.domain import training_rows
 from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval_sets, load_eval_set
-from training.loop import LAST_CHECKPOINT, CheckpointError, fit, predict_logits
+from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
 from training.views import apply_view
@@ -78,6 +78,16 @@ def _log_datasets(bundle: DataBundle, labels) -> None:
 
 def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str = "") -> dict[str, float]:
     return evaluate_scores(probs, split.targets, labels, thresholds, split.name, split.sources, prefix=prefix)
+
+
+def runtime_metrics(runtimes: dict) -> dict[str, float]:
+    """The runtime gate as MLflow metrics: ``runtime.<variant>.{passed,texts_per_s,ap_delta.<label>}``."""
+    out: dict[str, float] = {"runtime.torch.texts_per_s": float(runtimes["torch"]["texts_per_s"])}
+    for name, v in runtimes["variants"].items():
+        out[f"runtime.{name}.passed"] = float(bool(v["passed"]))
+        out[f"runtime.{name}.texts_per_s"] = float(v["texts_per_s"])
+        out |= {f"runtime.{name}.ap_delta.{n}": float(d) for n, d in v["ap_delta"].items() if d is not None}
+    return out
 
 
 def run_training(
@@ -136,7 +146,7 @@ def run_training(
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
     tokenizer = load_tokenizer(base)
-    encoder = TextEncoder(tokenizer, cfg.train.max_length)
+    encoder = TextEncoder(tokenizer, cfg.train.max_length, cfg.train.tail_tokens)
     enc = {s.name: encoder.encode(rows.texts if s is bundle.train else s.texts) for s in bundle.splits()}
     truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
 
@@ -185,14 +195,17 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
-        result = fit(
-            model,
+        data = FitData(
             encoder,
             enc["train"].input_ids,
             rows.targets,
             enc["validation"].input_ids,
             bundle.validation.targets,
             schema,
+        )
+        result = fit(
+            model,
+            *data,
             cfg.train,
             cfg.seed,
             out_dir / "checkpoints",
@@ -296,6 +309,7 @@ def run_training(
             threshold_info=thr_info,
             temperatures=temps,
             max_length=cfg.train.max_length,
+            tail_tokens=cfg.train.tail_tokens,
             base_model=base.ref,
             base_model_sha256=base.sha256,
             data_fingerprint={s.name: s.fingerprint for s in bundle.splits()},
@@ -304,10 +318,35 @@ def run_training(
         save_artifact(art, model, tokenizer, meta)
         if blend is not None:
             save_meta(art, load_meta(art).model_copy(update={"blend": blend.save(art)}))
+        if cfg.distill.enabled:  # a shallower student, served as an ONNX variant if it passes the gate
+            from training.distill import STUDENT_DIR, distil_student
+
+            student_ckpt = out_dir / "checkpoints-student"
+            student, student_fit = distil_student(
+                model,
+                data,
+                cfg,
+                cfg.seed,
+                student_ckpt,
+                cfg.digest(),
+                resume=resume and (student_ckpt / LAST_CHECKPOINT).is_file(),
+                on_metrics=lambda m, step: mlflow.log_metrics(
+                    {f"student.{k}": v for k, v in m.items()}, step=step
+                ),
+            )
+            student.save_pretrained(str(art / STUDENT_DIR), safe_serialization=True)
+            mlflow.log_metrics(
+                {
+                    "student.validation.macro_ap": student_fit.best_score,
+                    "student.train.steps": student_fit.global_step,
+                }
+            )
         if cfg.export_onnx:
             from training.onnx_export import add_onnx_variants
 
-            add_onnx_variants(art, bundle.validation.texts, bundle.validation.targets)
+            runtimes = add_onnx_variants(art, bundle.validation.texts, bundle.validation.targets)
+            mlflow.log_metrics(runtime_metrics(runtimes))
+            mlflow.set_tag("adrisk.runtime.default", runtimes["default"])
 
         # --- phase 10: plots -----------------------------------------------------------------
         plots = out_dir / "plots"

@@ -56,3 +56,13 @@ def test_per_label_target_precision():
     assert cfg.target_precisions() == {"adult_services": 0.9, "trafficking_indicators": 0.9, "scam": 0.6}
     with pytest.raises(ConfigError, match="unknown labels"):
         load_config(CONFIGS / "tiny.yaml", ["calibration.target_precision_per_label={Scam: 0.6}"])
+
+
+def test_head_tail_and_student_options_are_checked():
+    assert load_config(CONFIGS / "tiny.yaml", ["train.tail_tokens=62"]).train.tail_tokens == 62  # window 64
+    with pytest.raises(ConfigError, match="tail_tokens"):
+        load_config(CONFIGS / "tiny.yaml", ["train.tail_tokens=63"])
+    with pytest.raises(ConfigError, match="export_onnx"):
+        load_config(CONFIGS / "tiny.yaml", ["distill.enabled=true"])
+    cfg = load_config(CONFIGS / "tiny.yaml", ["distill.enabled=true", "export_onnx=true"])
+    assert cfg.distill.layers == [1, 3, 5] and cfg.distill.alpha == 0.5

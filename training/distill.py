@@ -1,0 +1,165 @@
+"""A distilled student: a shallower copy of the fine-tuned model, trained to match its logits.
+
+The student keeps the teacher's tokenizer, embeddings, pooler and classifier and a subset of its
+transformer layers (``distill.layers``, default every other layer: 1, 3, 5 of MiniLM-L6's six), as
+DistilBERT initialises from every other BERT layer (Sanh et al., "DistilBERT, a distilled version of
+BERT", 2019; the layer choice of MiniLM, Wang et al. 2020, is another option). It is then trained by
+``training.loop.fit`` on the teacher's training rows with the loss
+
+    (1 - alpha) * hard-label loss + alpha * T^2 * soft loss(student / T, teacher / T)
+
+(Hinton et al., "Distilling the Knowledge in a Neural Network", 2015): the soft loss is BCE against
+the teacher's sigmoid probabilities for multi-label/binary schemas, KL divergence against its softmax
+for multi-class. The student is saved under ``<artifact>/student/`` and becomes ONNX runtime variants
+(``student-onnx-fp32``, ``student-onnx-int8``) through ``training.onnx_export.add_onnx_variants``:
+the same tokenizer, TF-IDF blend, calibration temperatures, thresholds and accuracy gate as the
+teacher's own variants, so ``runtimes.default`` is a student only where the student passed the gate.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.runtimes import STUDENT_DIR
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STUDENT_DIR", "build_student", "distil_student", "distillation_loss"]
+_LAYER_KEY = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")
+
+
+def build_student(teacher: Any, layers: Sequence[int]) -> Any:
+    """A copy of ``teacher`` with only the transformer layers ``layers`` (teacher indices, in order).
+
+    Args:
+        teacher: a ``transformers`` encoder ``...ForSequenceClassification`` model whose config has
+            ``num_hidden_layers`` and whose layer weights are named ``...layer.<i>...`` (BERT, RoBERTa,
+            MiniLM, XLM-R, ELECTRA).
+        layers: distinct teacher layer indices, ascending, each < ``num_hidden_layers``.
+
+    Returns:
+        A new model of the teacher's class with ``num_hidden_layers = len(layers)``; every weight
+        copied from the teacher (student layer j = teacher layer ``layers[j]``), in the teacher's
+        train/eval mode.
+
+    Raises:
+        ValueError: ``layers`` is empty, unsorted, repeats or is out of range, or the teacher's
+            weights do not map onto the student (an architecture without ``layer.<i>`` names).
+    """
+    n = int(teacher.config.num_hidden_layers)
+    layers = [int(i) for i in layers]
+    if not layers or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= n:
+        raise ValueError(f"distill.layers must be distinct ascending indices in [0, {n}), got {layers}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    config.adrisk_teacher_layers = layers  # saved in the student's config.json
+    student = type(teacher)(config)
+    new_index = {t: s for s, t in enumerate(layers)}
+    state = {}
+    for key, value in teacher.state_dict().items():
+        m = _LAYER_KEY.match(key)
+        if m and ".encoder." in f".{m.group(1)}":
+            t = int(m.group(2))
+            if t not in new_index:
+                continue
+            key = f"{m.group(1)}{new_index[t]}{m.group(3)}"
+        state[key] = value.detach().clone()
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"the teacher's weights do not map onto a {len(layers)}-layer student "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    return student.train(teacher.training)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, multi_class: bool
+) -> torch.Tensor:
+    """Soft-target loss of Hinton et al. (2015), scaled by T^2 so its gradients match the hard loss's.
+
+    Args:
+        student_logits, teacher_logits: (B, L) float.
+        temperature: T > 0; both logit sets are divided by it.
+        multi_class: softmax KL divergence (batch mean) if True, else per-label BCE against the
+            teacher's sigmoid probabilities (mean over B and L).
+
+    Returns:
+        A scalar tensor.
+    """
+    t = float(temperature)
+    s, z = student_logits / t, teacher_logits / t
+    if multi_class:
+        loss = torch.nn.functional.kl_div(
+            torch.log_softmax(s, dim=-1), torch.log_softmax(z, dim=-1), log_target=True, reduction="batchmean"
+        )
+    else:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(s, torch.sigmoid(z))
+    return loss * (t * t)
+
+
+def distil_student(
+    teacher: Any,
+    data: Any,
+    cfg: Any,
+    seed: int,
+    checkpoint_dir: Path,
+    config_digest: str,
+    *,
+    resume: bool = False,
+    on_metrics: Any = None,
+) -> tuple[Any, Any]:
+    """Build the student from ``teacher`` and train it on the teacher's logits (see module docstring).
+
+    Args:
+        teacher: the fine-tuned model (eval mode; not modified).
+        data: the teacher's ``training.loop.FitData`` (encoder, training rows, validation rows on
+            which the student's best epoch is chosen by macro AP, label schema).
+        cfg: the run's ``training.config.Config`` (``train`` settings, ``distill`` options).
+        checkpoint_dir: the student's own checkpoints (a killed run resumes the student there).
+
+    Returns:
+        (student model in eval mode, its ``training.loop.FitResult``).
+
+    Raises:
+        ValueError: bad ``distill.layers``.
+    """
+    from training.loop import fit, predict_logits
+
+    d = cfg.distill
+    student = build_student(teacher, d.layers)
+    logger.info(
+        "distilling a %d-layer student (teacher layers %s) from the %d-layer model",
+        len(d.layers),
+        list(d.layers),
+        teacher.config.num_hidden_layers,
+    )
+    teacher_logits = predict_logits(
+        teacher, data.encoder, data.train_ids, cfg.train.eval_batch_size
+    )  # (n, L)
+    train_cfg = cfg.train.model_copy(
+        update={
+            k: v for k, v in {"epochs": d.epochs, "learning_rate": d.learning_rate}.items() if v is not None
+        }
+    )
+    result = fit(
+        student,
+        *data,
+        train_cfg,
+        seed,
+        checkpoint_dir,
+        config_digest,
+        resume=resume,
+        on_metrics=on_metrics,
+        teacher_logits=teacher_logits,
+        distill_alpha=d.alpha,
+        distill_temperature=d.temperature,
+    )
+    return student, result
