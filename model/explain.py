@@ -27,7 +27,8 @@ Methods (see docs/explanations.md for the measured faithfulness and cost that ch
   captum's ``LayerIntegratedGradients`` on the word-embedding layer, baseline = ``[PAD]`` tokens
   with ``[CLS]``/``[SEP]`` kept; token attributions (summed over the embedding dimension) are summed
   per unit. Needs gradients, so it runs the artifact's torch weights even when the predictor scores
-  with an ONNX variant (a torch copy of the model is loaded for it).
+  with an ONNX variant (a torch copy of the model is loaded for it: the student's weights, ``student/``,
+  when a distilled student variant scores).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from model.artifact import ArtifactError
 from model.encoding import CHARS_PER_TOKEN_CAP, window_positions
 from model.normalize import _VARIATION_SELECTORS, normalize_with_offsets
 from model.predictor import check_texts
@@ -274,8 +277,12 @@ class Explainer:
                     )
                 from transformers import AutoModelForSequenceClassification
 
+                # the weights of the model that scores: the student's for a student variant
+                weights = Path(self.predictor.directory) / getattr(rt, "torch_subdir", "")
+                if not (weights / "config.json").is_file():
+                    raise ArtifactError(f"{weights}: no torch weights for runtime {rt.name!r}")
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    str(self.predictor.directory), local_files_only=True
+                    str(weights), local_files_only=True
                 )
                 self._torch_model = model.eval()
         return self._torch_model

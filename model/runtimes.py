@@ -121,6 +121,8 @@ class OnnxRuntime:
         path = directory / ONNX_DIR / file
         self.name = str(variant_info.get("name") or Path(file).stem)
         self.path = path
+        # where this variant's torch weights live inside the artifact (explanations by gradient)
+        self.torch_subdir = STUDENT_DIR if variant_info.get("student") else ""
         # Dynamic int8 computes activation scales per tensor at run time: run each text alone.
         self.per_row = bool(
             variant_info.get("per_row", str(variant_info.get("precision", "")).startswith("int8"))

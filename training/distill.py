@@ -31,7 +31,7 @@ from model.runtimes import STUDENT_DIR
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STUDENT_DIR", "build_student", "distil_student", "distillation_loss"]
+__all__ = ["STUDENT_DIR", "build_student", "check_layers", "distil_student", "distillation_loss"]
 _LAYER_KEY = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")
 
 
@@ -53,16 +53,14 @@ def build_student(teacher: Any, layers: Sequence[int]) -> Any:
         ValueError: ``layers`` is empty, unsorted, repeats or is out of range, or the teacher's
             weights do not map onto the student (an architecture without ``layer.<i>`` names).
     """
-    n = int(teacher.config.num_hidden_layers)
-    layers = [int(i) for i in layers]
-    if not layers or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= n:
-        raise ValueError(f"distill.layers must be distinct ascending indices in [0, {n}), got {layers}")
+    layers = check_layers(layers, int(teacher.config.num_hidden_layers))
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     config.adrisk_teacher_layers = layers  # saved in the student's config.json
     student = type(teacher)(config)
     new_index = {t: s for s, t in enumerate(layers)}
     state = {}
+    mapped = 0
     for key, value in teacher.state_dict().items():
         m = _LAYER_KEY.match(key)
         if m and ".encoder." in f".{m.group(1)}":
@@ -70,14 +68,35 @@ def build_student(teacher: Any, layers: Sequence[int]) -> Any:
             if t not in new_index:
                 continue
             key = f"{m.group(1)}{new_index[t]}{m.group(3)}"
+            mapped += 1
         state[key] = value.detach().clone()
     missing, unexpected = student.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    if not mapped or missing or unexpected:  # no per-layer weights: e.g. ALBERT's shared layer
         raise ValueError(
             f"the teacher's weights do not map onto a {len(layers)}-layer student "
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
     return student.train(teacher.training)
+
+
+def check_layers(layers: Sequence[int], num_hidden_layers: int) -> list[int]:
+    """Validate ``distill.layers`` against a teacher depth, before any training time is spent.
+
+    Args:
+        layers: teacher layer indices the student keeps.
+        num_hidden_layers: the teacher's depth (its config's ``num_hidden_layers``).
+
+    Returns:
+        The indices as a list of ints.
+
+    Raises:
+        ValueError: empty, unsorted, repeated, or outside ``[0, num_hidden_layers)``.
+    """
+    n = int(num_hidden_layers)
+    out = [int(i) for i in layers]
+    if not out or out != sorted(set(out)) or out[0] < 0 or out[-1] >= n:
+        raise ValueError(f"distill.layers must be distinct ascending indices in [0, {n}), got {out}")
+    return out
 
 
 def distillation_loss(
@@ -129,7 +148,8 @@ def distil_student(
         (student model in eval mode, its ``training.loop.FitResult``).
 
     Raises:
-        ValueError: bad ``distill.layers``.
+        ValueError: bad ``distill.layers``. CheckpointError (``training.loop``): ``resume`` with a
+            student checkpoint from another config or data.
     """
     from training.loop import fit, predict_logits
 

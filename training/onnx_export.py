@@ -17,7 +17,8 @@ and ``adrisk.json`` records them under ``runtimes``::
 
 The gate: a variant *passes* when, on the labelled texts given to ``add_onnx_variants``, every
 label's average precision is within ``tolerance`` (default 0.005) of the fp32 torch predictor's AP on
-the same texts. ``default`` is the fastest (measured texts/s on those texts) among torch and the
+the same texts, its precision and recall at the artifact's thresholds within ``decision_tolerance``
+(0.02) of torch's, and a text's probability does not depend on its batch-mates (1e-3). ``default`` is the fastest (measured texts/s on those texts) among torch and the
 passing variants; ``Predictor.load(dir, runtime="auto")`` serves it. A model without variants
 serves with torch.
 
@@ -90,6 +91,11 @@ BATCH_INVARIANCE_TOLERANCE = 1e-3
 BATCH_INVARIANCE_TEXTS = 48
 # Sensitivity-guided mixed precision: texts used to measure each group's error, most groups kept fp32.
 SENSITIVITY_TEXTS = 256
+# A variant must also take the same decisions as the reference at the artifact's thresholds: per label,
+# precision and recall at the threshold within this (absolute) of torch fp32's. AP is rank-only, so a
+# variant whose probability scale differs (a distilled student served with the teacher's temperatures
+# and thresholds) could pass the AP gate and still flag a different share of ads.
+DECISION_TOLERANCE = 0.02
 MAX_FP32_GROUPS = 6
 TRIAL_FILE = "trial.int8.onnx"
 
@@ -315,6 +321,41 @@ def ap_deltas(
     return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
 
 
+def decision_deltas(
+    probs: np.ndarray,
+    ref_probs: np.ndarray,
+    targets: np.ndarray,
+    thresholds: Sequence[float],
+    labels: Sequence[str],
+) -> dict[str, dict[str, float | None]]:
+    """Per label, precision and recall at the label's threshold of ``probs`` minus those of ``ref_probs``.
+
+    Args:
+        probs, ref_probs: (n, L) calibrated probabilities of a variant and of the reference.
+        targets: (n, L) 0/1. thresholds: L thresholds (flag when probability >= threshold).
+        labels: L names.
+
+    Returns:
+        ``{label: {"precision": delta | None, "recall": delta | None}}``; None where the metric is
+        undefined for either (no positives for recall; nothing flagged for precision), via
+        ``sklearn.metrics.precision_score`` / ``recall_score`` with ``zero_division=nan``.
+    """
+    from sklearn.metrics import precision_score, recall_score
+
+    out: dict[str, dict[str, float | None]] = {}
+    for j, name in enumerate(labels):
+        y = np.asarray(targets[:, j]).astype(int)
+        row: dict[str, float | None] = {}
+        for metric, fn in (("precision", precision_score), ("recall", recall_score)):
+            a, r = (
+                float(fn(y, (p[:, j] >= thresholds[j]).astype(int), zero_division=np.nan))
+                for p in (probs, ref_probs)
+            )
+            row[metric] = None if np.isnan(a) or np.isnan(r) else a - r
+        out[name] = row
+    return out
+
+
 def _timed_scores(predictor, texts: list[str]) -> tuple[np.ndarray, float]:
     """(n, L) probabilities and texts/s (tokenisation included) of one full pass after a warm-up batch."""
     predictor.predict_proba(texts[: min(len(texts), 8)])  # warm-up: thread pools, allocator
@@ -331,6 +372,7 @@ def add_onnx_variants(
     *,
     quantize: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    decision_tolerance: float = DECISION_TOLERANCE,
     num_threads: int | None = None,
     mixed: str = "auto",
     max_fp32_groups: int = MAX_FP32_GROUPS,
@@ -348,8 +390,10 @@ def add_onnx_variants(
 
     Scores ``texts`` with the fp32 torch predictor and with each variant, and records per variant:
     ``file``, ``sha256``, ``ap`` and ``ap_delta`` per label (variant minus torch fp32),
-    ``max_abs_prob_diff``, ``batch_invariance_max_abs``, ``passed`` (every defined |ap_delta| <=
-    ``tolerance`` and batch-invariant) and ``texts_per_s`` (measured on these texts, tokenisation
+    ``decision_delta`` (per label, precision and recall at the artifact's threshold, variant minus
+    torch) and ``decision_max_abs``, ``max_abs_prob_diff``, ``batch_invariance_max_abs``, ``passed``
+    (every defined |ap_delta| <= ``tolerance``, every |decision_delta| <= ``decision_tolerance``, and
+    batch-invariant) and ``texts_per_s`` (measured on these texts, tokenisation
     included, ``num_threads`` intra-op threads, the predictor's default batching); the mixed variant
     also ``fp32_groups`` and ``sensitivity``. Sets ``runtimes.default`` to the fastest of torch and the
     passing variants. Modifies the artifact in place (``adrisk.json`` keeps every other field;
@@ -362,6 +406,7 @@ def add_onnx_variants(
         targets: (n, L) 0/1 array, columns in the artifact's label order.
         quantize: also make the int8 variants.
         tolerance: the per-label AP gate (absolute).
+        decision_tolerance: the per-label gate on precision and recall at the threshold (absolute).
         num_threads: intra-op threads for torch and ONNX Runtime (default ``default_num_threads()``).
         mixed: "auto" (search only when full int8 fails), "always" or "never".
         max_fp32_groups: most groups the search keeps fp32.
@@ -440,20 +485,28 @@ def add_onnx_variants(
         ap = per_label_ap(probs, targets, labels)
         delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
         batch_drift = batch_invariance(pred, texts, probs)
+        decisions = decision_deltas(probs, ref_probs, targets, meta.threshold_vector(), labels)
+        decision_max = max(
+            (abs(d) for row in decisions.values() for d in row.values() if d is not None), default=0.0
+        )
         info.update(
             ap=ap,
             ap_delta=delta,
+            decision_delta=decisions,
+            decision_max_abs=decision_max,
             max_abs_prob_diff=float(np.abs(probs - ref_probs).max()),
             batch_invariance_max_abs=batch_drift,
             passed=all(d is None or abs(d) <= tolerance for d in delta.values())
+            and decision_max <= decision_tolerance
             and batch_drift <= BATCH_INVARIANCE_TOLERANCE,
             texts_per_s=round(tps, 2),
         )
         logger.info(
-            "%s: %.1f texts/s, AP deltas %s, batch drift %.2g, %s",
+            "%s: %.1f texts/s, AP deltas %s, precision/recall at threshold within %.4f, batch drift %.2g, %s",
             name,
             tps,
             {n: None if d is None else round(d, 5) for n, d in delta.items()},
+            decision_max,
             batch_drift,
             "passed" if info["passed"] else "FAILED the gate",
         )
@@ -506,6 +559,7 @@ def add_onnx_variants(
             "batch_size": ref.batch_size,
             "max_tokens": ref.max_tokens,
             "batch_invariance_tolerance": BATCH_INVARIANCE_TOLERANCE,
+            "decision_tolerance": decision_tolerance,
         },
     }
     save_meta(directory, meta.model_copy(update={"runtimes": runtimes}))

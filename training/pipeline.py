@@ -81,12 +81,15 @@ def _evaluate(probs: np.ndarray, split: Split, labels, thresholds, prefix: str =
 
 
 def runtime_metrics(runtimes: dict) -> dict[str, float]:
-    """The runtime gate as MLflow metrics: ``runtime.<variant>.{passed,texts_per_s,ap_delta.<label>}``."""
+    """The runtime gate as MLflow metrics: ``runtime.<variant>.{passed,texts_per_s,ap_delta.<label>,
+    decision_max_abs}``."""
     out: dict[str, float] = {"runtime.torch.texts_per_s": float(runtimes["torch"]["texts_per_s"])}
     for name, v in runtimes["variants"].items():
         out[f"runtime.{name}.passed"] = float(bool(v["passed"]))
         out[f"runtime.{name}.texts_per_s"] = float(v["texts_per_s"])
         out |= {f"runtime.{name}.ap_delta.{n}": float(d) for n, d in v["ap_delta"].items() if d is not None}
+        if "decision_max_abs" in v:  # artifacts gated before the decision check lack it
+            out[f"runtime.{name}.decision_max_abs"] = float(v["decision_max_abs"])
     return out
 
 
@@ -195,6 +198,10 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        if cfg.distill.enabled:  # fail now, not after the teacher's fine-tune
+            from training.distill import check_layers
+
+            check_layers(cfg.distill.layers, model.config.num_hidden_layers)
         data = FitData(
             encoder,
             enc["train"].input_ids,

@@ -19,7 +19,12 @@ from model.artifact import META_FILE, ArtifactError, load_meta
 from model.predictor import Predictor
 from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR
 from tests.conftest import LABELS
-from training.onnx_export import BATCH_INVARIANCE_TOLERANCE, add_onnx_variants, batch_invariance
+from training.onnx_export import (
+    BATCH_INVARIANCE_TOLERANCE,
+    DECISION_TOLERANCE,
+    add_onnx_variants,
+    batch_invariance,
+)
 
 FP32_ATOL = 1e-4
 INT8_ATOL = 0.05
@@ -80,6 +85,7 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
         assert set(v["ap_delta"]) == set(LABELS)
         assert v["passed"] == (
             all(abs(x) <= 0.005 for x in v["ap_delta"].values() if x is not None)
+            and v["decision_max_abs"] <= DECISION_TOLERANCE
             and v["batch_invariance_max_abs"] <= BATCH_INVARIANCE_TOLERANCE
         )
         assert v["texts_per_s"] > 0 and v["name"] == name
