@@ -51,6 +51,11 @@ class DataConfig(_Strict):
     shuffle_train_labels: bool = Field(
         False, description="negative control: permute train targets across rows"
     )
+    ordinal_column: str | None = Field(
+        None,
+        description="a non-negative integer column (a count or rank, e.g. red_flags_text) learnt as an "
+        "auxiliary ordinal target when train.ordinal_weight > 0; rows without it contribute nothing",
+    )
 
 
 class TinyModelConfig(_Strict):
@@ -98,6 +103,11 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
     length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
+    ordinal_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the auxiliary ordinal loss on data.ordinal_column (training/ordinal.py); 0: off",
+    )
     bf16: bool = Field(
         False,
         description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported",
@@ -299,6 +309,14 @@ class Config(_Strict):
         if self.distill.enabled and not self.export_onnx:
             raise ValueError(
                 "distill.enabled needs export_onnx: true (the student is served as an ONNX variant)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ordinal_ok(self) -> Config:
+        if self.train.ordinal_weight > 0 and not self.data.ordinal_column:
+            raise ValueError(
+                "train.ordinal_weight > 0 needs data.ordinal_column (the ordinal target's column)"
             )
         return self
 

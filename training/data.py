@@ -54,6 +54,11 @@ class Split:
     def sources(self) -> list[str] | None:
         return self.frame["source"].tolist() if "source" in self.frame else None
 
+    @property
+    def ordinal(self) -> np.ndarray | None:
+        """(n,) float values of ``data.ordinal_column`` (NaN where missing), or None without one."""
+        return self.frame["ordinal"].to_numpy(dtype=np.float64) if "ordinal" in self.frame else None
+
     def __len__(self) -> int:
         return len(self.frame)
 
@@ -212,6 +217,8 @@ def prepare_frame(
     for key, col in (("source", cfg.source_column), ("group", cfg.group_column), ("id", cfg.id_column)):
         if col and col in df.columns:
             out[key] = df[col].astype(str).to_numpy()
+    if cfg.ordinal_column and cfg.ordinal_column in df.columns:  # NaN where a row has none
+        out["ordinal"] = pd.to_numeric(df[cfg.ordinal_column], errors="coerce").to_numpy(dtype=np.float64)
     for j, name in enumerate(schema.labels):
         out[f"y.{name}"] = y[:, j]
     return out, y

@@ -107,6 +107,7 @@ class TrainingRows:
     is_view: np.ndarray  # (n,) bool
     group_ids: np.ndarray  # (n,) int64
     report: dict = field(default_factory=dict)
+    origin: np.ndarray | None = None  # (n,) int64: the train-split row each row was made from
 
 
 def training_rows(
@@ -129,6 +130,7 @@ def training_rows(
     y = np.asarray(targets, dtype=np.float32)
     src = list(sources) if sources is not None else None
     view = np.zeros(len(texts), dtype=bool)
+    origin = np.arange(len(texts), dtype=np.int64)
     report: dict = {"rows": len(texts), "view_rows": 0}
     if augment_views:
         add, rows = augment_rows(texts, augment_views, augment_fraction, seed)
@@ -136,13 +138,14 @@ def training_rows(
         y = np.concatenate([y, y[rows]]) if len(rows) else y
         src = src + [src[i] for i in rows.tolist()] if src is not None else None
         view = np.concatenate([view, np.ones(len(add), dtype=bool)])
+        origin = np.concatenate([origin, np.asarray(rows, dtype=np.int64)])
         report["view_rows"] = len(add)
     if source_balanced:
         if src is None:
             raise ValueError("source-balanced sampling needs a source column (data.source_column)")
         idx = balanced_sample(src, seed)
         texts = [texts[i] for i in idx.tolist()]
-        y, view = y[idx], view[idx]
+        y, view, origin = y[idx], view[idx], origin[idx]
         src = [src[i] for i in idx.tolist()]
         report["balanced_rows"] = len(idx)
-    return TrainingRows(texts, y, src, view, group_keys(src, view, y), report)
+    return TrainingRows(texts, y, src, view, group_keys(src, view, y), report, origin)

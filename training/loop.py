@@ -190,6 +190,8 @@ def fit(
     teacher_logits: np.ndarray | None = None,
     distill_alpha: float = 0.5,
     distill_temperature: float = 2.0,
+    ordinal: np.ndarray | None = None,
+    ordinal_weight: float = 0.0,
 ) -> FitResult:
     """Fine-tune ``model`` in place and load the best validation weights into it at the end.
 
@@ -204,10 +206,13 @@ def fit(
         teacher_logits: (n, L) a teacher's logits for the train rows: knowledge distillation, the
             loss becomes ``(1 - distill_alpha) * loss + distill_alpha * distillation_loss`` at
             temperature ``distill_temperature`` (``training.distill``; Hinton et al. 2015).
+        ordinal: (n,) float ordinal value of each train row (NaN: none), learnt by a training-only
+            ordinal head (``training.ordinal``) whose loss is added times ``ordinal_weight`` (> 0).
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint.
-        ValueError: ``teacher_logits`` together with ``group_ids``, or not one row per train row.
+        ValueError: ``teacher_logits`` together with ``group_ids``, or not one row per train row;
+            ``ordinal`` not one value per train row, or not non-negative integers.
     """
     if teacher_logits is not None:
         if group_ids is not None:
@@ -222,6 +227,20 @@ def fit(
         total_steps = min(total_steps, cfg.max_steps)
 
     optimizer = make_optimizer(model, cfg)
+    ordinal_head = None
+    if ordinal is not None and ordinal_weight > 0:
+        from training.ordinal import OrdinalHead, ordinal_levels
+
+        if len(ordinal) != len(train_ids):
+            raise ValueError(f"{len(ordinal)} ordinal values for {len(train_ids)} train rows")
+        ordinal_head = OrdinalHead(model.config.hidden_size, ordinal_levels(ordinal)).attach(model)
+        optimizer.add_param_group(  # a new head: the classifier head's learning rate, no decay
+            {
+                "params": list(ordinal_head.parameters()),
+                "lr": cfg.learning_rate * cfg.head_learning_rate_multiplier,
+                "weight_decay": 0.0,
+            }
+        )
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(
@@ -260,6 +279,8 @@ def fit(
         if ck["config_digest"] != config_digest:
             raise CheckpointError(f"--resume: {last} was written under a different config")
         model.load_state_dict(ck["model"])
+        if ordinal_head is not None:
+            ordinal_head.load_state_dict(ck["ordinal_head"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
@@ -278,6 +299,7 @@ def fit(
         _atomic_torch_save(
             {
                 "model": model.state_dict(),
+                **({"ordinal_head": ordinal_head.state_dict()} if ordinal_head is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -327,6 +349,8 @@ def fit(
                 loss = dro.loss(
                     loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])
                 )
+            if ordinal_head is not None:
+                loss = loss + ordinal_weight * ordinal_head.loss(ordinal[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -372,6 +396,8 @@ def fit(
         if stopped_early:
             break
     bar.close()
+    if ordinal_head is not None:
+        ordinal_head.detach()  # training-only: the served model is the classifier alone
     model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
     model.eval()
     return FitResult(

@@ -21,7 +21,7 @@ from training.base_model import build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.blend import blend_from_baseline, fit_blend
 from training.config import Config
-from training.data import DataBundle, Split, load_data
+from training.data import DataBundle, DataError, Split, load_data
 from training.domain import training_rows
 from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval_sets, load_eval_set
 from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, predict_logits
@@ -145,6 +145,18 @@ def run_training(
         cfg.seed,
     )  # views, balancing (issue 10)
     bundle.report["training_rows"] = rows.report
+    ordinal = None
+    if cfg.train.ordinal_weight > 0:  # the auxiliary ordinal target (training/ordinal.py)
+        from training.ordinal import ordinal_levels
+
+        values = bundle.train.ordinal
+        if values is None:
+            raise DataError(f"data.ordinal_column '{cfg.data.ordinal_column}' not found in the train split")
+        ordinal = np.where(rows.is_view, np.nan, values[rows.origin])  # a view's text lost its flags
+        try:
+            ordinal_levels(ordinal)
+        except ValueError as e:
+            raise DataError(f"data.ordinal_column '{cfg.data.ordinal_column}': {e}") from None
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
@@ -221,6 +233,8 @@ def run_training(
             on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
             group_ids=rows.group_ids if gen.group_dro else None,
             group_dro_eta=gen.group_dro_eta,
+            ordinal=ordinal,
+            ordinal_weight=cfg.train.ordinal_weight,
         )
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
