@@ -233,7 +233,7 @@ def fit(
 
         if len(ordinal) != len(train_ids):
             raise ValueError(f"{len(ordinal)} ordinal values for {len(train_ids)} train rows")
-        ordinal_head = OrdinalHead(model.config.hidden_size, ordinal_levels(ordinal)).attach(model)
+        ordinal_head = OrdinalHead(model.config.hidden_size, ordinal_levels(ordinal))
         optimizer.add_param_group(  # a new head: the classifier head's learning rate, no decay
             {
                 "params": list(ordinal_head.parameters()),
@@ -280,7 +280,13 @@ def fit(
             raise CheckpointError(f"--resume: {last} was written under a different config")
         model.load_state_dict(ck["model"])
         if ordinal_head is not None:
-            ordinal_head.load_state_dict(ck["ordinal_head"])
+            try:
+                ordinal_head.load_state_dict(ck["ordinal_head"])
+            except (KeyError, RuntimeError):
+                raise CheckpointError(
+                    f"--resume: {last} has no ordinal head of {ordinal_head.levels} levels "
+                    f"(the data's ordinal column changed): delete {checkpoint_dir} to start over"
+                ) from None
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
@@ -321,83 +327,92 @@ def fit(
         mininterval=2.0 if sys.stderr.isatty() else 60.0,
         dynamic_ncols=True,
     )  # a log file gets a line a minute
-    stopped_early = False
-    ema = None
-    while (
-        state["epoch"] < cfg.epochs
-        and state["global_step"] < total_steps
-        and state["bad_epochs"] < cfg.early_stopping_patience
-    ):
-        batches = epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed + state["epoch"])
-        for b in range(state["batch"], len(batches)):
-            idx = batches[b]
-            x, m = encoder.pad([train_ids[i] for i in idx])  # (B, T) int64
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # logits: (B, L)
-                logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
-            loss = loss_fn(logits.float(), _loss_targets(schema, train_y[idx]))
-            if teacher_logits is not None:
-                from training.distill import distillation_loss
-
-                soft = distillation_loss(
-                    logits.float(),
-                    torch.from_numpy(teacher_logits[idx]),
-                    distill_temperature,
-                    schema.problem_type is ProblemType.MULTI_CLASS,
-                )
-                loss = (1.0 - distill_alpha) * loss + distill_alpha * soft
-            if dro is not None:
-                loss = dro.loss(
-                    loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])
-                )
-            if ordinal_head is not None:
-                loss = loss + ordinal_weight * ordinal_head.loss(ordinal[idx])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["batch"] = b + 1
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-            bar.update(1)
-            bar.set_postfix(
-                epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
-            )
-            if on_metrics and state["global_step"] % 50 == 0:
-                on_metrics({"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}, state["global_step"])
-            if state["global_step"] % cfg.checkpoint_every_steps == 0:
-                save_checkpoint()
-            if state["global_step"] >= total_steps:
-                break
-        # end of epoch (or of max_steps): validate, keep the best weights, maybe stop early
-        score = macro_ap(predict_logits(model, encoder, val_ids, cfg.eval_batch_size), val_y)
-        epoch_metrics = {
-            "validation.macro_ap": score,
-            "train.loss_ema": float(ema or 0.0),
-            "epoch": state["epoch"] + 1,
-        }
-        state["history"].append(epoch_metrics)
-        logger.info("epoch %d: validation macro AP %.4f", state["epoch"] + 1, score)
-        if on_metrics:
-            on_metrics({"epoch.validation.macro_ap": score}, state["epoch"] + 1)
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=state["epoch"] + 1, bad_epochs=0)
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint_dir / BEST_WEIGHTS)
-            )
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] += 1
-        state["batch"] = 0
-        if state["bad_epochs"] >= cfg.early_stopping_patience:
-            stopped_early = True
-            logger.info("early stopping: no validation gain for %d epochs", state["bad_epochs"])
-        save_checkpoint()
-        if stopped_early:
-            break
-    bar.close()
+    clipped = list(model.parameters())
     if ordinal_head is not None:
-        ordinal_head.detach()  # training-only: the served model is the classifier alone
+        ordinal_head.attach(model)
+        clipped += list(ordinal_head.parameters())
+    try:
+        stopped_early = False
+        ema = None
+        while (
+            state["epoch"] < cfg.epochs
+            and state["global_step"] < total_steps
+            and state["bad_epochs"] < cfg.early_stopping_patience
+        ):
+            batches = epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, seed + state["epoch"])
+            for b in range(state["batch"], len(batches)):
+                idx = batches[b]
+                x, m = encoder.pad([train_ids[i] for i in idx])  # (B, T) int64
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # logits: (B, L)
+                    logits = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
+                loss = loss_fn(logits.float(), _loss_targets(schema, train_y[idx]))
+                if teacher_logits is not None:
+                    from training.distill import distillation_loss
+
+                    soft = distillation_loss(
+                        logits.float(),
+                        torch.from_numpy(teacher_logits[idx]),
+                        distill_temperature,
+                        schema.problem_type is ProblemType.MULTI_CLASS,
+                    )
+                    loss = (1.0 - distill_alpha) * loss + distill_alpha * soft
+                if dro is not None:
+                    loss = dro.loss(
+                        loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])
+                    )
+                if ordinal_head is not None:
+                    loss = loss + ordinal_weight * ordinal_head.loss(ordinal[idx])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["batch"] = b + 1
+                ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+                bar.update(1)
+                bar.set_postfix(
+                    epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                )
+                if on_metrics and state["global_step"] % 50 == 0:
+                    on_metrics(
+                        {"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}, state["global_step"]
+                    )
+                if state["global_step"] % cfg.checkpoint_every_steps == 0:
+                    save_checkpoint()
+                if state["global_step"] >= total_steps:
+                    break
+            # end of epoch (or of max_steps): validate, keep the best weights, maybe stop early
+            score = macro_ap(predict_logits(model, encoder, val_ids, cfg.eval_batch_size), val_y)
+            epoch_metrics = {
+                "validation.macro_ap": score,
+                "train.loss_ema": float(ema or 0.0),
+                "epoch": state["epoch"] + 1,
+            }
+            state["history"].append(epoch_metrics)
+            logger.info("epoch %d: validation macro AP %.4f", state["epoch"] + 1, score)
+            if on_metrics:
+                on_metrics({"epoch.validation.macro_ap": score}, state["epoch"] + 1)
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=state["epoch"] + 1, bad_epochs=0)
+                save_file(
+                    {k: v.contiguous() for k, v in model.state_dict().items()},
+                    str(checkpoint_dir / BEST_WEIGHTS),
+                )
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] += 1
+            state["batch"] = 0
+            if state["bad_epochs"] >= cfg.early_stopping_patience:
+                stopped_early = True
+                logger.info("early stopping: no validation gain for %d epochs", state["bad_epochs"])
+            save_checkpoint()
+            if stopped_early:
+                break
+        bar.close()
+    finally:
+        if ordinal_head is not None:
+            ordinal_head.detach()  # training-only: the served model is the classifier alone
     model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
     model.eval()
     return FitResult(

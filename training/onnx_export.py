@@ -100,6 +100,7 @@ SENSITIVITY_TEXTS = 256
 # 0.018 with |dAP| 0.001, and the decision a student must keep is its scale, off by 0.14 there).
 DECISION_TOLERANCE = 0.02
 DECISION_MIN_TEXTS = 2
+DECISION_METRICS = ("precision", "recall", "flagged")
 MAX_FP32_GROUPS = 6
 TRIAL_FILE = "trial.int8.onnx"
 
@@ -343,8 +344,8 @@ def decision_deltas(
         labels: L names.
 
     Returns:
-        ``{label: {"precision": delta | None, "recall": delta | None, "precision_allowed": float,
-        "recall_allowed": float}}``; a delta is None where the metric is undefined for either (no
+        ``{label: {"precision": delta | None, "recall": delta | None, "flagged": relative change of
+        the number flagged, and "<metric>_allowed": float for each}}``; a delta is None where the metric is undefined for either (no
         positives for recall; nothing flagged for precision), via ``sklearn.metrics.precision_score``
         / ``recall_score`` with ``zero_division=nan``. ``decisions_pass`` reads it.
     """
@@ -361,7 +362,10 @@ def decision_deltas(
             )
             row[metric] = None if np.isnan(a) or np.isnan(r) else a - r
         flagged = int((ref_probs[:, j] >= thresholds[j]).sum())
-        for metric, denominator in (("precision", flagged), ("recall", int(y.sum()))):
+        # how many texts are flagged, relative to the reference (defined even where precision is not:
+        # a variant that flags nothing, on a label without positives among the texts)
+        row["flagged"] = (int((probs[:, j] >= thresholds[j]).sum()) - flagged) / max(flagged, 1)
+        for metric, denominator in (("precision", flagged), ("recall", int(y.sum())), ("flagged", flagged)):
             row[f"{metric}_allowed"] = max(tolerance, DECISION_MIN_TEXTS / max(denominator, 1))
         out[name] = row
     return out
@@ -372,7 +376,7 @@ def decisions_pass(decisions: dict[str, dict[str, float | None]]) -> bool:
     return all(
         row[m] is None or abs(row[m]) <= row[f"{m}_allowed"]  # type: ignore[arg-type,operator]
         for row in decisions.values()
-        for m in ("precision", "recall")
+        for m in DECISION_METRICS
     )
 
 
@@ -510,12 +514,7 @@ def add_onnx_variants(
             probs, ref_probs, targets, meta.threshold_vector(), labels, decision_tolerance
         )
         decision_max = max(
-            (
-                abs(row[m])
-                for row in decisions.values()
-                for m in ("precision", "recall")
-                if row[m] is not None
-            ),
+            (abs(row[m]) for row in decisions.values() for m in DECISION_METRICS if row[m] is not None),
             default=0.0,
         )
         info.update(

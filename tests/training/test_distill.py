@@ -202,3 +202,8 @@ def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
     # undefined where nothing is flagged or a label has no positives
     none = decision_deltas(ref, ref, np.zeros_like(y), [2.0, 0.5], labels)
     assert none["a"]["precision"] is None and none["a"]["recall"] is None and none["b"]["recall"] is None
+    # a variant that flags nothing where the reference flags many, on a label without positives
+    # (precision and recall both undefined): the number flagged still fails it
+    silent = decision_deltas(ref * 0.0, ref, np.zeros_like(y), [0.5, 0.5], labels)
+    assert silent["a"]["precision"] is None and silent["a"]["flagged"] == -1.0
+    assert not decisions_pass(silent)

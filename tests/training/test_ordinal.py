@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import DATA_DIR
+from tests.training.test_pipeline import TINY
+from training.config import load_config
+from training.data import DataError, load_data
 from training.ordinal import OrdinalHead, ordinal_levels
 
 
@@ -104,7 +108,9 @@ def test_a_run_learns_the_ordinal_target_and_serves_the_classifier_only(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     head = ck["ordinal_head"]
-    assert 1 <= head["bias"].shape[0] <= 7  # red_flags_text is 0-7: at most 7 cut points
+    cfg = load_config(TINY, [f"data.path={DATA_DIR}", "data.ordinal_column=red_flags_text"])
+    train = load_data(cfg.data, cfg.label_schema, cfg.seed).train
+    assert head["bias"].shape[0] == int(np.nanmax(train.ordinal))  # K - 1 cut points
     assert not torch.allclose(head["bias"], torch.linspace(1.0, -1.0, head["bias"].shape[0]))  # trained
     with safe_open(str(out / "model" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
@@ -124,6 +130,35 @@ def test_a_run_learns_the_ordinal_target_and_serves_the_classifier_only(tmp_path
     )
     assert bad.returncode != 0 and "data.ordinal_column 'no_such' not found" in bad.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_the_negative_control_shuffles_the_count_with_the_labels():
+    """A count behind a label is a label: shuffling train labels must carry it along, or the control
+    would learn the real signal through the ordinal head."""
+    cols = ["data.ordinal_column=red_flags_text", f"data.path={DATA_DIR}"]
+    plain = load_config(TINY, cols)
+    shuffled = load_config(TINY, [*cols, "data.shuffle_train_labels=true"])
+    a = load_data(plain.data, plain.label_schema, plain.seed).train
+    b = load_data(shuffled.data, shuffled.label_schema, shuffled.seed).train
+    assert a.texts == b.texts and not np.array_equal(a.targets, b.targets)
+
+    def pairs(s):
+        return sorted(
+            zip(map(tuple, s.targets.tolist()), np.nan_to_num(s.ordinal, nan=-1).tolist(), strict=True)
+        )
+
+    assert pairs(a) == pairs(b)  # the same (labels, count) rows, moved together
+
+
+def test_a_non_numeric_count_is_a_clear_error(tmp_path):
+    rows = [{"text": f"ad {i}", "labels": [], "n": 1} for i in range(4)]
+    rows[2]["n"] = "three"
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = load_config(TINY, [f"data.path={tmp_path}", "data.ordinal_column=n", "data.limit=null"])
+    with pytest.raises(DataError, match=r"ordinal column 'n' must hold numbers; not so in rows 3 ") as e:
+        load_data(cfg.data, cfg.label_schema, cfg.seed)
+    assert "three" not in str(e.value)
 
 
 def test_the_ordinal_weight_needs_a_column():
