@@ -78,6 +78,23 @@ def load_tokenizer(base: BaseModel):
     return AutoTokenizer.from_pretrained(base.path, local_files_only=os.path.isdir(base.path))
 
 
+def base_depth(base: BaseModel, cfg: BaseModelConfig) -> int:
+    """The base model's number of transformer layers (``num_hidden_layers`` of its config, or of
+    ``cfg.tiny``), read without loading weights: options that name layers are checked against it
+    before any training.
+
+    Raises:
+        OSError: the model's config cannot be read (transformers' ``AutoConfig``).
+    """
+    if cfg.tiny is not None:
+        return int(cfg.tiny.num_hidden_layers)
+    from transformers import AutoConfig
+
+    return int(
+        AutoConfig.from_pretrained(base.path, local_files_only=os.path.isdir(base.path)).num_hidden_layers
+    )
+
+
 def build_model(base: BaseModel, cfg: BaseModelConfig, schema: LabelSchema, vocab_size: int):
     """A sequence-classification model with ``schema.num_labels`` outputs and ``id2label`` set.
 

@@ -17,7 +17,7 @@ from model.encoding import TextEncoder
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
 from model.schema import ProblemType
 from training.audit import run_audit
-from training.base_model import build_model, load_tokenizer, resolve_base_model
+from training.base_model import base_depth, build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.blend import blend_from_baseline, fit_blend
 from training.config import Config
@@ -161,6 +161,10 @@ def run_training(
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
     tokenizer = load_tokenizer(base)
+    if cfg.distill.enabled:  # fail now, not after the baseline and the teacher's fine-tune
+        from training.distill import check_layers
+
+        check_layers(cfg.distill.layers, base_depth(base, cfg.base_model))
     encoder = TextEncoder(tokenizer, cfg.train.max_length, cfg.train.tail_tokens)
     enc = {s.name: encoder.encode(rows.texts if s is bundle.train else s.texts) for s in bundle.splits()}
     truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
@@ -210,10 +214,6 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
-        if cfg.distill.enabled:  # fail now, not after the teacher's fine-tune
-            from training.distill import check_layers
-
-            check_layers(cfg.distill.layers, model.config.num_hidden_layers)
         data = FitData(
             encoder,
             enc["train"].input_ids,

@@ -170,6 +170,7 @@ def test_bad_student_layers_fail_before_the_teacher_trains(tmp_path):
     assert r.returncode != 0
     assert "distill.layers must be distinct ascending indices in [0, 2)" in r.stderr
     assert "fine-tune" not in r.stderr and not (out / "checkpoints").exists()
+    assert "baseline" not in r.stderr  # refused before the TF-IDF baseline is trained too
 
 
 def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
