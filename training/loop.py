@@ -334,6 +334,7 @@ def fit(
     try:
         stopped_early = False
         ema = None
+        ordinal_ema = None  # the auxiliary term alone, logged apart so train.loss stays comparable
         while (
             state["epoch"] < cfg.epochs
             and state["global_step"] < total_steps
@@ -360,9 +361,14 @@ def fit(
                     loss = dro.loss(
                         loss.mean(dim=1) if loss.ndim == 2 else loss, torch.from_numpy(group_ids[idx])
                     )
+                aux = None
                 if ordinal_head is not None:
-                    loss = loss + ordinal_weight * ordinal_head.loss(ordinal[idx])
-                loss.backward()
+                    aux = ordinal_head.loss(ordinal[idx])
+                    ordinal_ema = (
+                        aux.item() if ordinal_ema is None else 0.95 * ordinal_ema + 0.05 * aux.item()
+                    )
+                    aux = ordinal_weight * aux
+                (loss if aux is None else loss + aux).backward()
                 torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
@@ -375,9 +381,10 @@ def fit(
                     epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
                 )
                 if on_metrics and state["global_step"] % 50 == 0:
-                    on_metrics(
-                        {"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}, state["global_step"]
-                    )
+                    logged = {"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}
+                    if ordinal_ema is not None:
+                        logged["train.ordinal_loss"] = ordinal_ema
+                    on_metrics(logged, state["global_step"])
                 if state["global_step"] % cfg.checkpoint_every_steps == 0:
                     save_checkpoint()
                 if state["global_step"] >= total_steps:

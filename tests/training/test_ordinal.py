@@ -102,6 +102,7 @@ def test_a_run_learns_the_ordinal_target_and_serves_the_classifier_only(tmp_path
 
     out = tmp_path / "run"
     extra = ["--set", "data.ordinal_column=red_flags_text", "--set", "train.ordinal_weight=0.5"]
+    extra += ["--set", "train.epochs=4"]  # past step 50, where the loop logs its losses
     r = subprocess.run(
         _train_args(out, *extra), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
@@ -116,6 +117,11 @@ def test_a_run_learns_the_ordinal_target_and_serves_the_classifier_only(tmp_path
         keys = list(f.keys())
     assert keys and not any("ordinal" in k for k in keys)
     assert len(json.loads((out / "model" / "config.json").read_text())["id2label"]) == 3
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    metrics = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0].data.metrics
+    assert metrics["train.ordinal_loss"] > 0 and metrics["train.loss"] > 0  # logged apart
 
     # a column the data lacks is a clear error before any training
     bad = subprocess.run(
