@@ -108,6 +108,38 @@ class ArtifactMeta(BaseModel):
         """Thresholds in label order."""
         return [self.thresholds[n] for n in self.labels]
 
+    def for_runtime(self, name: str) -> ArtifactMeta:
+        """This metadata as runtime ``name`` serves it: a variant that carries its own ``calibration``
+        (a distilled student, whose logits are on another scale than the model's) brings its own
+        temperatures, thresholds and threshold info; every other runtime serves these.
+
+        Raises:
+            ArtifactError: the variant's calibration does not fit the labels.
+        """
+        cal = ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration")
+        return self.with_calibration(cal, name) if cal else self
+
+    def with_calibration(self, cal: dict[str, Any], name: str = "variant") -> ArtifactMeta:
+        """A copy with ``cal``'s ``temperatures`` and ``threshold_info`` (and the thresholds they hold).
+
+        Raises:
+            ArtifactError: ``cal`` does not fit the labels.
+        """
+        try:
+            info = {n: ThresholdInfo.model_validate(v) for n, v in cal["threshold_info"].items()}
+            return ArtifactMeta.model_validate(
+                self.model_dump()
+                | {
+                    "temperatures": list(cal["temperatures"]),
+                    "threshold_info": {n: i.model_dump() for n, i in info.items()},
+                    "thresholds": {n: i.threshold for n, i in info.items()},
+                }
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(
+                f"runtime {name!r}: its calibration in adrisk.json is invalid ({e})"
+            ) from None
+
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
-from model.blend import TfidfBlend
+from model.blend import StackWeights, TfidfBlend
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
 from model.runtimes import Runtime, select_runtime
@@ -158,6 +158,15 @@ class Predictor:
         encoder = TextEncoder(tokenizer, meta.max_length, meta.tail_tokens)
         rt = select_runtime(directory, meta, runtime, num_threads)
         blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
+        # a variant calibrated on its own logits (a distilled student) serves with its own
+        # temperatures, thresholds and blend stackers
+        cal = ((meta.runtimes or {}).get("variants", {}).get(rt.name) or {}).get("calibration")
+        if cal:
+            meta = meta.for_runtime(rt.name)
+            if blend is not None:
+                blend = blend.with_weights(
+                    {n: StackWeights(*map(float, w)) for n, w in cal.get("blend_weights", {}).items()}
+                )
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)
         predictor.directory = directory
         logger.info("loaded model %s (%s runtime, labels %s)", directory, rt.name, list(meta.labels))
@@ -209,6 +218,17 @@ class Predictor:
         probs = calibrated_probabilities(logits, self.meta.temperatures, self.meta.label_schema.problem_type)
         flagged = ((probs >= self._thresholds[None, :]) & self._flaggable[None, :]).any(axis=1)
         return Scores(logits, probs, flagged, np.asarray(enc.truncated, dtype=bool))
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, L) float32 logits of the runtime alone: before the TF-IDF blend and temperatures
+        (what a variant's own calibration is fitted on).
+
+        Raises:
+            TypeError: an item is not a str.
+        """
+        texts = check_texts(texts)
+        with self._lock:
+            return self._logits(self.encoder.encode(texts))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, (n, L) float64, columns in ``labels`` order."""

@@ -67,6 +67,13 @@ def blend_from_baseline(baseline: TfidfBaseline, labels: Sequence[str]) -> Tfidf
     return TfidfBlend(vectorizers, coef, intercept, labels, {})
 
 
+def fit_stack(x: np.ndarray, y: np.ndarray) -> StackWeights:
+    """One label's stacker: a logistic regression (scikit-learn) on (n, 2) [transformer logit, TF-IDF
+    logit] against (n,) 0/1 targets (stacked generalisation, Wolpert 1992)."""
+    lr = LogisticRegression().fit(x, np.asarray(y).astype(int))
+    return StackWeights(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
+
+
 def fit_blend(
     blend: TfidfBlend,
     model_logits: np.ndarray,
@@ -126,8 +133,7 @@ def fit_blend(
                 blend_ap[name],
             )
             continue
-        lr = LogisticRegression().fit(x, y)
-        w = StackWeights(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
+        w = fit_stack(x, y)
         target = target_precision[name] if isinstance(target_precision, dict) else target_precision
         blended = w.model * x[:, 0] + w.tfidf * x[:, 1] + w.bias
         thr_model = select_threshold(expit(x[:, 0]), y, target).threshold

@@ -20,7 +20,10 @@ label's average precision is within ``tolerance`` (default 0.005) of the fp32 to
 the same texts, its precision and recall at the artifact's thresholds within ``decision_tolerance``
 (0.02, or two texts' worth where few are flagged) of torch's, and a text's probability does not depend on its batch-mates (1e-3). ``default`` is the fastest (measured texts/s on those texts) among torch and the
 passing variants; ``Predictor.load(dir, runtime="auto")`` serves it. A model without variants
-serves with torch.
+serves with torch. A student variant also records its own ``calibration`` (TF-IDF blend stackers,
+temperatures and thresholds fitted on its fp32 logits of the gate texts: ``variant_calibration``),
+which ``Predictor.load`` applies when it serves that variant; the decision gate then compares its
+flags at its thresholds with the reference's at the model's.
 
 Methods and sources:
 - Export: ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``; the dynamo exporter
@@ -59,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from model.artifact import ArtifactMeta, load_meta, save_meta, sha256_file
+from model.blend import StackWeights
 from model.runtimes import (
     ALL_FILES,
     FP32_FILE,
@@ -333,6 +337,8 @@ def decision_deltas(
     thresholds: Sequence[float],
     labels: Sequence[str],
     tolerance: float = DECISION_TOLERANCE,
+    *,
+    ref_thresholds: Sequence[float] | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Per label, precision and recall at the label's threshold of ``probs`` minus those of ``ref_probs``,
     and the change each may make: ``max(tolerance, DECISION_MIN_TEXTS / denominator)`` (denominator: the
@@ -342,6 +348,8 @@ def decision_deltas(
         probs, ref_probs: (n, L) calibrated probabilities of a variant and of the reference.
         targets: (n, L) 0/1. thresholds: L thresholds (flag when probability >= threshold).
         labels: L names.
+        ref_thresholds: the reference's thresholds where they differ (a variant with its own
+            calibration); default ``thresholds``.
 
     Returns:
         ``{label: {"precision": delta | None, "recall": delta | None, "flagged": relative change of
@@ -351,17 +359,18 @@ def decision_deltas(
     """
     from sklearn.metrics import precision_score, recall_score
 
+    ref_thr = list(thresholds if ref_thresholds is None else ref_thresholds)
     out: dict[str, dict[str, float | None]] = {}
     for j, name in enumerate(labels):
         y = np.asarray(targets[:, j]).astype(int)
         row: dict[str, float | None] = {}
         for metric, fn in (("precision", precision_score), ("recall", recall_score)):
             a, r = (
-                float(fn(y, (p[:, j] >= thresholds[j]).astype(int), zero_division=np.nan))
-                for p in (probs, ref_probs)
+                float(fn(y, (p[:, j] >= t).astype(int), zero_division=np.nan))
+                for p, t in ((probs, thresholds[j]), (ref_probs, ref_thr[j]))
             )
             row[metric] = None if np.isnan(a) or np.isnan(r) else a - r
-        flagged = int((ref_probs[:, j] >= thresholds[j]).sum())
+        flagged = int((ref_probs[:, j] >= ref_thr[j]).sum())
         # how many texts are flagged, relative to the reference (defined even where precision is not:
         # a variant that flags nothing, on a label without positives among the texts)
         row["flagged"] = (int((probs[:, j] >= thresholds[j]).sum()) - flagged) / max(flagged, 1)
@@ -369,6 +378,59 @@ def decision_deltas(
             row[f"{metric}_allowed"] = max(tolerance, DECISION_MIN_TEXTS / max(denominator, 1))
         out[name] = row
     return out
+
+
+def variant_calibration(
+    logits: np.ndarray,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    meta: ArtifactMeta,
+    blend: Any = None,
+) -> dict[str, Any]:
+    """A variant's own calibration, fitted as training fits the model's: the TF-IDF blend's stackers
+    refitted on the variant's logits for the labels the model blends (``training.blend.fit_stack``),
+    temperature scaling (``model.calibration.fit_temperatures``), then thresholds at each label's
+    target precision (``select_thresholds``, the targets recorded in ``meta.threshold_info``).
+
+    For a distilled student: its logits are on another scale than the teacher's, so the teacher's
+    stackers, temperatures and thresholds would mis-weight and mis-threshold it.
+
+    Args:
+        logits: (n, L) the variant's raw logits of ``texts`` (``Predictor.logits``).
+        texts: the n texts (the TF-IDF features need them). targets: (n, L) 0/1.
+        meta: the model's metadata (labels, problem type, target precisions).
+        blend: the model's ``TfidfBlend`` or None.
+
+    Returns:
+        ``{"temperatures": [L floats], "threshold_info": {label: ThresholdInfo dict},
+        "blend_weights": {label: [model, tfidf, bias]}, "n_texts": n}`` (``ArtifactMeta.with_calibration``).
+    """
+    from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
+    from training.blend import fit_stack
+
+    labels = list(meta.labels)
+    z = np.asarray(logits, dtype=np.float64)
+    weights = {}
+    if blend is not None and blend.weights:
+        tfidf = blend.tfidf_logits(list(texts))
+        for name in blend.weights:
+            j = labels.index(name)
+            weights[name] = fit_stack(np.stack([z[:, j], tfidf[:, j]], axis=1), targets[:, j])
+        z = blend.with_weights(weights).apply(z, tfidf)
+    problem = meta.label_schema.problem_type
+    temps = fit_temperatures(z, targets, problem)
+    probs = calibrated_probabilities(z, temps, problem)
+    target = {
+        n: (i.target_precision if (i := meta.threshold_info.get(n)) and i.target_precision else 0.9)
+        for n in labels
+    }
+    info = select_thresholds(probs, targets, labels, target)
+    return {
+        "temperatures": [float(t) for t in temps],
+        "threshold_info": {n: info[n].model_dump() for n in labels},
+        "blend_weights": {n: [w.model, w.tfidf, w.bias] for n, w in weights.items()},
+        "n_texts": len(texts),
+    }
 
 
 def decisions_pass(decisions: dict[str, dict[str, float | None]]) -> bool:
@@ -498,20 +560,34 @@ def add_onnx_variants(
             "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
             **extra,
         }
+        # the reference's calibration and TF-IDF blend, unless the variant carries its own (a student)
+        cal = info.get("calibration")
+        meta_v = meta.with_calibration(cal, name) if cal else meta
+        blend_v = ref.blend
+        if cal and ref.blend is not None:
+            blend_v = ref.blend.with_weights(
+                {n: StackWeights(*w) for n, w in cal.get("blend_weights", {}).items()}
+            )
         pred = Predictor(
             ref.encoder,
             OnnxRuntime(directory, info, num_threads=threads),
-            meta,
+            meta_v,
             batch_size=ref.batch_size,
             max_tokens=ref.max_tokens,
-            blend=ref.blend,  # the same TF-IDF blend as the reference: the gate compares runtimes only
+            blend=blend_v,
         )
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)
         delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
         batch_drift = batch_invariance(pred, texts, probs)
         decisions = decision_deltas(
-            probs, ref_probs, targets, meta.threshold_vector(), labels, decision_tolerance
+            probs,
+            ref_probs,
+            targets,
+            meta_v.threshold_vector(),
+            labels,
+            decision_tolerance,
+            ref_thresholds=meta.threshold_vector(),
         )
         decision_max = max(
             (abs(row[m]) for row in decisions.values() for m in DECISION_METRICS if row[m] is not None),
@@ -565,6 +641,15 @@ def add_onnx_variants(
             }
         }
         export_fp32(directory, onnx_dir / STUDENT_FP32_FILE, model_dir=student_dir)
+        # its own blend stackers, temperatures and thresholds, fitted on its fp32 logits of these texts
+        probe = Predictor(
+            ref.encoder,
+            OnnxRuntime(directory, {"file": STUDENT_FP32_FILE, "precision": "fp32"}, num_threads=threads),
+            meta,
+            batch_size=ref.batch_size,
+            max_tokens=ref.max_tokens,
+        )
+        student["calibration"] = variant_calibration(probe.logits(texts), texts, targets, meta, ref.blend)
         variants[STUDENT_FP32_VARIANT] = gate(STUDENT_FP32_VARIANT, STUDENT_FP32_FILE, "fp32", **student)
         if quantize:
             quantize_int8(onnx_dir / STUDENT_FP32_FILE, onnx_dir / STUDENT_INT8_FILE)

@@ -146,8 +146,13 @@ def test_a_training_run_serves_the_student_only_where_it_passes_the_gate(tmp_pat
     p_s, p_t = student.predict_proba(texts), teacher.predict_proba(texts)
     assert p_s.shape == p_t.shape == (3, 3) and np.isfinite(p_s).all()
     assert not np.allclose(p_s, p_t)  # a different (smaller) network, not the teacher under another name
-    assert student.meta.thresholds == teacher.meta.thresholds  # the same calibration and thresholds
-    assert student.meta.temperatures == teacher.meta.temperatures
+    # the student serves with its own calibration, fitted on its logits of the gate texts
+    cal = rt["variants"][STUDENT_FP32_VARIANT]["calibration"]
+    assert rt["variants"][STUDENT_INT8_VARIANT]["calibration"] == cal
+    assert student.meta.temperatures == cal["temperatures"]
+    assert student.meta.thresholds == {n: i["threshold"] for n, i in cal["threshold_info"].items()}
+    assert teacher.meta.thresholds == load_meta(art).thresholds  # the teacher's are unchanged
+    assert sorted(cal["blend_weights"]) == sorted(teacher.blend.weights if teacher.blend else {})
     # explanations by gradient run the network that scores: the student's 1 layer, not the teacher's 2
     from model.explain import Explainer
 
@@ -171,6 +176,47 @@ def test_bad_student_layers_fail_before_the_teacher_trains(tmp_path):
     assert "distill.layers must be distinct ascending indices in [0, 2)" in r.stderr
     assert "fine-tune" not in r.stderr and not (out / "checkpoints").exists()
     assert "baseline" not in r.stderr  # refused before the TF-IDF baseline is trained too
+
+
+def test_a_variant_on_another_scale_gets_its_own_calibration():
+    """A student whose logits are the teacher's times 3 ranks alike; with the teacher's temperatures and
+    thresholds it flags differently, with its own fitted ones it takes the teacher's decisions."""
+    from model.artifact import ArtifactMeta, ThresholdInfo
+    from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
+    from model.schema import LabelSchema
+    from training.onnx_export import decision_deltas, variant_calibration
+
+    rng = np.random.default_rng(1)
+    labels = ("a", "b")
+    y = (rng.random((600, 2)) < 0.3).astype(int)
+    z_teacher = 2.5 * (y - 0.5) + rng.normal(size=(600, 2))
+    schema = LabelSchema(labels=labels)
+    temps = fit_temperatures(z_teacher, y, schema.problem_type)
+    p_teacher = calibrated_probabilities(z_teacher, temps, schema.problem_type)
+    info = select_thresholds(p_teacher, y, list(labels), 0.8)
+    meta = ArtifactMeta(
+        label_schema=schema,
+        thresholds={n: i.threshold for n, i in info.items()},
+        threshold_info=info,
+        temperatures=temps,
+        max_length=16,
+    )
+    z_student = 3.0 * z_teacher  # temperature scaling is scale-equivariant: T_student = 3 T_teacher
+    cal = variant_calibration(z_student, [""] * 600, y, meta)
+    assert cal["blend_weights"] == {} and cal["n_texts"] == 600
+    assert all(
+        ThresholdInfo.model_validate(v).target_precision == 0.8 for v in cal["threshold_info"].values()
+    )
+    np.testing.assert_allclose(cal["temperatures"], 3 * np.asarray(temps), rtol=1e-3)
+    own = meta.with_calibration(cal)
+    p_student = calibrated_probabilities(z_student, own.temperatures, schema.problem_type)
+    with_teachers = calibrated_probabilities(z_student, temps, schema.problem_type)
+    assert not decisions_pass(decision_deltas(with_teachers, p_teacher, y, meta.threshold_vector(), labels))
+    assert decisions_pass(
+        decision_deltas(
+            p_student, p_teacher, y, own.threshold_vector(), labels, ref_thresholds=meta.threshold_vector()
+        )
+    )
 
 
 def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
