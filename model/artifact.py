@@ -109,13 +109,15 @@ class ArtifactMeta(BaseModel):
         return [self.thresholds[n] for n in self.labels]
 
     def for_runtime(self, name: str) -> ArtifactMeta:
-        """This metadata as runtime ``name`` serves it: a variant that carries its own ``calibration``
+        """This metadata as runtime ``name`` (``"auto"``: the recorded default) serves it: a variant that carries its own ``calibration``
         (a distilled student, whose logits are on another scale than the model's) brings its own
         temperatures, thresholds and threshold info; every other runtime serves these.
 
         Raises:
             ArtifactError: the variant's calibration does not fit the labels.
         """
+        if name == "auto":  # what Predictor.load(runtime="auto") serves
+            name = (self.runtimes or {}).get("default", "torch")
         cal = ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration")
         return self.with_calibration(cal, name) if cal else self
 

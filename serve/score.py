@@ -455,6 +455,7 @@ class _WorkerPool:
         from concurrent.futures import ProcessPoolExecutor
 
         self.n = n
+        self.runtime = runtime
         self.executor = ProcessPoolExecutor(
             n,
             mp_context=multiprocessing.get_context("spawn"),
@@ -492,7 +493,11 @@ def _score_chunks(
 
     from model.artifact import load_meta
 
-    meta = predictor.meta if predictor is not None else load_meta(ref.directory)
+    # the thresholds the workers serve with (a student variant brings its own)
+    if predictor is not None:
+        meta = predictor.meta
+    else:
+        meta = load_meta(ref.directory).for_runtime(pool.runtime if pool is not None else "auto")
     version = model_version or _model_version(ref, meta)
     labels = list(meta.labels)
     stat = src.stat()

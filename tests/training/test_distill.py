@@ -209,6 +209,20 @@ def test_a_variant_on_another_scale_gets_its_own_calibration():
     )
     np.testing.assert_allclose(cal["temperatures"], 3 * np.asarray(temps), rtol=1e-3)
     own = meta.with_calibration(cal)
+    served = meta.model_copy(
+        update={
+            "runtimes": {
+                "default": "student-onnx-fp32",
+                "variants": {"student-onnx-fp32": {"calibration": cal}},
+            }
+        }
+    )
+    assert served.for_runtime("auto").thresholds == own.thresholds != meta.thresholds
+    assert served.for_runtime("torch") is served and served.for_runtime("onnx-int8") is served
+    from model.artifact import ArtifactError
+
+    with pytest.raises(ArtifactError, match="calibration in adrisk.json is invalid"):
+        meta.with_calibration({"temperatures": [1.0], "threshold_info": {}})
     p_student = calibrated_probabilities(z_student, own.temperatures, schema.problem_type)
     with_teachers = calibrated_probabilities(z_student, temps, schema.problem_type)
     assert not decisions_pass(decision_deltas(with_teachers, p_teacher, y, meta.threshold_vector(), labels))
