@@ -109,9 +109,10 @@ class ArtifactMeta(BaseModel):
         return [self.thresholds[n] for n in self.labels]
 
     def for_runtime(self, name: str) -> ArtifactMeta:
-        """This metadata as runtime ``name`` (``"auto"``: the recorded default) serves it: a variant that carries its own ``calibration``
-        (a distilled student, whose logits are on another scale than the model's) brings its own
-        temperatures, thresholds and threshold info; every other runtime serves these.
+        """This metadata as runtime ``name`` serves it (``"auto"``: the recorded default). A variant
+        that carries its own ``calibration`` (a distilled student, whose logits are on another scale
+        than the model's) brings its own temperatures, thresholds and threshold info; every other
+        runtime serves these.
 
         Raises:
             ArtifactError: the variant's calibration does not fit the labels.
