@@ -339,6 +339,7 @@ def decision_deltas(
     tolerance: float = DECISION_TOLERANCE,
     *,
     ref_thresholds: Sequence[float] | None = None,
+    target_precision: Sequence[float] | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Per label, precision and recall at the label's threshold of ``probs`` minus those of ``ref_probs``,
     and the change each may make: ``max(tolerance, DECISION_MIN_TEXTS / denominator)`` (denominator: the
@@ -350,6 +351,12 @@ def decision_deltas(
         labels: L names.
         ref_thresholds: the reference's thresholds where they differ (a variant with its own
             calibration); default ``thresholds``.
+        target_precision: with ``ref_thresholds``, the L precision targets both sets of thresholds
+            were chosen for. Two thresholds chosen separately for one target land at different
+            precisions, so the comparison is then one-sided (``"one_sided": 1.0``): ``precision`` is
+            the variant's precision minus ``min(target, reference precision)`` and ``recall`` the
+            variant's minus the reference's; each may fall by at most its allowance, and neither is
+            held against a gain. ``flagged`` is recorded, not gated.
 
     Returns:
         ``{label: {"precision": delta | None, "recall": delta | None, "flagged": relative change of
@@ -369,7 +376,11 @@ def decision_deltas(
                 float(fn(y, (p[:, j] >= t).astype(int), zero_division=np.nan))
                 for p, t in ((probs, thresholds[j]), (ref_probs, ref_thr[j]))
             )
+            if target_precision is not None and metric == "precision":
+                r = min(float(target_precision[j]), r)  # the floor the variant's threshold must keep
             row[metric] = None if np.isnan(a) or np.isnan(r) else a - r
+        if target_precision is not None:
+            row["one_sided"] = 1.0
         flagged = int((ref_probs[:, j] >= ref_thr[j]).sum())
         # how many texts are flagged, relative to the reference (defined even where precision is not:
         # a variant that flags nothing, on a label without positives among the texts)
@@ -378,6 +389,12 @@ def decision_deltas(
             row[f"{metric}_allowed"] = max(tolerance, DECISION_MIN_TEXTS / max(denominator, 1))
         out[name] = row
     return out
+
+
+def _target_precision(meta: ArtifactMeta, label: str) -> float:
+    """The precision target a label's threshold was chosen for (``threshold_info``; 0.9 if unrecorded)."""
+    info = meta.threshold_info.get(label)
+    return float(info.target_precision) if info is not None and info.target_precision else 0.9
 
 
 def variant_calibration(
@@ -420,11 +437,7 @@ def variant_calibration(
     problem = meta.label_schema.problem_type
     temps = fit_temperatures(z, targets, problem)
     probs = calibrated_probabilities(z, temps, problem)
-    target = {
-        n: (i.target_precision if (i := meta.threshold_info.get(n)) and i.target_precision else 0.9)
-        for n in labels
-    }
-    info = select_thresholds(probs, targets, labels, target)
+    info = select_thresholds(probs, targets, labels, {n: _target_precision(meta, n) for n in labels})
     return {
         "temperatures": [float(t) for t in temps],
         "threshold_info": {n: info[n].model_dump() for n in labels},
@@ -434,12 +447,19 @@ def variant_calibration(
 
 
 def decisions_pass(decisions: dict[str, dict[str, float | None]]) -> bool:
-    """True when every defined precision / recall delta of ``decision_deltas`` is within its allowance."""
-    return all(
-        row[m] is None or abs(row[m]) <= row[f"{m}_allowed"]  # type: ignore[arg-type,operator]
-        for row in decisions.values()
-        for m in DECISION_METRICS
-    )
+    """True when every defined delta of ``decision_deltas`` is within its allowance (one-sided rows:
+    precision and recall may not fall by more than it; a gain always passes)."""
+    for row in decisions.values():
+        for m in DECISION_METRICS:
+            d, allowed = row.get(m), row[f"{m}_allowed"]
+            if d is None:
+                continue
+            if row.get("one_sided"):
+                if m != "flagged" and d < -allowed:  # type: ignore[operator]
+                    return False
+            elif abs(d) > allowed:  # type: ignore[operator]
+                return False
+    return True
 
 
 def _timed_scores(predictor, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -588,6 +608,7 @@ def add_onnx_variants(
             labels,
             decision_tolerance,
             ref_thresholds=meta.threshold_vector(),
+            target_precision=[_target_precision(meta, n) for n in labels] if cal else None,
         )
         decision_max = max(
             (abs(row[m]) for row in decisions.values() for m in DECISION_METRICS if row[m] is not None),

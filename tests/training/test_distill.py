@@ -233,6 +233,31 @@ def test_a_variant_on_another_scale_gets_its_own_calibration():
     )
 
 
+def test_own_thresholds_are_held_to_the_target_and_the_reference_recall():
+    """With its own thresholds a variant lands at another precision for the same target: it passes
+    while precision stays at the target and recall does not fall; a recall loss fails it."""
+    from training.onnx_export import decision_deltas
+
+    y = np.zeros((1000, 1), dtype=int)
+    y[:200] = 1
+
+    def flags(tp, fp):
+        p = np.zeros((1000, 1))
+        p[:tp] = 0.9
+        p[200 : 200 + fp] = 0.9
+        return p
+
+    ref = flags(100, 5)  # precision 0.952, recall 0.50
+    kw = dict(ref_thresholds=[0.5], target_precision=[0.9])
+    more = decision_deltas(flags(110, 12), ref, y, [0.5], ["a"], **kw)  # precision 0.902, recall 0.55
+    assert more["a"]["precision"] > 0 and decisions_pass(more)
+    assert not decisions_pass(decision_deltas(flags(110, 12), ref, y, [0.5], ["a"]))  # two-sided: fails
+    fewer = decision_deltas(flags(80, 2), ref, y, [0.5], ["a"], **kw)  # recall 0.40
+    assert fewer["a"]["recall"] < -0.02 and not decisions_pass(fewer)
+    loose = decision_deltas(flags(110, 30), ref, y, [0.5], ["a"], **kw)  # precision 0.786 < target
+    assert not decisions_pass(loose)
+
+
 def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
     """AP is rank-only: a variant whose probabilities are a monotone squash of the reference's has the
     same AP but flags fewer ads at the same threshold; the decision deltas catch it."""
