@@ -119,8 +119,13 @@ class ArtifactMeta(BaseModel):
         """
         if name == "auto":  # what Predictor.load(runtime="auto") serves
             name = (self.runtimes or {}).get("default", "torch")
-        cal = ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration")
+        cal = self.variant_calibration(name)
         return self.with_calibration(cal, name) if cal else self
+
+    def variant_calibration(self, name: str) -> dict[str, Any] | None:
+        """Runtime variant ``name``'s own ``calibration`` entry (``training.onnx_export.variant_calibration``),
+        or None where it serves with this metadata's."""
+        return ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration") or None
 
     def with_calibration(self, cal: dict[str, Any], name: str = "variant") -> ArtifactMeta:
         """A copy with ``cal``'s ``temperatures`` and ``threshold_info`` (and the thresholds they hold).

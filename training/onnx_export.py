@@ -62,7 +62,6 @@ from typing import Any
 import numpy as np
 
 from model.artifact import ArtifactMeta, load_meta, save_meta, sha256_file
-from model.blend import StackWeights
 from model.runtimes import (
     ALL_FILES,
     FP32_FILE,
@@ -525,7 +524,7 @@ def add_onnx_variants(
         ArtifactError: not an artifact. ValueError: ``targets`` does not match ``texts`` and the
         labels, no label has both classes (the gate cannot be evaluated), or ``mixed`` is unknown.
     """
-    from model.predictor import Predictor
+    from model.predictor import Predictor, calibrated_for
 
     directory = Path(artifact_dir)
     meta = load_meta(directory)
@@ -582,12 +581,7 @@ def add_onnx_variants(
         }
         # the reference's calibration and TF-IDF blend, unless the variant carries its own (a student)
         cal = info.get("calibration")
-        meta_v = meta.with_calibration(cal, name) if cal else meta
-        blend_v = ref.blend
-        if cal and ref.blend is not None:
-            blend_v = ref.blend.with_weights(
-                {n: StackWeights(*w) for n, w in cal.get("blend_weights", {}).items()}
-            )
+        meta_v, blend_v = calibrated_for(meta, ref.blend, cal, name)
         pred = Predictor(
             ref.encoder,
             OnnxRuntime(directory, info, num_threads=threads),
