@@ -377,8 +377,11 @@ def fit(
                 state["batch"] = b + 1
                 ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
                 bar.update(1)
-                bar.set_postfix(
-                    epoch=state["epoch"] + 1, loss=f"{ema:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                bar.set_postfix(  # refresh=False: the bar's own mininterval decides when a line is written
+                    epoch=state["epoch"] + 1,
+                    loss=f"{ema:.4f}",
+                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                    refresh=False,
                 )
                 if on_metrics and state["global_step"] % 50 == 0:
                     logged = {"train.loss": ema, "train.lr": scheduler.get_last_lr()[0]}

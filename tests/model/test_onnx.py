@@ -24,6 +24,7 @@ from training.onnx_export import (
     add_onnx_variants,
     batch_invariance,
     decisions_pass,
+    intervals_pass,
 )
 
 FP32_ATOL = 1e-4
@@ -85,6 +86,7 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
         assert set(v["ap_delta"]) == set(LABELS)
         assert v["passed"] == (
             all(abs(x) <= 0.005 for x in v["ap_delta"].values() if x is not None)
+            and intervals_pass({n: iv and tuple(iv) for n, iv in v["ap_delta_interval"].items()}, 0.005)
             and v["decision_passed"] == decisions_pass(v["decision_delta"])
             and v["decision_passed"]
             and v["batch_invariance_max_abs"] <= BATCH_INVARIANCE_TOLERANCE
@@ -192,6 +194,8 @@ def test_gate_input_validation(artifact_copy):
         add_onnx_variants(artifact_copy, texts, targets[:5])
     with pytest.raises(ValueError, match="both positives and negatives"):
         add_onnx_variants(artifact_copy, texts, np.zeros_like(targets))
+    with pytest.raises(ValueError, match="confidence"):
+        add_onnx_variants(artifact_copy, texts, targets, confidence=1.0)
 
 
 def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
@@ -213,7 +217,11 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     assert "| onnx-fp32 |" in out and "default runtime:" in out
     meta = load_meta(d)
     assert set(meta.runtimes["variants"]) == {FP32_VARIANT}
-    assert meta.runtimes["gate"]["n_texts"] == 40
+    assert meta.runtimes["gate"]["n_texts"] == 40 and meta.runtimes["gate"]["confidence"] == 0.9
+    iv = meta.runtimes["variants"][FP32_VARIANT]["ap_delta_interval"]
+    assert all(v is None or max(map(abs, v)) < 1e-6 for v in iv.values())  # the same graph: no spread
+    assert main(["export-onnx", "--model", str(d), "--data", str(data), "--confidence", "1.5"]) != 0
+    assert "--confidence" in capsys.readouterr().err
 
 
 def test_bench_flop_arithmetic():

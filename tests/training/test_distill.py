@@ -12,7 +12,7 @@ import torch
 
 from model.runtimes import STUDENT_DIR, STUDENT_FP32_VARIANT, STUDENT_INT8_VARIANT
 from training.distill import build_student, distillation_loss
-from training.onnx_export import decisions_pass
+from training.onnx_export import decisions_pass, intervals_pass
 
 
 def _teacher(layers: int = 4):
@@ -128,6 +128,7 @@ def test_a_training_run_serves_the_student_only_where_it_passes_the_gate(tmp_pat
         assert v["passed"] == (
             all(d is None or abs(d) <= rt["gate"]["tolerance"] for d in v["ap_delta"].values())
             and decisions_pass(v["decision_delta"])
+            and intervals_pass({n: iv and tuple(iv) for n, iv in v["ap_delta_interval"].items()}, 0.005)
             and v["batch_invariance_max_abs"] <= rt["gate"]["batch_invariance_tolerance"]
         )
     import mlflow

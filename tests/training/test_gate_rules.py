@@ -113,3 +113,32 @@ def test_missing_challenger_metric_fails_and_table_shows_it():
         "result",
     ]
     assert "FAIL" in table
+
+
+def test_ap_delta_interval_known_answers():
+    """The ONNX/student AP gate's equivalence test (training.onnx_export.ap_delta_interval)."""
+    import numpy as np
+    import pytest
+
+    from training.onnx_export import ap_delta_interval, intervals_pass
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((400, 2), dtype=int)
+    y[:60, 0] = 1  # label 0: 60 positives; label 1: none (AP undefined)
+    ref = np.column_stack([y[:, 0] * 0.5 + rng.random(400), rng.random(400)])
+    same = ap_delta_interval(ref, ref.copy(), y, ["a", "b"], n_resamples=50)
+    assert same == {"a": (0.0, 0.0), "b": None}
+    assert intervals_pass(same, 0.005)
+    noisy = ref + np.column_stack([rng.normal(0, 0.3, 400), np.zeros(400)])
+    iv = ap_delta_interval(noisy, ref, y, ["a", "b"], n_resamples=200)
+    lo, hi = iv["a"]
+    assert lo < hi and hi - lo > 0.01  # a different ranker: the delta varies with the sample of texts
+    assert not intervals_pass(iv, 0.005)
+    assert ap_delta_interval(noisy, ref, y, ["a", "b"], n_resamples=200) == iv  # seeded: reproducible
+    # the rule: every defined interval inside +-tolerance
+    assert intervals_pass({"a": (-0.004, 0.005), "b": None}, 0.005)
+    assert not intervals_pass({"a": (-0.0051, 0.0), "b": None}, 0.005)
+    with pytest.raises(ValueError, match="confidence"):
+        ap_delta_interval(ref, ref, y, ["a", "b"], confidence=1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        ap_delta_interval(ref[:10], ref, y, ["a", "b"])
