@@ -115,34 +115,87 @@ def _start(
     raise SystemExit(f"server not ready after 180 s; see {log}")
 
 
-async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> dict:
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads a Content-Length response: the
+    load generator's own CPU per request is a fraction of httpx's, so on a machine shared with the
+    server the figures measure the server, not the client (``--client httpx`` for the httpx one)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes) -> int:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        response = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(response[9:12])
+        for line in response.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                await self.reader.readexactly(int(line[15:]))
+                return status
+        raise RuntimeError("response without Content-Length")
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def _drive(base: str, clients: int, requests: int, max_seconds: float, kind: str = "raw") -> dict:
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + max_seconds
+    bodies = [json.dumps({"input": ad}).encode() for ad in ADS]
+    host, port = base.removeprefix("http://").rsplit(":", 1)
 
-    async def client(k: int, c: httpx.AsyncClient, requests: int = requests, record: bool = True) -> None:
+    if kind == "raw":
+        conns = [_RawConnection(host, int(port)) for _ in range(clients)]
+        await asyncio.gather(*(c.open() for c in conns))
+
+        async def post(k: int, body: bytes) -> int:
+            return await conns[k].post("/v1/classify", body)
+
+    else:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        hc = httpx.AsyncClient(timeout=60, limits=limits)
+
+        async def post(k: int, body: bytes) -> int:
+            r = await hc.post(
+                f"{base}/v1/classify", content=body, headers={"content-type": "application/json"}
+            )
+            return r.status_code
+
+    async def client(k: int, requests: int = requests, record: bool = True) -> None:
         nonlocal errors
         for i in range(requests):
             if time.perf_counter() > stop_at:
                 return
             t0 = time.perf_counter()
-            r = await c.post(f"{base}/v1/classify", json={"input": ADS[(k + i) % len(ADS)]})
+            status = await post(k, bodies[(k + i) % len(bodies)])
             if not record:
                 continue
-            if r.status_code == 200:
+            if status == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
                 errors += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+    try:
         # warm-up, not timed: every client opens its connection and sends WARMUP_REQUESTS, so the
         # figures are the steady state (connection set-up and first-run allocations excluded)
-        await asyncio.gather(*(client(k, c, WARMUP_REQUESTS, False) for k in range(clients)))
+        await asyncio.gather(*(client(k, WARMUP_REQUESTS, False) for k in range(clients)))
         stop_at = time.perf_counter() + max_seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(k, c) for k in range(clients)))
+        await asyncio.gather(*(client(k) for k in range(clients)))
         wall = time.perf_counter() - t0
+    finally:
+        if kind == "raw":
+            await asyncio.gather(*(c.close() for c in conns))
+        else:
+            await hc.aclose()
     lat = np.asarray(latencies) * 1000
     return {
         "requests": len(latencies),
@@ -152,6 +205,12 @@ async def _drive(base: str, clients: int, requests: int, max_seconds: float) -> 
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _server_share_under(metrics: str, route: str, le: str) -> float | None:
@@ -190,6 +249,13 @@ def main() -> int:
         default=1,
         help="on/off rounds, alternating which mode goes first (default 1); medians are reported",
     )
+    p.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator: a minimal keep-alive HTTP/1.1 client (default; little CPU taken from the "
+        "server on a shared machine) or httpx.AsyncClient",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
     if args.clients < 1 or args.requests < 1 or args.clients > 1024:
@@ -212,7 +278,12 @@ def main() -> int:
         for mode, batch, wait in modes if rnd % 2 == 0 else modes[::-1]:
             proc, base = _start(model, batch, wait, args.torch_threads, tmp / f"server-{mode}.log")
             try:
-                r = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds))
+                c0, s0, w0 = _cpu_seconds(os.getpid()), _cpu_seconds(proc.pid), time.perf_counter()
+                r = asyncio.run(_drive(base, args.clients, args.requests, args.max_seconds, args.client))
+                wall = time.perf_counter() - w0
+                # cores busy in the load generator and in the server while driven (warm-up included)
+                r["client_cores"] = round((_cpu_seconds(os.getpid()) - c0) / wall, 2)
+                r["server_cores"] = round((_cpu_seconds(proc.pid) - s0) / wall, 2)
                 metrics = httpx.get(f"{base}/metrics").text
                 count = sum(
                     float(x.split()[-1])
@@ -246,18 +317,19 @@ def main() -> int:
 
     print(
         f"model {model}; {args.clients} clients x {args.requests} single-ad requests; "
-        f"torch threads {args.torch_threads}; cores {os.cpu_count()}; rounds {args.rounds} (medians); "
+        f"torch threads {args.torch_threads}; cores {os.cpu_count()}; client {args.client}; "
+        f"rounds {args.rounds} (medians); "
         f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}"
     )
     print(
         f"{'batching':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'errors':>8}"
-        f"{'server <=100ms':>16}"
+        f"{'server <=100ms':>16}{'cores: client':>15}{'server':>8}"
     )
     for mode, r in results.items():
         label = f"on ({args.batch_size}, {args.max_wait_ms:g}ms)" if mode == "on" else "off (1)"
         print(
             f"{label:<10}{r['throughput_rps']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['mean_batch']:>12}{r['errors']:>8}"
-            f"{r['server_under_100ms']!s:>16}"
+            f"{r['server_under_100ms']!s:>16}{r['client_cores']!s:>15}{r['server_cores']!s:>8}"
         )
     on, off = results["on"], results["off"]
     ratio = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else float("nan")

@@ -9,7 +9,8 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.batcher import MicroBatcher
 from serve.deps import AppContext
@@ -104,32 +105,64 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
 
     install_openapi(app, settings, serving_labels)  # limits and labels this server enforces
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        given = request.headers.get(REQUEST_ID_HEADER, "")
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+class RequestContext:
+    """Per-request context as pure ASGI middleware: the request id (the client's ``X-Request-ID`` when
+    it is safe to echo, else a new one) in ``request.state.request_id`` and the response header, the
+    request counter and latency histogram, and one log line (method, route template, status, ms,
+    number of texts; never a body or query string).
+
+    Pure ASGI rather than ``@app.middleware("http")`` (Starlette's ``BaseHTTPMiddleware``, which adds a
+    task and memory streams to every request): the per-request overhead bounds the server's request
+    rate under load (``bench/serve_load.py``). An exception that escapes the app is answered 500 with
+    the standard error body when no response has started, and logged by type only: uvicorn's traceback
+    could quote the input.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
         rid = given if _SAFE_ID.match(given) else f"clf-{uuid.uuid4().hex}"
-        request.state.request_id = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode("latin-1"))]}
+            await send(message)
+
         t0 = time.perf_counter()
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         except Exception as e:  # not re-raised: uvicorn would log a traceback quoting the input
-            logger.error("%s unhandled %s on %s %s", rid, type(e).__name__, request.method, request.url.path)
-            response = error_response(ErrorKind.internal_error, "internal error")
+            logger.error("%s unhandled %s on %s %s", rid, type(e).__name__, scope["method"], scope["path"])
+            if not started:
+                await error_response(ErrorKind.internal_error, "internal error")(scope, receive, send_with_id)
         seconds = time.perf_counter() - t0
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(seconds)
-        response.headers[REQUEST_ID_HEADER] = rid
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+        self.metrics.latency.labels(route).observe(seconds)
         # request line without query string or body: ad text never reaches the logs
         logger.info(
             "%s %s %s %d %.1fms n=%s",
             rid,
-            request.method,
+            scope["method"],
             route,
-            response.status_code,
+            status,
             seconds * 1000,
-            getattr(request.state, "n_texts", "-"),
+            state.get("n_texts", "-"),
         )
-        return response
-
-    return app

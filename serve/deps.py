@@ -55,28 +55,28 @@ class AppContext:
             return self._feedback_store
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings(ctx: ContextDep) -> Settings:
+async def get_settings(ctx: ContextDep) -> Settings:
     return ctx.settings
 
 
-def get_state(ctx: ContextDep) -> ModelState:
+async def get_state(ctx: ContextDep) -> ModelState:
     assert ctx.model_state is not None  # set by the lifespan before requests are served
     return ctx.model_state
 
 
-def get_batcher(ctx: ContextDep) -> MicroBatcher:
+async def get_batcher(ctx: ContextDep) -> MicroBatcher:
     assert ctx.batcher is not None
     return ctx.batcher
 
 
-def get_metrics(ctx: ContextDep) -> Metrics:
+async def get_metrics(ctx: ContextDep) -> Metrics:
     return ctx.metrics
 
 
@@ -86,7 +86,7 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """With ``ADRISK_API_KEYS`` set, require ``Authorization: Bearer <key>`` (constant-time compare).
 
     Raises:
