@@ -3,7 +3,7 @@
 Usage::
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python bench/train_speed.py [--rows 2000] [--pairs 3] \
-        [--config configs/demo.yaml] [--json OUT]
+        [--config configs/demo.yaml] [--variants adrisk,hf,adrisk-fp32,hf-bf16] [--json OUT]
 
 Same settings for both: the first ``--rows`` train rows of the config's data (seeded sample,
 ``data.limit``), the config's base model (all-MiniLM-L6-v2 for ``configs/demo.yaml``), its batch
@@ -15,6 +15,10 @@ default optimizer (``adamw_torch_fused``), no evaluation, no checkpoints, no log
 ``fit`` runs as it does in ``adrisk train``, with two differences kept small for a fair clock: a
 32-row validation set (its once-per-epoch validation pass) and a checkpoint interval beyond the run
 (it still writes its end-of-epoch checkpoint and best weights, which the Trainer does not).
+
+Precision: ``adrisk`` runs at adrisk's defaults (``train.bf16: auto``, bf16 autocast where the CPU has
+native bf16) and ``hf`` at the Trainer's (fp32); ``adrisk-fp32``, ``adrisk-bf16`` and ``hf-bf16``
+force a precision, so the ratio lines give defaults-vs-defaults and matched fp32 and bf16 side by side.
 
 Each trial is a fresh process (no warm caches or allocator state carried over); trials alternate
 adrisk/HF in pairs, so load changes on a shared machine hit both. Reported per trial: examples/s
@@ -40,7 +44,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-VARIANTS = ("adrisk", "hf", "adrisk-bf16", "hf-bf16")
+# adrisk: its defaults (train.bf16 "auto": bf16 autocast where the CPU has it); hf: the Trainer's (fp32);
+# -fp32 / -bf16: that precision forced, for matched comparisons
+VARIANTS = ("adrisk", "hf", "adrisk-fp32", "adrisk-bf16", "hf-bf16")
 
 
 def _peak_rss_mb() -> float:
@@ -77,7 +83,7 @@ def _prepare(config: str, rows: int, overrides: list[str]):
     )
 
 
-def run_adrisk(config: str, rows: int, overrides: list[str], bf16: bool = False) -> dict:
+def run_adrisk(config: str, rows: int, overrides: list[str], bf16: bool | str = "auto") -> dict:
     """One trial of adrisk's loop; returns examples/s, seconds, peak RSS (MB)."""
     from training.base_model import build_model
     from training.loop import fit
@@ -164,7 +170,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="adrisk,hf",
-        help="comma list of adrisk, hf, adrisk-bf16, hf-bf16 (bf16: autocast forward/backward)",
+        help="comma list of adrisk (its defaults: bf16 autocast where the CPU has it), hf (the Trainer's "
+        "defaults: fp32), adrisk-fp32, adrisk-bf16, hf-bf16 (that precision forced)",
     )
     ap.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)  # one trial (worker)
     ap.add_argument("--json")
@@ -176,7 +183,8 @@ def main() -> None:
 
         logging.basicConfig(level=logging.WARNING)
         fn = run_adrisk if a.only.startswith("adrisk") else run_hf
-        res = fn(a.config, a.rows, a.set, bf16=a.only.endswith("-bf16"))
+        precision = {"adrisk": "auto", "hf": False, "adrisk-fp32": False}.get(a.only, True)
+        res = fn(a.config, a.rows, a.set, bf16=precision)
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -214,10 +222,11 @@ def main() -> None:
         print(f"{v:11s} median {med[v]:7.2f} examples/s  median peak RSS {mem[v]:6.0f} MB")
     ratios = {}
     for x, y in (
-        ("adrisk", "hf"),
+        ("adrisk", "hf"),  # each at its defaults
+        ("adrisk-fp32", "hf"),  # both fp32
+        ("adrisk-bf16", "hf-bf16"),  # both bf16
         ("adrisk-bf16", "hf"),
-        ("adrisk-bf16", "hf-bf16"),
-        ("adrisk-bf16", "adrisk"),
+        ("adrisk-bf16", "adrisk-fp32"),
     ):
         if x in med and y in med:
             per = [

@@ -108,9 +108,12 @@ class TrainConfig(_Strict):
         ge=0,
         description="weight of the auxiliary ordinal loss on data.ordinal_column (training/ordinal.py); 0: off",
     )
-    bf16: bool = Field(
-        False,
-        description="forward/backward under bfloat16 autocast (CPUs with AVX512-BF16 or AMX; fp32 weights, optimizer and validation); ignored with a warning where unsupported",
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="forward/backward under bfloat16 autocast, fp32 weights, optimizer and validation: "
+        "auto = where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32; true = ask for it "
+        "(a warning and fp32 where unsupported); false = fp32. Measured on the demo config: validation "
+        "AP per label within 0.001 of fp32, fine-tuning 2x as fast (docs/performance.md)",
     )
 
     @model_validator(mode="after")

@@ -44,6 +44,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     global_step: int = 0
+    bf16: bool = False  # whether forward/backward ran under bf16 autocast (train.bf16 and the CPU)
 
 
 class FitData(NamedTuple):
@@ -315,9 +316,10 @@ def fit(
             last,
         )
 
-    bf16 = cfg.bf16 and bf16_supported()
-    if cfg.bf16 and not bf16:
+    bf16 = cfg.bf16 is not False and bf16_supported()
+    if cfg.bf16 is True and not bf16:
         logger.warning("train.bf16: this CPU has no bfloat16 support (AVX512-BF16/AMX); training in fp32")
+    logger.info("forward/backward in %s (train.bf16=%s)", "bf16 autocast" if bf16 else "fp32", cfg.bf16)
     model.train()
     bar = tqdm(
         total=total_steps,
@@ -426,5 +428,5 @@ def fit(
     model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
     model.eval()
     return FitResult(
-        state["best_score"], state["best_epoch"], state["history"], stopped_early, state["global_step"]
+        state["best_score"], state["best_epoch"], state["history"], stopped_early, state["global_step"], bf16
     )

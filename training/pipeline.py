@@ -282,7 +282,11 @@ def run_training(
             metrics |= _evaluate(probs[split.name], split, labels, thresholds)
         metrics |= {f"calibration.{n}.temperature": t for n, t in zip(labels, temps, strict=True)}
         metrics |= {f"threshold.{n}": t for n, t in zip(labels, thresholds, strict=True)}
-        metrics |= {"train.best_epoch": result.best_epoch, "train.steps": result.global_step}
+        metrics |= {
+            "train.best_epoch": result.best_epoch,
+            "train.steps": result.global_step,
+            "train.bf16_autocast": float(result.bf16),  # what train.bf16 (auto by default) resolved to here
+        }
 
         def score(texts: list[str]) -> np.ndarray:
             z = predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)

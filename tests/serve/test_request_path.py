@@ -50,3 +50,29 @@ def test_request_context_middleware_answers_an_escaped_exception_without_echoing
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert "abc-1 unhandled RuntimeError" in logged and "abc-1 GET /boom 500" in logged
     assert "555" not in logged and "sweet" not in logged and "555" not in r.text
+
+
+def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path):
+    """After each load the model's objects sit in gc's permanent generation (``gc.freeze``), so a full
+    collection on some request does not walk them; a later swap unfreezes first."""
+    import gc
+    from types import SimpleNamespace
+
+    from serve.state import ModelState
+
+    class Model:  # stands in for a predictor; tracked by the cyclic gc like the real one's objects
+        pass
+
+    def load(uri, dst):
+        return SimpleNamespace(predictor=Model(), ref=SimpleNamespace(name="m", version="1", directory=tmp_path))
+
+    gc.unfreeze()
+    try:
+        state = ModelState("unused", load, download_dir=str(tmp_path))
+        state._try_load(None)
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and state.current is not None
+        state._try_load(None)  # a swap: unfrozen, collected, frozen again
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
