@@ -76,3 +76,23 @@ def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path):
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_serve_load_bench_raw_client_round_trips(thread_server):
+    """bench/serve_load.py's minimal keep-alive client reads every response (a mis-framed read would
+    hang or count errors)."""
+    import asyncio
+    import importlib.util
+    from pathlib import Path
+
+    from tests.serve.conftest import wait_ready
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with thread_server() as srv:
+        wait_ready(srv.base)
+        for kind in ("raw", "httpx"):
+            r = asyncio.run(bench._drive(srv.base, 4, 5, 60, kind))
+            assert r["requests"] == 20 and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
