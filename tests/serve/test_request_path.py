@@ -64,7 +64,9 @@ def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path):
         pass
 
     def load(uri, dst):
-        return SimpleNamespace(predictor=Model(), ref=SimpleNamespace(name="m", version="1", directory=tmp_path))
+        return SimpleNamespace(
+            predictor=Model(), ref=SimpleNamespace(name="m", version="1", directory=tmp_path)
+        )
 
     gc.unfreeze()
     try:
