@@ -61,25 +61,12 @@ def test_training_rows_add_views_with_labels_then_balance():
 
 
 def test_fit_with_group_dro_trains_and_checkpoints_the_group_weights(tmp_path):
-    from model.encoding import TextEncoder
-    from model.schema import LabelSchema
-    from training.base_model import build_model, load_tokenizer, resolve_base_model
-    from training.config import BaseModelConfig, TinyModelConfig, TrainConfig
+    from tests.training.fit_inputs import tiny_fit_inputs
+    from training.config import TrainConfig
     from training.loop import LAST_CHECKPOINT, fit
 
-    schema = LabelSchema(labels=("adult_services", "scam"))
-    bcfg = BaseModelConfig(
-        tiny=TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    )
-    base = resolve_base_model(bcfg)
-    tok = load_tokenizer(base)
-    torch.manual_seed(0)
-    model = build_model(base, bcfg, schema, len(tok))
-    texts = ["sweet girl incall", "ipad mini", "win cash now", "old sofa"] * 4
-    y = np.array([[1, 0], [0, 0], [0, 1], [0, 0]] * 4, dtype=np.float32)
+    model, enc, ids, y, schema = tiny_fit_inputs(4)
     groups = group_keys(["bp", "cl", "sms", "cl"] * 4, [False] * 16, y)
-    enc = TextEncoder(tok, 16)
-    ids = enc.encode(texts).input_ids
     cfg = TrainConfig(epochs=1, batch_size=4, checkpoint_every_steps=2, max_steps=4, num_threads=1)
     res = fit(
         model, enc, ids, y, ids, y, schema, cfg, 0, tmp_path, "digest", group_ids=groups, group_dro_eta=0.5

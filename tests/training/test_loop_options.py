@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
-import torch
 
-
-def _tiny():
-    """(model, encoder, ids, targets, schema) of a 1-layer model on 24 short texts."""
-    from model.encoding import TextEncoder
-    from model.schema import LabelSchema
-    from training.base_model import build_model, load_tokenizer, resolve_base_model
-    from training.config import BaseModelConfig, TinyModelConfig
-
-    schema = LabelSchema(labels=("adult_services", "scam"))
-    bcfg = BaseModelConfig(
-        tiny=TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    )
-    base = resolve_base_model(bcfg)
-    tok = load_tokenizer(base)
-    torch.manual_seed(0)
-    model = build_model(base, bcfg, schema, len(tok))
-    texts = ["sweet girl incall", "ipad mini", "win cash now", "old sofa"] * 6
-    y = np.array([[1, 0], [0, 0], [0, 1], [0, 0]] * 6, dtype=np.float32)
-    enc = TextEncoder(tok, 16)
-    return model, enc, enc.encode(texts).input_ids, y, schema
+from tests.training.fit_inputs import tiny_fit_inputs
 
 
 def test_progress_bar_does_not_write_a_line_per_step_to_a_log(tmp_path, capsys):
     from training.config import TrainConfig
     from training.loop import fit
 
-    model, enc, ids, y, schema = _tiny()
+    model, enc, ids, y, schema = tiny_fit_inputs(6)
     cfg = TrainConfig(epochs=1, batch_size=2, checkpoint_every_steps=100, num_threads=1)
     capsys.readouterr()
     res = fit(model, enc, ids, y, ids, y, schema, cfg, 0, tmp_path, "digest")
@@ -52,7 +31,7 @@ def test_bf16_autocast_only_where_asked_and_supported(tmp_path, monkeypatch, cap
     assert TrainConfig().bf16 == "auto"  # the default: bf16 where the CPU has it
     for supported in (True, False):
         monkeypatch.setattr(loop, "bf16_supported", lambda s=supported: s)
-        model, enc, ids, y, schema = _tiny()
+        model, enc, ids, y, schema = tiny_fit_inputs(6)
         cfg = TrainConfig(epochs=1, batch_size=8, max_steps=1, num_threads=1, bf16=setting)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="training.loop"):
