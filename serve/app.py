@@ -26,6 +26,7 @@ from serve.state import LoadedModel, Loader, ModelState, default_loader
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")  # ASGI header names are lower-case bytes
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -130,7 +131,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        given = next((v for k, v in scope["headers"] if k == _REQUEST_ID_KEY), b"").decode("latin-1")
         rid = given if _SAFE_ID.match(given) else f"clf-{uuid.uuid4().hex}"
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -141,8 +142,8 @@ class RequestContext:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 started, status = True, message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode("latin-1"))]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _REQUEST_ID_KEY]
+                message = {**message, "headers": [*headers, (_REQUEST_ID_KEY, rid.encode("latin-1"))]}
             await send(message)
 
         t0 = time.perf_counter()

@@ -338,6 +338,41 @@ def ap_deltas(
     return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
 
 
+def bootstrap_ap(
+    probs: np.ndarray, targets: np.ndarray, *, n_resamples: int = GATE_RESAMPLES, seed: int = 0
+) -> np.ndarray:
+    """Per-label average precision on ``n_resamples`` seeded resamples of the texts (with
+    replacement; the same draws for every call with the same ``n`` and ``seed``, so two scorers'
+    arrays are paired resample by resample).
+
+    Args:
+        probs: (n, L) scores. targets: (n, L) 0/1. n_resamples: at least 10.
+
+    Returns:
+        (n_resamples, L) float array; NaN where a resample lacks positives or negatives of a label.
+
+    Raises:
+        ValueError: ``n_resamples`` < 10, or ``probs`` and ``targets`` shapes that disagree.
+    """
+    from sklearn.metrics import average_precision_score
+
+    probs, targets = np.asarray(probs), np.asarray(targets)
+    if n_resamples < 10:
+        raise ValueError(f"n_resamples must be >= 10, not {n_resamples}")
+    if probs.shape != targets.shape or probs.ndim != 2:
+        raise ValueError(f"shapes disagree: {probs.shape}, {targets.shape}")
+    n, n_labels = targets.shape
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    out = np.full((n_resamples, n_labels), np.nan)
+    for j in range(n_labels):
+        y = targets[:, j].astype(int)
+        for r, idx in enumerate(draws):
+            yb = y[idx]
+            if 0 < yb.sum() < n:
+                out[r, j] = average_precision_score(yb, probs[idx, j])
+    return out
+
+
 def ap_delta_interval(
     probs: np.ndarray,
     ref_probs: np.ndarray,
@@ -347,16 +382,17 @@ def ap_delta_interval(
     confidence: float = GATE_CONFIDENCE,
     n_resamples: int = GATE_RESAMPLES,
     seed: int = 0,
+    ref_boot: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float] | None]:
     """Per-label paired percentile-bootstrap interval of AP(probs) - AP(ref_probs) (Efron &
-    Tibshirani 1993): the texts are resampled with replacement ``n_resamples`` times, both scorers
-    scored on the same resample (the same seeded draws for every label and every call, so variants
-    are compared on common resamples), and the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
-    quantiles of the deltas are returned.
+    Tibshirani 1993): both scorers' APs on the same ``bootstrap_ap`` resamples, and the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of their differences.
 
     Args:
         probs, ref_probs: (n, L) scores of the variant and of the reference. targets: (n, L) 0/1.
         labels: L names. confidence: in (0, 1). n_resamples: at least 10.
+        ref_boot: ``bootstrap_ap(ref_probs, targets, n_resamples=..., seed=...)`` when already
+            computed (the gate compares several variants with one reference); else computed here.
 
     Returns:
         ``{label: (low, high)}``; None where the label has no positives or no negatives, or where
@@ -365,37 +401,17 @@ def ap_delta_interval(
     Raises:
         ValueError: ``confidence`` outside (0, 1), ``n_resamples`` < 10, or shapes that disagree.
     """
-    from sklearn.metrics import average_precision_score
-
-    if not 0 < confidence < 1 or n_resamples < 10:
-        raise ValueError(
-            f"confidence must be in (0, 1) and n_resamples >= 10, not {confidence}, {n_resamples}"
-        )
-    probs, ref_probs, targets = np.asarray(probs), np.asarray(ref_probs), np.asarray(targets)
-    if (
-        not probs.shape == ref_probs.shape == targets.shape
-        or probs.ndim != 2
-        or probs.shape[1] != len(labels)
-    ):
-        raise ValueError(
-            f"shapes disagree: {probs.shape}, {ref_probs.shape}, {targets.shape}, {len(labels)} labels"
-        )
-    n = len(targets)
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    probs, ref_probs = np.asarray(probs), np.asarray(ref_probs)
+    if probs.shape != ref_probs.shape or probs.ndim != 2 or probs.shape[1] != len(labels):
+        raise ValueError(f"shapes disagree: {probs.shape}, {ref_probs.shape}, {len(labels)} labels")
+    boot = bootstrap_ap(probs, targets, n_resamples=n_resamples, seed=seed)
+    if ref_boot is None:
+        ref_boot = bootstrap_ap(ref_probs, targets, n_resamples=n_resamples, seed=seed)
     out: dict[str, tuple[float, float] | None] = {}
     for j, name in enumerate(labels):
-        y = targets[:, j].astype(int)
-        if not 0 < y.sum() < n:
-            out[name] = None
-            continue
-        deltas = []
-        for idx in draws:
-            yb = y[idx]
-            if 0 < yb.sum() < n:
-                deltas.append(
-                    average_precision_score(yb, probs[idx, j])
-                    - average_precision_score(yb, ref_probs[idx, j])
-                )
+        deltas = (boot[:, j] - ref_boot[:, j])[~np.isnan(boot[:, j])]
         if len(deltas) < n_resamples / 2:
             out[name] = None
             continue
@@ -633,6 +649,8 @@ def add_onnx_variants(
     ref = Predictor.load(directory, runtime="torch", num_threads=threads)
     ref_probs, torch_tps = _timed_scores(ref, texts)
     ref_ap = per_label_ap(ref_probs, targets, labels)
+    # the reference's resampled APs, computed once for every variant's interval
+    ref_boot = bootstrap_ap(ref_probs, targets) if confidence else None
     logger.info("torch fp32: %.1f texts/s on %d gate texts", torch_tps, len(texts))
 
     # 2. export into onnx/
@@ -682,7 +700,9 @@ def add_onnx_variants(
         ap = per_label_ap(probs, targets, labels)
         delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
         intervals = (
-            ap_delta_interval(probs, ref_probs, targets, labels, confidence=confidence) if confidence else {}
+            ap_delta_interval(probs, ref_probs, targets, labels, confidence=confidence, ref_boot=ref_boot)
+            if confidence
+            else {}
         )
         batch_drift = batch_invariance(pred, texts, probs)
         decisions = decision_deltas(
