@@ -45,10 +45,19 @@ class ThresholdInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(ge=0.0, le=1.0)
-    method: str = Field(description="'target_precision' or 'max_f1' (target unreachable) or 'default'")
+    method: str = Field(
+        description="'target_precision', 'max_f1' (target unreachable), 'max_flag_rate' (the cap raised "
+        "it) or 'default'"
+    )
     target_precision: float | None = None
+    max_flag_rate: float | None = Field(
+        default=None, description="cap on the share of validation negatives flagged (None: no cap)"
+    )
     precision: float | None = Field(default=None, description="validation precision at the threshold")
     recall: float | None = Field(default=None, description="validation recall at the threshold")
+    flagged_negatives: float | None = Field(
+        default=None, description="share of validation negatives flagged at the threshold"
+    )
 
 
 class ArtifactMeta(BaseModel):

@@ -108,6 +108,12 @@ class TrainConfig(_Strict):
         ge=0,
         description="weight of the auxiliary ordinal loss on data.ordinal_column (training/ordinal.py); 0: off",
     )
+    linear_probe_steps: int = Field(
+        0,
+        ge=0,
+        description="LP-FT (Kumar et al. 2022): train only the head (pooler, classifier) for this many "
+        "optimizer steps, then everything; 0: off",
+    )
     bf16: bool | Literal["auto"] = Field(
         "auto",
         description="forward/backward under bfloat16 autocast, fp32 weights, optimizer and validation: "
@@ -132,6 +138,23 @@ class CalibrationConfig(_Strict):
     target_precision_per_label: dict[str, float] = Field(
         default_factory=dict, description="per-label override, e.g. a review-queue label at 0.6"
     )
+    max_flag_rate: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="raise each threshold where needed so that at most this share of the label's "
+        "validation negatives is flagged (model/calibration.py); null: no cap",
+    )
+    max_flag_rate_per_label: dict[str, float] = Field(
+        default_factory=dict, description="per-label cap, e.g. {adult_services: 0.005}"
+    )
+
+    @model_validator(mode="after")
+    def _caps_in_range(self) -> CalibrationConfig:
+        bad = {n: r for n, r in self.max_flag_rate_per_label.items() if not 0.0 <= r < 1.0}
+        if bad:
+            raise ValueError(f"max_flag_rate_per_label: rates must be in [0, 1), got {bad}")
+        return self
 
 
 class BaselineConfig(_Strict):
@@ -209,6 +232,30 @@ class GeneralisationConfig(_Strict):
     )
     group_dro_eta: float = Field(0.01, gt=0, description="group DRO step size for the group weights")
     audit: bool = Field(True, description="shortcut audit of the test split (printed, logged as audit.*)")
+    wise_ft_alpha: float | Literal["auto"] | None = Field(
+        None,
+        description="WiSE-FT (Wortsman et al. 2022, training/wise_ft.py): mix the fine-tuned encoder "
+        "with the pretrained one, (1 - alpha) * pretrained + alpha * fine-tuned; auto = the smallest "
+        "alpha of wise_ft_grid whose validation macro AP is within wise_ft_tolerance of alpha = 1; "
+        "null: off",
+    )
+    wise_ft_grid: list[float] = Field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9],
+        description="candidate alphas for wise_ft_alpha: auto",
+    )
+    wise_ft_tolerance: float = Field(
+        0.005, ge=0, description="validation macro-AP drop allowed for wise_ft_alpha: auto"
+    )
+
+    @model_validator(mode="after")
+    def _wise_ft_in_range(self) -> GeneralisationConfig:
+        alphas = list(self.wise_ft_grid)
+        if isinstance(self.wise_ft_alpha, float):
+            alphas.append(self.wise_ft_alpha)
+        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"WiSE-FT alphas must be in [0, 1], got {bad}")
+        return self
 
     @model_validator(mode="after")
     def _views_known(self) -> GeneralisationConfig:
@@ -288,6 +335,9 @@ class Config(_Strict):
             raise ValueError(f"calibration.target_precision_per_label names unknown labels {unknown}")
         if any(not 0 < v <= 1 for v in self.calibration.target_precision_per_label.values()):
             raise ValueError("calibration.target_precision_per_label values must be in (0, 1]")
+        unknown = sorted(set(self.calibration.max_flag_rate_per_label) - set(self.labels))
+        if unknown:
+            raise ValueError(f"calibration.max_flag_rate_per_label names unknown labels {unknown}")
         return self
 
     @model_validator(mode="after")
@@ -327,6 +377,11 @@ class Config(_Strict):
         """Target precision per label (the per-label override, else the default)."""
         c = self.calibration
         return {n: c.target_precision_per_label.get(n, c.target_precision) for n in self.labels}
+
+    def max_flag_rates(self) -> dict[str, float | None]:
+        """Cap on the share of validation negatives flagged, per label (override, else the default)."""
+        c = self.calibration
+        return {n: c.max_flag_rate_per_label.get(n, c.max_flag_rate) for n in self.labels}
 
     @property
     def label_schema(self) -> LabelSchema:

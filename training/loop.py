@@ -125,12 +125,15 @@ def macro_ap(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
+HEAD_PREFIXES = ("classifier", "bert.pooler", "pooler")  # parameters not in the base checkpoint's encoder
+
+
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: no weight decay on biases and LayerNorm; the new head (pooler, classifier) at
     ``learning_rate * head_learning_rate_multiplier``."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
-        head = name.startswith(("classifier", "bert.pooler", "pooler"))
+        head = name.startswith(HEAD_PREFIXES)
         decay = p.ndim >= 2 and "LayerNorm" not in name
         groups.setdefault((head, decay), []).append(p)
     return [
@@ -164,6 +167,15 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     except (RuntimeError, TypeError):  # a torch or device without the fused CPU kernel
         return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, foreach=True)
+
+
+def freeze_encoder(model, frozen: bool) -> None:
+    """Stop (``frozen``) or restart gradients for every parameter outside the head: the linear-probe
+    phase of LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
+    Out-of-Distribution"). AdamW leaves parameters without a gradient untouched, decay included."""
+    for name, p in model.named_parameters():
+        if not name.startswith(HEAD_PREFIXES):
+            p.requires_grad_(not frozen)
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -335,6 +347,7 @@ def fit(
         clipped += list(ordinal_head.parameters())
     try:
         stopped_early = False
+        freeze_encoder(model, state["global_step"] < cfg.linear_probe_steps)
         ema = None
         ordinal_ema = None  # the auxiliary term alone, logged apart so train.loss stays comparable
         while (
@@ -377,6 +390,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 state["global_step"] += 1
                 state["batch"] = b + 1
+                if state["global_step"] == cfg.linear_probe_steps:  # LP-FT: the probe phase ends
+                    freeze_encoder(model, False)
                 ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
                 bar.update(1)
                 bar.set_postfix(  # refresh=False: the bar's own mininterval decides when a line is written
@@ -423,6 +438,7 @@ def fit(
                 break
         bar.close()
     finally:
+        freeze_encoder(model, False)
         if ordinal_head is not None:
             ordinal_head.detach()  # training-only: the served model is the classifier alone
     model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))

@@ -502,7 +502,7 @@ def variant_calibration(
     """A variant's own calibration, fitted as training fits the model's: the TF-IDF blend's stackers
     refitted on the variant's logits for the labels the model blends (``training.blend.fit_stack``),
     temperature scaling (``model.calibration.fit_temperatures``), then thresholds at each label's
-    target precision (``select_thresholds``, the targets recorded in ``meta.threshold_info``).
+    target precision and flag-rate cap (``select_thresholds``, as recorded in ``meta.threshold_info``).
 
     For a distilled student: its logits are on another scale than the teacher's, so the teacher's
     stackers, temperatures and thresholds would mis-weight and mis-threshold it.
@@ -532,7 +532,13 @@ def variant_calibration(
     problem = meta.label_schema.problem_type
     temps = fit_temperatures(z, targets, problem)
     probs = calibrated_probabilities(z, temps, problem)
-    info = select_thresholds(probs, targets, labels, {n: _target_precision(meta, n) for n in labels})
+    info = select_thresholds(
+        probs,
+        targets,
+        labels,
+        {n: _target_precision(meta, n) for n in labels},
+        {n: getattr(meta.threshold_info.get(n), "max_flag_rate", None) for n in labels},
+    )
     return {
         "temperatures": [float(t) for t in temps],
         "threshold_info": {n: info[n].model_dump() for n in labels},

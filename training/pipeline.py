@@ -24,10 +24,11 @@ from training.config import Config
 from training.data import DataBundle, DataError, Split, load_data
 from training.domain import training_rows
 from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval_sets, load_eval_set
-from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, predict_logits
+from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, macro_ap, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
 from training.views import apply_view
+from training.wise_ft import choose_alpha, encoder_state, interpolate
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,17 @@ def runtime_metrics(runtimes: dict) -> dict[str, float]:
         if "decision_max_abs" in v:  # artifacts gated before the decision check lack it
             out[f"runtime.{name}.decision_max_abs"] = float(v["decision_max_abs"])
     return out
+
+
+def _wise_ft(model, pretrained, gen, validation_score) -> dict[str, float]:
+    """Interpolate ``model``'s encoder towards ``pretrained`` as ``gen.wise_ft_alpha`` says; metrics."""
+    if gen.wise_ft_alpha == "auto":
+        choice = choose_alpha(model, pretrained, validation_score, gen.wise_ft_grid, gen.wise_ft_tolerance)
+        scores = ", ".join(f"{a:.2f}: {s:.4f}" for a, s in choice.scores.items())
+        logger.info("WiSE-FT: validation macro AP by alpha {%s}; kept alpha %.2f", scores, choice.alpha)
+        return choice.metrics()
+    interpolate(model, pretrained, encoder_state(model), float(gen.wise_ft_alpha))
+    return {"wise_ft.alpha": float(gen.wise_ft_alpha)}
 
 
 def run_training(
@@ -201,9 +213,9 @@ def run_training(
             bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
             val_p = bl.predict_proba(bundle.validation.texts)
             bl_thr = [
-                select_thresholds(val_p, bundle.validation.targets, labels, cfg.target_precisions())[
-                    n
-                ].threshold
+                select_thresholds(
+                    val_p, bundle.validation.targets, labels, cfg.target_precisions(), cfg.max_flag_rates()
+                )[n].threshold
                 for n in labels
             ]
             for split in (bundle.validation, bundle.test):
@@ -214,6 +226,7 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        pretrained = encoder_state(model) if gen.wise_ft_alpha is not None else None
         data = FitData(
             encoder,
             enc["train"].input_ids,
@@ -236,6 +249,17 @@ def run_training(
             ordinal=ordinal,
             ordinal_weight=cfg.train.ordinal_weight,
         )
+
+        if pretrained is not None:  # WiSE-FT (training/wise_ft.py): alpha chosen on validation only
+            metrics |= _wise_ft(
+                model,
+                pretrained,
+                gen,
+                lambda: macro_ap(
+                    predict_logits(model, encoder, enc["validation"].input_ids, cfg.train.eval_batch_size),
+                    bundle.validation.targets,
+                ),
+            )
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
         logits = {
@@ -273,7 +297,11 @@ def run_training(
         temps = fit_temperatures(logits["validation"], bundle.validation.targets, schema.problem_type)
         probs = {s: calibrated_probabilities(z, temps, schema.problem_type) for s, z in logits.items()}
         thr_info = select_thresholds(
-            probs["validation"], bundle.validation.targets, labels, cfg.target_precisions()
+            probs["validation"],
+            bundle.validation.targets,
+            labels,
+            cfg.target_precisions(),
+            cfg.max_flag_rates(),
         )
         thresholds = [thr_info[n].threshold for n in labels]
 

@@ -74,3 +74,62 @@ def test_metric_names_follow_contract():
         assert f"test.a.{k}" in m
     assert m["test.a.ap"] == 1.0 and m["test.macro.ap"] == 1.0
     assert "test.source.x.a.ap" in m and "test.source.y.b.roc_auc" not in m  # one class only in slice y for b
+
+
+def test_max_flag_rate_raises_a_threshold_that_one_weak_positive_pulled_down():
+    """All positives separable but one: the precision rule puts the threshold at that positive and
+    flags 5% of the negatives; a 1% cap moves it above the 2nd-highest negative, whatever that row."""
+    from model.calibration import flag_rate_floor, select_threshold
+
+    rng = np.random.default_rng(0)
+    neg = rng.uniform(0.0, 0.6, 1000)
+    pos = np.r_[rng.uniform(0.9, 1.0, 999), np.quantile(neg, 0.95)]  # one weak positive
+    p, y = np.r_[neg, pos], np.r_[np.zeros(1000), np.ones(1000)]
+
+    plain = select_threshold(p, y, 0.9)
+    assert plain.method == "target_precision" and plain.recall == 1.0
+    assert plain.flagged_negatives == pytest.approx(0.05, abs=0.002)
+
+    capped = select_threshold(p, y, 0.9, max_flag_rate=0.01)
+    assert capped.method == "max_flag_rate" and capped.max_flag_rate == 0.01
+    assert capped.flagged_negatives <= 0.01 and (neg >= capped.threshold).sum() == 10
+    assert capped.threshold == flag_rate_floor(neg, 0.01) > np.sort(neg)[-11]
+    assert capped.recall == pytest.approx(0.999) and capped.precision == pytest.approx(999 / 1009)
+
+    loose = select_threshold(p, y, 0.9, max_flag_rate=0.2)  # a cap the precision rule already meets
+    assert (loose.method, loose.threshold) == ("target_precision", plain.threshold)
+
+
+def test_flag_rate_floor_edges():
+    from model.calibration import flag_rate_floor
+
+    assert flag_rate_floor(np.array([0.2, 0.2, 0.9]), 0.0) > 0.9  # nothing flagged
+    assert flag_rate_floor(np.array([0.2, 0.2, 0.9]), 0.34) == pytest.approx(0.2, abs=1e-12)  # 1 allowed
+    assert flag_rate_floor(np.array([]), 0.1) == 0.0
+    assert flag_rate_floor(np.array([1.0]), 0.0) == 1.0  # clipped to a probability
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            flag_rate_floor(np.array([0.5]), bad)
+
+
+def test_per_label_caps_from_the_config_reach_select_thresholds():
+    from model.calibration import select_thresholds
+    from training.config import Config
+
+    cfg = Config.model_validate(
+        {
+            "labels": ["adult_services", "scam"],
+            "data": {"path": "x"},
+            "calibration": {"max_flag_rate_per_label": {"adult_services": 0.0}},
+        }
+    )
+    assert cfg.max_flag_rates() == {"adult_services": 0.0, "scam": None}
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=(200, 2))
+    y = (p + rng.normal(0, 0.3, p.shape) > 0.7).astype(int)
+    info = select_thresholds(p, y, cfg.labels, cfg.target_precisions(), cfg.max_flag_rates())
+    assert info["adult_services"].flagged_negatives == 0.0 and info["scam"].max_flag_rate is None
+    with pytest.raises(ValueError, match="unknown labels"):
+        Config.model_validate(
+            {"labels": ["scam"], "data": {"path": "x"}, "calibration": {"max_flag_rate_per_label": {"x": 0.1}}}
+        )

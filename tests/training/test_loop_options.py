@@ -1,4 +1,5 @@
-"""``training.loop.fit`` options: the progress bar in a log file, and where bf16 autocast applies."""
+"""``training.loop.fit`` options: the progress bar in a log file, where bf16 autocast applies, and
+the linear-probe phase of LP-FT."""
 
 from __future__ import annotations
 
@@ -39,3 +40,24 @@ def test_bf16_autocast_only_where_asked_and_supported(tmp_path, monkeypatch, cap
         assert res.bf16 == (setting is not False and supported)
         warned = any("no bfloat16 support" in r.getMessage() for r in caplog.records)
         assert warned == (setting is True and not supported)  # auto falls back silently
+
+
+def test_linear_probe_steps_train_the_head_alone_first(tmp_path):
+    """LP-FT: during the first ``linear_probe_steps`` steps only the head moves; then the encoder does."""
+    import torch
+
+    from training.config import TrainConfig
+    from training.loop import fit
+
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    for steps, encoder_moves in ((2, False), (3, True)):
+        model, enc, ids, y, schema = tiny_fit_inputs(4)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(
+            epochs=1, batch_size=4, max_steps=steps, num_threads=1, linear_probe_steps=2, warmup_ratio=0
+        )
+        fit(model, enc, ids, y, ids, y, schema, cfg, 0, tmp_path / str(steps), "d")
+        after = model.state_dict()
+        assert torch.equal(before[key], after[key]) != encoder_moves
+        assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+        assert all(p.requires_grad for p in model.parameters())  # nothing is left frozen

@@ -40,17 +40,18 @@ def _train_args(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_tiny_run_train_register_load_predict(tmp_path):
-    out = tmp_path / "run"
+def train_tiny(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``adrisk train`` on configs/tiny.yaml into ``out`` (run in ``cwd``); fails the test unless it exits 0."""
     r = subprocess.run(
-        _train_args(out, "--uri-file", str(tmp_path / "uri.txt")),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        _train_args(out, *extra), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_tiny_run_train_register_load_predict(tmp_path):
+    out = tmp_path / "run"
+    r = train_tiny(out, "--uri-file", str(tmp_path / "uri.txt"), cwd=tmp_path)
     assert (
         "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout
     )  # per-source table with baseline beside
@@ -124,15 +125,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ]
     full = tmp_path / "full"
     full.mkdir()
-    r = subprocess.run(
-        _train_args(tmp_path / "out", *extra),
-        cwd=full,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = train_tiny(tmp_path / "out", *extra, cwd=full)
 
     killed = tmp_path / "killed"
     killed.mkdir()
