@@ -131,5 +131,9 @@ def test_per_label_caps_from_the_config_reach_select_thresholds():
     assert info["adult_services"].flagged_negatives == 0.0 and info["scam"].max_flag_rate is None
     with pytest.raises(ValueError, match="unknown labels"):
         Config.model_validate(
-            {"labels": ["scam"], "data": {"path": "x"}, "calibration": {"max_flag_rate_per_label": {"x": 0.1}}}
+            {
+                "labels": ["scam"],
+                "data": {"path": "x"},
+                "calibration": {"max_flag_rate_per_label": {"x": 0.1}},
+            }
         )

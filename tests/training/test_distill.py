@@ -294,3 +294,33 @@ def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
     silent = decision_deltas(ref * 0.0, ref, np.zeros_like(y), [0.5, 0.5], labels)
     assert silent["a"]["precision"] is None and silent["a"]["flagged"] == -1.0
     assert not decisions_pass(silent)
+
+
+def test_a_variant_keeps_the_models_flag_rate_cap():
+    """A label whose threshold was capped (``calibration.max_flag_rate``) is re-selected under the same
+    cap for a runtime variant; a label without one stays uncapped."""
+    from model.artifact import ArtifactMeta, ThresholdInfo
+    from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
+    from model.schema import LabelSchema
+    from training.onnx_export import variant_calibration
+
+    rng = np.random.default_rng(2)
+    y = (rng.random((600, 2)) < 0.3).astype(int)
+    z = 1.5 * (y - 0.5) + rng.normal(size=(600, 2))
+    schema = LabelSchema(labels=("a", "b"))
+    temps = fit_temperatures(z, y, schema.problem_type)
+    info = select_thresholds(
+        calibrated_probabilities(z, temps, schema.problem_type), y, ["a", "b"], 0.6, {"a": 0.01}
+    )
+    meta = ArtifactMeta(
+        label_schema=schema,
+        thresholds={n: i.threshold for n, i in info.items()},
+        threshold_info=info,
+        temperatures=temps,
+        max_length=16,
+    )
+    cal = variant_calibration(2.0 * z + 0.3, [""] * 600, y, meta)
+    a, b = (ThresholdInfo.model_validate(cal["threshold_info"][n]) for n in ("a", "b"))
+    assert info["a"].method == a.method == "max_flag_rate"
+    assert a.max_flag_rate == 0.01 and a.flagged_negatives <= 0.01
+    assert b.max_flag_rate is None and b.method == "target_precision"
