@@ -21,6 +21,7 @@ from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_
 from tests.conftest import LABELS
 from training.onnx_export import (
     BATCH_INVARIANCE_TOLERANCE,
+    DEFAULT_TOLERANCE,
     add_onnx_variants,
     batch_invariance,
     decisions_pass,
@@ -219,7 +220,10 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     assert set(meta.runtimes["variants"]) == {FP32_VARIANT}
     assert meta.runtimes["gate"]["n_texts"] == 40 and meta.runtimes["gate"]["confidence"] == 0.9
     iv = meta.runtimes["variants"][FP32_VARIANT]["ap_delta_interval"]
-    assert all(v is None or max(map(abs, v)) < 1e-6 for v in iv.values())  # the same graph: no spread
+    # the same graph in another runtime: rounding may only break near-ties (this 12-word tiny model
+    # scores many texts alike), so every interval lies well inside the gate's tolerance
+    assert all(v is None or max(map(abs, v)) < DEFAULT_TOLERANCE for v in iv.values())
+    assert meta.runtimes["variants"][FP32_VARIANT]["passed"] is True
     assert main(["export-onnx", "--model", str(d), "--data", str(data), "--confidence", "1.5"]) != 0
     assert "--confidence" in capsys.readouterr().err
 
