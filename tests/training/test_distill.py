@@ -179,10 +179,23 @@ def test_bad_student_layers_fail_before_the_teacher_trains(tmp_path):
     assert "baseline" not in r.stderr  # refused before the TF-IDF baseline is trained too
 
 
+def _calibrated_meta(schema, temps, info):
+    """Artifact metadata carrying only a label schema, temperatures and threshold choices."""
+    from model.artifact import ArtifactMeta
+
+    return ArtifactMeta(
+        label_schema=schema,
+        thresholds={n: i.threshold for n, i in info.items()},
+        threshold_info=info,
+        temperatures=temps,
+        max_length=16,
+    )
+
+
 def test_a_variant_on_another_scale_gets_its_own_calibration():
     """A student whose logits are the teacher's times 3 ranks alike; with the teacher's temperatures and
     thresholds it flags differently, with its own fitted ones it takes the teacher's decisions."""
-    from model.artifact import ArtifactMeta, ThresholdInfo
+    from model.artifact import ThresholdInfo
     from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
     from model.schema import LabelSchema
     from training.onnx_export import decision_deltas, variant_calibration
@@ -195,13 +208,7 @@ def test_a_variant_on_another_scale_gets_its_own_calibration():
     temps = fit_temperatures(z_teacher, y, schema.problem_type)
     p_teacher = calibrated_probabilities(z_teacher, temps, schema.problem_type)
     info = select_thresholds(p_teacher, y, list(labels), 0.8)
-    meta = ArtifactMeta(
-        label_schema=schema,
-        thresholds={n: i.threshold for n, i in info.items()},
-        threshold_info=info,
-        temperatures=temps,
-        max_length=16,
-    )
+    meta = _calibrated_meta(schema, temps, info)
     z_student = 3.0 * z_teacher  # temperature scaling is scale-equivariant: T_student = 3 T_teacher
     cal = variant_calibration(z_student, [""] * 600, y, meta)
     assert cal["blend_weights"] == {} and cal["n_texts"] == 600
@@ -299,7 +306,7 @@ def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
 def test_a_variant_keeps_the_models_flag_rate_cap():
     """A label whose threshold was capped (``calibration.max_flag_rate``) is re-selected under the same
     cap for a runtime variant; a label without one stays uncapped."""
-    from model.artifact import ArtifactMeta, ThresholdInfo
+    from model.artifact import ThresholdInfo
     from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
     from model.schema import LabelSchema
     from training.onnx_export import variant_calibration
@@ -312,13 +319,7 @@ def test_a_variant_keeps_the_models_flag_rate_cap():
     info = select_thresholds(
         calibrated_probabilities(z, temps, schema.problem_type), y, ["a", "b"], 0.6, {"a": 0.01}
     )
-    meta = ArtifactMeta(
-        label_schema=schema,
-        thresholds={n: i.threshold for n, i in info.items()},
-        threshold_info=info,
-        temperatures=temps,
-        max_length=16,
-    )
+    meta = _calibrated_meta(schema, temps, info)
     cal = variant_calibration(2.0 * z + 0.3, [""] * 600, y, meta)
     a, b = (ThresholdInfo.model_validate(cal["threshold_info"][n]) for n in ("a", "b"))
     assert info["a"].method == a.method == "max_flag_rate"
