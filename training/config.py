@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -135,7 +135,7 @@ class CalibrationConfig(_Strict):
     target_precision: float = Field(
         0.9, gt=0, le=1, description="precision each threshold must reach on validation"
     )
-    target_precision_per_label: dict[str, float] = Field(
+    target_precision_per_label: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
         default_factory=dict, description="per-label override, e.g. a review-queue label at 0.6"
     )
     max_flag_rate: float | None = Field(
@@ -145,16 +145,9 @@ class CalibrationConfig(_Strict):
         description="raise each threshold where needed so that at most this share of the label's "
         "validation negatives is flagged (model/calibration.py); null: no cap",
     )
-    max_flag_rate_per_label: dict[str, float] = Field(
+    max_flag_rate_per_label: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=dict, description="per-label cap, e.g. {adult_services: 0.005}"
     )
-
-    @model_validator(mode="after")
-    def _caps_in_range(self) -> CalibrationConfig:
-        bad = {n: r for n, r in self.max_flag_rate_per_label.items() if not 0.0 <= r < 1.0}
-        if bad:
-            raise ValueError(f"max_flag_rate_per_label: rates must be in [0, 1), got {bad}")
-        return self
 
 
 class BaselineConfig(_Strict):
@@ -333,8 +326,6 @@ class Config(_Strict):
         unknown = sorted(set(self.calibration.target_precision_per_label) - set(self.labels))
         if unknown:
             raise ValueError(f"calibration.target_precision_per_label names unknown labels {unknown}")
-        if any(not 0 < v <= 1 for v in self.calibration.target_precision_per_label.values()):
-            raise ValueError("calibration.target_precision_per_label values must be in (0, 1]")
         unknown = sorted(set(self.calibration.max_flag_rate_per_label) - set(self.labels))
         if unknown:
             raise ValueError(f"calibration.max_flag_rate_per_label names unknown labels {unknown}")

@@ -212,12 +212,10 @@ def run_training(
             logger.info("training the TF-IDF + logistic regression baseline")
             bl = TfidfBaseline(schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
             val_p = bl.predict_proba(bundle.validation.texts)
-            bl_thr = [
-                select_thresholds(
-                    val_p, bundle.validation.targets, labels, cfg.target_precisions(), cfg.max_flag_rates()
-                )[n].threshold
-                for n in labels
-            ]
+            bl_info = select_thresholds(
+                val_p, bundle.validation.targets, labels, cfg.target_precisions(), cfg.max_flag_rates()
+            )
+            bl_thr = [bl_info[n].threshold for n in labels]
             for split in (bundle.validation, bundle.test):
                 base_probs[split.name] = (
                     val_p if split is bundle.validation else bl.predict_proba(split.texts)

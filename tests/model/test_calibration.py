@@ -137,3 +137,21 @@ def test_per_label_caps_from_the_config_reach_select_thresholds():
                 "calibration": {"max_flag_rate_per_label": {"x": 0.1}},
             }
         )
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"max_flag_rate_per_label": {"scam": 1.0}},
+        {"max_flag_rate_per_label": {"scam": -0.1}},
+        {"target_precision_per_label": {"scam": 0.0}},
+        {"target_precision_per_label": {"scam": 1.5}},
+    ],
+)
+def test_per_label_calibration_values_out_of_range_are_refused(calibration):
+    from pydantic import ValidationError
+
+    from training.config import Config
+
+    with pytest.raises(ValidationError, match="scam"):
+        Config.model_validate({"labels": ["scam"], "data": {"path": "x"}, "calibration": calibration})
