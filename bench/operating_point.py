@@ -1,35 +1,88 @@
-"""Usage: .venv/bin/python bench/operating_point.py ARTIFACT_DIR (final evaluation only: reads cross-site-v1).
+"""Usage: .venv/bin/python bench/operating_point.py ARTIFACT_DIR [SHARED_DATASETS_DIR]
+(final evaluation only: reads the test split and cross-site-v1; choose nothing on what it prints).
 
-Validation-chosen operating point for adult_services: the lowest threshold at which at most 0.5% of
-validation Craigslist rows are flagged; then (once) the test Craigslist share and cross-site recall at it."""
+Where to put the adult_services threshold so that a benign population is rarely flagged. Every row
+is a rule that picks the threshold on *validation* scores alone:
+
+- ``pooled``: at most 0.5% of all of the label's validation negatives flagged (what
+  ``calibration.max_flag_rate_per_label`` does in training: ``model.calibration.flag_rate_floor``);
+- ``craigslist``: at most 0.5% of the validation Craigslist rows (the population the target names);
+- ``... @ 90% / 95%``: the same, but the exact one-sided Clopper-Pearson upper bound of the flagged
+  share (``scipy.stats.beta``; Clopper and Pearson 1934) must stay at or below 0.5%, a cap that holds
+  on new rows of the same population with that confidence.
+
+Each row then prints, once, the test Craigslist share flagged and cross-site-v1 adult recall at it.
+The model's own threshold (from its training config) is the first row.
+"""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta
 
 from model.predictor import Predictor
 
-p = Predictor.load(sys.argv[1], runtime="torch")
-a = list(p.labels).index("adult_services")
+CAP = 0.005
+LABEL = "adult_services"
+NEGATIVE_SOURCE = "craigslist_headings"
 
 
-def fr(path):
+def read(path: Path) -> pd.DataFrame:
     d = pd.read_json(path, lines=True, dtype=False)
-    d["y"] = d["labels"].map(lambda ls: int("adult_services" in ls))
+    d["y"] = d["labels"].map(lambda ls: int(LABEL in ls))
     return d
 
 
-v = fr("/work/shared/datasets/risky-ads-v1/validation.jsonl")
-pv = p.predict_proba(v.text.tolist())[:, a]
-cl = (v.source == "craigslist_headings").to_numpy()
-t = float(np.quantile(pv[cl], 0.995, method="higher")) + 1e-9
-print(f"model threshold {p.meta.threshold_vector()[a]:.4f}; validation-chosen threshold {t:.4f}")
-print(f"validation: CL flagged {np.mean(pv[cl] >= t):.4f}, adult recall {np.mean(pv[v.y == 1] >= t):.4f}")
-te = fr("/work/shared/datasets/risky-ads-v1/test.jsonl")
-x = fr("/work/shared/datasets/cross-site-v1/therapeutic_titles.jsonl")
-pt = p.predict_proba(te[te.source == "craigslist_headings"].text.tolist())[:, a]
-px = p.predict_proba(x.text.tolist())[:, a]
-print(
-    f"test: CL flagged {np.mean(pt >= t):.4f}; cross-site adult recall {np.mean(px[x.y == 1] >= t):.4f}, benign flagged {np.mean(px[x.y == 0] >= t):.4f}"
-)
+def max_flagged(n: int, confidence: float | None) -> int:
+    """Most negatives (of n) that may be flagged: floor(CAP * n), or the largest k whose one-sided
+    Clopper-Pearson upper bound at ``confidence`` is <= CAP (-1: none qualifies)."""
+    if confidence is None:
+        return int(np.floor(CAP * n + 1e-9))
+    k = -1
+    while k + 1 < n and beta.ppf(confidence, k + 2, n - k - 1) <= CAP:
+        k += 1
+    return k
+
+
+def threshold_at(negative_scores: np.ndarray, k: int) -> float:
+    """Just above the (k+1)-th highest negative score (1.0 where k < 0)."""
+    if k < 0:
+        return 1.0
+    s = np.sort(negative_scores)
+    return float(np.nextafter(s[len(s) - 1 - k], 1.0)) if k < len(s) else 0.0
+
+
+def main() -> None:
+    artifact = sys.argv[1]
+    data = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/datasets")
+    p = Predictor.load(artifact)
+    a = list(p.labels).index(LABEL)
+    v = read(data / "risky-ads-v1" / "validation.jsonl")
+    te = read(data / "risky-ads-v1" / "test.jsonl")
+    x = read(data / "cross-site-v1" / "therapeutic_titles.jsonl")
+    te = te[te.source == NEGATIVE_SOURCE]
+    pv, pt, px = (p.predict_proba(d.text.tolist())[:, a] for d in (v, te, x))
+    neg = (v.y == 0).to_numpy()
+    cl = neg & (v.source == NEGATIVE_SOURCE).to_numpy()
+    rows = [("model's own", p.meta.threshold_vector()[a])]
+    for name, mask in (("pooled", neg), ("craigslist", cl)):
+        for conf in (None, 0.9, 0.95):
+            k = max_flagged(int(mask.sum()), conf)
+            rows.append((name + ("" if conf is None else f" @ {conf:.0%}"), threshold_at(pv[mask], k)))
+    print(
+        f"validation: {neg.sum()} negatives, {cl.sum()} Craigslist; test Craigslist {len(te)}; cap {CAP:.1%}"
+    )
+    print(
+        f"{'rule':<18} {'threshold':>9} {'val CL':>7} {'val recall':>10} {'test CL':>7} {'x-site recall':>13}"
+    )
+    for name, t in rows:
+        print(
+            f"{name:<18} {t:9.4f} {np.mean(pv[cl] >= t):7.4f} {np.mean(pv[v.y == 1] >= t):10.4f} "
+            f"{np.mean(pt >= t):7.4f} {np.mean(px[x.y == 1] >= t):13.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
