@@ -8,8 +8,8 @@ is a rule that picks the threshold on *validation* scores alone:
   ``calibration.max_flag_rate_per_label`` does in training: ``model.calibration.flag_rate_floor``);
 - ``craigslist``: at most 0.5% of the validation Craigslist rows (the population the target names);
 - ``... @ 90% / 95%``: the same, but the exact one-sided Clopper-Pearson upper bound of the flagged
-  share (``scipy.stats.beta``; Clopper and Pearson 1934) must stay at or below 0.5%, a cap that holds
-  on new rows of the same population with that confidence.
+  share (``scipy.stats.binomtest(...).proportion_ci``; Clopper and Pearson 1934) must stay at or below
+  0.5%, a cap that holds on new rows of the same population with that confidence.
 
 Each row then prints, once, the test Craigslist share flagged and cross-site-v1 adult recall at it.
 The model's own threshold (from its training config) is the first row.
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta
+from scipy.stats import binomtest
 
+from model.calibration import flag_rate_floor
 from model.predictor import Predictor
 
 CAP = 0.005
@@ -35,23 +36,20 @@ def read(path: Path) -> pd.DataFrame:
     return d
 
 
-def max_flagged(n: int, confidence: float | None) -> int:
-    """Most negatives (of n) that may be flagged: floor(CAP * n), or the largest k whose one-sided
-    Clopper-Pearson upper bound at ``confidence`` is <= CAP (-1: none qualifies)."""
-    if confidence is None:
-        return int(np.floor(CAP * n + 1e-9))
-    k = -1
-    while k + 1 < n and beta.ppf(confidence, k + 2, n - k - 1) <= CAP:
-        k += 1
-    return k
+def confident_floor(negative_scores: np.ndarray, confidence: float) -> float:
+    """The lowest threshold whose flagged count k among the n negatives keeps the one-sided
+    Clopper-Pearson upper bound of k / n at ``confidence`` <= CAP (1.0 where even k = 0 does not)."""
+    n = len(negative_scores)
 
+    def upper(k: int) -> float:
+        return binomtest(k, n, alternative="less").proportion_ci(confidence_level=confidence).high
 
-def threshold_at(negative_scores: np.ndarray, k: int) -> float:
-    """Just above the (k+1)-th highest negative score (1.0 where k < 0)."""
-    if k < 0:
+    k = 0
+    if upper(0) > CAP:
         return 1.0
-    s = np.sort(negative_scores)
-    return float(np.nextafter(s[len(s) - 1 - k], 1.0)) if k < len(s) else 0.0
+    while k + 1 < n and upper(k + 1) <= CAP:
+        k += 1
+    return flag_rate_floor(negative_scores, k / n)
 
 
 def main() -> None:
@@ -68,9 +66,8 @@ def main() -> None:
     cl = neg & (v.source == NEGATIVE_SOURCE).to_numpy()
     rows = [("model's own", p.meta.threshold_vector()[a])]
     for name, mask in (("pooled", neg), ("craigslist", cl)):
-        for conf in (None, 0.9, 0.95):
-            k = max_flagged(int(mask.sum()), conf)
-            rows.append((name + ("" if conf is None else f" @ {conf:.0%}"), threshold_at(pv[mask], k)))
+        rows.append((name, flag_rate_floor(pv[mask], CAP)))
+        rows += [(f"{name} @ {c:.0%}", confident_floor(pv[mask], c)) for c in (0.9, 0.95)]
     print(
         f"validation: {neg.sum()} negatives, {cl.sum()} Craigslist; test Craigslist {len(te)}; cap {CAP:.1%}"
     )
