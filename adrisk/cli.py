@@ -11,10 +11,11 @@ evaluate           ``_evaluate``                               ``training.evalua
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
-feedback export    ``_feedback_export``                        ``model.store.FeedbackStore.export``
+feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
-score              ``_score``                                  ``serve.score.run_score`` (+ ``serve.linking.link_output``)
-extract            ``_extract``                                ``model.contacts.ContactExtractor.extract``
+score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
+link               ``_link_verb``                              ``batch.link.link_output``
+extract            ``_extract``                                ``signals.contacts.ContactExtractor.extract``
 serve              ``_serve``                                  ``serve.app.create_app``
 =================  ==========================================  ====================================
 
@@ -97,6 +98,29 @@ def _add_contact_args(p: argparse.ArgumentParser) -> None:
         "--hash-contacts",
         action="store_true",
         help="replace contact values by HMAC-SHA256 keyed with $ADRISK_CONTACT_HASH_KEY",
+    )
+
+
+def _add_link_args(p: argparse.ArgumentParser, prefix: str) -> None:
+    """The linking options shared by ``score --link`` and ``link``."""
+    _add_contact_args(p)
+    p.add_argument(
+        "--hub-cap",
+        type=int,
+        default=50,
+        help=f"{prefix}a contact shared by more ads is not used for linking (default 50)",
+    )
+    p.add_argument(
+        "--similarity",
+        type=float,
+        default=0.5,
+        help=f"{prefix}Jaccard similarity for two ads to share a template (default 0.5)",
+    )
+    p.add_argument(
+        "--link-workers",
+        type=int,
+        default=1,
+        help=f"{prefix}processes for contact extraction and signatures (default 1; output identical)",
     )
 
 
@@ -283,7 +307,7 @@ def _export_onnx(args) -> int:
 
 
 def _feedback_export(args) -> int:
-    from model.store import FeedbackStore
+    from serve.feedback_store import FeedbackStore
 
     n = FeedbackStore(args.db, must_exist=True).export(args.output)
     print(f"exported {n} feedback rows to {args.output}")
@@ -317,7 +341,7 @@ def _predict(args) -> int:
 
 
 def _score(args) -> int:
-    from serve.score import ScoreError, run_score
+    from batch.score import ScoreError, run_score
 
     if _link_only_resume(args):
         print(f"{args.output} is already scored; running the link pass only", file=sys.stderr)
@@ -325,7 +349,7 @@ def _score(args) -> int:
         return EXIT_OK
     try:
         if args.engine == "spark":
-            from serve.spark import DEFAULT_CHUNK_SIZE, run_spark_score
+            from batch.spark import DEFAULT_CHUNK_SIZE, run_spark_score
 
             if args.explain or args.workers not in (None, 1):
                 raise ScoreError("--engine spark scores on the Spark cluster: drop --explain / --workers")
@@ -379,7 +403,8 @@ def _link_only_resume(args) -> bool:
 
 
 def _link(args) -> None:
-    from serve.linking import LinkConfig, LinkError, link_output, summary
+    from batch.link import link_output
+    from signals.linking import LinkConfig, LinkError, summary
 
     key = os.environ.get("ADRISK_CONTACT_HASH_KEY") if args.hash_contacts else None
     if args.hash_contacts and not key:
@@ -399,8 +424,13 @@ def _link(args) -> None:
     print(f"{summary(result)}\nwrote {clusters} and {report}", file=sys.stderr)
 
 
+def _link_verb(args) -> int:
+    _link(args)
+    return EXIT_OK
+
+
 def _extract(args) -> int:
-    from model.contacts import ContactExtractor
+    from signals.contacts import ContactExtractor
 
     texts = args.text
     if not texts:
@@ -677,26 +707,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-ad signals: add contacts, persona_id, template_id, template_size to every row and "
         "write <stem>.clusters<ext> and <output>.report.html (docs/linking.md)",
     )
-    _add_contact_args(p)
-    p.add_argument(
-        "--hub-cap",
-        type=int,
-        default=50,
-        help="with --link: a contact shared by more ads is not used for linking (default 50)",
-    )
-    p.add_argument(
-        "--similarity",
-        type=float,
-        default=0.5,
-        help="with --link: Jaccard similarity for two ads to share a template (default 0.5)",
-    )
-    p.add_argument(
-        "--link-workers",
-        type=int,
-        default=1,
-        help="with --link: processes for contact extraction and signatures (default 1; output identical)",
-    )
+    _add_link_args(p, prefix="with --link: ")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "link",
+        help="cross-ad signals over a scored file: personas, template clusters, cluster table, HTML report",
+        description="Adds contacts, persona_id, template_id, template_size to every row of OUTPUT (rewritten "
+        "atomically) and writes <stem>.clusters<ext> and <output>.report.html beside it (docs/linking.md). "
+        "`adrisk score --link` is the same pass right after scoring.",
+    )
+    p.add_argument("output", help="a file written by adrisk score (.csv, .jsonl, .parquet)")
+    p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
+    _add_link_args(p, prefix="")
+    p.set_defaults(func=_link_verb)
 
     p = sub.add_parser(
         "extract",

@@ -3,12 +3,12 @@
 Builds ``--n`` ads (default 1,000,000) from risky-ads-v1 texts: base texts of at least 20 words
 (cut at 1,000 characters), no two of them near-duplicates (exact word-3-shingle Jaccard < 0.3 among
 datasketch MinHashLSH candidates at 0.3; datasketch's own sha1 MinHash, independent of
-``serve.linking``), each copied a heavy-tailed number of times (Pareto weights). Every copy is perturbed:
+``signals.linking``), each copied a heavy-tailed number of times (Pareto weights). Every copy is perturbed:
 about 2% of its words swapped with a neighbour and 2% replaced by random corpus words, every digit
 re-drawn in half of the copies (new phone numbers and prices), and 1-3 emoji inserted. The corpus is
 written to Parquet by a child process (its memory does not count), then the full ``--link`` pass of
-``serve.linking.link_chunks`` (extraction + persona linking + template clusters + templates; no model
-scoring) streams over it with ``serve.score.iter_chunks``, the per-ad work in ``--workers`` processes
+``signals.linking.link_chunks`` (extraction + persona linking + template clusters + templates; no model
+scoring) streams over it with ``batch.tables.iter_chunks``, the per-ad work in ``--workers`` processes
 (default 2). Prints wall and CPU time (all processes), peak RSS of the linking process and of its
 largest child, and pairwise precision/recall of ``template_id`` against the construction.
 
@@ -30,9 +30,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from batch.tables import iter_chunks  # noqa: E402
 from bench.persona_agreement import pair_counts  # noqa: E402
-from serve.linking import LinkConfig, link_chunks  # noqa: E402
-from serve.score import iter_chunks  # noqa: E402
+from signals.linking import LinkConfig, link_chunks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOJI = list("💋🌹🔥💦😘✨💎🍒👄💕🌸⭐😍🎀💯")

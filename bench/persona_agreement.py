@@ -18,7 +18,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.normalize import normalize_text  # noqa: E402
-from serve.linking import LinkConfig, link_frame  # noqa: E402
+from signals.linking import LinkConfig, link_frame  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -56,7 +56,7 @@ def write_slice(src: Path, dst: Path, rows: int) -> int:
 
 def spark_run(model: str, src: Path, dst: Path, master: str, rows: int) -> dict:
     """One Spark engine run on a fresh session: JVM start, model ship + worker load, scoring rate."""
-    from serve.spark import get_spark, prepare_scorer, run_spark_score
+    from batch.spark import get_spark, prepare_scorer, run_spark_score
 
     t0 = time.perf_counter()
     spark = get_spark(master)
@@ -86,8 +86,8 @@ def main() -> int:
     import numpy as np
     import pandas as pd
 
+    from batch.score import run_score
     from model.predictor import Predictor
-    from serve.score import run_score
 
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as tmp_dir:
         tmp = Path(tmp_dir)

@@ -19,9 +19,8 @@ from serve.explain import ExplainQueue
 from serve.metrics import Metrics
 from serve.openapi import install_openapi
 from serve.routes import ROUTERS
-from serve.routes.feedback import RecentClassifications
 from serve.settings import Settings
-from serve.state import LoadedModel, Loader, ModelState, default_loader
+from serve.state import LoadedModel, Loader, ModelState, RecentClassifications, default_loader
 
 logger = logging.getLogger(__name__)
 

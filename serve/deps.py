@@ -26,9 +26,9 @@ from serve.settings import Settings
 from serve.state import ModelState
 
 if TYPE_CHECKING:
-    from model.store import FeedbackStore
     from serve.explain import ExplainQueue
-    from serve.routes.feedback import RecentClassifications
+    from serve.feedback_store import FeedbackStore
+    from serve.state import RecentClassifications
 
 
 @dataclass
@@ -49,7 +49,7 @@ class AppContext:
         """The feedback store, created on first use (a server nobody sends feedback to writes no file)."""
         with self._lock:
             if self._feedback_store is None:
-                from model.store import FeedbackStore
+                from serve.feedback_store import FeedbackStore
 
                 self._feedback_store = FeedbackStore(self.settings.feedback_url)
             return self._feedback_store

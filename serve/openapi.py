@@ -25,7 +25,7 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 def feedback_request_schema(labels: list[str] | None) -> dict[str, Any]:
     """JSON Schema of the ``/v1/feedback`` body; ``labels`` items restricted to ``labels`` when known."""
-    from serve.routes.feedback import FeedbackRequest
+    from serve.schemas import FeedbackRequest
 
     schema = FeedbackRequest.model_json_schema()
     if labels is not None:

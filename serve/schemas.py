@@ -7,9 +7,10 @@ carry the defaults, and ``create_app`` publishes the models built from the serve
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_serializer
 
 from serve.settings import Settings
 
@@ -104,7 +105,7 @@ class ExplanationSpan(BaseModel):
 
 
 class ContactItem(BaseModel):
-    """A contact found in the input text (``model.contacts``): characters ``[start, end)`` of the text AS
+    """A contact found in the input text (``signals.contacts``): characters ``[start, end)`` of the text AS
     GIVEN; ``value`` normalised (phones E.164, e-mails lower-cased)."""
 
     type: str = Field(description="phone, email, url or handle")
@@ -208,3 +209,63 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)
 }
+
+
+class FeedbackRequest(BaseModel):
+    """One moderator decision. Give ``text`` or ``classification_id`` (+ ``input_index``), not both.
+
+    The published schema (``oneOf``) says "exactly one of them is a string"; the serving model's labels
+    are added to it as an ``enum`` by ``serve.openapi``. Fields take only the JSON types the schema
+    names (no "3" for 3, no number for a time).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "classification_id": "clf-0f3c...",
+                    "input_index": 0,
+                    "labels": ["adult_services"],
+                    "reviewer": "mod-17",
+                },
+                {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"},
+            ],
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["classification_id"], "properties": {"classification_id": {"type": "string"}}},
+            ],
+        },
+    )
+
+    text: str | None = Field(None, max_length=100_000, description="the ad text as reviewed")
+    classification_id: str | None = Field(
+        None, max_length=128, description="id of an earlier /v1/classify answer"
+    )
+    input_index: int = Field(0, ge=0, description="which input of that classify request")
+    labels: list[str] = Field(max_length=64, description="the labels the moderator decided on; [] = benign")
+    reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
+    reviewed_at: datetime | None = Field(
+        None,
+        description="when the decision was made (default: now); at most a day in the future (422 beyond)",
+    )
+
+    @field_validator("input_index", mode="before")
+    @classmethod
+    def _index_is_a_json_integer(cls, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be an integer")
+        return value  # 2.0 is an integer in JSON Schema; 2.5 is refused by the int field
+
+    @field_validator("reviewed_at", mode="before")
+    @classmethod
+    def _time_is_a_string(cls, value):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a date-time string (RFC 3339)")
+        return value
+
+
+class FeedbackResponse(BaseModel):
+    id: int = Field(description="feedback record id")
+    status: str = "recorded"
+    text_sha256: str = Field(description="sha256 of the normalised text, for de-duplication")

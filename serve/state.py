@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -180,3 +181,35 @@ def default_loader(runtime: str = "auto", num_threads: int | None = None) -> Loa
         return LoadedModel(predictor, ref, _now())
 
     return load
+
+
+_ABSENT = object()
+
+
+class RecentClassifications:
+    """Texts of the last ``capacity`` classify requests, by request id (thread-safe LRU, memory only)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[str, list[str] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, texts: list[str]) -> None:
+        """Remember ``texts`` under ``request_id``. A client-chosen id (``X-Request-ID``) reused for
+        other texts makes that id ambiguous: feedback by it is refused (404) rather than recorded
+        against another request's ad."""
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            previous = self._items.get(request_id, _ABSENT)
+            if previous is _ABSENT or previous == texts:
+                self._items[request_id] = list(texts)
+            else:
+                self._items[request_id] = None
+            self._items.move_to_end(request_id)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> list[str] | None:
+        with self._lock:
+            return self._items.get(request_id)

@@ -151,7 +151,7 @@ def parse_extract(payload: Any) -> bool:
 
 
 def _contacts(texts: list[str]) -> list[list[dict]]:
-    from model.contacts import extract_contacts
+    from signals.contacts import extract_contacts
 
     return [[c.to_dict() for c in extract_contacts(t)] for t in texts]
 

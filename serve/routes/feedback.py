@@ -1,5 +1,5 @@
 """``POST /v1/feedback``: a moderator's decision on an ad, recorded in the feedback store
-(``model.store``, SQLAlchemy; ``sqlite:///feedback.db`` unless ``ADRISK_FEEDBACK_URL`` says
+(``serve.feedback_store``, SQLAlchemy; ``sqlite:///feedback.db`` unless ``ADRISK_FEEDBACK_URL`` says
 otherwise) for ``adrisk feedback export`` to turn into training data.
 
 The ad is given as ``text``, or as a reference to an earlier answer of this server:
@@ -13,17 +13,15 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-import threading
-from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
 from serve.errors import APIError, ErrorKind
-from serve.schemas import ERROR_RESPONSES
+from serve.schemas import ERROR_RESPONSES, FeedbackRequest, FeedbackResponse
 
 logger = logging.getLogger(__name__)
 
@@ -49,98 +47,6 @@ def _describe(error: dict) -> str:
         )
     parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<field>" for x in loc]
     return f"{'.'.join(parts) or 'body'}: {error.get('msg', 'invalid')}"
-
-
-class FeedbackRequest(BaseModel):
-    """One moderator decision. Give ``text`` or ``classification_id`` (+ ``input_index``), not both.
-
-    The published schema (``oneOf``) says "exactly one of them is a string"; the serving model's labels
-    are added to it as an ``enum`` by ``serve.openapi``. Fields take only the JSON types the schema
-    names (no "3" for 3, no number for a time).
-    """
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "classification_id": "clf-0f3c...",
-                    "input_index": 0,
-                    "labels": ["adult_services"],
-                    "reviewer": "mod-17",
-                },
-                {"text": "cheap rental flat, call 555-0100", "labels": [], "reviewer": "mod-17"},
-            ],
-            "oneOf": [
-                {"required": ["text"], "properties": {"text": {"type": "string"}}},
-                {"required": ["classification_id"], "properties": {"classification_id": {"type": "string"}}},
-            ],
-        },
-    )
-
-    text: str | None = Field(None, max_length=100_000, description="the ad text as reviewed")
-    classification_id: str | None = Field(
-        None, max_length=128, description="id of an earlier /v1/classify answer"
-    )
-    input_index: int = Field(0, ge=0, description="which input of that classify request")
-    labels: list[str] = Field(max_length=64, description="the labels the moderator decided on; [] = benign")
-    reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
-    reviewed_at: datetime | None = Field(
-        None,
-        description="when the decision was made (default: now); at most a day in the future (422 beyond)",
-    )
-
-    @field_validator("input_index", mode="before")
-    @classmethod
-    def _index_is_a_json_integer(cls, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("must be an integer")
-        return value  # 2.0 is an integer in JSON Schema; 2.5 is refused by the int field
-
-    @field_validator("reviewed_at", mode="before")
-    @classmethod
-    def _time_is_a_string(cls, value):
-        if value is not None and not isinstance(value, str):
-            raise ValueError("must be a date-time string (RFC 3339)")
-        return value
-
-
-class FeedbackResponse(BaseModel):
-    id: int = Field(description="feedback record id")
-    status: str = "recorded"
-    text_sha256: str = Field(description="sha256 of the normalised text, for de-duplication")
-
-
-_ABSENT = object()
-
-
-class RecentClassifications:
-    """Texts of the last ``capacity`` classify requests, by request id (thread-safe LRU, memory only)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, list[str] | None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, request_id: str, texts: list[str]) -> None:
-        """Remember ``texts`` under ``request_id``. A client-chosen id (``X-Request-ID``) reused for
-        other texts makes that id ambiguous: feedback by it is refused (404) rather than recorded
-        against another request's ad."""
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            previous = self._items.get(request_id, _ABSENT)
-            if previous is _ABSENT or previous == texts:
-                self._items[request_id] = list(texts)
-            else:
-                self._items[request_id] = None
-            self._items.move_to_end(request_id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def get(self, request_id: str) -> list[str] | None:
-        with self._lock:
-            return self._items.get(request_id)
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
@@ -209,7 +115,7 @@ async def feedback(
         cur.ref.name,
         cur.ref.version,
     )
-    from model.store import text_digest
+    from serve.feedback_store import text_digest
 
     logger.info("feedback %d recorded (labels %s)", fid, sorted(set(req.labels)))
     return FeedbackResponse(id=fid, text_sha256=text_digest(text))

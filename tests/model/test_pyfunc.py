@@ -131,7 +131,7 @@ def test_mlflow_scoring_server_answers_per_row_and_never_echoes_text(registered)
 
 
 def test_output_schema_is_the_signature_and_adrisk_scores_columns(registered, tiny_predictor):
-    from serve.score import score_frame
+    from batch.score import score_frame
 
     pyfunc, _, _ = registered
     signature = pyfunc.metadata.signature

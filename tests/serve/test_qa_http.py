@@ -144,7 +144,7 @@ def test_invalid_serve_setting_is_one_line(capsys):
 def test_feedback_reviewed_at_is_stored_in_utc_and_not_in_the_future(thread_server, tmp_path):
     # SQLite keeps no zone: 10:00+02:00 was stored as 10:00 and outranked a later 09:00Z decision;
     # a year-9999 date would be the "latest" decision for that ad forever
-    from model.store import FeedbackStore
+    from serve.feedback_store import FeedbackStore
 
     db = f"sqlite:///{tmp_path / 'fb.db'}"
     with thread_server(feedback_url=db) as srv:

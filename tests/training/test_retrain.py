@@ -10,7 +10,7 @@ import pytest
 from filelock import FileLock
 
 from model.registry import get_alias
-from model.store import FeedbackStore
+from serve.feedback_store import FeedbackStore
 from tests.conftest import DATA_DIR, REPO
 from training.config import load_config
 from training.data import read_table

@@ -14,14 +14,14 @@ from tests.conftest import REPO, cli_env
 
 KILL_DURING_FINAL_WRITE = textwrap.dedent("""
     import os, signal, sys
-    import serve.score as score
+    import batch.score as score
 
     def killed_mid_write(parts, output, fmt):
         with open(output, "wb") as f:  # the temp file exists, empty, when the kill lands
             f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    score._concatenate = killed_mid_write
+    score.concatenate = killed_mid_write  # batch.score's own binding of batch.tables.concatenate
     score.run_score(sys.argv[1], sys.argv[2], sys.argv[3], chunk_size=2, progress=False, torch_threads=1)
 """)
 
@@ -29,7 +29,7 @@ KILL_DURING_FINAL_WRITE = textwrap.dedent("""
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_resume_after_kill_in_final_write_leaves_only_the_output(tiny_artifact, tmp_path):
-    from serve.score import run_score
+    from batch.score import run_score
 
     src, dst = tmp_path / "in" / "ads.csv", tmp_path / "out" / "scores.csv"
     src.parent.mkdir()

@@ -1,4 +1,4 @@
-"""Persona linking, hub cap, template clusters, cluster risk and bad input (serve/linking.py)."""
+"""Persona linking, hub cap, template clusters, cluster risk and bad input (signals/linking.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve.linking import SLOT, LinkConfig, Linker, LinkError, link_columns, link_frame, summary
+from signals.linking import SLOT, LinkConfig, Linker, LinkError, link_columns, link_frame, summary
 
 BASE_A = (
     "hey guys new in town sweet and discreet upscale companion available all night long for "
@@ -162,72 +162,6 @@ def test_minhash_matches_datasketch():
 def test_empty_input():
     res = link_frame(pd.DataFrame({"text": pd.Series([], dtype=object)}))
     assert len(res.persona_id) == 0 and len(res.clusters) == 0
-
-
-def test_http_classify_extract_returns_contacts(thread_server):
-    import httpx
-
-    text = "new girl call 4l5 555 O123 or kim at gmail dot com"
-    with thread_server() as srv:
-        r = httpx.post(
-            f"{srv.base}/v1/classify", json={"input": [text, "no contact"], "extract": True}, timeout=30
-        )
-        plain = httpx.post(f"{srv.base}/v1/classify", json={"input": text}, timeout=30)
-        bad = httpx.post(f"{srv.base}/v1/classify", json={"input": text, "extract": "yes"}, timeout=30)
-        spec = httpx.get(f"{srv.base}/openapi.json", timeout=30).text
-    assert r.status_code == 200
-    first, second = r.json()["results"]
-    assert [(c["type"], c["value"]) for c in first["contacts"]] == [
-        ("phone", "+14155550123"),
-        ("email", "kim@gmail.com"),
-    ]
-    assert text[first["contacts"][0]["start"] : first["contacts"][0]["end"]] == "4l5 555 O123"
-    assert second["contacts"] == []
-    assert "contacts" not in plain.json()["results"][0]
-    assert bad.status_code == 422 and "extract" in bad.json()["error"]["message"] and text not in bad.text
-    assert '"extract"' in spec and "ContactItem" in spec
-
-
-def test_cli_score_link_and_extract(tmp_path, tiny_artifact, capsys):
-    from adrisk.cli import main
-
-    rows = [
-        BASE_A.format(phone="415-555-0101", name="Kim"),
-        BASE_A.format(phone="415 555 0101", name="Ana"),
-        None,
-    ]
-    src = tmp_path / "in.jsonl"
-    pd.DataFrame({"id": [1, 2, 3], "text": rows}).to_json(src, orient="records", lines=True)
-    out = tmp_path / "out.csv"
-    args = [
-        "score",
-        "--model",
-        str(tiny_artifact),
-        "--input",
-        str(src),
-        "--output",
-        str(out),
-        "--link",
-        "--no-progress",
-        "--workers",
-        "1",
-    ]
-    assert main(args) == 0
-    df = pd.read_csv(out)
-    assert list(df.columns[-4:]) == ["contacts", "persona_id", "template_id", "template_size"]
-    assert df["persona_id"].tolist()[:2] == [0, 0] and df["template_size"].tolist() == [2, 2, 1]
-    assert (tmp_path / "out.clusters.csv").is_file() and (tmp_path / "out.csv.report.html").is_file()
-    # a kill during the link pass leaves the scored output whole: --resume --link reruns only the link pass
-    assert main([*args, "--resume"]) == 0
-    again = pd.read_csv(out)
-    pd.testing.assert_frame_equal(again, df)
-    capsys.readouterr()
-    assert main(["extract", "call 415-555-0123", "nothing"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert lines == [
-        {"contacts": [{"type": "phone", "value": "+14155550123", "start": 5, "end": 17}]},
-        {"contacts": []},
-    ]
 
 
 def test_two_worker_processes_give_identical_output():

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve.score import ScoreError, run_score
+from batch.score import ScoreError, run_score
 from tests.conftest import cli_env
 from tests.serve.conftest import run_and_kill_after_chunks, score_command
 

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from serve.score import ScoreError, run_score
+from batch.score import ScoreError, run_score
 
 
 def _jsonl(path, rows):
@@ -109,14 +109,14 @@ def test_second_job_on_the_same_output_is_refused_while_one_runs(tmp_path, tiny_
 
     from filelock import FileLock
 
-    from serve.score import output_lock_path
+    from batch.score import output_lock_path
 
     src = tmp_path / "in.csv"
     src.write_text("id,text\n1,ad one\n", encoding="utf-8")
     dst = tmp_path / "out.csv"
     with FileLock(str(output_lock_path(dst))):  # what a running job holds
         code = (
-            "from serve.score import run_score, ScoreError\n"
+            "from batch.score import run_score, ScoreError\n"
             f"try: run_score('m', {str(src)!r}, {str(dst)!r}, progress=False, predictor=object())\n"
             "except ScoreError as e: print('refused:', e)\n"
         )

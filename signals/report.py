@@ -71,10 +71,10 @@ def _template_html(segments_json: str | None, text: str | None) -> tuple[str, li
 def render_report(
     clusters: pd.DataFrame, report: dict | None = None, *, top: int = 50, title: str = "adrisk cluster report"
 ) -> str:
-    """HTML text of the report: ``top`` highest-ranked rows of a ``serve.linking`` cluster table.
+    """HTML text of the report: ``top`` highest-ranked rows of a ``signals.linking`` cluster table.
 
     Args:
-        clusters: ``LinkResult.clusters`` (ranked; columns of ``serve.linking.CLUSTER_COLUMNS``, plus
+        clusters: ``LinkResult.clusters`` (ranked; columns of ``signals.linking.CLUSTER_COLUMNS``, plus
             ``template`` / ``template_segments`` for template clusters when computed).
         report: ``LinkResult.report`` (counts shown in the header); optional.
         top: how many clusters to show (>= 1).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.contacts import CONTACT_TYPES, ContactExtractor, extract_contacts
+from signals.contacts import CONTACT_TYPES, ContactExtractor, extract_contacts
 
 PROBES = Path(__file__).resolve().parents[2].parent / "shared" / "probes" / "inputs.json"
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from serve.linking import LinkConfig, link_frame
-from serve.report import render_report, write_report
+from signals.linking import LinkConfig, link_frame
+from signals.report import render_report, write_report
 
 TEMPLATE = (
     "new in town {name} sweet and discreet upscale companion available all night long for generous "

@@ -1,10 +1,10 @@
 """Cross-ad signals: persona linking, template clusters and cluster risk, streamed over chunked input.
 
 Three products, computed in two streaming passes over the same chunks the scoring job reads
-(``serve.score.iter_chunks``), memory linear in the number of ads (a few hundred bytes per ad: a
+(``batch.tables.iter_chunks``), memory linear in the number of ads (a few hundred bytes per ad: a
 MinHash signature, band keys, ids and scores; never the texts):
 
-* **Personas.** Ads that share a normalised contact (``model.contacts``: phone, e-mail, URL, handle)
+* **Personas.** Ads that share a normalised contact (``signals.contacts``: phone, e-mail, URL, handle)
   or an identical text (``text_identity``: NFKC, invisible characters dropped, white space folded;
   texts of at least ``min_tokens`` words) get
   one ``persona_id``: connected components of the ad-contact graph (``scipy.sparse.csgraph``). A
@@ -44,14 +44,13 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from model.contacts import ContactExtractor
+from signals.contacts import ContactExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class LinkConfig:
 
     Attributes:
         text_column: the ad text column.
-        region, strict_phones, hash_key: passed to ``model.contacts.ContactExtractor``.
+        region, strict_phones, hash_key: passed to ``signals.contacts.ContactExtractor``.
         hub_cap: a contact shared by more than this many ads is not used for linking (>= 2).
         max_contacts_per_ad: an ad with more contacts links by none of them (they stay in its row).
         link_identical_text: identical normalised texts (>= ``min_tokens`` words) link ads too.
@@ -729,100 +728,3 @@ def summary(result: LinkResult) -> str:
         f"({r['hub_links_cut']} ad links cut, largest {r['largest_hub']} ads); "
         f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none"
     )
-
-
-def _side_paths(output: Path) -> tuple[Path, Path]:
-    """``<stem>.clusters<ext>`` and ``<output>.report.html`` beside the output."""
-    return output.with_name(f"{output.stem}.clusters{output.suffix}"), output.with_name(
-        output.name + ".report.html"
-    )
-
-
-def _write_frame(df: pd.DataFrame, path: Path, fmt: str, writer=None, header: bool = True):
-    """Append one chunk to ``path`` in ``fmt``; returns the (Parquet) writer to pass back in."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if fmt == "parquet":
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        if writer is None:
-            writer = pq.ParquetWriter(path, table.schema)
-        writer.write_table(table.cast(writer.schema))
-        return writer
-    with open(path, "a" if not header else "w", encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            df.to_csv(f, index=False, header=header)
-        else:
-            f.write(df.to_json(orient="records", lines=True, force_ascii=False, date_format="iso"))
-    return None
-
-
-def link_output(
-    output: str | Path, config: LinkConfig | None = None, *, chunk_size: int = 50_000, top: int = 50
-) -> tuple[LinkResult, Path, Path]:
-    """The ``adrisk score --link`` pass over a finished scoring output (CSV / JSONL / Parquet).
-
-    Reads the output twice (linking, then template texts), then rewrites it with ``LINK_COLUMNS``
-    appended (a temporary file renamed onto it: the output is whole before and after, never half
-    linked), writes the cluster table ``<stem>.clusters<ext>`` (same format) and the HTML report
-    ``<output>.report.html``. Link columns already present (a re-run after a kill) are recomputed,
-    so running it again is safe and gives the same ids. Scores for cluster risk are the output's own
-    ``score_<label>`` / ``flagged`` columns.
-
-    Returns:
-        (result, cluster table path, report path).
-
-    Raises:
-        LinkError: missing output, unknown format, no text column, or the file changing during the pass.
-    """
-    from serve.report import write_report
-    from serve.score import ScoreError, file_format, iter_chunks
-
-    output = Path(output)
-    if not output.is_file():
-        raise LinkError(f"{output}: no such output file to link")
-    try:
-        fmt = file_format(output)
-    except ScoreError as e:
-        raise LinkError(str(e)) from None
-
-    def chunks():
-        for df in iter_chunks(output, chunk_size):
-            yield df.drop(columns=[c for c in LINK_COLUMNS if c in df.columns])
-
-    try:
-        result = link_chunks(chunks, config)
-        tmp = output.with_name(f".{output.name}.link.tmp")
-        tmp.unlink(missing_ok=True)
-        writer, row = None, 0
-        for df in chunks():
-            n = len(df)
-            df = df.reset_index(drop=True)
-            df["contacts"] = result.contacts[row : row + n]
-            df["persona_id"] = result.persona_id[row : row + n]
-            df["template_id"] = result.template_id[row : row + n]
-            df["template_size"] = result.template_size[row : row + n]
-            writer = _write_frame(df, tmp, fmt, writer, header=row == 0)
-            row += n
-        if writer is not None:
-            writer.close()
-        if row == 0:  # no rows: keep the header-only / empty output, with the link columns
-            _write_frame(
-                pd.DataFrame(columns=[*pd.read_parquet(output).columns, *LINK_COLUMNS])
-                if fmt == "parquet"
-                else pd.DataFrame(columns=list(LINK_COLUMNS)),
-                tmp,
-                fmt,
-            )
-    except ScoreError as e:
-        raise LinkError(str(e)) from None
-    clusters_path, report_path = _side_paths(output)
-    ctmp = clusters_path.with_name(f".{clusters_path.name}.tmp")
-    ctmp.unlink(missing_ok=True)
-    w = _write_frame(result.clusters, ctmp, fmt)
-    if w is not None:
-        w.close()
-    ctmp.replace(clusters_path)
-    write_report(report_path, result.clusters, result.report, top=top)
-    tmp.replace(output)
-    return result, clusters_path, report_path

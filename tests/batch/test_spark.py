@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve.score import ScoreError, run_score
+from batch.score import ScoreError, run_score
 
 pytest.importorskip("pyspark", reason='the Spark engine is the optional extra: pip install "adrisk[spark]"')
 
-from serve.spark import (  # noqa: E402
+from batch.spark import (  # noqa: E402
     INSTALL_JAVA,
     INSTALL_PYSPARK,
     SparkScorer,
@@ -152,8 +152,8 @@ def test_one_model_load_per_python_worker_and_threads_from_task_cpus(spark, tiny
     def report(_):
         import os
 
+        from batch.spark import worker_predictor
         from model.pyfunc import predictor_loads
-        from serve.spark import worker_predictor
 
         predictor = worker_predictor(model, 1)
         yield os.getpid(), predictor_loads(model.local_dir()), predictor.runtime.num_threads
@@ -187,7 +187,7 @@ def test_staging_follows_the_whole_artifact_not_only_its_weights(tiny_artifact, 
     (a make-demo model once got the thresholds and no blend of an earlier one with the same weights)."""
     import tempfile
 
-    from serve.spark import ship_model
+    from batch.spark import ship_model
     from tests.conftest import same_weights_other_metadata
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

@@ -2,7 +2,7 @@
 
 Two entry points share one worker function:
 
-* ``run_spark_score(model_uri, input, output, ...)``: the file job. It *is* ``serve.score.run_score``
+* ``run_spark_score(model_uri, input, output, ...)``: the file job. It *is* ``batch.score.run_score``
   (same reader, same row outcomes and output columns, same chunk manifest and ``--resume``), with each
   chunk's texts scored by Spark tasks instead of the local process. Only the texts travel to the
   executors and only the scores come back; the driver reads the input and writes the output.
@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serve.score import ADDED_COLUMNS, SCORE_PREFIX, ScoreError, file_format
+from batch.tables import ScoreError, file_format
+from model.pyfunc import ADDED_COLUMNS, SCORE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def _collect(df, progress: bool) -> pd.DataFrame:
 
 
 class SparkScorer:
-    """The part of ``Predictor`` that ``serve.score`` uses (``labels``, ``meta``, ``directory``,
+    """The part of ``Predictor`` that ``batch.score`` uses (``labels``, ``meta``, ``directory``,
     ``score``), computed by Spark tasks: ``score(texts)`` sends the texts out in partitions sized from
     their number and the cluster's task slots and returns ``model.predictor.Scores`` in input order.
 
@@ -380,7 +381,7 @@ def run_spark_score(
     ship: bool = True,
     progress: bool = True,
 ):
-    """``adrisk score --engine spark``: ``serve.score.run_score`` with the texts scored on Spark.
+    """``adrisk score --engine spark``: ``batch.score.run_score`` with the texts scored on Spark.
 
     Same inputs, outputs, row outcomes (``error``), resume and locking as the local job; see the
     module docstring for the session, the model's way to the executors and threads.
@@ -395,12 +396,12 @@ def run_spark_score(
             path, which must be on shared storage).
 
     Returns:
-        ``serve.score.ScoreSummary``.
+        ``batch.score.ScoreSummary``.
 
     Raises:
         ScoreError: as ``run_score``; pyspark or Java missing (one line with the install command).
     """
-    from serve.score import run_score
+    from batch.score import run_score
 
     src, dst = Path(input_path), Path(output_path)
     file_format(src), file_format(dst)  # cheap checks before a JVM starts
@@ -458,8 +459,8 @@ def score_spark_dataframe(
     """
     from pyspark.sql.types import StructType
 
+    from batch.score import score_frame
     from model.artifact import load_meta
-    from serve.score import score_frame
 
     if text_column not in df.columns:
         raise ScoreError(f"text column {text_column!r} not found; columns are {list(df.columns)[:20]}")
