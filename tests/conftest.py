@@ -176,6 +176,64 @@ def tiny_predictor(tiny_artifact):
     return Predictor.load(tiny_artifact)
 
 
+class _BagOfWords:
+    """A torch stand-in for a sequence classifier with a known answer: logits = sum of per-token weights
+    over unmasked tokens (linear, additive), so deleting a word lowers a label by exactly its weights."""
+
+    def __init__(self, vocab_size: int, weights: dict[int, list[float]], num_labels: int):
+        import torch
+
+        emb = torch.nn.Embedding(vocab_size, num_labels)
+        with torch.no_grad():
+            emb.weight.zero_()
+            for i, w in weights.items():
+                emb.weight[i] = torch.as_tensor(w)
+        self.emb = emb
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def __call__(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=(self.emb(input_ids) * attention_mask[..., None]).sum(dim=1))
+
+
+class _Runtime:
+    name = "torch"
+
+    def __init__(self, model):
+        self.model = model
+
+    def logits(self, ids, mask):
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).logits.float().numpy()
+
+
+@pytest.fixture()
+def known_predictor(tiny_artifact):
+    """The tiny artifact's tokenizer (thresholds 0.9) with a bag-of-words model: 'cash' and 'wire' push `scam`
+    (+3, +2), 'kiss mark' (the spelled-out 💋) pushes `adult_services` (+2 per token), 'hello' lowers
+    `scam` (-1)."""
+    from model.predictor import Predictor
+
+    p = Predictor.load(tiny_artifact)
+    tok = p.encoder.tokenizer
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("cash", "wire", "kiss", "mark", "hello")}
+    w = {
+        ids["cash"]: [0, 0, 3.0],
+        ids["wire"]: [0, 0, 2.0],
+        ids["kiss"]: [2.0, 0, 0],
+        ids["mark"]: [2.0, 0, 0],
+        ids["hello"]: [0, 0, -1.0],
+    }
+    model = _BagOfWords(tok.vocab_size, w, len(p.labels))
+    meta = p.meta.model_copy(update={"thresholds": {n: 0.9 for n in p.labels}})
+    return Predictor(p.encoder, _Runtime(model), meta)
+
+
 @pytest.fixture(scope="session")
 def probes() -> list[dict]:
     """Rows of shared/probes/inputs.json with inputs expanded (repeat / repeat_list)."""
