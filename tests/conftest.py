@@ -76,15 +76,23 @@ def _reset_mlflow_globals() -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_store_template(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite store (tracking and registry tables), migrated once per session: MLflow
-    runs every schema migration on each new sqlite file, seconds per store, and most tests that touch
-    MLflow start from an empty one."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+def mlflow_store_template(request, tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store (tracking and registry tables), migrated once: MLflow runs every
+    schema migration on each new sqlite file, seconds per store, and most tests that touch MLflow start
+    from an empty one. Kept in pytest's cache per MLflow version (a fresh clone builds it once)."""
+    from importlib.metadata import version
 
-    d = tmp_path_factory.mktemp("mlflow-template")
-    store = SqlAlchemyStore(f"sqlite:///{d / 'mlflow.db'}", str(d / "mlruns"))
-    store.engine.dispose()
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    name = f"mlflow-store-{version('mlflow')}"
+    d = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
+    if not (d / "mlflow.db").is_file():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        build = tmp_path_factory.mktemp("mlflow-template")
+        store = SqlAlchemyStore(f"sqlite:///{build / 'mlflow.db'}", str(build / "mlruns"))
+        store.engine.dispose()
+        shutil.copyfile(build / "mlflow.db", d / "mlflow.db.tmp")
+        os.replace(d / "mlflow.db.tmp", d / "mlflow.db")
     return d / "mlflow.db"
 
 

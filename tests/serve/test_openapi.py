@@ -1,6 +1,6 @@
 """OpenAPI is the truth (issue 9, kind 3): ``/openapi.json`` declares the limits and bodies the server
 enforces, from its own settings, and a schema-driven client (schemathesis, all checks) finds no
-mismatch against a real ``adrisk serve`` on the tiny model."""
+mismatch against the served app on the tiny model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import REPO, ServerProcess, wait_ready
+from tests.serve.conftest import REPO, wait_ready
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -68,24 +68,20 @@ def test_empty_input_list_is_invalid_in_schema_and_answer(thread_server):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis not installed (pip install -e .[dev])")
-def test_schemathesis_finds_no_mismatch(tiny_artifact, tmp_path):
-    """All operations, all checks, deterministic generation, ~20 examples per operation (~10-30 s)."""
-    srv = ServerProcess(
-        ["--model", str(tiny_artifact), "--max-batch-size", "32", "--max-wait-ms", "5"],
-        tmp_path / "server.log",
-        env={"ADRISK_FEEDBACK_URL": f"sqlite:///{tmp_path / 'fb.db'}"},
-        cwd=tmp_path,
-    )
-    try:
-        wait_ready(srv.base, proc=srv.proc)
-        config = tmp_path / "schemathesis.toml"
-        config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
-        env = {
-            **os.environ,
-            "SCHEMATHESIS_HOOKS": "tests.serve.schemathesis_hooks",
-            "PYTHONPATH": str(REPO),
-            "NO_COLOR": "1",
-        }
+def test_schemathesis_finds_no_mismatch(thread_server, tmp_path):
+    """All operations, all checks, deterministic generation, ~20 examples per operation, against the
+    served app on the tiny model with batching and the feedback store on (the ``adrisk serve`` process
+    itself: test_http.py)."""
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.serve.schemathesis_hooks",
+        "PYTHONPATH": str(REPO),
+        "NO_COLOR": "1",
+    }
+    server = thread_server(max_batch_size=32, max_wait_ms=5, feedback_url=f"sqlite:///{tmp_path / 'fb.db'}")
+    with server as srv:
         out = subprocess.run(
             [
                 str(SCHEMATHESIS),
@@ -107,8 +103,6 @@ def test_schemathesis_finds_no_mismatch(tiny_artifact, tmp_path):
             env=env,
             cwd=tmp_path,
         )
-    finally:
-        srv.stop()
     tail = "\n".join(line[:300] for line in (out.stdout + out.stderr).splitlines()[-60:])
     assert out.returncode == 0, tail
     assert "No issues found" in out.stdout, tail
