@@ -13,7 +13,7 @@ import pytest
 
 from model.predictor import Predictor
 from model.registry import configure_tracking, log_pyfunc_model, set_alias
-from tests.conftest import build_tiny_artifact
+from tests.conftest import build_tiny_artifact, new_mlflow_store
 from tests.serve.conftest import ServerProcess, wait_ready
 
 NAME = "risky-ads-serve-test"
@@ -50,9 +50,11 @@ def restore_tracking():
 
 
 @pytest.mark.slow
-def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny_artifact, restore_tracking):
+def test_follow_alias_swaps_and_survives_bad_version(
+    tmp_path, monkeypatch, tiny_artifact, restore_tracking, mlflow_store_template
+):
     monkeypatch.chdir(tmp_path)
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     configure_tracking(tracking)
     v1 = _register(tiny_artifact)
