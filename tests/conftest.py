@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,13 +137,14 @@ def mlflow_outside_tests(cwd: Path) -> Iterator[None]:
 def isolated_environment(tmp_path_factory, mlflow_store_template):
     """Every test gets its own MLflow tracking/registry store (an empty, already migrated copy of
     ``mlflow_store_template``), model cache and environment, and leaves the process as it found it
-    (environment, working directory, MLflow's globals).
+    (environment, working directory, MLflow's globals, torch's thread count).
 
     Tests that want the CLI's default store (``mlflow.db`` in the working directory) ``chdir`` and
     ``delenv("MLFLOW_TRACKING_URI")`` themselves; subprocesses get their environment from
     ``cli_env``.
     """
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     checkout_before = set(os.listdir(REPO))
     root = tmp_path_factory.mktemp("isolated")
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
@@ -157,6 +159,8 @@ def isolated_environment(tmp_path_factory, mlflow_store_template):
     os.environ.clear()
     os.environ.update(saved_env)
     os.chdir(saved_cwd)
+    if threads is not None:  # a training or a predictor may have set torch's process-wide thread count
+        sys.modules["torch"].set_num_threads(threads)
     new = sorted(set(os.listdir(REPO)) - checkout_before - {".pytest_cache", "__pycache__"})
     assert not new, f"the test wrote {new} into the checkout"
 

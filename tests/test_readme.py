@@ -92,23 +92,16 @@ def test_readme_commands_run_as_written_after_make_demo(tmp_path, monkeypatch, c
             assert len(body["results"]) == 2 and body["model"]["version"] == "1", r.stdout
     assert (repo / "outputs" / "scored.parquet").is_file() and (repo / "outputs" / "eval.json").is_file()
 
-    # a second `make demo` on the same data and config changes nothing and still succeeds
-    again = subprocess.run(
-        ["make", "--no-print-directory", "demo-run"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0 and "already trained on this data and config" in again.stdout, again.stderr[
-        -2000:
-    ]
+    # `adrisk retrain` again on the same data and config changes nothing: exit 5, which `make demo`
+    # reports and passes (test_make_demo_reports_each_retrain_outcome); the entry point in process
+    from adrisk.cli import main
+
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["retrain", "--config", "configs/demo.yaml"]) == 5
 
     # from another directory, only the environment says where the registry is (in process: the same
     # `adrisk` entry point without three more interpreter starts)
-    from adrisk.cli import main
-
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -123,6 +116,36 @@ def test_readme_commands_run_as_written_after_make_demo(tmp_path, monkeypatch, c
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{elsewhere / 'reg.db'}")
     assert main(["predict", "--model", "models:/risky-ads/1", "x"]) == 1
     assert "reg.db" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "rc, says",
+    [
+        (0, ""),
+        (3, "the challenger was rejected; @champion is unchanged"),
+        (5, "@champion was already trained on this data and config"),
+        (1, None),
+    ],
+)
+def test_make_demo_reports_each_retrain_outcome(tmp_path, rc, says):
+    """`make demo-run` maps `adrisk retrain`'s exit codes (0 promoted, 3 rejected, 5 unchanged) to a
+    line and goes on to predict; any other code stops it. A stub `adrisk` (no model) plays retrain."""
+    stub = tmp_path / "bin" / "adrisk"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$1"\n[ "$1" = retrain ] && exit {rc}\nexit 0\n')
+    stub.chmod(0o755)
+    r = subprocess.run(
+        ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "demo-run", f"BIN={stub.parent}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if says is None:
+        assert r.returncode != 0 and "predict" not in r.stdout
+    else:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert says in r.stdout and r.stdout.splitlines()[-1] == "predict"  # went on to predict
 
 
 def test_cli_help_and_readme_agree():

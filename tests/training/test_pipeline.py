@@ -1,7 +1,7 @@
 """Training end to end: the session's trained tiny model (artifact, MLflow run, registered version);
 ``adrisk train`` with the extras on (TF-IDF baseline and blend, shortcut audit, extra evaluation sets),
-then ``adrisk predict`` on its registered version; resume after a kill; a real MLflow tracking server
-on loopback."""
+then ``adrisk predict`` on its registered version; resume after a SIGKILL; a real MLflow tracking
+server on loopback."""
 
 from __future__ import annotations
 
@@ -98,10 +98,14 @@ def test_a_trained_model_is_a_registered_artifact_with_its_run(trained_tiny_mode
 
 
 @pytest.mark.slow
-def test_cli_run_with_the_extras_then_predict_from_the_registry(tmp_path, mlflow_store_template):
+def test_cli_run_with_the_extras_then_predict_from_the_registry(tmp_path, capsys, caplog):
     """``adrisk train`` with every extra the tiny config leaves off: the TF-IDF baseline beside the
-    model, its per-label blend, the shortcut audit on a style-stripped view, an extra evaluation set."""
+    model, its per-label blend, the shortcut audit on a style-stripped view, an extra evaluation set;
+    then ``adrisk predict`` on the registered version (the entry point in process; a CLI process
+    trains in the resume test and in the README test)."""
     import mlflow
+
+    from adrisk.cli import main
 
     extra = tmp_path / "extra.jsonl"
     extra.write_text(
@@ -111,23 +115,23 @@ def test_cli_run_with_the_extras_then_predict_from_the_registry(tmp_path, mlflow
         )
     )
     out = tmp_path / "run"
-    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
     sets = [
+        f"output_dir={out}",
+        f"data.path={DATA_DIR}",
         "train.epochs=1",
         "baseline.enabled=true",
         "generalisation.audit=true",
         "generalisation.augment_views=[short]",
         f"eval_sets={{extra: {{path: {extra}, labels: [adult_services], negatives_from_test: true}}}}",
     ]
-    args = _train_args(out, "--uri-file", str(tmp_path / "uri.txt"), *[x for s in sets for x in ("--set", s)])
-    r = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout  # per-source table, baseline beside
-    assert "shortcut audit" in r.stdout and "extra evaluation sets" in r.stdout
+    argv = ["train", "--config", str(TINY), "--uri-file", str(tmp_path / "uri.txt")]
+    assert main([*argv, *[x for s in sets for x in ("--set", s)]]) == 0
+    stdout = capsys.readouterr().out
+    assert "backpage_escort_ca_2018" in stdout and "b.ap" in stdout  # per-source table, baseline beside
+    assert "shortcut audit" in stdout and "extra evaluation sets" in stdout
     uri = (tmp_path / "uri.txt").read_text().strip()
     assert uri == "models:/risky-ads-tiny/1"
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0]
     metrics = run.data.metrics
     for key in (
@@ -149,23 +153,24 @@ def test_cli_run_with_the_extras_then_predict_from_the_registry(tmp_path, mlflow
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"audit_table.txt", "eval_sets_table.txt"} <= arts
 
-    p = subprocess.run(
-        [*ADRISK, "predict", "--model", uri, "hot petite girls 24/7 incall", ""],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
-    lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
+    caplog.clear()
+    assert main(["predict", "--model", uri, "hot petite girls 24/7 incall", ""]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.strip().splitlines()]
     assert len(lines) == 2 and set(lines[0]["category_scores"]) == set(labels)
-    assert "hot petite" not in p.stderr
+    assert "hot petite" not in captured.err + caplog.text
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, trained_tiny_model, mlflow_store_template):
-    """The session's model is the uninterrupted run; the same config, killed at its first checkpoint
-    (mid-epoch) and resumed, ends with the same weights."""
+def test_resume_after_kill_matches_uninterrupted_run(
+    tmp_path, trained_tiny_model, mlflow_store_template, monkeypatch, caplog
+):
+    """The session's model is the uninterrupted run; ``adrisk train`` on the same config, SIGKILLed at
+    its first checkpoint (mid-epoch), then resumed (the entry point in process), ends with the same
+    weights."""
+    import logging
+
+    from adrisk.cli import main
+
     extra = ["--set", "tracking.register_model=false"]
     new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
     proc = subprocess.Popen(
@@ -184,16 +189,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, trained_tiny_mode
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "out" / "model" / "adrisk.json").exists(), "the run finished before it was killed"
 
-    r = subprocess.run(
-        [*_train_args(tmp_path / "out", *extra), "--resume"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at epoch" in r.stderr
+    monkeypatch.chdir(tmp_path)  # the killed run's store: mlflow.db in its working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with caplog.at_level(logging.INFO):
+        assert main([*_train_args(tmp_path / "out", *extra)[3:], "--resume"]) == 0
+    assert "resumed at epoch" in caplog.text
     a = load_file(str(trained_tiny_model.artifact_dir / "model.safetensors"))
     b = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
