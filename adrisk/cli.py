@@ -306,11 +306,36 @@ def _export_onnx(args) -> int:
     return EXIT_OK
 
 
+def _reviewer_weight(value: str) -> tuple[str, float]:
+    """``--reviewer-weight REVIEWER=W`` (W >= 0)."""
+    name, sep, w = value.rpartition("=")
+    try:
+        weight = float(w)
+    except ValueError:
+        weight = -1.0
+    if not sep or not name or not weight >= 0:
+        raise argparse.ArgumentTypeError(f"expected REVIEWER=WEIGHT with a weight >= 0, got {value!r}")
+    return name, weight
+
+
 def _feedback_export(args) -> int:
     from serve.feedback_store import FeedbackStore
 
-    n = FeedbackStore(args.db, must_exist=True).export(args.output)
-    print(f"exported {n} feedback rows to {args.output}")
+    weights = dict(args.reviewer_weight or [])
+    weights.update(dict.fromkeys(args.exclude_reviewer or [], 0.0))
+    report = FeedbackStore(args.db, must_exist=True).export(args.output, reviewer_weights=weights)
+    print(
+        f"exported {report.rows} feedback rows to {args.output}; {report.conflicts} texts held back "
+        f"(reviewers tied), {report.excluded} with every reviewer excluded"
+    )
+    print("| reviewer | weight | decisions | vs model | pairs with others | vs others |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, st in sorted(report.reviewers.items()):
+        vm = f"{st.vs_model:.3f} ({st.with_model})" if st.vs_model is not None else "n/a"
+        vo = f"{st.vs_others:.3f}" if st.vs_others is not None else "n/a"
+        print(f"| {name} | {st.weight:g} | {st.decisions} | {vm} | {st.pairs} | {vo} |")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK
 
 
@@ -636,11 +661,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("feedback", help="moderator feedback: export as training data")
     fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
-    e = fsub.add_parser("export", help="write feedback as JSONL in the dataset schema")
+    e = fsub.add_parser(
+        "export",
+        help="write feedback as JSONL in the dataset schema; report per-reviewer disagreement",
+        description="One row per text: each reviewer's latest decision (in arrival order) counts, "
+        "reviewers are settled by a weighted vote per label, ties are held back. Prints each "
+        "reviewer's disagreement with the model and with other reviewers on the same texts.",
+    )
     e.add_argument(
         "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
     )
     e.add_argument("--output", required=True)
+    e.add_argument(
+        "--exclude-reviewer",
+        action="append",
+        metavar="REVIEWER",
+        help="leave this reviewer's decisions out of the vote (repeatable; still reported)",
+    )
+    e.add_argument(
+        "--reviewer-weight",
+        action="append",
+        type=_reviewer_weight,
+        metavar="REVIEWER=W",
+        help="weigh this reviewer's vote by W (default 1; repeatable); a label is kept when its "
+        "reviewers weigh over half the total, a tie holds the text back",
+    )
+    e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
     e.set_defaults(func=_feedback_export)
 
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")

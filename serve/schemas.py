@@ -247,7 +247,9 @@ class FeedbackRequest(BaseModel):
     reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
     reviewed_at: datetime | None = Field(
         None,
-        description="when the decision was made (default: now); at most a day in the future (422 beyond)",
+        description="when the decision was made (default: now); within the server's window: at most "
+        "feedback_max_age_days (365) back and feedback_clock_skew_s (300 s) ahead (422 beyond). Only "
+        "informative: a reviewer's later decision is the one received later",
     )
 
     @field_validator("input_index", mode="before")

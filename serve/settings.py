@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     feedback_recent: int = Field(
         10_000, ge=0, description="classify requests kept in memory for feedback by id"
     )
+    feedback_max_age_days: float = Field(
+        365.0,
+        gt=0,
+        description="oldest reviewed_at /v1/feedback accepts, in days before now (422 beyond)",
+    )
+    feedback_clock_skew_s: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="how far ahead of the server's clock a reviewed_at may be (seconds; 422 beyond)",
+    )
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
 
     def api_key_list(self) -> list[str]:

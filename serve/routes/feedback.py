@@ -21,12 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
 from serve.errors import APIError, ErrorKind
+from serve.feedback_store import as_utc
 from serve.schemas import ERROR_RESPONSES, FeedbackRequest, FeedbackResponse
+from serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CLOCK_SKEW = timedelta(days=1)  # generous: clients with skewed clocks or zones
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -47,6 +48,32 @@ def _describe(error: dict) -> str:
         )
     parts = [str(x) if isinstance(x, int) or _FIELD_NAME.match(str(x)) else "<field>" for x in loc]
     return f"{'.'.join(parts) or 'body'}: {error.get('msg', 'invalid')}"
+
+
+def check_reviewed_at(reviewed_at: datetime | None, settings: Settings) -> datetime | None:
+    """A client-claimed review time as UTC (a time without a zone is taken as UTC), within
+    ``[now - feedback_max_age_days, now + feedback_clock_skew_s]``. Export never orders decisions by
+    it (arrival order does), but a time no clock could have shown is a client error, not data.
+
+    Raises:
+        APIError(validation_error): outside the window.
+    """
+    if reviewed_at is None:
+        return None
+    reviewed_at = as_utc(reviewed_at)
+    now = datetime.now(timezone.utc)
+    if reviewed_at > now + timedelta(seconds=settings.feedback_clock_skew_s):
+        raise APIError(
+            ErrorKind.validation_error,
+            f"reviewed_at: is in the future (more than {settings.feedback_clock_skew_s:g} s ahead of "
+            "the server's clock); omit it to use the time of receipt",
+        )
+    if reviewed_at < now - timedelta(days=settings.feedback_max_age_days):
+        raise APIError(
+            ErrorKind.validation_error,
+            f"reviewed_at: is more than {settings.feedback_max_age_days:g} days ago",
+        )
+    return reviewed_at
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
@@ -71,15 +98,7 @@ async def feedback(
         raise APIError(ErrorKind.validation_error, _describe(dict(first))) from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
-    reviewed_at = req.reviewed_at
-    if reviewed_at is not None:
-        # stored without a zone (SQLite) and compared to pick the latest decision per ad: store UTC
-        # (a time without a zone is taken as UTC), and refuse the future, which would win forever
-        if reviewed_at.tzinfo is None:
-            reviewed_at = reviewed_at.replace(tzinfo=timezone.utc)
-        reviewed_at = reviewed_at.astimezone(timezone.utc)
-        if reviewed_at > datetime.now(timezone.utc) + _CLOCK_SKEW:
-            raise APIError(ErrorKind.validation_error, "reviewed_at: is more than a day in the future")
+    reviewed_at = check_reviewed_at(req.reviewed_at, settings)
     cur = state.current
     if cur is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
