@@ -16,6 +16,7 @@ from serve.batcher import MicroBatcher
 from serve.deps import AppContext
 from serve.errors import ErrorKind, error_response, install_error_handlers
 from serve.explain import ExplainQueue
+from serve.keys import build_keyring
 from serve.metrics import Metrics
 from serve.openapi import install_openapi
 from serve.routes import ROUTERS
@@ -40,7 +41,10 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     settings = settings or Settings()
     metrics = Metrics()
     ctx = AppContext(
-        settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent)
+        settings=settings,
+        metrics=metrics,
+        recent=RecentClassifications(settings.feedback_recent),
+        keyring=build_keyring(settings.keys_file, settings.api_key_list()),
     )
 
     @asynccontextmanager
@@ -79,7 +83,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             settings.max_batch_size,
             settings.max_wait_ms,
             settings.queue_size,
-            "on" if settings.api_key_list() else "off",
+            "on" if ctx.keyring.enabled else "off",
         )
         try:
             yield

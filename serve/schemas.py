@@ -207,7 +207,7 @@ class ErrorBody(BaseModel):
 
 # the error responses every /v1 route documents (one body shape, see serve/errors.py)
 ERROR_RESPONSES: dict[int | str, dict] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)
 }
 
 

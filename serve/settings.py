@@ -49,7 +49,13 @@ class Settings(BaseSettings):
         "cost ~10-100x a plain score)",
     )
     explain_queue_size: int = Field(32, ge=1, description="most texts waiting for explanation; beyond it 503")
-    api_keys: str = Field("", description="comma-separated API keys; empty = no auth on /v1/*")
+    api_keys: str = Field(
+        "", description="comma-separated API keys with every scope and tenant 'default' (the older form)"
+    )
+    keys_file: str | None = Field(
+        None,
+        description="YAML keys file: id, sha256, scopes (classify, feedback, admin), tenant (serve/keys.py)",
+    )
     feedback_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the feedback store (default sqlite:///feedback.db in the working dir)",

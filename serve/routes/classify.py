@@ -16,7 +16,7 @@ from serve.deps import (
     StateDep,
     parse_json,
     read_body,
-    require_api_key,
+    require_classify,
 )
 from serve.errors import APIError, ErrorKind
 from serve.explain import ExplainQueue, ExplainQueueFull
@@ -32,7 +32,7 @@ from serve.state import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_classify)], tags=["v1"])
 
 _JSON_TYPES = {
     type(None): "null",

@@ -19,7 +19,17 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
+from serve.batcher import NotReady, QueueFull
+from serve.deps import (
+    BatcherDep,
+    ContextDep,
+    FeedbackPrincipal,
+    SettingsDep,
+    StateDep,
+    parse_json,
+    read_body,
+    require_feedback,
+)
 from serve.errors import APIError, ErrorKind
 from serve.feedback_store import as_utc
 from serve.schemas import ERROR_RESPONSES, FeedbackRequest, FeedbackResponse
@@ -76,14 +86,33 @@ def check_reviewed_at(reviewed_at: datetime | None, settings: Settings) -> datet
     return reviewed_at
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+async def _model_labels(batcher, text: str) -> list[str] | None:
+    """The labels the serving model gives ``text`` (None when the scoring queue is full or no model
+    serves: the decision is recorded all the same, without the comparison)."""
+    try:
+        preds, _ = await batcher.submit([text])
+    except (QueueFull, NotReady):
+        return None
+    except Exception:  # logged by type in the batcher
+        return None
+    return sorted(n for n, on in preds[0].categories.items() if on)
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_feedback)], tags=["v1"])
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackResponse, responses=ERROR_RESPONSES)
 async def feedback(
-    request: Request, settings: SettingsDep, state: StateDep, ctx: ContextDep
+    request: Request,
+    settings: SettingsDep,
+    state: StateDep,
+    batcher: BatcherDep,
+    ctx: ContextDep,
+    principal: FeedbackPrincipal,
 ) -> FeedbackResponse:
-    """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign).
+    """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign), with
+    the sending key's id and tenant and the labels the serving model gives the text (for the
+    per-reviewer disagreement ``adrisk feedback export`` reports). Needs the ``feedback`` scope.
 
     Errors: 422 (bad body, unknown label, both or neither of text/classification_id), 404 (unknown or
     expired classification id / input index), 503 (no model loaded: labels cannot be checked).
@@ -123,16 +152,21 @@ async def feedback(
                 ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs"
             )
         text = _without_surrogates(texts[req.input_index])
+    model_labels = await _model_labels(batcher, text)
     store = ctx.feedback_store()
     fid = await run_in_threadpool(
-        store.add,
-        text,
-        sorted(set(req.labels)),
-        req.reviewer,
-        reviewed_at,
-        req.classification_id,
-        cur.ref.name,
-        cur.ref.version,
+        lambda: store.add(
+            text,
+            sorted(set(req.labels)),
+            req.reviewer,
+            reviewed_at,
+            req.classification_id,
+            cur.ref.name,
+            cur.ref.version,
+            key_id=principal.key_id,
+            tenant=principal.tenant,
+            model_labels=model_labels,
+        )
     )
     from serve.feedback_store import text_digest
 
