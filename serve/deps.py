@@ -27,8 +27,12 @@ from serve.settings import Settings
 from serve.state import ModelState
 
 if TYPE_CHECKING:
+    from serve.appeals import AppealStore
+    from serve.decisions import DecisionLog
+    from serve.decisions_metrics import DecisionMetrics
     from serve.explain import ExplainQueue
     from serve.feedback_store import FeedbackStore
+    from serve.policy_state import PolicyState
     from serve.state import RecentClassifications
 
 
@@ -44,6 +48,10 @@ class AppContext:
     model_state: ModelState | None = None
     batcher: MicroBatcher | None = None
     explain_queue: ExplainQueue | None = None
+    policy_state: PolicyState | None = None
+    decision_log: DecisionLog | None = None
+    appeals: AppealStore | None = None
+    decision_metrics: DecisionMetrics = None  # type: ignore[assignment]  # set by create_app
     _feedback_store: FeedbackStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -3,7 +3,7 @@ overridden by ``adrisk serve`` flags."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,6 +75,26 @@ class Settings(BaseSettings):
         description="how far ahead of the server's clock a reviewed_at may be (seconds; 422 beyond)",
     )
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
+    # -- moderation policy, decision log, appeals (docs/policy.md) -----------------------------------
+    policy_file: str | None = Field(
+        None, description="moderation policy YAML (default: the model's thresholds); reloaded on change"
+    )
+    policy_poll_s: float = Field(2.0, gt=0, le=3600, description="seconds between checks of the policy file")
+    contact_hash_key: SecretStr | None = Field(
+        None, description="key of the policy's contact blocklist digests (ADRISK_CONTACT_HASH_KEY)"
+    )
+    decision_log: bool = Field(True, description="log every decision (false: no log, statements or appeals)")
+    decisions_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the decision log (default sqlite:///decisions.db in the working dir)",
+    )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="secret keying the decision log's hashes (default: <db>.key beside a SQLite log, created once)",
+    )
+    decision_queue_size: int = Field(
+        100_000, ge=1, description="decisions waiting to be written; beyond it /v1/classify answers 503"
+    )
 
     def api_key_list(self) -> list[str]:
         """The configured API keys (empty list: auth is off)."""

@@ -461,17 +461,19 @@ class PolicyEngine:
         policy: the validated policy.
         hash_key: the contact-hashing key (``ADRISK_CONTACT_HASH_KEY``); required when the policy has
             a contact blocklist.
+        match_contacts: False for replays (``decide`` only): no key needed, ``rule_hits`` finds no
+            contacts.
 
     Raises:
         PolicyError: a blocklist without a key, or with a key whose fingerprint differs from the policy's.
     """
 
-    def __init__(self, policy: Policy, hash_key: bytes | str | None = None):
+    def __init__(self, policy: Policy, hash_key: bytes | str | None = None, match_contacts: bool = True):
         self.policy = policy
         self._extractor: ContactExtractor | None = None
         self._blocked: frozenset[str] = frozenset()
         bl = policy.contact_blocklist
-        if bl is not None and bl.hashes:
+        if bl is not None and bl.hashes and match_contacts:
             if not hash_key:
                 raise PolicyError(
                     "contact_blocklist: needs the hashing key in ADRISK_CONTACT_HASH_KEY (the list holds keyed digests)"

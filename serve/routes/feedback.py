@@ -86,7 +86,7 @@ def check_reviewed_at(reviewed_at: datetime | None, settings: Settings) -> datet
     return reviewed_at
 
 
-async def _model_labels(batcher, text: str) -> list[str] | None:
+async def model_labels_of(batcher, text: str) -> list[str] | None:
     """The labels the serving model gives ``text`` (None when the scoring queue is full or no model
     serves: the decision is recorded all the same, without the comparison)."""
     try:
@@ -152,7 +152,7 @@ async def feedback(
                 ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs"
             )
         text = _without_surrogates(texts[req.input_index])
-    model_labels = await _model_labels(batcher, text)
+    model_labels = await model_labels_of(batcher, text)
     store = ctx.feedback_store()
     fid = await run_in_threadpool(
         lambda: store.add(
