@@ -1,7 +1,7 @@
 """The policy a server applies: a policy file, reloaded on change, or the serving model's thresholds.
 
 ``adrisk serve --policy F`` loads F at start (a bad file stops the start with one line) and then
-polls it: a changed file is validated (fields, the serving model's labels, the API keys' tenants,
+polls it: a change that has settled (the same at two looks, ``policy_poll_s`` apart) is validated (fields, the serving model's labels, the API keys' tenants,
 the contact key, a new version for new content) and swapped in by one reference assignment, so a
 request sees the old or the new policy, never a mix, and none is dropped. A bad reload keeps the
 previous policy, logs one line and shows in ``GET /v1/policy`` and ``/metrics``. Without a file the
@@ -73,10 +73,11 @@ class PolicyState:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stamp: tuple | None = None
+        self._stamp: tuple | None = None  # the file as last loaded
         if self.path is not None:
             self._stamp = self._file_stamp()
             self.file = self._load(labels())
+        self._seen = self._stamp  # the file as last looked at
 
     def _file_stamp(self) -> tuple | None:
         assert self.path is not None
@@ -160,8 +161,13 @@ class PolicyState:
             self._thread.join(5)
 
     def check_now(self) -> bool:
-        """Reload the file if it changed since the last look; True when a new policy was swapped in."""
+        """Reload the file once a change has settled: it changed since the last load and looked the same
+        (mtime, size, inode) at the previous look, so a file caught half-written by an editor is not
+        read. True when a new policy was swapped in."""
         stamp = self._file_stamp()
+        if stamp != self._seen:
+            self._seen = stamp
+            return False
         if stamp == self._stamp:
             return False
         self._stamp = stamp

@@ -146,12 +146,17 @@ class CategoryRules(_Strict):
         return self
 
 
+_NO_RULES = CategoryRules()
+
+
 class TenantOverride(_Strict):
     """What differs for one tenant (the tenant comes with the API key)."""
 
     observe_only: bool | None = Field(None, description="overrides the policy's observe_only")
     categories: dict[str, CategoryRules] = Field(
-        default_factory=dict, description="replace these categories' rules for this tenant"
+        default_factory=dict,
+        description="these categories' rules for this tenant: each field given (actions, severity) "
+        "replaces the policy's, a field left out keeps it",
     )
 
 
@@ -493,6 +498,14 @@ class PolicyEngine:
         self._block_re = _term_regex([t.term for t in policy.terms.block])
         self._allow_re = _term_regex(list(policy.terms.allow))
         self._term_index = {_term_key(t.term): i for i, t in enumerate(policy.terms.block)}
+        # per tenant, each category's rules with the tenant's override merged field by field
+        self._rules: dict[str | None, dict[str, CategoryRules]] = {None: dict(policy.categories)}
+        for tenant, over in policy.tenants.items():
+            merged = dict(policy.categories)
+            for cat, rules in over.categories.items():
+                given = {f: getattr(rules, f) for f in rules.model_fields_set}
+                merged[cat] = policy.categories[cat].model_copy(update=given)
+            self._rules[tenant] = merged
 
     @property
     def version(self) -> str:
@@ -533,9 +546,9 @@ class PolicyEngine:
         first = p.actions[0]
         reasons: list[dict] = []
         cat_sev: dict[str, str] = {}
+        by_label = self._rules.get(tenant) or self._rules[None]
         for label, score in scores.items():
-            rules = over.categories.get(label) if over is not None else None
-            rules = rules or p.categories.get(label) or CategoryRules()
+            rules = by_label.get(label) or _NO_RULES
             band = next((b for b in rules.actions if b.contains(score)), None)
             if band is not None and band.action != first:
                 reasons.append(
