@@ -22,8 +22,8 @@ OUTCOMES = ("upheld", "overturned")
 
 
 class AppealError(Exception):
-    """An appeal request that cannot be carried out: ``kind`` is ``not_found``, ``conflict`` or
-    ``invalid``; the message names ids only."""
+    """An appeal request that cannot be carried out: ``kind`` is ``not_found`` or ``conflict``; the
+    message names ids only."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -76,15 +76,17 @@ class AppealStore:
 
         Raises:
             AppealError(not_found): no such decision for this tenant.
-            AppealError(invalid): the decision restricted nothing (its action is the policy's first).
-            AppealError(conflict): an appeal on it is already open.
+            AppealError(conflict): the decision restricted nothing (its action is the policy's first),
+                or an appeal on it is already open.
         """
         row = self.log.get(decision_id)
         if row is None or (not any_tenant and row["tenant"] != tenant):
             raise AppealError("not_found", f"decision {decision_id} not found")
         policy = self.log.policy(row["policy_version"])
         if policy is not None and row["action"] == policy.actions[0]:
-            raise AppealError("invalid", f"decision {decision_id} acted {row['action']!r}: nothing to appeal")
+            raise AppealError(
+                "conflict", f"decision {decision_id} acted {row['action']!r}: nothing to appeal"
+            )
         with Session(self.log.engine) as s, s.begin():
             existing = s.execute(
                 select(AppealRow.id).where(AppealRow.decision_id == decision_id, AppealRow.status == "open")

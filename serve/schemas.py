@@ -229,9 +229,21 @@ class AppealRequest(BaseModel):
 
 
 class AppealResolution(BaseModel):
-    """Resolve an open appeal (admin key). Overturned decisions become feedback rows with ``labels``."""
+    """Resolve an open appeal (admin key). Overturned decisions become feedback rows with ``labels``
+    (required then; the serving model's labels are added to the published schema as an ``enum``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"outcome": {"const": "upheld"}}},
+                {
+                    "properties": {"outcome": {"const": "overturned"}, "labels": {"type": "array"}},
+                    "required": ["labels"],
+                },
+            ]
+        },
+    )
 
     outcome: Literal["upheld", "overturned"]
     reviewer: str = Field(min_length=1, max_length=200, description="moderator id")

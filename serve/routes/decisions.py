@@ -53,11 +53,7 @@ DecisionId = Annotated[str, Path(pattern=DECISION_ID, description="a classify re
 AppealId = Annotated[str, Path(pattern=APPEAL_ID, description="an appeal's id")]
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _RESPONSES: dict[int | str, dict] = {**ERROR_RESPONSES, 409: ERROR_RESPONSES[404]}
-_APPEAL_ERRORS = {
-    "not_found": ErrorKind.not_found,
-    "conflict": ErrorKind.conflict,
-    "invalid": ErrorKind.validation_error,
-}
+_APPEAL_ERRORS = {"not_found": ErrorKind.not_found, "conflict": ErrorKind.conflict}
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -69,9 +65,24 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    """Lone UTF-16 surrogates (JSON ``\\ud83d``) in strings as U+FFFD, as the normaliser does:
+    storable (UTF-8 databases refuse them) and hashed like the classified text."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
 async def _parse(request: Request, limit: int, model: type[BaseModel]) -> Any:
     """The body as ``model`` (bounded by ``limit`` bytes); errors name fields, never values."""
-    payload = parse_json(await read_body(request, limit))
+    payload = _scrub(parse_json(await read_body(request, limit)))
     try:
         return model.model_validate(payload)
     except ValidationError as e:
@@ -155,7 +166,7 @@ async def open_appeal(
     request: Request, settings: SettingsDep, ctx: ContextDep, principal: ClassifyPrincipal
 ) -> AppealResponse:
     """Open an appeal on a decision that restricted an ad. 404: unknown decision (or another
-    tenant's); 409: an appeal on it is already open; 422: the decision restricted nothing."""
+    tenant's); 409: an appeal on it is already open, or the decision restricted nothing."""
     req: AppealRequest = await _parse(request, settings.max_body_bytes, AppealRequest)
     store = _appeals(ctx)
     try:
@@ -210,11 +221,11 @@ async def _overturn_feedback(
         text = texts[row["input_index"]] if texts is not None and row["input_index"] < len(texts) else None
         if text is None or log.keys.text_hmac(text) != row["text_hmac"]:
             raise APIError(
-                ErrorKind.validation_error,
+                ErrorKind.conflict,
                 "text: required (the server no longer holds this decision's request; the log keeps no text)",
             )
     elif log.keys.text_hmac(text) != row["text_hmac"]:
-        raise APIError(ErrorKind.validation_error, "text: does not match the decision's text hash")
+        raise APIError(ErrorKind.conflict, "text: does not match the decision's text hash")
     model_labels = await model_labels_of(batcher, text)
     store = ctx.feedback_store()
     return await run_in_threadpool(
@@ -250,8 +261,8 @@ async def resolve_appeal(
 ) -> AppealResponse:
     """Resolve an open appeal (``admin`` scope): ``upheld`` keeps the decision; ``overturned`` records
     the moderator's ``labels`` as feedback on the ad (``text`` checked against the decision). 404:
-    unknown appeal; 409: already resolved; 422: labels missing or unknown, text missing or not the
-    decision's."""
+    unknown appeal; 409: already resolved, or the text missing (the server no longer holds the
+    request) or not the decision's; 422: labels missing or unknown."""
     req: AppealResolution = await _parse(request, settings.max_body_bytes, AppealResolution)
     store = _appeals(ctx)
     try:

@@ -188,7 +188,7 @@ def test_appeals_overturn_into_feedback_and_the_overturn_rate(policy_server):
     error_of(httpx.post(resolve, json=overturn, headers=auth("k-kids"), timeout=30), 403, "forbidden")
     bad_text = {**overturn, "text": "some other ad"}
     assert "does not match" in error_of(
-        httpx.post(resolve, json=bad_text, headers=auth("k-admin"), timeout=30), 422, "validation_error"
+        httpx.post(resolve, json=bad_text, headers=auth("k-admin"), timeout=30), 409, "conflict"
     )
     r = httpx.post(
         resolve, json=overturn, headers=auth("k-admin"), timeout=30
