@@ -87,3 +87,45 @@ def test_exported_review_times_keep_their_zone(tmp_path):
     got = datetime.fromisoformat(row["reviewed_at"])
     assert got.tzinfo is not None and got.utcoffset() is not None
     assert got == when
+
+
+@pytest.mark.clock
+def test_export_reports_each_reviewers_disagreement_and_can_exclude_one(tmp_path, capsys):
+    from adrisk.cli import main
+    from serve.feedback_store import FeedbackStore
+
+    db = f"sqlite:///{tmp_path / 'fb.db'}"
+    store = FeedbackStore(db)
+    # mod-1 and mod-2 agree with the model; mod-3 flips every label, on the same texts
+    for i in range(4):
+        text, model = f"listing number {i}", ["scam"] if i % 2 else []
+        store.add(text, model, "mod-1", model_labels=model)
+        store.add(text, model, "mod-2", model_labels=model)
+        store.add(text, [] if model else ["scam"], "mod-3", model_labels=model)
+    out, report = tmp_path / "fb.jsonl", tmp_path / "report.json"
+    code = main(
+        [
+            "feedback",
+            "export",
+            "--db",
+            db,
+            "--output",
+            str(out),
+            "--exclude-reviewer",
+            "mod-3",
+            "--report",
+            str(report),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "| mod-3 | 0 | 4 | 1.000 (4) | 8 | 1.000 |" in printed, printed
+    assert "| mod-1 | 1 | 4 | 0.000 (4) | 8 | 0.500 |" in printed, printed
+    stats = json.loads(report.read_text())
+    assert stats["rows"] == 4 and stats["conflicts"] == 0
+    assert stats["reviewers"]["mod-3"]["disagreement_with_model"] == 1.0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["labels"] for r in rows] == [["scam"] if i % 2 else [] for i in range(4)]
+    assert all(r["reviewers"] == ["mod-1", "mod-2"] for r in rows)
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit 2, one line naming the rule
+        main(["feedback", "export", "--db", db, "--output", str(out), "--reviewer-weight", "mod-3"])
+    assert e.value.code == 2 and "REVIEWER=WEIGHT" in capsys.readouterr().err
