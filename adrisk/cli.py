@@ -777,35 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=threads_help)
     p.set_defaults(func=_export_onnx)
 
-    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
-    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
-    e = fsub.add_parser(
-        "export",
-        help="write feedback as JSONL in the dataset schema; report per-reviewer disagreement",
-        description="One row per text: each reviewer's latest decision (in arrival order) counts, "
-        "reviewers are settled by a weighted vote per label, ties are held back. Prints each "
-        "reviewer's disagreement with the model and with other reviewers on the same texts.",
-    )
-    e.add_argument(
-        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
-    )
-    e.add_argument("--output", required=True)
-    e.add_argument(
-        "--exclude-reviewer",
-        action="append",
-        metavar="REVIEWER",
-        help="leave this reviewer's decisions out of the vote (repeatable; still reported)",
-    )
-    e.add_argument(
-        "--reviewer-weight",
-        action="append",
-        type=_reviewer_weight,
-        metavar="REVIEWER=W",
-        help="weigh this reviewer's vote by W (default 1; repeatable); a label is kept when its "
-        "reviewers weigh over half the total, a tie holds the text back",
-    )
-    e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
-    e.set_defaults(func=_feedback_export)
+    _add_feedback_parsers(sub)
 
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
@@ -933,6 +905,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help='most texts per request with "explain": true (default 8); then 413',
     )
+    _add_serve_policy_args(p)
+    p.set_defaults(func=_serve)
+
+    _add_audit_parsers(sub)
+    _add_policy_parsers(sub)
+    return parser
+
+
+def _add_serve_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         metavar="FILE",
@@ -945,11 +926,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-decision-log", action="store_true", help="log no decisions (no statements, no appeals)"
     )
-    p.set_defaults(func=_serve)
 
-    _add_audit_parsers(sub)
-    _add_policy_parsers(sub)
-    return parser
+
+def _add_feedback_parsers(sub) -> None:
+    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
+    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
+    e = fsub.add_parser(
+        "export",
+        help="write feedback as JSONL in the dataset schema; report per-reviewer disagreement",
+        description="One row per text: each reviewer's latest decision (in arrival order) counts, "
+        "reviewers are settled by a weighted vote per label, ties are held back. Prints each "
+        "reviewer's disagreement with the model and with other reviewers on the same texts.",
+    )
+    e.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
+    )
+    e.add_argument("--output", required=True)
+    e.add_argument(
+        "--exclude-reviewer",
+        action="append",
+        metavar="REVIEWER",
+        help="leave this reviewer's decisions out of the vote (repeatable; still reported)",
+    )
+    e.add_argument(
+        "--reviewer-weight",
+        action="append",
+        type=_reviewer_weight,
+        metavar="REVIEWER=W",
+        help="weigh this reviewer's vote by W (default 1; repeatable); a label is kept when its "
+        "reviewers weigh over half the total, a tie holds the text back",
+    )
+    e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
+    e.set_defaults(func=_feedback_export)
 
 
 def _add_audit_parsers(sub) -> None:
