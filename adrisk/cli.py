@@ -11,7 +11,7 @@ evaluate           ``_evaluate``                               ``training.evalua
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
-feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export``
+feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
 score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
 link               ``_link_verb``                              ``batch.link.link_output``
@@ -328,7 +328,7 @@ def _feedback_export(args) -> int:
 
     weights = dict(args.reviewer_weight or [])
     weights.update(dict.fromkeys(args.exclude_reviewer or [], 0.0))
-    report = FeedbackStore(args.db, must_exist=True).export(args.output, reviewer_weights=weights)
+    report = FeedbackStore(args.db, must_exist=True).export_report(args.output, reviewer_weights=weights)
     print(
         f"exported {report.rows} feedback rows to {args.output}; {report.conflicts} texts held back "
         f"(reviewers tied), {report.excluded} with every reviewer excluded"

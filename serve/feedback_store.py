@@ -229,6 +229,15 @@ class FeedbackStore:
         path: str | os.PathLike[str],
         since: datetime | None = None,
         reviewer_weights: dict[str, float] | None = None,
+    ) -> int:
+        """``export_report(...)``'s rows written (see there)."""
+        return self.export_report(path, since, reviewer_weights).rows
+
+    def export_report(
+        self,
+        path: str | os.PathLike[str],
+        since: datetime | None = None,
+        reviewer_weights: dict[str, float] | None = None,
     ) -> ExportReport:
         """Write feedback as JSONL training rows (``id, text, labels, source, group, reviewers,
         reviewed_at``), one per normalised text, ordered by review time.

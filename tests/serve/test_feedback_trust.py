@@ -55,7 +55,7 @@ def test_a_conflict_between_reviewers_is_not_won_by_the_last_writer(tmp_path):
     store.add("another listing", ["scam"], "mod-1", now - timedelta(minutes=9))
     rows = _export(store, tmp_path / "out.jsonl")
     assert [r["text"] for r in rows] == ["another listing"]  # the contested text is held back
-    report = store.export(tmp_path / "out2.jsonl")
+    report = store.export_report(tmp_path / "out2.jsonl")
     assert report.conflicts == 1 and report.rows == 1
     # a third reviewer breaks the tie; down-weighting mod-2 decides it as well
     assert _export(store, tmp_path / "w.jsonl", reviewer_weights={"mod-2": 0.5})[0]["labels"] == ["scam"]

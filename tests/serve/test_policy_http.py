@@ -205,7 +205,7 @@ def test_appeals_overturn_into_feedback_and_the_overturn_rate(policy_server):
 
     from serve.feedback_store import FeedbackStore
 
-    rep = FeedbackStore(f"sqlite:///{srv.tmp / 'feedback.db'}").export(srv.tmp / "fb.jsonl")
+    rep = FeedbackStore(f"sqlite:///{srv.tmp / 'feedback.db'}").export_report(srv.tmp / "fb.jsonl")
     assert rep.rows == 1 and (srv.tmp / "fb.jsonl").read_text().count('"labels": []') == 1
 
 
