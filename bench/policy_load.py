@@ -265,10 +265,8 @@ def main() -> int:
             print(f"round {rnd + 1} {mode}: {r['decisions']} decisions, {r['rps']:.1f} req/s, "
                   f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, server CPU {r['server_cpu_ms']:.2f} ms/decision, "
                   f"errors {r['errors']}, versions {r['versions']}", flush=True)  # fmt: skip
-    med = {
-        m: {k: float(np.median([x[k] for x in rs])) for k in ("rps", "p50_ms", "p99_ms")}
-        for m, rs in runs.items()
-    }
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms", "server_cores")
+    med = {m: {k: float(np.median([x[k] for x in rs])) for k in keys} for m, rs in runs.items()}
     print(
         f"\nmodel {model}; {args.clients} clients x {args.requests} single-ad requests per mode and round; "
         f"policy replaced twice mid-run; rounds {args.rounds} (medians); cores {os.cpu_count()}; "
