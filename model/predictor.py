@@ -25,9 +25,8 @@ from model.runtimes import Runtime, select_runtime
 
 logger = logging.getLogger(__name__)
 
-# Chosen by measurement on the 2-core machine (README, "Inference speed"): CPU time per text was lowest with
-# at most ~512-1024 padded tokens per forward pass (activations stay in cache) and rose by 10-25% at
-# 2048+ tokens; rows per batch mattered little once the token budget bound.
+# Chosen by measurement (docs/performance.md, "Thread and batch settings"): CPU time per text is lowest
+# when a forward pass's activations stay in cache; rows per batch matter little once the token budget binds.
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS = 512
 
@@ -133,7 +132,7 @@ class Predictor:
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
             num_threads: intra-op threads of the runtime's forward passes; None uses
-                ``model.runtimes.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else every usable CPU).
+                ``model.runtimes.default_num_threads()`` (``$ADRISK_THREADS``, else every usable CPU).
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
@@ -200,7 +199,7 @@ class Predictor:
             enc = self.encoder.encode(texts)
             if self.blend is not None and self.blend.weights:  # the stacked TF-IDF model (model/blend.py)
                 # The TF-IDF features (Python, holding the GIL) are computed while the runtime's
-                # threads (which release it) run the encoder (bench/inference.py: 4.48x -> 5.00x the HF pipeline).
+                # threads (which release it) run the encoder (docs/generalisation.md §6 measures the gain).
                 pending = self._encoder_thread().submit(self._logits, enc)
                 tfidf = self.blend.tfidf_logits(texts)
                 logits = self.blend.apply(pending.result(), tfidf)

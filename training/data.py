@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -170,11 +171,11 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
                 empty.append(i)
                 continue
             for name in names:
-                j = col_index.get(str(name))
-                if j is None:
+                col = col_index.get(str(name))
+                if col is None:
                     unknown[str(name)].append(i)
                 else:
-                    y[i, j] = 1.0
+                    y[i, col] = 1.0
         if unknown:
             raise DataError(_unknown_labels_message(where, cfg.labels_column, unknown, schema))
         if empty:
@@ -231,8 +232,9 @@ def _find_split_files(root: Path, cfg: DataConfig) -> dict[str, Path] | None:
     given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
     found = {}
     for split in SPLITS:
-        if given[split]:
-            found[split] = root / given[split]
+        name = given[split]
+        if name:
+            found[split] = root / name
             continue
         names = [split] + (["valid", "val", "dev"] if split == "validation" else [])
         hits = [root / f"{n}{ext}" for n in names for ext in _FORMATS if (root / f"{n}{ext}").is_file()]
@@ -366,7 +368,7 @@ def load_data(
         fr = fr.reset_index(drop=True)
         y = fr[[f"y.{n}" for n in schema.labels]].to_numpy(dtype=np.float32)
         splits[name] = Split(name, fr, y, fingerprint(fr, schema.labels), paths[name])
-    report = {
+    report: dict[str, Any] = {
         "made_split": made_split,
         "extra_train": extra_report,
         "overlap": overlaps,

@@ -107,15 +107,12 @@ def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size
     was_training = model.training
     model.eval()
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    out = None
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     for idx in length_sorted_batches(lengths, batch_size):
         x, m = encoder.pad([ids[i] for i in idx])
-        logits = (
+        out[idx] = (
             model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
         )
-        if out is None:
-            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
     model.train(was_training)
     return out
 
@@ -270,7 +267,7 @@ class FineTuner:
         config_digest: str,
         *,
         resume: bool = False,
-        on_metrics: Callable[[dict, int], None] | None = None,
+        on_metrics: Callable[[dict, int], object] | None = None,
     ) -> FitResult:
         """Train, then load the best validation weights into the model (eval mode).
 
@@ -406,7 +403,7 @@ class FineTuner:
         state: dict[str, Any],
         ema: float | None,
         checkpoint_dir: Path,
-        on_metrics: Callable[[dict, int], None] | None,
+        on_metrics: Callable[[dict, int], object] | None,
     ) -> bool:
         """Validate, save the weights if they are the best so far, advance the epoch; True to stop early."""
         data = self.data
@@ -445,7 +442,7 @@ def fit(
     config_digest: str,
     *,
     resume: bool = False,
-    on_metrics: Callable[[dict, int], None] | None = None,
+    on_metrics: Callable[[dict, int], object] | None = None,
 ) -> FitResult:
     """Fine-tune ``model`` in place with the plain objective (``FineTuner``; see ``FineTuner.fit``)."""
     return FineTuner(model, data, cfg, seed).fit(

@@ -333,7 +333,7 @@ def ap_deltas(
 ) -> dict[str, float | None]:
     """Per-label AP(probs) - AP(ref_probs) on the same targets; None where AP is undefined."""
     a, r = per_label_ap(probs, targets, labels), per_label_ap(ref_probs, targets, labels)
-    return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
+    return {n: (None if (x := a[n]) is None or (y := r[n]) is None else x - y) for n in labels}
 
 
 def bootstrap_ap(
@@ -639,7 +639,7 @@ def add_onnx_variants(
         )
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)
-        delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
+        delta = {n: (None if (x := ap[n]) is None or (y := ref_ap[n]) is None else x - y) for n in labels}
         intervals = (
             ap_delta_interval(probs, ref_probs, targets, labels, confidence=confidence, ref_boot=ref_boot)
             if confidence
@@ -655,7 +655,7 @@ def add_onnx_variants(
             decision_tolerance,
         )
         decision_max = max(
-            (abs(row[m]) for row in decisions.values() for m in DECISION_METRICS if row[m] is not None),
+            (abs(d) for row in decisions.values() for m in DECISION_METRICS if (d := row[m]) is not None),
             default=0.0,
         )
         info.update(
@@ -722,7 +722,7 @@ def add_onnx_variants(
 
     # 4. the default: fastest of torch and the passing variants
     speeds = {"torch": torch_tps, **{n: v["texts_per_s"] for n, v in variants.items() if v["passed"]}}
-    default = max(speeds, key=speeds.get)
+    default = max(speeds, key=lambda n: speeds[n])
     runtimes = {
         "default": default,
         "variants": variants,

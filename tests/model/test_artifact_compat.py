@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from model.artifact import META_FILE, ArtifactError, load_meta
+from model.artifact import META_FILE, ArtifactError, load_meta, save_meta
 
 
 @pytest.fixture()
@@ -26,6 +26,33 @@ def test_a_file_from_before_the_removal_of_head_tail_windows_loads(meta_dir):
     _write(meta_dir, tail_tokens=0, runtimes={}, blend={})
     meta = load_meta(meta_dir)
     assert meta.max_length > 0 and "tail_tokens" not in meta.model_dump()
+    assert meta.blend is None and meta.runtimes.default == "torch" and not meta.runtimes.variants
+
+
+def test_runtimes_and_blend_round_trip_as_written(meta_dir):
+    """Typed on load (``Runtimes``, ``BlendRecord``), written back with the fields they were given:
+    measurements the gate adds beyond the declared fields are kept."""
+    variant = {
+        "name": "onnx-int8",
+        "file": "model.int8.onnx",
+        "precision": "int8-dynamic, per-row",
+        "passed": True,
+        "texts_per_s": 12.5,
+        "ap_delta": {"scam": -0.001, "adult_services": None},
+        "calibration_texts": 64,  # a field this version does not declare
+    }
+    runtimes = {"default": "onnx-int8", "variants": {"onnx-int8": variant}, "torch": {"texts_per_s": 3.0}}
+    blend = {"files": {"blend.json": "0" * 64, "blend.npz": "1" * 64}, "labels": ["scam"]}
+    _write(meta_dir, runtimes=runtimes, blend=blend)
+    meta = load_meta(meta_dir)
+    v = meta.runtimes.variants["onnx-int8"]
+    assert v.runs_per_row and v.ap_delta["scam"] == -0.001 and meta.runtimes.torch.texts_per_s == 3.0
+    assert meta.blend is not None and meta.blend.labels == ["scam"]
+    dumped = meta.model_dump(mode="json")
+    assert dumped["runtimes"] == runtimes and dumped["blend"] == blend
+    save_meta(meta_dir, meta.model_copy(update={"blend": None, "runtimes": {"default": "torch"}}))
+    again = json.loads((meta_dir / META_FILE).read_text())
+    assert again["blend"] == {} and again["runtimes"] == {"default": "torch"}
 
 
 def test_a_model_trained_with_a_tail_window_is_refused(meta_dir):
@@ -48,6 +75,6 @@ def test_a_variant_with_its_own_calibration_is_not_served(meta_dir, caplog):
     )
     with caplog.at_level("WARNING", logger="model.artifact"):
         meta = load_meta(meta_dir)
-    assert meta.runtimes["default"] == "torch"
-    assert set(meta.runtimes["variants"]) == {"onnx-fp32"}
+    assert meta.runtimes.default == "torch"
+    assert set(meta.runtimes.variants) == {"onnx-fp32"}
     assert any("student-onnx-int8" in r.getMessage() for r in caplog.records)

@@ -15,7 +15,7 @@ def test_progress_bar_does_not_write_a_line_per_step_to_a_log(tmp_path, capsys):
     from training.loop import fit
 
     model, data = tiny_fit_inputs(6)
-    cfg = TrainConfig(epochs=1, batch_size=2, checkpoint_every_steps=100, num_threads=1)
+    cfg = TrainConfig(epochs=1, batch_size=2, checkpoint_every_steps=100, threads=1)
     capsys.readouterr()
     res = fit(model, data, cfg, 0, tmp_path, "digest")
     err = capsys.readouterr().err
@@ -33,7 +33,7 @@ def test_bf16_autocast_only_where_asked_and_supported(tmp_path, monkeypatch, cap
     for supported in (True, False):
         monkeypatch.setattr(loop, "bf16_supported", lambda s=supported: s)
         model, data = tiny_fit_inputs(6)
-        cfg = TrainConfig(epochs=1, batch_size=8, max_steps=1, num_threads=1, bf16=setting)
+        cfg = TrainConfig(epochs=1, batch_size=8, max_steps=1, threads=1, bf16=setting)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="training.loop"):
             res = loop.fit(model, data, cfg, 0, tmp_path / str(supported), "d")
@@ -54,7 +54,7 @@ def test_linear_probe_steps_train_the_head_alone_first(tmp_path):
         model, data = tiny_fit_inputs(4)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         cfg = TrainConfig(
-            epochs=1, batch_size=4, max_steps=steps, num_threads=1, linear_probe_steps=2, warmup_ratio=0
+            epochs=1, batch_size=4, max_steps=steps, threads=1, linear_probe_steps=2, warmup_ratio=0
         )
         fit(model, data, cfg, 0, tmp_path / str(steps), "d")
         after = model.state_dict()
@@ -78,7 +78,7 @@ def test_compute_loss_is_the_one_extension_point(tmp_path):
             y = torch.from_numpy(self.data.train_y[rows][:, 1])
             return torch.nn.functional.binary_cross_entropy_with_logits(logits.float()[:, 1], y)
 
-    cfg = TrainConfig(epochs=1, batch_size=4, max_steps=3, num_threads=1, warmup_ratio=0)
+    cfg = TrainConfig(epochs=1, batch_size=4, max_steps=3, threads=1, warmup_ratio=0)
     weights = {}
     for name, run in (
         ("fit", lambda m, d, p: fit(m, d, cfg, 0, p, "d")),

@@ -33,13 +33,14 @@ import torch
 from model.runtimes import STUDENT_DIR
 from model.schema import ProblemType
 from training.config import Config
-from training.loop import FineTuner, FitData, FitResult, predict_logits
+from training.loop import LAST_CHECKPOINT, FineTuner, FitData, FitResult, predict_logits
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "STUDENT_DIR",
     "DistillationFineTuner",
+    "add_student",
     "build_student",
     "check_layers",
     "distil_student",
@@ -188,7 +189,7 @@ def distil_student(
     checkpoint_dir: Path,
     *,
     resume: bool = False,
-    on_metrics: Callable[[dict, int], None] | None = None,
+    on_metrics: Callable[[dict, int], object] | None = None,
 ) -> tuple[Any, FitResult]:
     """Build the student from ``teacher`` and train it on the teacher's logits (see module docstring).
 
@@ -226,3 +227,40 @@ def distil_student(
     tuner = DistillationFineTuner(student, data, train_cfg, cfg.seed, teacher_logits, d.alpha, d.temperature)
     result = tuner.fit(checkpoint_dir, cfg.digest(), resume=resume, on_metrics=on_metrics)
     return student, result
+
+
+def add_student(
+    teacher: Any,
+    data: FitData,
+    cfg: Config,
+    artifact_dir: Path,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+) -> FitResult:
+    """The pipeline's distillation step: distil a student from the fine-tuned ``teacher``
+    (``distil_student``), save it under ``<artifact_dir>/student/`` and log ``student.*`` metrics to the
+    active MLflow run; ``training.onnx_export.add_onnx_variants`` then exports and gates it.
+
+    Args:
+        resume: continue the student from ``checkpoint_dir`` where a checkpoint is there (a killed
+            run may have stopped before the student started).
+
+    Returns:
+        The student's ``FitResult``.
+    """
+    import mlflow
+
+    student, result = distil_student(
+        teacher,
+        data,
+        cfg,
+        checkpoint_dir,
+        resume=resume and (checkpoint_dir / LAST_CHECKPOINT).is_file(),
+        on_metrics=lambda m, step: mlflow.log_metrics({f"student.{k}": v for k, v in m.items()}, step=step),
+    )
+    student.save_pretrained(str(artifact_dir / STUDENT_DIR), safe_serialization=True)
+    mlflow.log_metrics(
+        {"student.validation.macro_ap": result.best_score, "student.train.steps": result.global_step}
+    )
+    return result

@@ -124,15 +124,16 @@ def test_a_training_run_serves_the_student_only_where_it_passes_the_gate(tmp_pat
     student_cfg = json.loads((art / STUDENT_DIR / "config.json").read_text())
     assert student_cfg["num_hidden_layers"] == 1 and student_cfg["adrisk_teacher_layers"] == [1]
     rt = load_meta(art).runtimes
+    assert rt.gate is not None
     for name in (STUDENT_FP32_VARIANT, STUDENT_INT8_VARIANT):
-        v = rt["variants"][name]
-        assert v["student"]["teacher_layers"] == [1]
-        assert set(v["ap_delta"]) == {"adult_services", "trafficking_indicators", "scam"}
-        assert v["passed"] == (
-            all(d is None or abs(d) <= rt["gate"]["tolerance"] for d in v["ap_delta"].values())
-            and decisions_pass(v["decision_delta"])
-            and intervals_pass({n: iv and tuple(iv) for n, iv in v["ap_delta_interval"].items()}, 0.005)
-            and v["batch_invariance_max_abs"] <= rt["gate"]["batch_invariance_tolerance"]
+        v = rt.variants[name]
+        assert v.student is not None and v.student.teacher_layers == [1]
+        assert set(v.ap_delta) == {"adult_services", "trafficking_indicators", "scam"}
+        assert v.passed == (
+            all(d is None or abs(d) <= rt.gate.tolerance for d in v.ap_delta.values())
+            and decisions_pass(v.decision_delta)
+            and intervals_pass({n: iv and tuple(iv) for n, iv in v.ap_delta_interval.items()}, 0.005)
+            and v.batch_invariance_max_abs <= rt.gate.batch_invariance_tolerance
         )
     import mlflow
 
@@ -140,10 +141,9 @@ def test_a_training_run_serves_the_student_only_where_it_passes_the_gate(tmp_pat
     run = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0]
     assert 0 < run.data.metrics["student.validation.macro_ap"] <= 1
     for name in (STUDENT_FP32_VARIANT, STUDENT_INT8_VARIANT):
-        assert run.data.metrics[f"runtime.{name}.passed"] == float(rt["variants"][name]["passed"])
-    assert run.data.tags["adrisk.runtime.default"] == rt["default"]
-    default = rt["default"]
-    assert default == "torch" or rt["variants"][default]["passed"]
+        assert run.data.metrics[f"runtime.{name}.passed"] == float(rt.variants[name].passed)
+    assert run.data.tags["adrisk.runtime.default"] == rt.default
+    assert rt.default == "torch" or rt.variants[rt.default].passed
     teacher = Predictor.load(art, runtime="torch", num_threads=1)
     student = Predictor.load(art, runtime=STUDENT_FP32_VARIANT, num_threads=1)
     assert student.meta.thresholds == teacher.meta.thresholds  # one calibration for every runtime
