@@ -111,6 +111,13 @@ def _add_link_args(p: argparse.ArgumentParser, prefix: str) -> None:
         help=f"{prefix}a contact shared by more ads is not used for linking (default 50)",
     )
     p.add_argument(
+        "--max-persona",
+        type=int,
+        default=50,
+        help=f"{prefix}a persona grows beyond this many ads only by ads sharing identical text or "
+        "2+ contacts (default 50; docs/linking.md)",
+    )
+    p.add_argument(
         "--similarity",
         type=float,
         default=0.5,
@@ -413,6 +420,7 @@ def _link(args) -> None:
         text_column=args.text_column,
         region=args.region,
         hub_cap=args.hub_cap,
+        max_persona=args.max_persona,
         similarity=args.similarity,
         hash_key=key,
         workers=args.link_workers,
