@@ -371,6 +371,7 @@ def _score(args) -> int:
                 partitions=args.partitions,
                 runtime=args.runtime,
                 progress=not args.no_progress,
+                on_bad_row=args.on_bad_row,
             )
         else:
             summary = run_score(
@@ -385,6 +386,7 @@ def _score(args) -> int:
                 progress=not args.no_progress,
                 explain=args.explain,
                 workers=args.workers,
+                on_bad_row=args.on_bad_row,
             )
     except ScoreError as e:
         raise CLIError(str(e)) from None
@@ -675,6 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per chunk (default 1000; with --engine spark 50000, one Spark job each)",
     )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
+    p.add_argument(
+        "--on-bad-row",
+        choices=("error", "mark"),
+        default="error",
+        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
+        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
+        "not_an_object and goes on",
+    )
     p.add_argument(
         "--engine",
         choices=("local", "spark"),
