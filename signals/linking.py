@@ -49,6 +49,7 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -373,7 +374,7 @@ class Linker:
         self._place: list[np.ndarray] = []
         self._time_col = self.cfg.time_column
         self._place_col = self.cfg.place_column
-        self.stats = {
+        self.stats: dict[str, Any] = {
             "ads": 0,
             "ads_without_text": 0,
             "ads_over_contact_cap": 0,
