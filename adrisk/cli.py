@@ -64,6 +64,28 @@ def _model_uri(value: str) -> str:
     return value
 
 
+class _DeprecatedFlag(argparse.Action):
+    """A flag's old name: sets the same value and says which name to use (on stderr; logging is not
+    set up while arguments are parsed)."""
+
+    def __init__(self, option_strings, dest, use: str = "", **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"adrisk: {option_string} is deprecated: use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser, help: str, old: str | None = None) -> None:
+    """``--threads`` (the one name of the threads knob), and ``old`` as its deprecated, hidden alias."""
+    p.add_argument("--threads", dest="threads", type=int, default=None, help=help)
+    if old:
+        p.add_argument(
+            old, dest="threads", type=int, action=_DeprecatedFlag, use="--threads", help=argparse.SUPPRESS
+        )
+
+
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -467,7 +489,7 @@ _SERVE_FLAGS = (
     "max_batch_size",
     "max_wait_ms",
     "queue_size",
-    "torch_threads",
+    "threads",
     "max_body_bytes",
     "max_batch_items",
     "max_text_chars",
@@ -704,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --engine spark: partitions per Spark job (default: 2 per task slot, >= 64 rows each)",
     )
-    p.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=None, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--workers",
@@ -778,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch that already holds queued requests waits to fill; an idle server never waits (default 5)",
     )
     p.add_argument("--queue-size", type=int, help="most texts waiting for the model (default 1024); then 503")
-    p.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1048576)")
     p.add_argument("--max-batch-items", type=int, help="most texts per request (default 256)")
     p.add_argument("--max-text-chars", type=int, help="longest text in characters (default 100000)")

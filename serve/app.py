@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     Args:
         settings: server settings (default: from ``ADRISK_*`` environment variables).
         loader: ``(uri, download_dir) -> LoadedModel`` (tests inject slow or failing loaders);
-            default resolves the URI and loads a ``Predictor`` with ``settings.torch_threads``.
+            default resolves the URI and loads a ``Predictor`` with ``settings.threads``.
     """
     settings = settings or Settings()
     metrics = Metrics()
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
 
         state = ModelState(
             settings.model,
-            loader or default_loader(settings.runtime, settings.torch_threads),
+            loader or default_loader(settings.runtime, settings.threads),
             follow_alias_s=settings.follow_alias,
             download_dir=settings.download_dir,
             on_loaded=loaded,

@@ -159,6 +159,8 @@ def retrain(
                 "retrain needs tracking.register_model: true (the challenger must be a model version)"
             )
         result = run_training(cfg, bundle=bundle)
+        if result.registered is None:  # register_model was checked above
+            raise RuntimeError("the challenger was not registered")
         challenger_version = result.registered.version
         challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets)
         champion = None
