@@ -404,7 +404,7 @@ def _score(args) -> int:
                 chunk_size=1000 if args.chunk_size is None else args.chunk_size,
                 resume=args.resume,
                 runtime=args.runtime,
-                torch_threads=args.threads,
+                threads=args.threads,
                 progress=not args.no_progress,
                 explain=args.explain,
                 workers=args.workers,

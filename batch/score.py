@@ -180,13 +180,14 @@ def run_score(
     chunk_size: int = 1000,
     resume: bool = False,
     runtime: str = "auto",
-    torch_threads: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     predictor: Any = None,
     model_version: str | None = None,
     explain: bool = False,
     workers: int | None = 1,
     on_bad_row: str = "error",
+    torch_threads: int | None = None,
 ) -> ScoreSummary:
     """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
     One job per output at a time: two jobs sharing ``<output>.partial/`` would mix or delete each
@@ -198,16 +199,17 @@ def run_score(
         chunk_size: rows per chunk (memory is bounded by a chunk and its part file).
         resume: continue from ``<output>.partial/``; without it an existing work directory is an error.
         runtime: ``Predictor.load``'s runtime (``auto``, ``torch`` or an ONNX variant).
-        torch_threads: intra-op threads per scoring process (None: the predictor's default).
+        threads: intra-op threads per scoring process (None: the predictor's default).
         progress: show a progress bar on stderr.
         predictor: an already loaded Predictor (tests), or ``batch.spark.SparkScorer`` (``--engine
             spark``); ``model_uri`` is then only recorded.
         model_version: the ``model_version`` value to write (default: the registry version, else
             ``local:<sha12>``).
         explain: add the ``explanations`` column (see ``score_frame``).
-        workers: scoring processes (spawned; each loads the model once with ``torch_threads``, default
+        workers: scoring processes (spawned; each loads the model once with ``threads``, default
             1, intra-op threads); None means 1 (see ``DEFAULT_WORKERS``). More than 1 needs a model
             directory: with ``predictor``, its ``directory``.
+        torch_threads: the deprecated name of ``threads``.
         on_bad_row: a JSON Lines line that is not one JSON object: ``error`` stops the job naming its
             file line and byte offset (chunks before it are finished and kept for ``resume``);
             ``mark`` keeps it as a row with ``error`` ``invalid_json`` / ``not_an_object``.
@@ -222,6 +224,9 @@ def run_score(
     """
     from filelock import FileLock, Timeout
 
+    if torch_threads is not None:
+        logger.warning("run_score(torch_threads=...) is deprecated: call it threads")
+        threads = torch_threads if threads is None else threads
     dst = Path(output_path)
     file_format(dst)
     dst.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +246,7 @@ def run_score(
             chunk_size=chunk_size,
             resume=resume,
             runtime=runtime,
-            torch_threads=torch_threads,
+            threads=threads,
             progress=progress,
             predictor=predictor,
             model_version=model_version,
@@ -271,7 +276,7 @@ def _run_score(
     chunk_size: int = 1000,
     resume: bool = False,
     runtime: str = "auto",
-    torch_threads: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     predictor=None,
     model_version: str | None = None,
@@ -310,7 +315,7 @@ def _run_score(
             download = stack.enter_context(tempfile.TemporaryDirectory(prefix="adrisk-score-"))
             ref = resolve_model(model_uri, download)  # the directory lives while workers load from it
             if workers == 1:
-                predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
+                predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=threads)
         else:
             if workers > 1 and predictor.directory is None:
                 raise ScoreError("--workers > 1 needs a model directory to load in each worker")
@@ -319,7 +324,7 @@ def _run_score(
             )
         pool = None
         if workers > 1:
-            pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, torch_threads or 1))
+            pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, threads or 1))
         return _score_chunks(
             src,
             dst,

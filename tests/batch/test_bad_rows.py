@@ -117,5 +117,5 @@ def test_bad_line_with_workers_finishes_every_chunk_before_it(tmp_path, tiny_art
     src = _backlog(tmp_path / "in.jsonl", "{")
     dst = tmp_path / "out.jsonl"
     with pytest.raises(ScoreError, match=f"line {BAD_LINE}"):
-        run_score(str(tiny_artifact), src, dst, chunk_size=4, workers=2, torch_threads=1, progress=False)
+        run_score(str(tiny_artifact), src, dst, chunk_size=4, workers=2, threads=1, progress=False)
     assert _chunks_done(dst) == (BAD_LINE - 1) // 4
