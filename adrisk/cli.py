@@ -133,6 +133,13 @@ def _add_link_args(p: argparse.ArgumentParser, prefix: str) -> None:
         help=f"{prefix}a contact shared by more ads is not used for linking (default 50)",
     )
     p.add_argument(
+        "--max-persona",
+        type=int,
+        default=50,
+        help=f"{prefix}a persona grows beyond this many ads only by ads sharing identical text or "
+        "2+ contacts (default 50; docs/linking.md)",
+    )
+    p.add_argument(
         "--similarity",
         type=float,
         default=0.5,
@@ -386,6 +393,7 @@ def _score(args) -> int:
                 partitions=args.partitions,
                 runtime=args.runtime,
                 progress=not args.no_progress,
+                on_bad_row=args.on_bad_row,
             )
         else:
             summary = run_score(
@@ -396,10 +404,11 @@ def _score(args) -> int:
                 chunk_size=1000 if args.chunk_size is None else args.chunk_size,
                 resume=args.resume,
                 runtime=args.runtime,
-                torch_threads=args.threads,
+                threads=args.threads,
                 progress=not args.no_progress,
                 explain=args.explain,
                 workers=args.workers,
+                on_bad_row=args.on_bad_row,
             )
     except ScoreError as e:
         raise CLIError(str(e)) from None
@@ -435,6 +444,7 @@ def _link(args) -> None:
         text_column=args.text_column,
         region=args.region,
         hub_cap=args.hub_cap,
+        max_persona=args.max_persona,
         similarity=args.similarity,
         hash_key=key,
         workers=args.link_workers,
@@ -689,6 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per chunk (default 1000; with --engine spark 50000, one Spark job each)",
     )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
+    p.add_argument(
+        "--on-bad-row",
+        choices=("error", "mark"),
+        default="error",
+        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
+        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
+        "not_an_object and goes on",
+    )
     p.add_argument(
         "--engine",
         choices=("local", "spark"),
