@@ -11,12 +11,17 @@ evaluate           ``_evaluate``                               ``training.evalua
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
-feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export``
+feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
 score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
 link               ``_link_verb``                              ``batch.link.link_output``
 extract            ``_extract``                                ``signals.contacts.ContactExtractor.extract``
 serve              ``_serve``                                  ``serve.app.create_app``
+audit verify       ``_audit_verify``                           ``serve.decisions_audit.verify``
+audit replay       ``_audit_replay``                           ``serve.decisions_audit.replay``
+audit export       ``_audit_export``                           ``serve.decisions_audit.export_statements``
+policy check       ``_policy_check``                           ``signals.policy.load_policy``
+policy hash-...    ``_policy_hash_contacts``                   ``signals.contacts.ContactExtractor``
 =================  ==========================================  ====================================
 
 MLflow tracking and registry are configured once, here, before any verb runs
@@ -335,11 +340,36 @@ def _export_onnx(args) -> int:
     return EXIT_OK
 
 
+def _reviewer_weight(value: str) -> tuple[str, float]:
+    """``--reviewer-weight REVIEWER=W`` (W >= 0)."""
+    name, sep, w = value.rpartition("=")
+    try:
+        weight = float(w)
+    except ValueError:
+        weight = -1.0
+    if not sep or not name or not weight >= 0:
+        raise argparse.ArgumentTypeError(f"expected REVIEWER=WEIGHT with a weight >= 0, got {value!r}")
+    return name, weight
+
+
 def _feedback_export(args) -> int:
     from serve.feedback_store import FeedbackStore
 
-    n = FeedbackStore(args.db, must_exist=True).export(args.output)
-    print(f"exported {n} feedback rows to {args.output}")
+    weights = dict(args.reviewer_weight or [])
+    weights.update(dict.fromkeys(args.exclude_reviewer or [], 0.0))
+    report = FeedbackStore(args.db, must_exist=True).export_report(args.output, reviewer_weights=weights)
+    print(
+        f"exported {report.rows} feedback rows to {args.output}; {report.conflicts} texts held back "
+        f"(reviewers tied), {report.excluded} with every reviewer excluded"
+    )
+    print("| reviewer | weight | decisions | vs model | pairs with others | vs others |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, st in sorted(report.reviewers.items()):
+        vm = f"{st.vs_model:.3f} ({st.with_model})" if st.vs_model is not None else "n/a"
+        vo = f"{st.vs_others:.3f}" if st.vs_others is not None else "n/a"
+        print(f"| {name} | {st.weight:g} | {st.decisions} | {vm} | {st.pairs} | {vo} |")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK
 
 
@@ -502,9 +532,13 @@ def _serve(args) -> int:
     from pydantic import ValidationError
 
     from serve.app import create_app
+    from serve.decisions import DecisionLogError
+    from serve.keys import KeysError
     from serve.settings import Settings
+    from signals.policy import PolicyError
 
     overrides = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k, None) is not None}
+    overrides.update(_policy_overrides(args))
     try:
         settings = Settings(model=args.model, runtime=args.runtime, **overrides)
     except ValidationError as e:  # one line naming the flag / variable, not pydantic's report
@@ -513,16 +547,125 @@ def _serve(args) -> int:
         flag = f"--{name.replace('_', '-')} / " if name in _SERVE_FLAGS else ""
         raise CLIError(f"invalid {flag}ADRISK_{name.upper()}: {first['msg']}", EXIT_USAGE) from None
     _check_port_free(settings.host, settings.port)
+    try:
+        app = create_app(settings)  # reads the keys and the policy: a bad one stops here, in one line
+    except (PolicyError, KeysError, DecisionLogError) as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
     # log_config=None: uvicorn logs through our logging setup; its access log is off because the app
     # logs its own request lines (route templates only, never bodies).
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    return EXIT_OK
+
+
+def _policy_overrides(args) -> dict:
+    """``adrisk serve``'s policy, keys and decision-log flags as Settings overrides (when given)."""
+    out: dict = {}
+    if args.policy is not None:
+        out["policy_file"] = args.policy
+    if args.keys is not None:
+        out["keys_file"] = args.keys
+    if args.decisions_db is not None:
+        out["decisions_url"] = args.decisions_db
+    if args.no_decision_log:
+        out["decision_log"] = False
+    return out
+
+
+# --- audit and policy verbs -----------------------------------------------------------------------
+
+
+def _open_log(db: str | None):
+    from serve.decisions import DecisionLog, DecisionLogError
+
+    try:
+        return DecisionLog(db, must_exist=True)
+    except DecisionLogError as e:
+        raise CLIError(str(e)) from None
+
+
+def _audit_verify(args) -> int:
+    from serve.decisions_audit import verify
+
+    rep = verify(_open_log(args.db))
+    for line in rep.problems:
+        print(line)
+    print(
+        f"{rep.rows} decisions checked: "
+        + ("the chain holds" if rep.ok else f"{len(rep.problems)} problem(s)")
+    )
+    return EXIT_OK if rep.ok else EXIT_ERROR
+
+
+def _audit_replay(args) -> int:
+    from serve.decisions_audit import replay
+
+    rep = replay(_open_log(args.db))
+    for line in rep.disagreements:
+        print(line)
+    if rep.missing_policies:
+        print(f"policy versions not in the log: {', '.join(sorted(rep.missing_policies))}")
+    print(f"{rep.agreed} of {rep.rows} decisions replayed identically ({100 * rep.share:.2f}%)")
+    return EXIT_OK if rep.agreed == rep.rows else EXIT_ERROR
+
+
+def _audit_export(args) -> int:
+    from serve.decisions_audit import export_statements
+
+    _check_writable(args.output, "--output")
+    n = export_statements(_open_log(args.db), args.output, since=args.since)
+    print(f"wrote {n} statements of reasons to {args.output}")
+    return EXIT_OK
+
+
+def _policy_check(args) -> int:
+    from serve.keys import KeysError, build_keyring
+    from signals.policy import PolicyEngine, PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+        tenants = build_keyring(args.keys, []).tenants() if args.keys else None
+        labels = list(policy.categories)
+        if args.model:
+            from model.artifact import load_meta
+            from model.uri import resolve_model
+
+            labels = list(load_meta(resolve_model(args.model).directory).labels)
+        policy.check_context(labels, tenants)
+        PolicyEngine(policy, hash_key=os.environ.get("ADRISK_CONTACT_HASH_KEY"))
+    except (PolicyError, KeysError) as e:
+        raise CLIError(str(e)) from None
+    print(
+        f"policy {policy.version}: valid ({len(policy.categories)} categories, {len(policy.tenants)} tenant overrides)"
+    )
+    return EXIT_OK
+
+
+def _policy_hash_contacts(args) -> int:
+    from signals.contacts import ContactExtractor
+    from signals.policy import key_fingerprint
+
+    key = os.environ.get("ADRISK_CONTACT_HASH_KEY")
+    if not key:
+        raise CLIError("needs the key in the ADRISK_CONTACT_HASH_KEY environment variable")
+    texts = args.text or ([line.rstrip("\n") for line in sys.stdin] if not sys.stdin.isatty() else [])
+    if not texts:
+        raise CLIError("give contacts as TEXT arguments or one per line on stdin", EXIT_USAGE)
+    try:
+        extractor = ContactExtractor(args.region, hash_key=key)
+    except ValueError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    hashes = sorted({c.value for t in texts for c in extractor.extract(t)})
+    found = sum(1 for t in texts if extractor.extract(t))
+    print(json.dumps({"region": extractor.region, "key_fingerprint": key_fingerprint(key), "hashes": hashes}))
+    if found < len(texts):
+        print(f"{len(texts) - found} of {len(texts)} inputs held no contact", file=sys.stderr)
     return EXIT_OK
 
 
@@ -666,14 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=threads_help)
     p.set_defaults(func=_export_onnx)
 
-    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
-    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
-    e = fsub.add_parser("export", help="write feedback as JSONL in the dataset schema")
-    e.add_argument(
-        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
-    )
-    e.add_argument("--output", required=True)
-    e.set_defaults(func=_feedback_export)
+    _add_feedback_parsers(sub)
 
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
@@ -809,8 +945,105 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help='most texts per request with "explain": true (default 8); then 413',
     )
+    _add_serve_policy_args(p)
     p.set_defaults(func=_serve)
+
+    _add_audit_parsers(sub)
+    _add_policy_parsers(sub)
     return parser
+
+
+def _add_serve_policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="moderation policy YAML, reloaded on change (default: the model's thresholds; docs/policy.md)",
+    )
+    p.add_argument(
+        "--keys", metavar="FILE", help="API keys with scopes and tenants (sha256 digests; docs/policy.md)"
+    )
+    p.add_argument("--decisions-db", metavar="URL", help="decision log (default sqlite:///decisions.db)")
+    p.add_argument(
+        "--no-decision-log", action="store_true", help="log no decisions (no statements, no appeals)"
+    )
+
+
+def _add_feedback_parsers(sub) -> None:
+    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
+    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
+    e = fsub.add_parser(
+        "export",
+        help="write feedback as JSONL in the dataset schema; report per-reviewer disagreement",
+        description="One row per text: each reviewer's latest decision (in arrival order) counts, "
+        "reviewers are settled by a weighted vote per label, ties are held back. Prints each "
+        "reviewer's disagreement with the model and with other reviewers on the same texts.",
+    )
+    e.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
+    )
+    e.add_argument("--output", required=True)
+    e.add_argument(
+        "--exclude-reviewer",
+        action="append",
+        metavar="REVIEWER",
+        help="leave this reviewer's decisions out of the vote (repeatable; still reported)",
+    )
+    e.add_argument(
+        "--reviewer-weight",
+        action="append",
+        type=_reviewer_weight,
+        metavar="REVIEWER=W",
+        help="weigh this reviewer's vote by W (default 1; repeatable); a label is kept when its "
+        "reviewers weigh over half the total, a tie holds the text back",
+    )
+    e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
+    e.set_defaults(func=_feedback_export)
+
+
+def _add_audit_parsers(sub) -> None:
+    p = sub.add_parser(
+        "audit", help="the decision log: verify its chain, replay decisions, export statements"
+    )
+    asub = p.add_subparsers(dest="audit_verb", required=True, metavar="ACTION")
+    db_help = "the decision log (default: ADRISK_DECISIONS_URL or sqlite:///decisions.db); key: ADRISK_AUDIT_KEY or <db>.key"
+    e = asub.add_parser(
+        "verify", help="recompute the hash chain: edited, deleted, reordered rows (exit 1 if any)"
+    )
+    e.add_argument("--db", default=None, help=db_help)
+    e.set_defaults(func=_audit_verify)
+    e = asub.add_parser(
+        "replay", help="re-derive every action from the logged scores under the logged policy"
+    )
+    e.add_argument("--db", default=None, help=db_help)
+    e.set_defaults(func=_audit_replay)
+    e = asub.add_parser("export", help="DSA statements of reasons of restricting decisions, as JSON lines")
+    e.add_argument("--db", default=None, help=db_help)
+    e.add_argument("--output", required=True)
+    e.add_argument("--since", default=None, metavar="ISO", help="only decisions from this date/time (UTC) on")
+    e.set_defaults(func=_audit_export)
+
+
+def _add_policy_parsers(sub) -> None:
+    p = sub.add_parser("policy", help="moderation policies: check a file, hash contacts for its blocklist")
+    psub = p.add_subparsers(dest="policy_verb", required=True, metavar="ACTION")
+    e = psub.add_parser("check", help="validate a policy file (with --model: against its labels)")
+    e.add_argument("file")
+    e.add_argument(
+        "--model", type=_model_uri, default=None, help="check the categories against this model's labels"
+    )
+    e.add_argument("--keys", default=None, metavar="FILE", help="check the tenants against this keys file")
+    e.set_defaults(func=_policy_check)
+    e = psub.add_parser(
+        "hash-contacts",
+        help="keyed digests of contacts for contact_blocklist.hashes (key: ADRISK_CONTACT_HASH_KEY)",
+        description="Prints {region, key_fingerprint, hashes} to paste into a policy's contact_blocklist; "
+        "contacts are read like adrisk extract reads them (obfuscated forms too) and never printed.",
+    )
+    e.add_argument("text", nargs="*", help="contacts or texts holding them (default: one per line on stdin)")
+    e.add_argument(
+        "--region", default="US", help="phone region for numbers without a country code (default US)"
+    )
+    e.set_defaults(func=_policy_hash_contacts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -829,7 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "alembic", "mlflow.store", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    verb = args.verb if args.verb != "feedback" else f"feedback {args.feedback_verb}"
+    sub_verb = {"feedback": "feedback_verb", "audit": "audit_verb", "policy": "policy_verb"}.get(args.verb)
+    verb = f"{args.verb} {getattr(args, sub_verb)}" if sub_verb else args.verb
     try:
         from model.registry import configure_tracking
 
