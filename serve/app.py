@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             default resolves the URI and loads a ``Predictor`` with ``settings.torch_threads``.
     """
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_window)
     ctx = AppContext(
         settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent)
     )

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         10_000, ge=0, description="classify requests kept in memory for feedback by id"
     )
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
+    metrics_window: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="texts in /metrics' recent-score window (category scores and flags only; 5 bytes per "
+        "category per text)",
+    )
 
     def api_key_list(self) -> list[str]:
         """The configured API keys (empty list: auth is off)."""

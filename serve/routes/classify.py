@@ -205,6 +205,7 @@ async def classify(
     except Exception:  # logged by type in the batcher; the message may quote the input
         raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
+    metrics.observe_predictions(preds)  # score histograms and flag rates (no text kept)
     ctx.recent.put(request.state.request_id, texts)
     if explain:
         assert ctx.explain_queue is not None  # set by the lifespan
