@@ -4,13 +4,13 @@
   learns to tell current ads from reference ads; its cross-fitted ROC AUC is the drift score, with
   Evidently's semantics (``TextEvals`` / text-content drift: drift when the AUC exceeds 0.55, or the
   95th percentile of a random classifier's AUC for windows too small for that to be safe). It also
-  gives the terms most typical of each side, the most typical ads per side (ids only) and the
-  share of current ads in a region the reference barely covers (an estimated density ratio
-  ``p_current(x) / p_reference(x)`` above ``NOVEL_RATIO``; Sugiyama et al. 2012, "Density Ratio
-  Estimation in Machine Learning", the probabilistic-classification estimator).
+  gives the terms most typical of each side and the most typical ads per side (ids only).
 * Embeddings: maximum mean discrepancy (Gretton et al., "A Kernel Two-Sample Test", JMLR 2012) of
   the model's own sentence embeddings, Gaussian kernel with the median-distance bandwidth, and a
-  permutation p-value.
+  permutation p-value; and the share of current ads unlike any reference ad: farther from their
+  nearest reference neighbour than ``NOVEL_QUANTILE`` of the reference ads are from theirs (outside
+  their own group), the k-nearest-neighbour out-of-distribution score of Sun et al., "Out-of-
+  Distribution Detection with Deep Nearest Neighbors" (ICML 2022), at k = 1.
 * Scores: per label, the population stability index over reference deciles and the two-sample
   Kolmogorov-Smirnov test (scipy) of the calibrated probabilities, and the flag rates.
 
@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 
 # Evidently's default drift threshold of a domain classifier's ROC AUC.
 AUC_THRESHOLD = 0.55
-# An ad whose estimated density ratio p_current / p_reference exceeds this lies where the reference
-# has under a tenth of the current window's density: "novel".
-NOVEL_RATIO = 10.0
+# A current ad farther from the reference than this quantile of the reference's own nearest-neighbour
+# distances is "novel" (on unshifted traffic about 1 - NOVEL_QUANTILE of the ads are).
+NOVEL_QUANTILE = 0.99
 # Characters of each ad the domain classifier reads (the model's window is shorter than this).
 TEXT_CHARS = 1000
 FOLDS = 5
@@ -48,7 +48,6 @@ class TextDrift:
     auc: float
     threshold: float
     drifted: bool
-    novel_share: float
     top_terms: dict[str, list[str]] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
@@ -58,8 +57,6 @@ class TextDrift:
             "auc": round(self.auc, 4),
             "threshold": round(self.threshold, 4),
             "drifted": self.drifted,
-            "novel_share": round(self.novel_share, 4),
-            "novel_ratio": NOVEL_RATIO,
             "rows": self.rows,
             "top_terms": self.top_terms,
             "examples": self.examples,
@@ -68,13 +65,14 @@ class TextDrift:
 
 @dataclass
 class EmbeddingDrift:
-    """MMD of sentence embeddings with its permutation p-value."""
+    """MMD of sentence embeddings with its permutation p-value, and the share of novel current ads."""
 
     mmd2: float
     p_value: float
     alpha: float
     drifted: bool
     sample: dict[str, int]
+    novel_share: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -82,6 +80,8 @@ class EmbeddingDrift:
             "p_value": round(self.p_value, 4),
             "alpha": self.alpha,
             "drifted": self.drifted,
+            "novel_share": round(self.novel_share, 4),
+            "novel_quantile": NOVEL_QUANTILE,
             "sample": self.sample,
         }
 
@@ -199,9 +199,6 @@ def text_drift(
         if threshold is not None
         else max(AUC_THRESHOLD, random_auc_quantile(n_ref, n_cur, seed=seed))
     )
-    # class_weight="balanced" makes p / (1 - p) estimate the density ratio p_current(x) / p_reference(x)
-    p_cur = np.clip(oof[n_ref:], 1e-9, 1 - 1e-9)
-    novel = float(np.mean(p_cur / (1 - p_cur) > NOVEL_RATIO))
     w = coef[: len(terms)] / max(n_fits, 1)  # the readable (word) features only
     order = np.argsort(w)
     top_cur = [str(terms[i]) for i in order[::-1][:top_k] if w[i] > 0]
@@ -212,7 +209,6 @@ def text_drift(
         auc=auc,
         threshold=float(thr),
         drifted=bool(auc > thr),
-        novel_share=novel,
         top_terms={"current": top_cur, "reference": top_ref},
         examples={"current": ex_cur, "reference": ex_ref},
         rows={"reference": n_ref, "current": n_cur},
@@ -239,11 +235,12 @@ def mmd_test(
 
     Returns:
         EmbeddingDrift with the biased (V-statistic) squared MMD of a Gaussian kernel whose bandwidth
-        is the median pairwise distance.
+        is the median pairwise distance, and ``novel_share`` (``novel_share``).
     """
     z = np.vstack([x_ref, x_cur]).astype(np.float64)
     n_ref, n = len(x_ref), len(z)
     sq = np.maximum((z * z).sum(1)[:, None] + (z * z).sum(1)[None, :] - 2 * z @ z.T, 0.0)
+    novel = novel_share(sq[:n_ref, :n_ref], sq[n_ref:, :n_ref], np.asarray(g_ref))
     iu = np.triu_indices(n, 1)
     med = float(np.median(sq[iu])) or 1.0
     k = np.exp(-sq / med)  # exp(-d^2 / (2 sigma^2)) with sigma^2 = median(d^2) / 2
@@ -277,7 +274,26 @@ def mmd_test(
         alpha=alpha,
         drifted=bool(p < alpha),
         sample={"reference": n_ref, "current": n - n_ref},
+        novel_share=novel,
     )
+
+
+def novel_share(d_ref: np.ndarray, d_cur: np.ndarray, g_ref: np.ndarray) -> float:
+    """Share of current ads farther from their nearest reference ad than ``NOVEL_QUANTILE`` of the
+    reference ads are from their nearest reference ad of another group (a reference ad's own
+    near-duplicates would make the reference look denser than a fresh sample of it).
+
+    Args:
+        d_ref: (n_ref, n_ref) squared distances among reference ads.
+        d_cur: (n_cur, n_ref) squared distances from current to reference ads.
+        g_ref: (n_ref,) reference group ids.
+    """
+    same = g_ref[:, None] == g_ref[None, :]
+    nn_ref = np.where(same, np.inf, d_ref).min(axis=1)
+    nn_ref = nn_ref[np.isfinite(nn_ref)]
+    if nn_ref.size == 0:
+        return 0.0
+    return float(np.mean(d_cur.min(axis=1) > np.quantile(nn_ref, NOVEL_QUANTILE)))
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float:

@@ -53,14 +53,14 @@ def format_table(v: Verdict) -> str:
     lines.append(
         f"| text: domain classifier ROC AUC | {_f(t.get('auc'))} | {_f(t.get('threshold'))} | {_yes(t.get('drifted'))} |"
     )
-    lines.append(
-        f"| text: share of current ads unlike the reference | {_f(t.get('novel_share'))} "
-        f"| {_f(v.settings.get('novel_share_limit'))} | |"
-    )
     e = v.drift.get("embedding")
     if e:
         lines.append(
             f"| embeddings: MMD permutation p-value | {_f(e['p_value'], 4)} | {e['alpha']} | {_yes(e['drifted'])} |"
+        )
+        lines.append(
+            f"| embeddings: share of current ads unlike any reference ad | {_f(e.get('novel_share'))} "
+            f"| {_f(v.settings.get('novel_share_limit'))} | |"
         )
     lines += [
         "",
@@ -264,9 +264,9 @@ def verdict_metrics(v: Verdict) -> dict[str, float]:
     """The verdict's numbers as MLflow metric keys (``drift.*``, ``prevalence.*``, ``performance.*``)."""
     out: dict[str, float] = {"status.exit_code": float(v.exit_code)}
     t = v.drift.get("text") or {}
-    out |= {f"drift.text.{k}": float(t[k]) for k in ("auc", "threshold", "novel_share") if k in t}
+    out |= {f"drift.text.{k}": float(t[k]) for k in ("auc", "threshold") if k in t}
     e = v.drift.get("embedding") or {}
-    out |= {f"drift.embedding.{k}": float(e[k]) for k in ("mmd2", "p_value") if k in e}
+    out |= {f"drift.embedding.{k}": float(e[k]) for k in ("mmd2", "p_value", "novel_share") if k in e}
     for name, s in (v.drift.get("scores") or {}).items():
         out |= {f"drift.scores.{name}.{k}": float(s[k]) for k in ("psi", "ks", "flag_rate_current")}
     for name, p in v.prevalence.items():

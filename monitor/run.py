@@ -223,8 +223,15 @@ def assess(
             p["changed"] = prevalence_changed(
                 p["em"], p["em_interval"], float(base[j]), settings.prevalence_ratio
             )
+        # posteriors move to the EM prior only where it differs significantly from the reference's (its
+        # interval excludes it): an uninformative label's EM prior wanders, and must not move estimates
         q_adj = np.column_stack(
-            [adjust_posteriors(q_cur[:, j], base[j], priors[j]) for j in range(len(labels))]
+            [
+                adjust_posteriors(q_cur[:, j], base[j], priors[j])
+                if not prev[name]["em_interval"][0] <= base[j] <= prev[name]["em_interval"][1]
+                else q_cur[:, j]
+                for j, name in enumerate(labels)
+            ]
         )
         perf = _performance(
             reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback
@@ -232,7 +239,9 @@ def assess(
     drift = {"text": text, "embedding": emb, "scores": scores}
     status, reasons = decide(drift, prev, perf, settings)
     warnings = []
-    input_drift = text["drifted"] or bool(emb and emb["drifted"]) or text["novel_share"] > NOVEL_SHARE_WARNING
+    input_drift = text["drifted"] or bool(
+        emb and (emb["drifted"] or emb["novel_share"] > NOVEL_SHARE_WARNING)
+    )
     if input_drift:
         warnings.append(
             "input drift: the estimated precision, recall and prevalence assume that ads of each label "

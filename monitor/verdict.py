@@ -6,9 +6,9 @@ status         exit   meaning
 stable         0      no drift signal fired
 retrain        10     drift fired, and the current ads lie where the reference has data: a
                       retrain (with recent moderator feedback) is advised
-labels_needed  11     drift fired and more than ``novel_share_limit`` of the current ads lie where
-                      the reference has almost none: retraining on the labels at hand cannot
-                      teach the model these ads; label a sample of them first
+labels_needed  11     drift fired and more than ``novel_share_limit`` of the current ads are unlike
+                      any reference ad (in the model's embedding space): retraining on the labels
+                      at hand cannot teach the model these ads; label a sample of them first
 =============  =====  ==========================================================================
 
 Signals (each configurable in ``MonitorSettings``): the text domain classifier's AUC above its
@@ -127,10 +127,10 @@ def decide(
                 )
     if not reasons:
         return Status.STABLE, reasons
-    if (text.get("novel_share") or 0.0) > settings.novel_share_limit:
+    if (emb.get("novel_share") or 0.0) > settings.novel_share_limit:
         reasons.append(
-            f"{text['novel_share']:.0%} of current ads lie where the reference has under 1/"
-            f"{text['novel_ratio']:.0f} of their density (limit {settings.novel_share_limit:.0%})"
+            f"{emb['novel_share']:.0%} of current ads are unlike any reference ad (farther from it than "
+            f"{emb['novel_quantile']:.0%} of reference ads from theirs; limit {settings.novel_share_limit:.0%})"
         )
         return Status.LABELS_NEEDED, reasons
     return Status.RETRAIN, reasons

@@ -213,7 +213,7 @@ def prepare_window(
     if len(df) < MIN_ADS:
         sel = f" (window {window})" if window else ""
         raise MonitorError(
-            f"{what} {path}{sel}: {len(df)} ads with text; the monitor needs at least {MIN_ADS}"
+            f"{what} {path}{sel}: the monitor needs at least {MIN_ADS} ads with text, found {len(df)}"
         )
     targets = _targets(df, labels, labels_column, label_format, f"{what} {path}")
     return PreparedWindow(df, targets, int((~ok).sum()), str(path), what, text_column)
