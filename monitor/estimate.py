@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -145,9 +146,7 @@ def prevalence(
     return out, priors
 
 
-def cbpe(
-    q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0
-) -> dict[str, float | list[float] | None]:
+def cbpe(q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Expected precision and recall of one label at its threshold (CBPE).
 
     Args:
@@ -162,7 +161,7 @@ def cbpe(
     tp = float(q[flagged].sum())
     fn = float(q[~flagged].sum())
     nf = int(flagged.sum())
-    out: dict[str, float | list[float] | None] = {
+    out: dict[str, Any] = {
         "precision": tp / nf if nf else None,
         "recall": tp / (tp + fn) if tp + fn > 0 else None,
         "flagged": nf,
@@ -182,7 +181,7 @@ def cbpe(
     return out
 
 
-def realised(y: np.ndarray, flagged: np.ndarray) -> dict[str, float | int | None]:
+def realised(y: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
     """Realised precision and recall of one label at its threshold from 0/1 labels ``y`` (n,)."""
     y = np.asarray(y) > 0.5
     flagged = np.asarray(flagged, dtype=bool)

@@ -79,7 +79,7 @@ def find_reference(
         ) from None
     sources = [
         json.loads(d.dataset.source).get("uri", "")
-        for d in run.inputs.dataset_inputs
+        for d in (run.inputs.dataset_inputs if run.inputs else [])
         if any(t.key == "mlflow.data.context" and t.value == REFERENCE_SPLIT for t in d.tags)
     ]
     if not sources or not sources[0]:
