@@ -188,22 +188,18 @@ def assess(
     if min(len(reference), len(current)) < 2:
         raise MonitorError("each window needs at least two ads")
     timings: dict[str, float] = {}
+    # the input-drift tests read a sample of each side (the estimates below read every ad); only the
+    # sampled ads are linked into groups
     rng = np.random.default_rng(settings.seed)
+    ref_s = reference.take(_sample(len(reference), settings.classifier_sample, rng))
+    cur_s = current.take(_sample(len(current), settings.classifier_sample, rng))
     with _timed(timings, "groups"):
-        groups, m_ref, m_cur = _groups_and_masked(reference, current)
+        groups, m_ref, m_cur = _groups_and_masked(ref_s, cur_s)
     with _timed(timings, "text_classifier"):
-        i_ref = _sample(len(reference), settings.classifier_sample, rng)
-        i_cur = _sample(len(current), settings.classifier_sample, rng)
         text = drift_mod.text_drift(
-            [m_ref[i] for i in i_ref],
-            [m_cur[i] for i in i_cur],
-            [reference.ids[i] for i in i_ref],
-            [current.ids[i] for i in i_cur],
-            np.r_[groups[: len(reference)][i_ref], groups[len(reference) :][i_cur]],
-            threshold=settings.auc_threshold,
-            seed=settings.seed,
+            m_ref, m_cur, ref_s.ids, cur_s.ids, groups, threshold=settings.auc_threshold, seed=settings.seed
         ).to_dict()
-    emb = _embedding_drift(reference, current, groups, embed, settings, timings)
+    emb = _embedding_drift(ref_s, cur_s, groups, embed, settings, timings)
     with _timed(timings, "scores"):
         scores = drift_mod.score_drift(reference.probs, current.probs, labels, thresholds, settings.psi_limit)
     with _timed(timings, "estimates"):

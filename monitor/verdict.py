@@ -55,7 +55,11 @@ class MonitorSettings(BaseModel):
     )
     mmd_permutations: int = Field(500, ge=50)
     embed_sample: int = Field(1000, ge=50, description="ads per side whose embeddings are compared")
-    classifier_sample: int = Field(3000, ge=50, description="most ads per side the domain classifier reads")
+    classifier_sample: int = Field(
+        3000,
+        ge=50,
+        description="most ads per side the input-drift tests read (linked, classified; embeddings: a subsample)",
+    )
     psi_limit: float = Field(0.25, gt=0, description="score PSI above which a label's scores drifted")
     prevalence_ratio: float = Field(1.5, gt=1, description="EM prevalence change factor that counts as drift")
     performance_drop: float = Field(
