@@ -330,11 +330,7 @@ def _score_chunks(
 
     from model.artifact import load_meta
 
-    # the thresholds the workers serve with (a student variant brings its own)
-    if predictor is not None:
-        meta = predictor.meta
-    else:
-        meta = load_meta(ref.directory).for_runtime(pool.runtime if pool is not None else "auto")
+    meta = predictor.meta if predictor is not None else load_meta(ref.directory)
     version = model_version or _model_version(ref, meta)
     labels = list(meta.labels)
     stat = src.stat()

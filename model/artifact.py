@@ -76,9 +76,6 @@ class ArtifactMeta(BaseModel):
     threshold_info: dict[str, ThresholdInfo] = Field(default_factory=dict)
     temperatures: list[float]
     max_length: int = Field(gt=2, le=8192)
-    tail_tokens: int = Field(
-        0, ge=0, description="head+tail truncation: tokens kept from a long text's end (model.encoding)"
-    )
     normalization: str = NORMALIZATION_VERSION
     base_model: str = ""
     base_model_sha256: str | None = None
@@ -94,6 +91,35 @@ class ArtifactMeta(BaseModel):
         default_factory=dict,
         description="optional TF-IDF blend (model/blend.py): files with sha256 and the blended labels",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        """Read files written by earlier versions. ``tail_tokens`` (head+tail windows, removed): 0, the
+        head only, is how every model is served now and is dropped; a model trained with a tail is
+        refused, as it would be served other tokens than it learnt from. A runtime variant with its own
+        ``calibration`` (per-variant calibration, removed) is dropped, and the default falls back to
+        torch if it was one: served with the model's calibration it would flag other texts."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        tail = data.pop("tail_tokens", 0)
+        if tail:
+            raise ValueError(
+                f"tail_tokens={tail}: this model was trained with head+tail windows, which this "
+                "adrisk no longer serves (docs/generalisation.md §7); retrain it"
+            )
+        runtimes = data.get("runtimes")
+        if isinstance(runtimes, dict) and isinstance(runtimes.get("variants"), dict):
+            variants = runtimes["variants"]
+            own = sorted(n for n, v in variants.items() if isinstance(v, dict) and v.get("calibration"))
+            if own:
+                logger.warning("runtime variants %s need their own calibration (removed); not served", own)
+                runtimes = runtimes | {"variants": {n: v for n, v in variants.items() if n not in own}}
+                if runtimes.get("default") in own:
+                    runtimes["default"] = "torch"
+                data["runtimes"] = runtimes
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ArtifactMeta:
@@ -116,46 +142,6 @@ class ArtifactMeta(BaseModel):
     def threshold_vector(self) -> list[float]:
         """Thresholds in label order."""
         return [self.thresholds[n] for n in self.labels]
-
-    def for_runtime(self, name: str) -> ArtifactMeta:
-        """This metadata as runtime ``name`` serves it (``"auto"``: the recorded default). A variant
-        that carries its own ``calibration`` (a distilled student, whose logits are on another scale
-        than the model's) brings its own temperatures, thresholds and threshold info; every other
-        runtime serves these.
-
-        Raises:
-            ArtifactError: the variant's calibration does not fit the labels.
-        """
-        if name == "auto":  # what Predictor.load(runtime="auto") serves
-            name = (self.runtimes or {}).get("default", "torch")
-        cal = self.variant_calibration(name)
-        return self.with_calibration(cal, name) if cal else self
-
-    def variant_calibration(self, name: str) -> dict[str, Any] | None:
-        """Runtime variant ``name``'s own ``calibration`` entry (``training.onnx_export.variant_calibration``),
-        or None where it serves with this metadata's."""
-        return ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration") or None
-
-    def with_calibration(self, cal: dict[str, Any], name: str = "variant") -> ArtifactMeta:
-        """A copy with ``cal``'s ``temperatures`` and ``threshold_info`` (and the thresholds they hold).
-
-        Raises:
-            ArtifactError: ``cal`` does not fit the labels.
-        """
-        try:
-            info = {n: ThresholdInfo.model_validate(v) for n, v in cal["threshold_info"].items()}
-            return ArtifactMeta.model_validate(
-                self.model_dump()
-                | {
-                    "temperatures": list(cal["temperatures"]),
-                    "threshold_info": {n: i.model_dump() for n, i in info.items()},
-                    "thresholds": {n: i.threshold for n, i in info.items()},
-                }
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ArtifactError(
-                f"runtime {name!r}: its calibration in adrisk.json is invalid ({e})"
-            ) from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

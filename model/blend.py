@@ -76,10 +76,6 @@ class TfidfBlend:
                 f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
             )
 
-    def with_weights(self, weights: dict[str, StackWeights]) -> TfidfBlend:
-        """The same TF-IDF model with other per-label stackers (a variant calibrated on its own logits)."""
-        return TfidfBlend(self.vectorizers, self.coef, self.intercept, self.labels, weights)
-
     def tfidf_logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) raw texts -> (n, L) float64 logistic-regression logits (texts normalised as in training)."""
         from scipy.sparse import hstack

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
-from model.blend import StackWeights, TfidfBlend
+from model.blend import TfidfBlend
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
 from model.runtimes import Runtime, select_runtime
@@ -75,24 +74,6 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"item {i} is {type(t).__name__}, expected str")
     return texts
-
-
-def calibrated_for(
-    meta: ArtifactMeta, blend: TfidfBlend | None, cal: dict[str, Any] | None, name: str = "variant"
-) -> tuple[ArtifactMeta, TfidfBlend | None]:
-    """The metadata and blend a variant serves with: with its own ``calibration`` (a distilled student,
-    calibrated on its own logits) its temperatures, thresholds and blend stackers; else unchanged.
-
-    Raises:
-        ArtifactError: ``cal`` does not fit the labels.
-    """
-    if not cal:
-        return meta, blend
-    if blend is not None:
-        blend = blend.with_weights(
-            {n: StackWeights(*map(float, w)) for n, w in cal.get("blend_weights", {}).items()}
-        )
-    return meta.with_calibration(cal, name), blend
 
 
 class Predictor:
@@ -174,10 +155,9 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:  # a corrupt tokenizer file fails deep inside transformers/tokenizers
             raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
-        encoder = TextEncoder(tokenizer, meta.max_length, meta.tail_tokens)
+        encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)
         blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
-        meta, blend = calibrated_for(meta, blend, meta.variant_calibration(rt.name), rt.name)
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)
         predictor.directory = directory
         logger.info("loaded model %s (%s runtime, labels %s)", directory, rt.name, list(meta.labels))

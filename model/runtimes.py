@@ -39,7 +39,7 @@ INT8_MIXED_FILE = "model.int8-mixed.onnx"
 FP32_VARIANT = "onnx-fp32"
 INT8_VARIANT = "onnx-int8"
 INT8_MIXED_VARIANT = "onnx-int8-mixed"
-# A distilled student (training/distill.py): its torch weights under student/, its variants in onnx/.
+# A distilled student (training/experiments/distill.py): its torch weights under student/, its variants in onnx/.
 STUDENT_DIR = "student"
 STUDENT_FP32_FILE = "student.fp32.onnx"
 STUDENT_INT8_FILE = "student.int8.onnx"

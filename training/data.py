@@ -54,11 +54,6 @@ class Split:
     def sources(self) -> list[str] | None:
         return self.frame["source"].tolist() if "source" in self.frame else None
 
-    @property
-    def ordinal(self) -> np.ndarray | None:
-        """(n,) float values of ``data.ordinal_column`` (NaN where missing), or None without one."""
-        return self.frame["ordinal"].to_numpy(dtype=np.float64) if "ordinal" in self.frame else None
-
     def __len__(self) -> int:
         return len(self.frame)
 
@@ -217,15 +212,6 @@ def prepare_frame(
     for key, col in (("source", cfg.source_column), ("group", cfg.group_column), ("id", cfg.id_column)):
         if col and col in df.columns:
             out[key] = df[col].astype(str).to_numpy()
-    if cfg.ordinal_column and cfg.ordinal_column in df.columns:  # NaN where a row has none
-        raw = df[cfg.ordinal_column]
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
-        if bad.size:
-            raise DataError(
-                f"{where}: ordinal column '{cfg.ordinal_column}' must hold numbers; not so in {_rows(bad.tolist())}"
-            )
-        out["ordinal"] = values.to_numpy(dtype=np.float64)
     for j, name in enumerate(schema.labels):
         out[f"y.{name}"] = y[:, j]
     return out, y
@@ -353,7 +339,6 @@ def load_data(
     if cfg.shuffle_train_labels:  # negative control: keep label frequencies, break text-label link
         tr = frames["train"].reset_index(drop=True)
         ycols = [f"y.{n}" for n in schema.labels]
-        ycols += ["ordinal"] if "ordinal" in tr else []  # a count behind a label is a label too
         tr[ycols] = tr[ycols].to_numpy()[np.random.default_rng(seed).permutation(len(tr))]
         frames["train"] = tr
         logger.warning("train labels are shuffled (negative control)")

@@ -21,14 +21,12 @@ from training.base_model import base_depth, build_model, load_tokenizer, resolve
 from training.baseline import TfidfBaseline
 from training.blend import blend_from_baseline, fit_blend
 from training.config import Config
-from training.data import DataBundle, DataError, Split, load_data
-from training.domain import training_rows
+from training.data import DataBundle, Split, load_data
 from training.eval_sets import evaluate_eval_set, flagged_negatives, format_eval_sets, load_eval_set
-from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, macro_ap, predict_logits
+from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, fit, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
-from training.views import apply_view
-from training.wise_ft import choose_alpha, encoder_state, interpolate
+from training.views import apply_view, training_rows
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +92,6 @@ def runtime_metrics(runtimes: dict) -> dict[str, float]:
     return out
 
 
-def _wise_ft(model, pretrained, gen, validation_score) -> dict[str, float]:
-    """Interpolate ``model``'s encoder towards ``pretrained`` as ``gen.wise_ft_alpha`` says; metrics."""
-    if gen.wise_ft_alpha == "auto":
-        choice = choose_alpha(model, pretrained, validation_score, gen.wise_ft_grid, gen.wise_ft_tolerance)
-        scores = ", ".join(f"{a:.2f}: {s:.4f}" for a, s in choice.scores.items())
-        logger.info("WiSE-FT: validation macro AP by alpha {%s}; kept alpha %.2f", scores, choice.alpha)
-        return choice.metrics()
-    interpolate(model, pretrained, encoder_state(model), float(gen.wise_ft_alpha))
-    return {"wise_ft.alpha": float(gen.wise_ft_alpha)}
-
-
 def run_training(
     cfg: Config,
     resume: bool = False,
@@ -148,36 +135,18 @@ def run_training(
     ]  # bad files fail now
     gen = cfg.generalisation
     rows = training_rows(
-        bundle.train.texts,
-        bundle.train.targets,
-        bundle.train.sources,
-        gen.augment_views,
-        gen.augment_fraction,
-        gen.source_balanced,
-        cfg.seed,
-    )  # views, balancing (issue 10)
+        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
+    )  # the train split and its style-stripped views
     bundle.report["training_rows"] = rows.report
-    ordinal = None
-    if cfg.train.ordinal_weight > 0:  # the auxiliary ordinal target (training/ordinal.py)
-        from training.ordinal import ordinal_levels
-
-        values = bundle.train.ordinal
-        if values is None:
-            raise DataError(f"data.ordinal_column '{cfg.data.ordinal_column}' not found in the train split")
-        ordinal = np.where(rows.is_view, np.nan, values[rows.origin])  # a view's text lost its flags
-        try:
-            ordinal_levels(ordinal)
-        except ValueError as e:
-            raise DataError(f"data.ordinal_column '{cfg.data.ordinal_column}': {e}") from None
 
     # --- phase 3: base model and tokenizer -------------------------------------------------
     base = resolve_base_model(cfg.base_model)
     tokenizer = load_tokenizer(base)
     if cfg.distill.enabled:  # fail now, not after the baseline and the teacher's fine-tune
-        from training.distill import check_layers
+        from training.experiments.distill import check_layers
 
         check_layers(cfg.distill.layers, base_depth(base, cfg.base_model))
-    encoder = TextEncoder(tokenizer, cfg.train.max_length, cfg.train.tail_tokens)
+    encoder = TextEncoder(tokenizer, cfg.train.max_length)
     enc = {s.name: encoder.encode(rows.texts if s is bundle.train else s.texts) for s in bundle.splits()}
     truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
 
@@ -224,7 +193,6 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
-        pretrained = encoder_state(model) if gen.wise_ft_alpha is not None else None
         data = FitData(
             encoder,
             enc["train"].input_ids,
@@ -235,29 +203,14 @@ def run_training(
         )
         result = fit(
             model,
-            *data,
+            data,
             cfg.train,
             cfg.seed,
             out_dir / "checkpoints",
             cfg.digest(),
             resume=resume,
             on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
-            group_ids=rows.group_ids if gen.group_dro else None,
-            group_dro_eta=gen.group_dro_eta,
-            ordinal=ordinal,
-            ordinal_weight=cfg.train.ordinal_weight,
         )
-
-        if pretrained is not None:  # WiSE-FT (training/wise_ft.py): alpha chosen on validation only
-            metrics |= _wise_ft(
-                model,
-                pretrained,
-                gen,
-                lambda: macro_ap(
-                    predict_logits(model, encoder, enc["validation"].input_ids, cfg.train.eval_batch_size),
-                    bundle.validation.targets,
-                ),
-            )
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
         logits = {
@@ -360,7 +313,6 @@ def run_training(
             threshold_info=thr_info,
             temperatures=temps,
             max_length=cfg.train.max_length,
-            tail_tokens=cfg.train.tail_tokens,
             base_model=base.ref,
             base_model_sha256=base.sha256,
             data_fingerprint={s.name: s.fingerprint for s in bundle.splits()},
@@ -370,16 +322,14 @@ def run_training(
         if blend is not None:
             save_meta(art, load_meta(art).model_copy(update={"blend": blend.save(art)}))
         if cfg.distill.enabled:  # a shallower student, served as an ONNX variant if it passes the gate
-            from training.distill import STUDENT_DIR, distil_student
+            from training.experiments.distill import STUDENT_DIR, distil_student
 
             student_ckpt = out_dir / "checkpoints-student"
             student, student_fit = distil_student(
                 model,
                 data,
                 cfg,
-                cfg.seed,
                 student_ckpt,
-                cfg.digest(),
                 resume=resume and (student_ckpt / LAST_CHECKPOINT).is_file(),
                 on_metrics=lambda m, step: mlflow.log_metrics(
                     {f"student.{k}": v for k, v in m.items()}, step=step
