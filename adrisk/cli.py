@@ -10,6 +10,7 @@ train              ``_train``                                  ``training.pipeli
 evaluate           ``_evaluate``                               ``training.evaluate.evaluate_model``
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
+monitor            ``_monitor``                                ``monitor.run.run_monitor``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
 feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
@@ -30,7 +31,8 @@ MLflow tracking and registry are configured once, here, before any verb runs
 tracking store.
 
 Exit codes: 0 success; 1 a handled error (one line on stderr); 2 usage error; ``retrain`` adds
-3 rejected, 4 busy, 5 unchanged; 130 interrupted.
+3 rejected, 4 busy, 5 unchanged, 6 not stale (``--when-stale``); ``monitor`` 10 retrain advised,
+11 labels needed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ logger = logging.getLogger("adrisk")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_REJECTED, EXIT_BUSY, EXIT_UNCHANGED = 3, 4, 5
+EXIT_NOT_STALE = 6  # retrain --when-stale: the verdict does not advise a retrain
 
 
 class CLIError(Exception):
@@ -269,7 +272,12 @@ def _retrain(args) -> int:
 
     cfg = load_config(args.config, args.set)
     _check_writable(args.uri_file, "--uri-file")
-    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force)
+    verdict = None
+    if args.when_stale:
+        verdict = _stale_verdict(args.when_stale, cfg)
+        if verdict is None:
+            return EXIT_NOT_STALE
+    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force, verdict=verdict)
     if result.training_table:
         print(result.training_table + "\n")
     if result.table:
@@ -281,6 +289,23 @@ def _retrain(args) -> int:
     if args.uri_file and result.challenger_uri:
         Path(args.uri_file).write_text(result.challenger_uri + "\n")
     return _RETRAIN_EXIT[result.outcome.value]
+
+
+def _stale_verdict(path: str, cfg) -> dict | None:
+    """``--when-stale``: the verdict as a dict when it advises a retrain of this model's champion,
+    else None (the reason is printed)."""
+    from model.registry import get_alias
+    from monitor.verdict import VerdictError, load_verdict, retrain_advised
+
+    try:
+        verdict = load_verdict(path)
+        advised, why = retrain_advised(
+            verdict, cfg.model_name, get_alias(cfg.model_name, cfg.gate.champion_alias)
+        )
+    except VerdictError as e:
+        raise CLIError(str(e)) from None
+    print(f"retrain --when-stale: {why}", file=sys.stderr)
+    return verdict.model_dump(mode="json") if advised else None
 
 
 def _rollback(args) -> int:
@@ -371,6 +396,38 @@ def _feedback_export(args) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK
+
+
+def _monitor(args) -> int:
+    from monitor.run import run_monitor
+    from monitor.verdict import MonitorSettings
+    from monitor.window import MonitorError
+
+    try:
+        res = run_monitor(
+            args.model,
+            args.current,
+            reference=args.reference,
+            window=args.window,
+            time_column=args.time_column,
+            text_column=args.text_column,
+            labels_column=args.labels_column,
+            feedback=args.feedback,
+            report_dir=args.report,
+            verdict_path=args.verdict,
+            settings=MonitorSettings(seed=args.seed),
+            runtime=args.runtime,
+            threads=args.threads,
+            log_mlflow={"auto": None, "on": True, "off": False}[args.mlflow],
+        )
+    except MonitorError as e:
+        raise CLIError(str(e)) from None
+    print(res.table)
+    for path in res.written:
+        print(f"wrote {path}", file=sys.stderr)
+    if res.mlflow_run_id:
+        print(f"MLflow run: {res.mlflow_run_id}", file=sys.stderr)
+    return res.verdict.exit_code
 
 
 # --- scoring verbs --------------------------------------------------------------------------------
@@ -752,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         help="train a challenger; promote it to @champion only if it passes the gate",
         description="Exit codes: 0 promoted (dry run: would promote), 3 rejected, "
-        "4 another retrain holds the lock, 5 unchanged data+config, 1 error.",
+        "4 another retrain holds the lock, 5 unchanged data+config, 6 --when-stale verdict advises no "
+        "retrain, 1 error.",
     )
     _add_config_args(p)
     p.add_argument(
@@ -771,7 +829,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uri-file", help="also write the challenger's model URI (models:/NAME/VERSION) to this file"
     )
+    p.add_argument(
+        "--when-stale",
+        metavar="VERDICT.json",
+        help="retrain only if this adrisk monitor verdict (about the current @champion) says retrain; "
+        "else exit 6. The verdict is recorded on the challenger's run (docs/monitoring.md)",
+    )
     p.set_defaults(func=_retrain)
+
+    p = sub.add_parser(
+        "monitor",
+        help="drift of a window of ads against the model's reference; label-free performance; a verdict",
+        description="Exit codes: 0 stable, 10 drifted: retrain advised, 11 drifted beyond what retraining "
+        "on the labels at hand can fix: labels needed, 1 error (nothing written), 2 usage. "
+        "Details: docs/monitoring.md.",
+    )
+    _add_model_arg(p)
+    p.add_argument(
+        "--current", required=True, help="the window: CSV / JSONL / Parquet, or an adrisk score output"
+    )
+    p.add_argument(
+        "--reference",
+        help="reference file (default: the validation data recorded on the model's MLflow run, checked "
+        "against its fingerprint)",
+    )
+    p.add_argument(
+        "--window",
+        help="monitor only the last N rows (10000) or the rows within a duration of the newest (7d, 24h)",
+    )
+    p.add_argument("--time-column", help="time column of a duration --window (default: detected)")
+    p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
+    p.add_argument("--labels-column", default="labels", help="label-name lists, when a file has them")
+    p.add_argument("--feedback", help="an adrisk feedback export: realised precision among reviewed ads")
+    p.add_argument("--report", metavar="DIR", help="write report.html and verdict.json into DIR")
+    p.add_argument("--verdict", metavar="FILE", help="write the verdict JSON to FILE")
+    p.add_argument(
+        "--mlflow",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="log a run to the adrisk-monitor experiment (auto: when the model came from MLflow)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample and permutation (default 0)")
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.set_defaults(func=_monitor)
 
     p = sub.add_parser("rollback", help="swap @champion and @previous")
     p.add_argument("--model-name", default="risky-ads")

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             default resolves the URI and loads a ``Predictor`` with ``settings.threads``.
     """
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_window)
     keyring = build_keyring(settings.keys_file, settings.api_key_list())
     ctx = AppContext(
         settings=settings,

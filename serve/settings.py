@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="how far ahead of the server's clock a reviewed_at may be (seconds; 422 beyond)",
     )
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
+    metrics_window: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="texts in /metrics' recent-score window (category scores and flags only; 5 bytes per "
+        "category per text)",
+    )
+
     # -- moderation policy, decision log, appeals (docs/policy.md) -----------------------------------
     policy_file: str | None = Field(
         None, description="moderation policy YAML (default: the model's thresholds); reloaded on change"
