@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import REPO, wait_ready
+from tests.serve.conftest import REPO, ServerProcess, wait_ready
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
