@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class Predictor:
         self.max_tokens = max_tokens
         self.directory: Path | None = None
         self._lock = threading.Lock()
+        _LIVE_PREDICTORS.add(self)
         self._thresholds = np.asarray(meta.threshold_vector(), dtype=np.float64)
         benign = meta.label_schema.benign_label
         self._flaggable = np.asarray([n != benign for n in meta.labels], dtype=bool)
@@ -233,6 +235,22 @@ class Predictor:
             cats = {n: bool(s.probabilities[i, j] >= self._thresholds[j]) for j, n in enumerate(self.labels)}
             results.append(Prediction(bool(s.flagged[i]), cats, scores, bool(s.truncated[i])))
         return results
+
+
+# Every Predictor of this process, so a forked child can re-create their locks: a fork copies only the
+# forking thread, so a lock another thread held inside ``score`` at that moment stays held forever in
+# the child (POSIX pthread_atfork's problem; Python's own locks in logging and threading are reset the
+# same way).
+_LIVE_PREDICTORS: weakref.WeakSet[Predictor] = weakref.WeakSet()
+
+
+def _reset_locks_in_child() -> None:
+    for predictor in list(_LIVE_PREDICTORS):
+        predictor._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 # any one of these is a tokenizer (without them transformers builds an empty vocabulary silently)
