@@ -702,23 +702,17 @@ def _split_component(
     _, node = connected_components(must.tocsr(), directed=False)  # must-link node per ad
     edges = pd.DataFrame({"u": node[shared.row], "v": node[shared.col], "w": shared.data})
     edges = edges[edges["u"] < edges["v"]].groupby(["u", "v"], sort=True)["w"].sum()
-    node_ads = np.bincount(node)
-    part = _merge_within_bound(np.arange(len(node_ads)), edges, node_ads, bound)
+    part = _merge_within_bound(edges, np.bincount(node), bound)
     return [rows[members] for members in _group_rows(part[node])]
 
 
-def _merge_within_bound(part: np.ndarray, edges: pd.Series, node_ads: np.ndarray, bound: int) -> np.ndarray:
-    """Union parts joined by an edge, heaviest links first (ties: smallest part ids), whenever the union
-    holds at most ``bound`` ads. ``edges``: weight per (u, v) node pair; returns the part per node."""
-    size = np.bincount(part, weights=node_ads).astype(np.int64)
-    pu = part[edges.index.get_level_values("u")]
-    pv = part[edges.index.get_level_values("v")]
-    between = pd.DataFrame({"a": np.minimum(pu, pv), "b": np.maximum(pu, pv), "w": edges.to_numpy()})
-    between = between[between["a"] != between["b"]].groupby(["a", "b"], sort=True)["w"].sum()
-    order = np.lexsort(
-        (between.index.get_level_values("b"), between.index.get_level_values("a"), -between.to_numpy())
-    )
+def _merge_within_bound(edges: pd.Series, node_ads: np.ndarray, bound: int) -> np.ndarray:
+    """Union-find over nodes holding ``node_ads`` ads each: join the two ends of every edge, heaviest
+    first (ties: smallest node ids), whenever the union holds at most ``bound`` ads. ``edges``: weight
+    per ``(u, v)`` node pair (``u < v``). Returns the part (its smallest node id) per node."""
+    size = node_ads.astype(np.int64)
     parent = np.arange(len(size))
+    u, v = edges.index.get_level_values("u"), edges.index.get_level_values("v")
 
     def root(x: int) -> int:
         while parent[x] != x:
@@ -726,13 +720,12 @@ def _merge_within_bound(part: np.ndarray, edges: pd.Series, node_ads: np.ndarray
             x = parent[x]
         return x
 
-    pa, pb = between.index.get_level_values("a"), between.index.get_level_values("b")
-    for i in order:
-        ra, rb = root(int(pa[i])), root(int(pb[i]))
+    for i in np.lexsort((v, u, -edges.to_numpy())):
+        ra, rb = root(int(u[i])), root(int(v[i]))
         if ra != rb and size[ra] + size[rb] <= bound:
             parent[max(ra, rb)] = min(ra, rb)
             size[min(ra, rb)] += size[max(ra, rb)]
-    return np.array([root(int(x)) for x in part])
+    return np.array([root(x) for x in range(len(size))], dtype=np.int64)
 
 
 def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
