@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI: idle torch threads sleep (shared machines)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from monitor.drift import ad_groups, text_drift  # noqa: E402
 from monitor.run import assess  # noqa: E402
@@ -74,6 +77,8 @@ OTHER_LANGUAGE = [
     "Clases de yoga para principiantes en el parque",
     "Vendo colchón matrimonial nuevo, sin uso",
 ]
+# The stronger strength of each injected shift (all must fire).
+STRONG = {"x3.0", "x0.3", "15%", "45%", "100% of ads", "20% of letters", "40% of ads"}
 LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "$", "t": "7"})
 
 
@@ -221,7 +226,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="write every window's numbers here")
-    p.add_argument("--no-baseline", action="store_true", help="skip the Evidently-rule column (faster)")
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the Evidently-rule column (run on no-shift and strong windows)",
+    )
     args = p.parse_args()
 
     from model.embeddings import SentenceEmbedder
@@ -271,7 +280,8 @@ def main() -> int:
     for kind, strength, rw, cw in windows:
         t1 = time.perf_counter()
         a = assess(rw, cw, labels, thresholds, flaggable=flaggable, embed=embedder.embed, settings=settings)
-        ev = (None, None) if args.no_baseline else evidently_rule(rw, cw, args.seed)
+        baseline = not args.no_baseline and (kind == "no shift" or strength in STRONG)
+        ev = evidently_rule(rw, cw, args.seed) if baseline else (None, None)
         errs = row_errors(a, labels, ref_perf)
         signals = sorted({r.split(":")[0].split(" ")[0] for r in a.reasons if not r[0].isdigit()})
         pe = [abs(v["estimated"] - v["realised"]) for k, v in errs.items() if k.endswith("precision")]
@@ -326,8 +336,7 @@ def summarize(rows: list[dict], labels: tuple[str, ...]) -> None:
             else ""
         )
     )
-    strong = {"x3.0", "x0.3", "15%", "45%", "100% of ads", "20% of letters", "40% of ads"}
-    st = [r for r in rows if r["strength"] in strong]
+    st = [r for r in rows if r["strength"] in STRONG]
     print(
         f"stronger shifts fired: monitor {sum(r['fired'] for r in st)}/{len(st)}"
         + (

@@ -389,5 +389,12 @@ def run_monitor(
     written = write_outputs(verdict, html, report_dir, verdict_path)
     if log_mlflow is None:
         log_mlflow = ref.run_id is not None
-    run_id = log_to_mlflow(verdict, html) if log_mlflow else None
+    run_id = None
+    if log_mlflow:
+        try:
+            run_id = log_to_mlflow(verdict, html)
+        except Exception as e:  # the verdict stands without its tracking copy (a store that is down)
+            logger.warning(
+                "the MLflow run was not logged (%s); the verdict files are written", type(e).__name__
+            )
     return MonitorRun(verdict, table, written, run_id)
