@@ -10,6 +10,7 @@ train              ``_train``                                  ``training.pipeli
 evaluate           ``_evaluate``                               ``training.evaluate.evaluate_model``
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
+monitor            ``_monitor``                                ``monitor.run.run_monitor``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
 feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
@@ -30,7 +31,8 @@ MLflow tracking and registry are configured once, here, before any verb runs
 tracking store.
 
 Exit codes: 0 success; 1 a handled error (one line on stderr); 2 usage error; ``retrain`` adds
-3 rejected, 4 busy, 5 unchanged; 130 interrupted.
+3 rejected, 4 busy, 5 unchanged, 6 not stale (``--when-stale``); ``monitor`` 10 retrain advised,
+11 labels needed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ logger = logging.getLogger("adrisk")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_REJECTED, EXIT_BUSY, EXIT_UNCHANGED = 3, 4, 5
+EXIT_NOT_STALE = 6  # retrain --when-stale: the verdict does not advise a retrain
 
 
 class CLIError(Exception):
@@ -67,6 +70,28 @@ def _model_uri(value: str) -> str:
             "must not be empty (give a models:/ URI, runs:/ URI or a model directory)"
         )
     return value
+
+
+class _DeprecatedFlag(argparse.Action):
+    """A flag's old name: sets the same value and says which name to use (on stderr; logging is not
+    set up while arguments are parsed)."""
+
+    def __init__(self, option_strings, dest, use: str = "", **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"adrisk: {option_string} is deprecated: use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser, help: str, old: str | None = None) -> None:
+    """``--threads`` (the one name of the threads knob), and ``old`` as its deprecated, hidden alias."""
+    p.add_argument("--threads", dest="threads", type=int, default=None, help=help)
+    if old:
+        p.add_argument(
+            old, dest="threads", type=int, action=_DeprecatedFlag, use="--threads", help=argparse.SUPPRESS
+        )
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -114,6 +139,13 @@ def _add_link_args(p: argparse.ArgumentParser, prefix: str) -> None:
         type=int,
         default=50,
         help=f"{prefix}a contact shared by more ads is not used for linking (default 50)",
+    )
+    p.add_argument(
+        "--max-persona",
+        type=int,
+        default=50,
+        help=f"{prefix}a persona grows beyond this many ads only by ads sharing identical text or "
+        "2+ contacts (default 50; docs/linking.md)",
     )
     p.add_argument(
         "--similarity",
@@ -240,7 +272,12 @@ def _retrain(args) -> int:
 
     cfg = load_config(args.config, args.set)
     _check_writable(args.uri_file, "--uri-file")
-    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force)
+    verdict = None
+    if args.when_stale:
+        verdict = _stale_verdict(args.when_stale, cfg)
+        if verdict is None:
+            return EXIT_NOT_STALE
+    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force, verdict=verdict)
     if result.training_table:
         print(result.training_table + "\n")
     if result.table:
@@ -252,6 +289,23 @@ def _retrain(args) -> int:
     if args.uri_file and result.challenger_uri:
         Path(args.uri_file).write_text(result.challenger_uri + "\n")
     return _RETRAIN_EXIT[result.outcome.value]
+
+
+def _stale_verdict(path: str, cfg) -> dict | None:
+    """``--when-stale``: the verdict as a dict when it advises a retrain of this model's champion,
+    else None (the reason is printed)."""
+    from model.registry import get_alias
+    from monitor.verdict import VerdictError, load_verdict, retrain_advised
+
+    try:
+        verdict = load_verdict(path)
+        advised, why = retrain_advised(
+            verdict, cfg.model_name, get_alias(cfg.model_name, cfg.gate.champion_alias)
+        )
+    except VerdictError as e:
+        raise CLIError(str(e)) from None
+    print(f"retrain --when-stale: {why}", file=sys.stderr)
+    return verdict.model_dump(mode="json") if advised else None
 
 
 def _rollback(args) -> int:
@@ -344,6 +398,38 @@ def _feedback_export(args) -> int:
     return EXIT_OK
 
 
+def _monitor(args) -> int:
+    from monitor.run import run_monitor
+    from monitor.verdict import MonitorSettings
+    from monitor.window import MonitorError
+
+    try:
+        res = run_monitor(
+            args.model,
+            args.current,
+            reference=args.reference,
+            window=args.window,
+            time_column=args.time_column,
+            text_column=args.text_column,
+            labels_column=args.labels_column,
+            feedback=args.feedback,
+            report_dir=args.report,
+            verdict_path=args.verdict,
+            settings=MonitorSettings(seed=args.seed),
+            runtime=args.runtime,
+            threads=args.threads,
+            log_mlflow={"auto": None, "on": True, "off": False}[args.mlflow],
+        )
+    except MonitorError as e:
+        raise CLIError(str(e)) from None
+    print(res.table)
+    for path in res.written:
+        print(f"wrote {path}", file=sys.stderr)
+    if res.mlflow_run_id:
+        print(f"MLflow run: {res.mlflow_run_id}", file=sys.stderr)
+    return res.verdict.exit_code
+
+
 # --- scoring verbs --------------------------------------------------------------------------------
 
 
@@ -394,6 +480,7 @@ def _score(args) -> int:
                 partitions=args.partitions,
                 runtime=args.runtime,
                 progress=not args.no_progress,
+                on_bad_row=args.on_bad_row,
             )
         else:
             summary = run_score(
@@ -404,10 +491,11 @@ def _score(args) -> int:
                 chunk_size=1000 if args.chunk_size is None else args.chunk_size,
                 resume=args.resume,
                 runtime=args.runtime,
-                torch_threads=args.threads,
+                threads=args.threads,
                 progress=not args.no_progress,
                 explain=args.explain,
                 workers=args.workers,
+                on_bad_row=args.on_bad_row,
             )
     except ScoreError as e:
         raise CLIError(str(e)) from None
@@ -443,6 +531,7 @@ def _link(args) -> None:
         text_column=args.text_column,
         region=args.region,
         hub_cap=args.hub_cap,
+        max_persona=args.max_persona,
         similarity=args.similarity,
         hash_key=key,
         workers=args.link_workers,
@@ -487,7 +576,7 @@ _SERVE_FLAGS = (
     "max_batch_size",
     "max_wait_ms",
     "queue_size",
-    "torch_threads",
+    "threads",
     "max_body_bytes",
     "max_batch_items",
     "max_text_chars",
@@ -720,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         help="train a challenger; promote it to @champion only if it passes the gate",
         description="Exit codes: 0 promoted (dry run: would promote), 3 rejected, "
-        "4 another retrain holds the lock, 5 unchanged data+config, 1 error.",
+        "4 another retrain holds the lock, 5 unchanged data+config, 6 --when-stale verdict advises no "
+        "retrain, 1 error.",
     )
     _add_config_args(p)
     p.add_argument(
@@ -739,7 +829,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uri-file", help="also write the challenger's model URI (models:/NAME/VERSION) to this file"
     )
+    p.add_argument(
+        "--when-stale",
+        metavar="VERDICT.json",
+        help="retrain only if this adrisk monitor verdict (about the current @champion) says retrain; "
+        "else exit 6. The verdict is recorded on the challenger's run (docs/monitoring.md)",
+    )
     p.set_defaults(func=_retrain)
+
+    p = sub.add_parser(
+        "monitor",
+        help="drift of a window of ads against the model's reference; label-free performance; a verdict",
+        description="Exit codes: 0 stable, 10 drifted: retrain advised, 11 drifted beyond what retraining "
+        "on the labels at hand can fix: labels needed, 1 error (nothing written), 2 usage. "
+        "Details: docs/monitoring.md.",
+    )
+    _add_model_arg(p)
+    p.add_argument(
+        "--current", required=True, help="the window: CSV / JSONL / Parquet, or an adrisk score output"
+    )
+    p.add_argument(
+        "--reference",
+        help="reference file (default: the validation data recorded on the model's MLflow run, checked "
+        "against its fingerprint)",
+    )
+    p.add_argument(
+        "--window",
+        help="monitor only the last N rows (10000) or the rows within a duration of the newest (7d, 24h)",
+    )
+    p.add_argument("--time-column", help="time column of a duration --window (default: detected)")
+    p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
+    p.add_argument("--labels-column", default="labels", help="label-name lists, when a file has them")
+    p.add_argument("--feedback", help="an adrisk feedback export: realised precision among reviewed ads")
+    p.add_argument("--report", metavar="DIR", help="write report.html and verdict.json into DIR")
+    p.add_argument("--verdict", metavar="FILE", help="write the verdict JSON to FILE")
+    p.add_argument(
+        "--mlflow",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="log a run to the adrisk-monitor experiment (auto: when the model came from MLflow)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample and permutation (default 0)")
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.set_defaults(func=_monitor)
 
     p = sub.add_parser("rollback", help="swap @champion and @previous")
     p.add_argument("--model-name", default="risky-ads")
@@ -804,6 +936,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
     p.add_argument(
+        "--on-bad-row",
+        choices=("error", "mark"),
+        default="error",
+        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
+        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
+        "not_an_object and goes on",
+    )
+    p.add_argument(
         "--engine",
         choices=("local", "spark"),
         default="local",
@@ -822,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --engine spark: partitions per Spark job (default: 2 per task slot, >= 64 rows each)",
     )
-    p.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=None, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--workers",
@@ -896,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch that already holds queued requests waits to fill; an idle server never waits (default 5)",
     )
     p.add_argument("--queue-size", type=int, help="most texts waiting for the model (default 1024); then 503")
-    p.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1048576)")
     p.add_argument("--max-batch-items", type=int, help="most texts per request (default 256)")
     p.add_argument("--max-text-chars", type=int, help="longest text in characters (default 100000)")

@@ -89,7 +89,7 @@ def start(model: str, policy: Path, db: str | None, threads: int, log: Path) -> 
     cmd += [
         "--port",
         str(port),
-        "--torch-threads",
+        "--threads",
         str(threads),
         "--queue-size",
         "100000",

@@ -41,10 +41,10 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     Args:
         settings: server settings (default: from ``ADRISK_*`` environment variables).
         loader: ``(uri, download_dir) -> LoadedModel`` (tests inject slow or failing loaders);
-            default resolves the URI and loads a ``Predictor`` with ``settings.torch_threads``.
+            default resolves the URI and loads a ``Predictor`` with ``settings.threads``.
     """
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_window)
     keyring = build_keyring(settings.keys_file, settings.api_key_list())
     ctx = AppContext(
         settings=settings,
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         on_reload=reloaded,
     )
     ctx.policy_state = policy_state
-    base_loader = loader or default_loader(settings.runtime, settings.torch_threads)
+    base_loader = loader or default_loader(settings.runtime, settings.threads)
 
     def checked_loader(uri: str, dst: Path) -> LoadedModel:
         m = base_loader(uri, dst)

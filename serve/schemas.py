@@ -296,6 +296,15 @@ class LoadError(BaseModel):
     at: str = Field(description="UTC time, ISO 8601")
 
 
+class PollError(BaseModel):
+    """Registry polls of a followed alias that keep failing (the serving model is unaffected)."""
+
+    error: str = Field(description="the latest failure: exception type and the first line of its message")
+    failures: int = Field(description="failed polls in a row")
+    since: str = Field(description="UTC time of the first failure in the row, ISO 8601")
+    at: str = Field(description="UTC time of the latest failure, ISO 8601")
+
+
 class ModelDetails(BaseModel):
     """The serving model: ``GET /v1/model``."""
 
@@ -308,6 +317,9 @@ class ModelDetails(BaseModel):
     loaded_at: str | None
     follow_alias_s: float | None = Field(description="registry poll interval when following an alias")
     load_error: LoadError | None = Field(description="last failed load, if any")
+    poll_error: PollError | None = Field(
+        default=None, description="failing registry polls of a followed alias, until one succeeds"
+    )
 
 
 class Status(BaseModel):

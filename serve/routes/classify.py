@@ -214,6 +214,7 @@ async def classify(
     except Exception:  # logged by type in the batcher; the message may quote the input
         raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
+    metrics.observe_predictions(preds)  # score histograms and flag rates (no text kept)
     rid = request.state.request_id
     ctx.recent.put(rid, texts)
     decided = decide(ctx, loaded, principal, rid, texts, preds)

@@ -30,4 +30,5 @@ async def model_details(state: StateDep) -> ModelDetails:
         loaded_at=cur.loaded_at,
         follow_alias_s=state.follow_alias_s,
         load_error=err,
+        poll_error=state.poll_error,
     )

@@ -56,7 +56,7 @@ class ServerProcess:
         full_env = cli_env(**(env or {}))
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            [str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
+            [str(ADRISK), "serve", "--port", str(self.port), "--threads", "1", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -1,6 +1,6 @@
 """OpenAPI is the truth (issue 9, kind 3): ``/openapi.json`` declares the limits and bodies the server
 enforces, from its own settings, and a schema-driven client (schemathesis, all checks) finds no
-mismatch against a real ``adrisk serve`` on the tiny model."""
+mismatch against the served app on the tiny model."""
 
 from __future__ import annotations
 
