@@ -229,7 +229,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32, help="concurrent single-ad clients (default 32)")
     p.add_argument("--requests", type=int, default=320, help="requests per client (default 320: 10,240)")
     p.add_argument("--rounds", type=int, default=2, help="log on/off rounds, alternating order (default 2)")
-    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="the server's model threads (default 1)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="adrisk-policy-bench-"))
     model = args.model
@@ -248,7 +248,7 @@ def main() -> int:
             policy = run_dir / "policy.yaml"
             write_policy(policy, "bench-v1", 0.5)
             db = f"sqlite:///{run_dir / 'decisions.db'}" if "on" in mode else None
-            proc, base = start(model, policy, db, args.torch_threads, run_dir / "server.log")
+            proc, base = start(model, policy, db, args.threads, run_dir / "server.log")
             try:
                 cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                 r = asyncio.run(drive(base, args.clients, args.requests, policy, 0))
