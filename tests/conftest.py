@@ -4,9 +4,11 @@ environment. docs/testing.md describes the suite and its fixtures."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,25 @@ def new_mlflow_store(db: Path, template: Path) -> str:
     return f"sqlite:///{db}"
 
 
+@contextlib.contextmanager
+def mlflow_outside_tests(cwd: Path) -> Iterator[None]:
+    """For module and session fixtures, which run outside a test's ``isolated_environment``: work in
+    ``cwd`` without an inherited ``MLFLOW_*`` variable, then put the environment, the working directory
+    and MLflow's globals back (``mlflow.set_registry_uri`` also exports ``MLFLOW_REGISTRY_URI``: left
+    there, every later test would read it as the user's registry)."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        _reset_mlflow_globals()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path_factory, mlflow_store_template):
     """Every test gets its own MLflow tracking/registry store (an empty, already migrated copy of
@@ -165,18 +186,12 @@ def trained_tiny_model(tmp_path_factory, mlflow_store_template) -> TrainedModel:
     from training.pipeline import run_training
 
     root = tmp_path_factory.mktemp("trained-tiny")
-    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
-    os.chdir(root)
-    try:
-        uri = new_mlflow_store(root / "mlflow.db", mlflow_store_template)
-        overrides = (f"output_dir={root / 'out'}", f"data.path={DATA_DIR}", f"tracking.tracking_uri={uri}")
+    uri = new_mlflow_store(root / "mlflow.db", mlflow_store_template)
+    overrides = (f"output_dir={root / 'out'}", f"data.path={DATA_DIR}", f"tracking.tracking_uri={uri}")
+    threads = torch.get_num_threads()
+    with mlflow_outside_tests(root):
         res = run_training(load_config(TINY_CONFIG, list(overrides)))
-    finally:
-        _reset_mlflow_globals()
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(saved_cwd)
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     assert res.registered is not None
     return TrainedModel(root / "out", res.artifact_dir, res.run_id, res.model_uri, uri, overrides)
 

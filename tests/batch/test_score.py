@@ -1,9 +1,8 @@
-"""``adrisk score``: formats, missing text, atomic output, and kill + resume."""
+"""``adrisk score``: formats, missing text, atomic output, stop + resume, what a resume refuses."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pandas as pd
 import pytest
 
 from batch.score import ScoreError, run_score
-from tests.conftest import cli_env
-from tests.serve.conftest import run_and_kill_after_chunks, score_command
 
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 SCORE_COLS = [f"score_{n}" for n in LABELS]
@@ -95,35 +92,35 @@ def test_score_errors(tmp_path, tiny_predictor):
         )
 
 
-@pytest.mark.slow
-def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, tiny_predictor):
-    n, chunk = 3000, 20
+def test_score_stopped_and_resumed_equals_uninterrupted(tmp_path, tiny_predictor):
+    """A job stopped after 3 chunks keeps them; without ``resume`` the unfinished run is protected;
+    the resume scores the rest, each row once, as one uninterrupted run would. (A SIGKILLed
+    ``adrisk score``: test_score_workers.py, and during the final write: test_score_kill.py.)"""
+    n, chunk = 300, 20
     src = _write(_frame(n), tmp_path / "in.csv")
     expected_path = tmp_path / "expected.csv"
-    run_score(
-        str(tiny_artifact), src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False
-    )
+    run_score("tiny", src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False)
 
     dst = tmp_path / "out.csv"
-    cmd = score_command(tiny_artifact, src, dst, chunk)
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
-    run_and_kill_after_chunks(cmd, manifest)
-    done = json.loads(manifest.read_text())["chunks_done"]
-    assert 3 <= done < n // chunk
+    with pytest.raises(_Stopped):
+        run_score(
+            "tiny", src, dst, chunk_size=chunk, predictor=_StopsAfter(tiny_predictor, 3), progress=False
+        )
+    assert json.loads(manifest.read_text())["chunks_done"] == 3
     assert not dst.exists()  # no half-written output
 
-    # without --resume the unfinished run is protected
     with pytest.raises(ScoreError, match="--resume"):
-        run_score(str(tiny_artifact), src, dst, chunk_size=chunk, progress=False)
+        run_score("tiny", src, dst, chunk_size=chunk, predictor=tiny_predictor, progress=False)
 
-    r = subprocess.run(
-        [*cmd, "--resume", "--no-progress"], env=cli_env(), capture_output=True, text=True, timeout=180
+    summary = run_score(
+        "tiny", src, dst, chunk_size=chunk, predictor=tiny_predictor, progress=False, resume=True
     )
-    assert r.returncode == 0, r.stderr
-    assert f"scored {n} rows" in r.stderr and "rows/s" in r.stderr and "adult_services=" in r.stderr
+    assert summary.rows == n
     got, expected = pd.read_csv(dst), pd.read_csv(expected_path)
     assert got["id"].tolist() == list(range(n))  # nothing lost, nothing twice
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6)
+    assert dst.read_bytes() == expected_path.read_bytes()
     assert not manifest.parent.exists()
 
 
