@@ -767,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    _add_training_parsers(sub, threads_help)
+    _add_feedback_parsers(sub)
+
+    _add_scoring_parsers(sub, threads_help)
+    _add_serve_parser(sub, threads_help)
+    _add_audit_parsers(sub)
+    _add_policy_parsers(sub)
+    return parser
+
+
+def _add_training_parsers(sub, threads_help: str) -> None:
+    """train, evaluate, retrain, monitor, rollback, export-onnx."""
     p = sub.add_parser("train", help="fine-tune, evaluate, log to MLflow and register a model version")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
@@ -909,8 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=threads_help)
     p.set_defaults(func=_export_onnx)
 
-    _add_feedback_parsers(sub)
 
+def _add_scoring_parsers(sub, threads_help: str) -> None:
+    """predict, score, link, extract."""
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
     p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
@@ -1014,6 +1027,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_extract)
 
+
+def _add_serve_parser(sub, threads_help: str) -> None:
+    """serve."""
     p = sub.add_parser(
         "serve",
         help="the moderation HTTP API (FastAPI on uvicorn)",
@@ -1047,10 +1063,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_serve_policy_args(p)
     p.set_defaults(func=_serve)
-
-    _add_audit_parsers(sub)
-    _add_policy_parsers(sub)
-    return parser
 
 
 def _add_serve_policy_args(p: argparse.ArgumentParser) -> None:
