@@ -1,6 +1,6 @@
 """Input and score drift between a reference window and a current one.
 
-* Text: a domain classifier (TF-IDF word 1-2-grams and character 3-5-grams, logistic regression)
+* Text: a domain classifier (TF-IDF word 1-2-grams and character 3-4-grams, logistic regression)
   learns to tell current ads from reference ads; its cross-fitted ROC AUC is the drift score, with
   Evidently's semantics (``TextEvals`` / text-content drift: drift when the AUC exceeds 0.55, or the
   95th percentile of a random classifier's AUC for windows too small for that to be safe). It also
@@ -38,7 +38,7 @@ AUC_THRESHOLD = 0.55
 NOVEL_QUANTILE = 0.99
 # Characters of each ad the domain classifier reads (the model's window is shorter than this).
 TEXT_CHARS = 1000
-FOLDS = 5
+FOLDS = 3
 
 
 @dataclass
@@ -132,7 +132,7 @@ def random_auc_quantile(n_ref: int, n_cur: int, q: float = 0.95, draws: int = 10
 
 
 def _vectorize(texts: list[str]):
-    """TF-IDF word 1-2-grams (readable terms) and character 3-5-grams within words (spellings,
+    """TF-IDF word 1-2-grams (readable terms) and character 3-4-grams within words (spellings,
     obfuscations, scripts), fitted on both windows together (no side labels involved)."""
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -142,7 +142,7 @@ def _vectorize(texts: list[str]):
     docs = [normalize_text(t)[:TEXT_CHARS] for t in texts]
     words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True)
     chars = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(3, 5), min_df=2, max_features=30000, sublinear_tf=True
+        analyzer="char_wb", ngram_range=(3, 4), min_df=2, max_features=30000, sublinear_tf=True
     )
     xw = words.fit_transform(docs)
     xc = chars.fit_transform(docs)
@@ -221,7 +221,7 @@ def mmd_test(
     g_ref: np.ndarray,
     g_cur: np.ndarray,
     *,
-    permutations: int = 500,
+    permutations: int = 200,
     alpha: float = 0.01,
     seed: int = 0,
 ) -> EmbeddingDrift:

@@ -114,36 +114,55 @@ def em_prior(q: np.ndarray, base: float) -> np.ndarray:
     return ((lo + hi) / 2)[..., 0]
 
 
-def _bootstrap_index(n: int, draws: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
-
-
 def prevalence(
-    q_cur: np.ndarray, base: np.ndarray, labels: tuple[str, ...], *, draws: int = 200, seed: int = 0
-) -> tuple[dict[str, dict], np.ndarray]:
-    """Label-free prevalence of each label in the current window.
+    p_ref: np.ndarray,
+    y_ref: np.ndarray | None,
+    p_cur: np.ndarray,
+    labels: tuple[str, ...],
+    *,
+    draws: int = 200,
+    seed: int = 0,
+) -> tuple[dict[str, dict], ReferenceCalibration, np.ndarray]:
+    """Label-free prevalence of each label in the current window, against the reference's.
+
+    The interval is a bootstrap over both windows: each draw resamples the reference's ads (and refits
+    its recalibration: with a hundred positives the recalibration's own error dominates a rare label's)
+    and the window's ads, then re-estimates the reference prior and the window's EM prior.
 
     Args:
-        q_cur: (n, L) calibrated posteriors of the current window.
-        base: (L,) priors the posteriors are calibrated under (the reference's).
+        p_ref, p_cur: (n_ref, L) and (n, L) the model's calibrated probabilities.
+        y_ref: (n_ref, L) reference targets, or None.
 
     Returns:
-        ({label: {mean_probability, em, em_interval}}, (L,) EM priors); the interval is the 2.5-97.5%
-        bootstrap percentile interval over the window's ads.
+        ({label: {mean_probability, em, em_interval, ratio, ratio_interval}}, the reference
+        calibration, (L,) reference priors the recalibrated posteriors are calibrated under);
+        intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference prior.
     """
-    n = len(q_cur)
-    idx = _bootstrap_index(n, draws, seed)
-    out, priors = {}, np.zeros(len(labels))
+    cal = ReferenceCalibration(p_ref, y_ref)
+    q_ref, q_cur = cal(p_ref), cal(p_cur)
+    base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
+    rng = np.random.default_rng(seed)
+    em_b = np.zeros((draws, len(labels)))
+    base_b = np.zeros((draws, len(labels)))
+    for b in range(draws):
+        i_ref = rng.integers(0, len(p_ref), len(p_ref))
+        i_cur = rng.integers(0, len(p_cur), len(p_cur))
+        cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref])
+        base_b[b] = np.clip(cal_b(p_ref[i_ref]).mean(axis=0), 1e-4, 1 - 1e-4)
+        q_b = cal_b(p_cur[i_cur])
+        em_b[b] = [em_prior(q_b[:, j], float(base_b[b, j])) for j in range(len(labels))]
+    out = {}
     for j, name in enumerate(labels):
         em = float(em_prior(q_cur[:, j], float(base[j])))
-        boot = em_prior(q_cur[idx, j], float(base[j]))
-        priors[j] = em
+        ratio_b = np.maximum(em_b[:, j], 1e-6) / base_b[:, j]
         out[name] = {
             "mean_probability": round(float(q_cur[:, j].mean()), 4),
             "em": round(em, 4),
-            "em_interval": [round(float(v), 4) for v in np.quantile(boot, [0.025, 0.975])],
+            "em_interval": [round(float(v), 4) for v in np.quantile(em_b[:, j], [0.025, 0.975])],
+            "ratio": round(max(em, 1e-6) / float(base[j]), 4),
+            "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
         }
-    return out, priors
+    return out, cal, base
 
 
 def cbpe(q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import numpy as np
 
 from monitor import drift as drift_mod
 from monitor.estimate import (
-    ReferenceCalibration,
     adjust_posteriors,
     cbpe,
     feedback_precision,
@@ -203,10 +202,15 @@ def assess(
     with _timed(timings, "scores"):
         scores = drift_mod.score_drift(reference.probs, current.probs, labels, thresholds, settings.psi_limit)
     with _timed(timings, "estimates"):
-        cal = ReferenceCalibration(reference.probs, reference.labels)
+        prev, cal, base = prevalence(
+            reference.probs,
+            reference.labels,
+            current.probs,
+            labels,
+            draws=settings.bootstrap,
+            seed=settings.seed,
+        )
         q_ref, q_cur = cal(reference.probs), cal(current.probs)
-        base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
-        prev, priors = prevalence(q_cur, base, labels, draws=settings.bootstrap, seed=settings.seed)
         for j, name in enumerate(labels):
             p = prev[name]
             # on the posteriors' scale: the reference's labelled prevalence where its labels recalibrated
@@ -216,15 +220,13 @@ def assess(
                 p["reference_labelled"] = round(float(reference.labels[:, j].mean()), 4)
             if current.labels is not None:
                 p["realised"] = round(float(current.labels[:, j].mean()), 4)
-            p["changed"] = prevalence_changed(
-                p["em"], p["em_interval"], float(base[j]), settings.prevalence_ratio
-            )
-        # posteriors move to the EM prior only where it differs significantly from the reference's (its
-        # interval excludes it): an uninformative label's EM prior wanders, and must not move estimates
+            p["changed"] = prevalence_changed(p["ratio"], p["ratio_interval"], settings.prevalence_ratio)
+        # posteriors move to the EM prior only where it differs significantly from the reference's (the
+        # ratio's interval excludes 1): an uninformative label's EM prior wanders, and must not move estimates
         q_adj = np.column_stack(
             [
-                adjust_posteriors(q_cur[:, j], base[j], priors[j])
-                if not prev[name]["em_interval"][0] <= base[j] <= prev[name]["em_interval"][1]
+                adjust_posteriors(q_cur[:, j], base[j], prev[name]["em"])
+                if not prev[name]["ratio_interval"][0] <= 1 <= prev[name]["ratio_interval"][1]
                 else q_cur[:, j]
                 for j, name in enumerate(labels)
             ]

@@ -13,8 +13,8 @@ labels_needed  11     drift fired and more than ``novel_share_limit`` of the cur
 
 Signals (each configurable in ``MonitorSettings``): the text domain classifier's AUC above its
 threshold; the embedding MMD's p-value below ``mmd_alpha``; a label's score PSI above ``psi_limit``;
-a label's EM prevalence whose 95% interval excludes the reference's and differs from it by more
-than the factor ``prevalence_ratio``; an estimated precision or recall below the reference's by
+a label's EM prevalence whose ratio to the reference's has a 95% interval excluding 1 and is
+beyond the factor ``prevalence_ratio``; an estimated precision or recall below the reference's by
 more than ``max(performance_drop, 3 sd)`` (NannyML's 3-sigma alert band, sd of the realised value
 at this window size).
 """
@@ -53,7 +53,7 @@ class MonitorSettings(BaseModel):
     mmd_alpha: float = Field(
         0.01, gt=0, lt=1, description="embedding MMD permutation p-value below which it drifted"
     )
-    mmd_permutations: int = Field(500, ge=50)
+    mmd_permutations: int = Field(200, ge=50)
     embed_sample: int = Field(1000, ge=50, description="ads per side whose embeddings are compared")
     classifier_sample: int = Field(
         3000,
@@ -61,7 +61,7 @@ class MonitorSettings(BaseModel):
         description="most ads per side the input-drift tests read (linked, classified; embeddings: a subsample)",
     )
     psi_limit: float = Field(0.25, gt=0, description="score PSI above which a label's scores drifted")
-    prevalence_ratio: float = Field(1.5, gt=1, description="EM prevalence change factor that counts as drift")
+    prevalence_ratio: float = Field(2.0, gt=1, description="EM prevalence change factor that counts as drift")
     performance_drop: float = Field(
         0.05, gt=0, le=1, description="least drop of estimated precision/recall that alerts"
     )
@@ -117,9 +117,10 @@ def decide(
             reasons.append(f"{name}: score PSI {s['psi']:.3f} > {settings.psi_limit}")
     for name, p in prevalence.items():
         if p.get("changed"):
-            lo, hi = p["em_interval"]
+            lo, hi = p["ratio_interval"]
             reasons.append(
-                f"{name}: prevalence {p['em']:.4f} [{lo:.4f}, {hi:.4f}] vs reference {p['reference']:.4f}"
+                f"{name}: prevalence {p['em']:.4f} vs reference {p['reference']:.4f} "
+                f"(x{p['ratio']:.2f}, 95% [{lo:.2f}, {hi:.2f}])"
             )
     for name, perf in performance.items():
         for metric in ("precision", "recall"):
@@ -140,13 +141,11 @@ def decide(
     return Status.RETRAIN, reasons
 
 
-def prevalence_changed(em: float, interval: list[float], reference: float, ratio: float) -> bool:
-    """The EM prevalence moved: its interval excludes ``reference`` and ``em`` differs from it by more
-    than the factor ``ratio`` (either way; shares are floored at 0.001 so that 0 compares)."""
-    lo, hi = interval
-    outside = not (lo <= reference <= hi)
-    a, b = max(em, 1e-3), max(reference, 1e-3)
-    return bool(outside and abs(math.log(a / b)) > math.log(ratio))
+def prevalence_changed(ratio: float, ratio_interval: list[float], limit: float) -> bool:
+    """The EM prevalence moved: the 95% interval of its ratio to the reference's excludes 1, and the
+    ratio itself is beyond the factor ``limit`` either way."""
+    lo, hi = ratio_interval
+    return bool((lo > 1 or hi < 1) and abs(math.log(max(ratio, 1e-6))) > math.log(limit))
 
 
 def write_verdict(path: str | Path, verdict: Verdict) -> None:

@@ -36,7 +36,9 @@ def _drift(auc=0.5, p=0.5, novel=0.0, psi=0.01):
 
 
 def _prev(changed=False):
-    return {"scam": {"em": 0.1, "em_interval": [0.08, 0.12], "reference": 0.04, "changed": changed}}
+    return {
+        "scam": {"em": 0.1, "ratio": 2.5, "ratio_interval": [2.0, 3.0], "reference": 0.04, "changed": changed}
+    }
 
 
 def _perf(dropped=False):
@@ -65,10 +67,10 @@ def test_decide(drift, prev, perf, status):
 
 
 def test_prevalence_change_needs_the_interval_and_the_factor():
-    assert prevalence_changed(0.12, [0.10, 0.14], 0.04, 1.5)
-    assert not prevalence_changed(0.05, [0.045, 0.055], 0.04, 1.5)  # significant but small
-    assert not prevalence_changed(0.12, [0.0, 0.3], 0.04, 1.5)  # large but within noise
-    assert prevalence_changed(0.0, [0.0, 0.002], 0.04, 1.5)  # a label that vanished
+    assert prevalence_changed(3.0, [2.5, 3.5], 2.0)
+    assert not prevalence_changed(1.6, [1.1, 2.3], 2.0)  # significant but small
+    assert not prevalence_changed(3.0, [0.5, 6.0], 2.0)  # large but within noise
+    assert prevalence_changed(0.0, [0.0, 0.05], 2.0)  # a label that vanished
 
 
 def _verdict(status: Status, version="3", name="risky-ads") -> Verdict:
