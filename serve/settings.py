@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,13 @@ class Settings(BaseSettings):
         "cost ~10-100x a plain score)",
     )
     explain_queue_size: int = Field(32, ge=1, description="most texts waiting for explanation; beyond it 503")
-    api_keys: str = Field("", description="comma-separated API keys; empty = no auth on /v1/*")
+    api_keys: str = Field(
+        "", description="comma-separated API keys with every scope and tenant 'default' (the older form)"
+    )
+    keys_file: str | None = Field(
+        None,
+        description="YAML keys file: id, sha256, scopes (classify, feedback, admin), tenant (serve/keys.py)",
+    )
     feedback_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the feedback store (default sqlite:///feedback.db in the working dir)",
@@ -64,7 +70,46 @@ class Settings(BaseSettings):
     feedback_recent: int = Field(
         10_000, ge=0, description="classify requests kept in memory for feedback by id"
     )
+    feedback_max_age_days: float = Field(
+        365.0,
+        gt=0,
+        description="oldest reviewed_at /v1/feedback accepts, in days before now (422 beyond)",
+    )
+    feedback_clock_skew_s: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="how far ahead of the server's clock a reviewed_at may be (seconds; 422 beyond)",
+    )
     download_dir: str | None = Field(None, description="where registry models are downloaded (default: temp)")
+    metrics_window: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="texts in /metrics' recent-score window (category scores and flags only; 5 bytes per "
+        "category per text)",
+    )
+
+    # -- moderation policy, decision log, appeals (docs/policy.md) -----------------------------------
+    policy_file: str | None = Field(
+        None, description="moderation policy YAML (default: the model's thresholds); reloaded on change"
+    )
+    policy_poll_s: float = Field(2.0, gt=0, le=3600, description="seconds between checks of the policy file")
+    contact_hash_key: SecretStr | None = Field(
+        None, description="key of the policy's contact blocklist digests (ADRISK_CONTACT_HASH_KEY)"
+    )
+    decision_log: bool = Field(True, description="log every decision (false: no log, statements or appeals)")
+    decisions_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the decision log (default sqlite:///decisions.db in the working dir)",
+    )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="secret keying the decision log's hashes (default: <db>.key beside a SQLite log, created once)",
+    )
+    decision_queue_size: int = Field(
+        100_000, ge=1, description="decisions waiting to be written; beyond it /v1/classify answers 503"
+    )
 
     @model_validator(mode="before")
     @classmethod

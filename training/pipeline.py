@@ -415,8 +415,7 @@ def run_training(
             for s in ("validation", "test")
         }
         cal = _calibrate(cfg, bundle, logits, bl, logits_of)
-
-        metrics |= cal.metrics
+        metrics |= cal.metrics  # blend.* decisions
 
         # --- evaluation: validation and test, the shortcut audit, extra evaluation sets -----------
         for split in (bundle.validation, bundle.test):

@@ -75,9 +75,9 @@ def test_onnx_runtime_scores_in_child_forked_after_warm_up(tiny_artifact, tmp_pa
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
     targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=np.uint8)
-    add_onnx_variants(
-        d, ["call now", "cheap flat", "sweet girl", "job offer"], targets, quantize=False, num_threads=1
-    )
+    texts = ["call now", "cheap flat", "sweet girl", "job offer"]
+    # the fp32 export only; its gate's bootstrap interval is not what this test is about (test_onnx.py)
+    add_onnx_variants(d, texts, targets, quantize=False, num_threads=1, confidence=None)
     predictor = Predictor.load(d, runtime="onnx-fp32", num_threads=2)
     info = _check(predictor)
     assert info["runtime_pid"] == info["pid"]  # the child made its own session

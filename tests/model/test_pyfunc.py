@@ -17,6 +17,7 @@ import pytest
 
 from model.pyfunc import InputError, output_columns, values_from_input
 from model.registry import log_pyfunc_model
+from tests.conftest import mlflow_outside_tests, new_mlflow_store
 
 SECRET = "Sweet girl call 555 0199 tonight"
 TEXTS = ["cheap rental flat", "", "hot petite girls 24/7 incall"]
@@ -28,16 +29,17 @@ def errors(out: pd.DataFrame) -> list:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, tiny_artifact):
+def registered(tmp_path_factory, tiny_artifact, mlflow_store_template):
     """(loaded pyfunc, local model directory, registry URI) of one registered tiny model."""
     root = tmp_path_factory.mktemp("pyfunc-registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with mlflow.start_run():
-        reg = log_pyfunc_model(tiny_artifact, "risky-ads-pyfunc")
-    local = Path(mlflow.artifacts.download_artifacts(reg.uri, dst_path=str(root / "dl")))
-    return mlflow.pyfunc.load_model(reg.uri), local, uri
+    uri = new_mlflow_store(root / "mlflow.db", mlflow_store_template)
+    with mlflow_outside_tests(root):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with mlflow.start_run():
+            reg = log_pyfunc_model(tiny_artifact, "risky-ads-pyfunc")
+        local = Path(mlflow.artifacts.download_artifacts(reg.uri, dst_path=str(root / "dl")))
+        return mlflow.pyfunc.load_model(reg.uri), local, uri
 
 
 def test_every_documented_input_shape_scores_the_same(registered, tiny_predictor):

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from model.predictor import Predictor
 from model.registry import configure_tracking, log_pyfunc_model, set_alias
 from serve.state import ModelState, default_loader
-from tests.conftest import build_tiny_artifact, cli_env
+from tests.conftest import build_tiny_artifact, cli_env, new_mlflow_store
 from tests.serve.conftest import ServerProcess, wait_ready
 
 NAME = "risky-ads-serve-test"
@@ -57,9 +57,11 @@ def restore_tracking():
 
 
 @pytest.mark.slow
-def test_follow_alias_swaps_and_survives_bad_version(tmp_path, monkeypatch, tiny_artifact, restore_tracking):
+def test_follow_alias_swaps_and_survives_bad_version(
+    tmp_path, monkeypatch, tiny_artifact, restore_tracking, mlflow_store_template
+):
     monkeypatch.chdir(tmp_path)
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     configure_tracking(tracking)
     v1 = _register(tiny_artifact)
