@@ -66,11 +66,9 @@ from model.pyfunc import ADDED_COLUMNS, SCORE_PREFIX, score_values
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-# Measured (docs/performance.md, issue 14): one process already uses every core (the predictor's
-# default threads are all usable CPUs, and an int8 variant runs that many rows at once). On the idle
-# 2-core machine, 2,000 test texts, make-demo model: one process 625-800 rows/s, `--workers 2` (two
-# single-thread processes, each loading the model) 345-370 rows/s. `--workers N` is for many-core
-# machines where one process's threads stop scaling (measure there).
+# One process already uses every core (the predictor's default threads are all usable CPUs), so one
+# worker is the default; `--workers N` is for many-core machines where one process's threads stop
+# scaling. The measurements behind it: docs/performance.md.
 DEFAULT_WORKERS = 1
 PART = "part-{:06d}.parquet"
 
