@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cost_texts = [t for texts in slices.values() for t in texts][: args.cost_texts]
         cost_labels, what = None, "flagged labels"
-    runtimes = ["torch", *sorted((pred.meta.runtimes or {}).get("variants", {}))]
+    runtimes = ["torch", *sorted(pred.meta.runtimes.variants)]
     print(
         f"\nCost: Explainer.explain ({what}, top 5) on {len(cost_texts)} texts, wall clock; plain = predict "
         f"on the same texts and runtime"

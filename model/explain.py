@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from model.artifact import ArtifactError
-from model.encoding import CHARS_PER_TOKEN_CAP, window_positions
+from model.encoding import CHARS_PER_TOKEN_CAP
 from model.normalize import normalize_with_offsets
 from model.predictor import check_texts
 from model.schema import ProblemType
@@ -95,14 +95,13 @@ class Units:
         return np.unique(self.token_unit[self.token_unit >= 0])
 
 
-def text_units(text: str, tokenizer, max_length: int, tail_tokens: int = 0) -> Units:
+def text_units(text: str, tokenizer, max_length: int) -> Units:
     """Tokenise ``text`` like ``TextEncoder.encode`` and group tokens into units (see module docstring).
 
     Args:
         text: the original text.
         tokenizer: a Hugging Face fast tokenizer (needs ``return_offsets_mapping``).
         max_length: the model window in tokens.
-        tail_tokens: the artifact's head+tail truncation (``model.encoding.window_positions``).
     """
     norm, offsets = normalize_with_offsets(text)
     cap = max_length * CHARS_PER_TOKEN_CAP
@@ -120,17 +119,16 @@ def text_units(text: str, tokenizer, max_length: int, tail_tokens: int = 0) -> U
         char_unit[a:b] = len(spans) - 1
     enc = tokenizer(
         cut,
-        truncation=not tail_tokens,
-        max_length=max_length if not tail_tokens else None,
+        truncation=True,
+        max_length=max_length,
         add_special_tokens=True,
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
         verbose=False,
     )
-    keep = window_positions(len(enc["input_ids"]), max_length, tail_tokens)
-    ids = [enc["input_ids"][i] for i in keep]
-    special = np.asarray(enc["special_tokens_mask"], dtype=bool)[keep]
-    token_offsets = [enc["offset_mapping"][i] for i in keep]
+    ids = list(enc["input_ids"])
+    special = np.asarray(enc["special_tokens_mask"], dtype=bool)
+    token_offsets = enc["offset_mapping"]
     token_unit = np.full(len(ids), -1, dtype=np.int64)
     for t, (a, b) in enumerate(token_offsets):
         if special[t] or b <= a:
@@ -250,8 +248,8 @@ class Explainer:
         tok = self.predictor.encoder.tokenizer
         if self._lock is not None:
             with self._lock:
-                return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
-        return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
+                return text_units(text, tok, self.predictor.meta.max_length)
+        return text_units(text, tok, self.predictor.meta.max_length)
 
     # -- methods ------------------------------------------------------------------------------------
     def _occlusion(self, u: Units) -> np.ndarray:

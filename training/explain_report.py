@@ -120,7 +120,8 @@ def explain_report(
     Args:
         predictor: the model. data: the labelled file (text and source columns as in ``adrisk evaluate``).
         out_dir: directory for ``explain_report.csv`` / ``.png`` (created).
-        limit: explain a seeded random sample of this many rows (None: all; ~5-50 texts/s on 2 cores).
+        limit: explain a seeded random sample of this many rows (None: all; its cost per text:
+            docs/explanations.md).
         top_n: rows per (label, source). min_count: fewest texts a token must occur in to rank.
 
     Raises:

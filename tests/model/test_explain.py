@@ -181,34 +181,16 @@ def test_with_a_tfidf_blend_attributions_cover_the_transformer_share(known_predi
     )
 
 
-def test_head_tail_window_keeps_the_end_of_a_long_text_in_encoder_and_explainer(tiny_predictor):
-    """A long post's closing lines (where a job scam asks for the fee) reach the model with
-    ``tail_tokens``, and the explainer's units are the same tokens, pointing at the same characters."""
-    from model.encoding import TextEncoder, window_positions
+def test_explainer_units_are_the_encoders_tokens_of_a_long_text(tiny_predictor):
+    """A text longer than the window: the explainer's units cover exactly the tokens the model reads
+    (the head), pointing at the text's own characters."""
+    from model.encoding import TextEncoder
 
     tok, window = tiny_predictor.encoder.tokenizer, 24
-    text = (
-        "Warehouse job. "
-        + "Duties include lifting boxes. " * 12
-        + "Send a 50 dollar fee by gift card to start."
-    )
-    head = TextEncoder(tok, window).encode([text])
-    both = TextEncoder(tok, window, tail_tokens=10).encode([text])
-    assert head.truncated == both.truncated == [True]
-    assert len(head.input_ids[0]) == len(both.input_ids[0]) == window
-    full = tok(normalize_text(text))["input_ids"]
-    assert both.input_ids[0][:13] == full[:13] and both.input_ids[0][-11:] == full[-11:]  # head, tail + [SEP]
-    assert head.input_ids[0][-11:] != full[-11:]
-    u = text_units(text, tok, window, tail_tokens=10)
-    assert u.input_ids == both.input_ids[0]
-    tail_units = u.token_unit[-11:-1]
-    assert (tail_units >= 0).all() and "card" in " ".join(text[a:b] for a, b in u.spans[tail_units])
-    # short texts are untouched; the positions are the head, the tail and both specials
-    short = "call now"
-    assert (
-        TextEncoder(tok, window, tail_tokens=10).encode([short]).input_ids
-        == TextEncoder(tok, window).encode([short]).input_ids
-    )
-    assert window_positions(5, 8, 3).tolist() == [0, 1, 2, 3, 4]
-    assert window_positions(12, 8, 3).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
-    assert window_positions(12, 8, 0).tolist() == [0, 1, 2, 3, 4, 5, 6, 11]
+    text = "Warehouse job. " + "Duties include lifting boxes. " * 12 + "Send a 50 dollar fee by gift card."
+    enc = TextEncoder(tok, window).encode([text])
+    assert enc.truncated == [True] and len(enc.input_ids[0]) == window
+    u = text_units(text, tok, window)
+    assert u.input_ids == enc.input_ids[0]
+    words = " ".join(text[a:b] for a, b in u.spans[u.active])
+    assert words.startswith("Warehouse job") and "card" not in words

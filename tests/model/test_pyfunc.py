@@ -99,6 +99,16 @@ def test_shape_errors_name_columns_never_text(registered):
         values_from_input(object())
 
 
+def test_dataframe_with_duplicate_text_columns_is_a_clear_input_error():
+    """Two columns named ``text`` (a concat or a rename gone wrong): which holds the ad is ambiguous;
+    one clear error naming the columns, never an AttributeError from a DataFrame where a column was
+    expected."""
+    df = pd.DataFrame([["secret ad one", "secret ad two"]], columns=["text", "text"])
+    with pytest.raises(InputError, match="2 columns named 'text'") as e:
+        values_from_input(df)
+    assert "secret" not in str(e.value)
+
+
 def test_mlflow_scoring_server_answers_per_row_and_never_echoes_text(registered):
     """MLflow's own scoring server (what ``mlflow models serve`` runs), in process."""
     from fastapi.testclient import TestClient

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import REPO, wait_ready
+from tests.serve.conftest import REPO, ServerProcess, wait_ready
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -68,20 +68,42 @@ def test_empty_input_list_is_invalid_in_schema_and_answer(thread_server):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis not installed (pip install -e .[dev])")
-def test_schemathesis_finds_no_mismatch(thread_server, tmp_path):
-    """All operations, all checks, deterministic generation, ~20 examples per operation, against the
-    served app on the tiny model with batching and the feedback store on (the ``adrisk serve`` process
-    itself: test_http.py)."""
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
-    env = {
-        **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.serve.schemathesis_hooks",
-        "PYTHONPATH": str(REPO),
-        "NO_COLOR": "1",
-    }
-    server = thread_server(max_batch_size=32, max_wait_ms=5, feedback_url=f"sqlite:///{tmp_path / 'fb.db'}")
-    with server as srv:
+def test_schemathesis_finds_no_mismatch(tiny_artifact, tmp_path):
+    """All operations, all checks, deterministic generation, ~20 examples per operation (~10-30 s)."""
+    # a policy under which every ad is removed: every decision has a statement and can be appealed,
+    # so the statement and appeal routes are reached past their 404s (schemathesis links classify's
+    # decision_id to them)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: always-remove\ncategories:\n  adult_services: {}\n  trafficking_indicators: {}\n"
+        "  scam: {actions: [{from: 0.0, to: 1.0, action: remove}]}\n",
+        encoding="utf-8",
+    )
+    srv = ServerProcess(
+        [
+            "--model",
+            str(tiny_artifact),
+            "--max-batch-size",
+            "32",
+            "--max-wait-ms",
+            "5",
+            "--policy",
+            str(policy),
+        ],
+        tmp_path / "server.log",
+        env={"ADRISK_FEEDBACK_URL": f"sqlite:///{tmp_path / 'fb.db'}"},
+        cwd=tmp_path,
+    )
+    try:
+        wait_ready(srv.base, proc=srv.proc)
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.serve.schemathesis_hooks",
+            "PYTHONPATH": str(REPO),
+            "NO_COLOR": "1",
+        }
         out = subprocess.run(
             [
                 str(SCHEMATHESIS),
@@ -103,7 +125,9 @@ def test_schemathesis_finds_no_mismatch(thread_server, tmp_path):
             env=env,
             cwd=tmp_path,
         )
+    finally:
+        srv.stop()
     tail = "\n".join(line[:300] for line in (out.stdout + out.stderr).splitlines()[-60:])
     assert out.returncode == 0, tail
     assert "No issues found" in out.stdout, tail
-    assert "5 selected / 5 total" in out.stdout, tail  # every operation was tested
+    assert "10 selected / 10 total" in out.stdout, tail  # every operation was tested
