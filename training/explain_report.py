@@ -4,9 +4,9 @@ up as a ranked list.
 
 Every row is explained for every label with ``model.explain.Explainer`` (occlusion: one set of
 forward passes gives all labels), unit attributions are grouped by their NFKC-folded, lower-cased
-original characters (``unit_key``) and ranked by summed attribution (``aggregate_attributions``). Written as ``explain_report.csv`` and
-``explain_report.png`` (top tokens per label, all sources); logged to MLflow as a table and a figure
-when a run is active.
+original characters (``unit_key``) and ranked by summed attribution (``aggregate_attributions``).
+Written as ``explain_report.csv`` and ``explain_report.png`` (top tokens per label, all sources);
+logged to MLflow as a table and a figure when a run is active.
 """
 
 from __future__ import annotations
