@@ -146,6 +146,11 @@ def run_training(
     extra_sets = [
         load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()
     ]  # bad files fail now
+    adaptation = None
+    if cfg.adapt.active:  # a new site's unlabelled ads (training/adapt.py); bad files fail now
+        from training.adapt import Adaptation
+
+        adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
     gen = cfg.generalisation
     rows = training_rows(
         bundle.train.texts,
@@ -224,6 +229,8 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        if adaptation is not None:  # continued MLM pretraining on the unlabelled texts
+            adaptation.pretrain(model, tokenizer, cfg.train.max_length, cfg.seed)
         pretrained = encoder_state(model) if gen.wise_ft_alpha is not None else None
         data = FitData(
             encoder,
@@ -258,6 +265,24 @@ def run_training(
                     bundle.validation.targets,
                 ),
             )
+
+        if adaptation is not None:  # self-training on the unlabelled texts; the student if it passes
+            from training.adapt import self_train_in_run
+
+            model = self_train_in_run(
+                adaptation,
+                model,
+                lambda: build_model(base, cfg.base_model, schema, len(tokenizer)),
+                encoder,
+                enc["train"].input_ids,
+                rows.targets,
+                bundle,
+                cfg,
+                extra_sets,
+                resume,
+                lambda m, step: mlflow.log_metrics(m, step=step),
+            )
+            metrics |= adaptation.metrics
 
         # --- phase 7: calibration and thresholds on validation --------------------------------
         logits = {
