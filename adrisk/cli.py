@@ -12,6 +12,8 @@ retrain            ``_retrain``                                ``training.retrai
 rollback           ``_rollback``                               ``training.retrain.rollback``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
 feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export``
+feedback import    ``_feedback_import``                        ``serve.feedback_import.import_feedback``
+review-queue       ``_review_queue``                           ``batch.review_queue.build_review_queue``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
 score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
 link               ``_link_verb``                              ``batch.link.link_output``
@@ -311,6 +313,27 @@ def _feedback_export(args) -> int:
 
     n = FeedbackStore(args.db, must_exist=True).export(args.output)
     print(f"exported {n} feedback rows to {args.output}")
+    return EXIT_OK
+
+
+def _feedback_import(args) -> int:
+    from serve.feedback_import import import_feedback
+    from serve.feedback_store import FeedbackStore
+
+    known = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    report = import_feedback(FeedbackStore(args.db), args.input, known, args.reviewer, args.text_column)
+    print(report.summary())
+    return EXIT_OK if not report.refused else EXIT_ERROR
+
+
+def _review_queue(args) -> int:
+    from batch.review_queue import build_review_queue
+
+    predictor, _ = _load_predictor(args)
+    report = build_review_queue(
+        predictor, Path(args.input), Path(args.output), args.budget, args.text_column, args.seed
+    )
+    print(report.summary())
     return EXIT_OK
 
 
@@ -642,6 +665,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--output", required=True)
     e.set_defaults(func=_feedback_export)
+    i = fsub.add_parser(
+        "import",
+        help="record moderators' answers from a file (e.g. a filled-in review queue); idempotent",
+        description="Rows: text, labels (list, JSON list or 'a,b'; [] = benign; empty = unanswered, "
+        "skipped), reviewer, optional reviewed_at. Importing the same file twice changes nothing.",
+    )
+    i.add_argument("input", help=".jsonl, .csv or .parquet")
+    i.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
+    )
+    i.add_argument("--labels", help="comma-separated label names the answers may use (default: any)")
+    i.add_argument("--reviewer", help="reviewer for rows without a reviewer value")
+    i.add_argument("--text-column", default="text")
+    i.set_defaults(func=_feedback_import)
+
+    p = sub.add_parser(
+        "review-queue",
+        help="the ads moderators should label first (uncertain and diverse, one per template cluster)",
+        description="BADGE (Ash et al. 2020) over the model's gradient embeddings, at most one ad per "
+        "template cluster, a reason per pick. The output keeps the input columns and adds empty "
+        "labels/reviewer columns for the answers (adrisk feedback import reads them back).",
+    )
+    _add_model_arg(p)
+    p.add_argument("--input", required=True, help="unlabelled ads (.csv, .jsonl, .parquet)")
+    p.add_argument("--output", required=True, help="the queue (.csv, .jsonl, .parquet)")
+    p.add_argument("--budget", required=True, type=int, help="how many ads to queue")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--seed", type=int, default=0, help="k-means++ sampling seed (default 0)")
+    p.set_defaults(func=_review_queue)
 
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
