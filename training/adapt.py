@@ -22,6 +22,7 @@ literature use them, both unattended (nothing here is chosen by reading the unla
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -116,12 +117,14 @@ def continue_pretraining(
     head.predictions.decoder.weight = emb.weight  # tied, as BERT's own MLM head
     enc_params = [p for n, p in encoder.named_parameters() if not n.startswith("pooler")]
     head_params = [p for n, p in head.named_parameters() if n != "predictions.decoder.weight"]
-    opt = torch.optim.AdamW(
-        [
-            {"params": enc_params, "lr": cfg.learning_rate, "weight_decay": 0.01},
-            {"params": head_params, "lr": cfg.learning_rate * 10, "weight_decay": 0.0},
-        ]
-    )
+    groups = [
+        {"params": enc_params, "lr": cfg.learning_rate, "weight_decay": 0.01},
+        {"params": head_params, "lr": cfg.learning_rate * 10, "weight_decay": 0.0},
+    ]
+    try:  # the fused kernel where torch has it (as training.loop.make_optimizer)
+        opt = torch.optim.AdamW(groups, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(groups, foreach=True)
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mask_probability, seed=seed)
     steps_per_epoch = math.ceil(len(ids) / cfg.batch_size)
@@ -304,6 +307,29 @@ class Adaptation:
             self.metrics |= continue_pretraining(model, tokenizer, self.texts, self.cfg.mlm, max_length, seed)
         self.adapted_state = encoder_state(model)
 
+    def _student(
+        self, teacher, make_student, data: StudentData, pool_ids, chosen: PseudoLabels, train_cfg, seed
+    ):
+        """The student, its training rows and its loop settings (``self_training.student``)."""
+        st = self.cfg.self_training
+        pseudo_ids = [pool_ids[i] for i in chosen.index.tolist()]
+        if st.student == "fresh":  # noisy student: a new model from the adapted encoder, all rows
+            student = make_student()
+            if self.adapted_state is not None:
+                student.load_state_dict(self.adapted_state, strict=False)
+            ids, y = data.train_ids + pseudo_ids, np.concatenate([data.train_y, chosen.targets])
+            return student, ids, y.astype(np.float32), train_cfg
+        # continue: the teacher's weights, one short epoch over the pseudo rows and a replay sample
+        student = copy.deepcopy(teacher)
+        n_replay = min(len(data.train_ids), st.replay_ratio * len(pseudo_ids))
+        replay = np.sort(np.random.default_rng(seed).choice(len(data.train_ids), n_replay, replace=False))
+        ids = [data.train_ids[i] for i in replay.tolist()] + pseudo_ids
+        y = np.concatenate([data.train_y[replay], chosen.targets]).astype(np.float32)
+        cfg = train_cfg.model_copy(
+            update={"epochs": 1, "learning_rate": train_cfg.learning_rate * st.learning_rate_scale}
+        )
+        return student, ids, y, cfg
+
     def self_train(
         self,
         teacher,
@@ -375,19 +401,19 @@ class Adaptation:
             if len(chosen.index) == 0:
                 self.metrics[f"{key}.kept"] = 0.0
                 break
-            student = make_student()
-            if self.adapted_state is not None:
-                student.load_state_dict(self.adapted_state, strict=False)
+            student, rows_ids, rows_y, student_cfg = self._student(
+                model, make_student, data, pool_ids, chosen, train_cfg, seed + r
+            )
             ckpt = checkpoint_dir / f"self-training-{r}"
             fit(
                 student,
                 data.encoder,
-                data.train_ids + [pool_ids[i] for i in chosen.index.tolist()],
-                np.concatenate([data.train_y, chosen.targets]).astype(np.float32),
+                rows_ids,
+                rows_y,
                 data.val_ids,
                 data.val_y,
                 data.schema,
-                train_cfg,
+                student_cfg,
                 seed + r,
                 ckpt,
                 config_digest,

@@ -4,6 +4,8 @@ the loop (which imports the config) without an import circle."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -16,7 +18,7 @@ class MlmConfig(_Strict):
     fine-tuning (task-adaptive pretraining, Gururangan et al. 2020, "Don't Stop Pretraining")."""
 
     enabled: bool = True
-    epochs: int = Field(10, ge=1, description="passes over the unlabelled texts")
+    epochs: int = Field(3, ge=1, description="passes over the unlabelled texts")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-5, gt=0, description="encoder learning rate (the fresh MLM head: 10x)")
     mask_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens masked (BERT's 15%)")
@@ -57,6 +59,17 @@ class SelfTrainingConfig(_Strict):
         "flagged), at most this share, most confident first, become pseudo-labelled rows",
     )
     max_rows: int = Field(1000, ge=1, description="cap on pseudo-labelled rows per round")
+    student: Literal["continue", "fresh"] = Field(
+        "continue",
+        description="continue: the teacher's weights, fine-tuned one epoch on the pseudo-labelled rows plus "
+        "a replay sample of training rows (a fraction of a full fine-tune's cost); fresh: a new model from "
+        "the adapted encoder on all training rows plus the pseudo-labelled ones (noisy student; a second "
+        "full fine-tune)",
+    )
+    replay_ratio: int = Field(4, ge=0, description="continue: training rows replayed per pseudo-labelled row")
+    learning_rate_scale: float = Field(
+        0.5, gt=0, description="continue: the student's learning rate, times train.learning_rate"
+    )
     keep_tolerance: float = Field(
         0.005,
         ge=0,
