@@ -46,6 +46,24 @@ logger = logging.getLogger(__name__)
 CHECK_VIEW = "short"
 
 
+def unlabelled_fingerprint(cfg: AdaptConfig) -> str:
+    """sha256 over the bytes of ``cfg.unlabelled_files`` in order (``""`` when adaptation is off): a
+    retrain whose unlabelled ads changed is not "unchanged data". Missing files hash as their name."""
+    import hashlib
+
+    if not cfg.active:
+        return ""
+    h = hashlib.sha256()
+    for path in cfg.unlabelled_files:
+        h.update(path.encode("utf-8", "surrogatepass"))
+        p = Path(path)
+        if p.is_file():
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
 def load_unlabelled(cfg: AdaptConfig, exclude_texts: Sequence[str] = ()) -> tuple[list[str], dict]:
     """The unlabelled texts of ``cfg.unlabelled_files``: non-empty strings, exact repeats (after
     ``model.normalize.normalize_text``) and texts equal to one in ``exclude_texts`` (the validation
@@ -284,6 +302,7 @@ class Adaptation:
     texts: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
     adapted_state: dict | None = None
+    fingerprint: str = ""  # unlabelled_fingerprint of the files
 
     @classmethod
     def start(cls, cfg: AdaptConfig, exclude_texts: Sequence[str]) -> Adaptation:
@@ -296,7 +315,8 @@ class Adaptation:
             report["repeats"],
             report["in_evaluation"],
         )
-        return cls(cfg, texts, {f"adapt.unlabelled.{k}": float(v) for k, v in report.items()})
+        metrics = {f"adapt.unlabelled.{k}": float(v) for k, v in report.items()}
+        return cls(cfg, texts, metrics, fingerprint=unlabelled_fingerprint(cfg))
 
     def pretrain(self, model, tokenizer, max_length: int, seed: int) -> None:
         """Continued MLM pretraining of ``model``'s encoder (if ``mlm.enabled``); keeps the adapted

@@ -202,6 +202,8 @@ def run_training(
                     **{f"adrisk.data.{s.name}.fingerprint": s.fingerprint for s in bundle.splits()},
                 }
             )
+            if adaptation is not None:  # retrain's "unchanged data" check covers the unlabelled ads too
+                mlflow.set_tag("adrisk.data.unlabelled.fingerprint", adaptation.fingerprint)
             mlflow.log_dict(bundle.report, "data_report.json")
             mlflow.log_metrics(
                 {f"data.overlap.{k}": v for k, v in bundle.report["overlap"].items()}
