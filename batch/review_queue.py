@@ -194,10 +194,16 @@ def pooled_representation(directory: Path, encoder, texts: list[str], batch_size
     output), from the artifact's torch weights (``transformers.AutoModel``)."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     from model.encoding import length_sorted_batches
 
-    model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the classifier head's weights are "unexpected" for AutoModel: fine
+    try:
+        model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
     model.eval()
     enc = encoder.encode(texts)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
