@@ -10,8 +10,10 @@ literature use them, both unattended (nothing here is chosen by reading the unla
    alone for the first steps, then with the encoder; masking is ``transformers``'
    ``DataCollatorForLanguageModeling``.
 2. **Self-training** (noisy student, Xie et al. 2020): the fine-tuned model (teacher) labels the
-   unlabelled rows it is confident about, with its calibrated probabilities; a fresh student (from
-   the same adapted encoder) is fine-tuned on the training rows plus those pseudo-labelled rows
+   unlabelled rows it is confident about, with its calibrated probabilities adjusted to the
+   unlabelled rows' own class prior (``prior_adjusted``, Saerens et al. 2002); a student (by
+   default the teacher's weights, trained one more short epoch; or a fresh model from the adapted
+   encoder, the noisy student proper) is fine-tuned on training rows plus those pseudo-labelled rows
    (dropout and the training rows' style views are its noise). Safeguards: confidence thresholds
    chosen on the validation split and its short style views (``pseudo_thresholds``), class-balanced
    selection (Zou et al. 2018, "Unsupervised Domain Adaptation for Semantic Segmentation via
@@ -229,6 +231,49 @@ def pseudo_thresholds(
     return PseudoThresholds(pos, neg)
 
 
+def prior_adjusted(
+    probs: np.ndarray, source_targets: np.ndarray, schema: LabelSchema
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unlabelled rows' class prior per label and their posteriors under it (label shift).
+
+    A new site's share of positives is not the validation split's; probabilities calibrated on
+    validation carry validation's prior. Saerens et al. 2002 ("Adjusting the Outputs of a Classifier
+    to New a Priori Probabilities: A Simple Procedure"), an EM: ``p' = (q/pi) p / ((q/pi) p +
+    ((1-q)/(1-pi)) (1-p))`` and ``q = mean(p')`` until ``q`` settles; ``pi`` is the label's share in
+    ``source_targets``. Self-training then counts classes and applies its thresholds on ``p'``, so a
+    site where most ads are positive does not yield pseudo-negatives in the proportion of the
+    validation split (Alexandari et al. 2020 show this EM on calibrated outputs is hard to beat).
+
+    Args:
+        probs: (n, L) calibrated probabilities on the unlabelled rows.
+        source_targets: (m, L) 0/1 targets of the rows the calibration was fitted on.
+
+    Returns:
+        (priors (L,), adjusted (n, L)); multi_class outputs and labels without both classes in
+        ``source_targets`` are returned unchanged (prior: the mean probability).
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-9, 1 - 1e-9)
+    out = p.copy()
+    priors = p.mean(axis=0)
+    if schema.problem_type.value == "multi_class" or len(p) == 0:
+        return priors, out
+    for j in range(p.shape[1]):
+        pi = float(np.mean(source_targets[:, j]))
+        if not 0 < pi < 1:
+            continue
+        q = pi
+        for _ in range(1000):
+            a = (q / pi) * p[:, j]
+            adj = a / (a + ((1 - q) / (1 - pi)) * (1 - p[:, j]))
+            new = float(adj.mean())
+            done = abs(new - q) < 1e-7
+            q = new
+            if done:
+                break
+        priors[j], out[:, j] = q, adj
+    return priors, out
+
+
 @dataclass
 class PseudoLabels:
     """Rows of the unlabelled set chosen as training rows: ``index`` into it, (k, L) ``targets``."""
@@ -318,11 +363,19 @@ class Adaptation:
         metrics = {f"adapt.unlabelled.{k}": float(v) for k, v in report.items()}
         return cls(cfg, texts, metrics, fingerprint=unlabelled_fingerprint(cfg))
 
-    def pretrain(self, model, tokenizer, max_length: int, seed: int) -> None:
+    def pretrain(self, model, tokenizer, max_length: int, seed: int, resuming: bool = False) -> None:
         """Continued MLM pretraining of ``model``'s encoder (if ``mlm.enabled``); keeps the adapted
-        encoder state for the self-training student."""
+        encoder state for a fresh self-training student.
+
+        ``resuming``: the fine-tune resumes from a checkpoint that replaces these weights, and nothing
+        else needs the adapted encoder (the caller says so), so MLM is skipped unless the student is
+        ``fresh`` (its metrics stay on the resumed MLflow run)."""
         from training.wise_ft import encoder_state
 
+        st = self.cfg.self_training
+        if resuming and not (st.enabled and st.student == "fresh"):
+            logger.info("adaptation: resuming from a checkpoint, continued MLM pretraining skipped")
+            return
         if self.cfg.mlm.enabled:
             self.metrics |= continue_pretraining(model, tokenizer, self.texts, self.cfg.mlm, max_length, seed)
         self.adapted_state = encoder_state(model)
@@ -403,7 +456,9 @@ class Adaptation:
                     f"adapt.teacher.{k}": v for k, v in teacher_report(model, temps, thr).items()
                 }
             pt = pseudo_thresholds(np.concatenate(probs[:2]), both_y, thr, st)
-            chosen = select_pseudo_labels(probs[2], pt, thr, st)
+            priors, pool_p = prior_adjusted(probs[2], data.val_y, data.schema)
+            self.metrics |= {f"{key}.prior.{n}": float(q) for n, q in zip(labels, priors, strict=True)}
+            chosen = select_pseudo_labels(pool_p, pt, thr, st)
             logger.info(
                 "self-training round %d: %d pseudo-positive, %d pseudo-negative rows (%d qualified)",
                 r,

@@ -231,8 +231,11 @@ def run_training(
 
         # --- phase 6: fine-tune --------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        pretrained_unused = gen.wise_ft_alpha is None  # WiSE-FT needs the (adapted) starting encoder
         if adaptation is not None:  # continued MLM pretraining on the unlabelled texts
-            adaptation.pretrain(model, tokenizer, cfg.train.max_length, cfg.seed)
+            adaptation.pretrain(
+                model, tokenizer, cfg.train.max_length, cfg.seed, resuming=resume and pretrained_unused
+            )
         pretrained = encoder_state(model) if gen.wise_ft_alpha is not None else None
         data = FitData(
             encoder,

@@ -160,3 +160,19 @@ def test_unlabelled_fingerprint_changes_with_the_ads(tmp_path):
     _unlabelled(f, n=5, seed=2)
     assert unlabelled_fingerprint(cfg) != first
     assert unlabelled_fingerprint(AdaptConfig()) == ""
+
+
+def test_prior_adjustment_recovers_a_shifted_class_prior():
+    from model.schema import LabelSchema
+    from training.adapt import prior_adjusted
+
+    rng = np.random.default_rng(0)
+    y = rng.random(20000) < 0.8  # the new site: 80% positives; the calibration split had 20%
+    score = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    p = 1 / (1 + np.exp(-(2 * score + np.log(0.2 / 0.8))))  # calibrated under the 20% prior
+    source = (np.arange(1000) < 200).astype(float)[:, None]
+    priors, adjusted = prior_adjusted(p[:, None], source, LabelSchema(labels=("a",)))
+    assert abs(priors[0] - 0.8) < 0.02
+    assert adjusted[:, 0].mean() > p.mean() and np.all(np.diff(adjusted[np.argsort(p), 0]) >= -1e-12)
+    same, unchanged = prior_adjusted(p[:, None], np.zeros((10, 1)), LabelSchema(labels=("a",)))
+    assert np.allclose(unchanged[:, 0], np.clip(p, 1e-9, 1 - 1e-9))  # no positives to compare with
