@@ -236,6 +236,7 @@ def run_training(
             adaptation.pretrain(
                 model, tokenizer, cfg.train.max_length, cfg.seed, resuming=resume and pretrained_unused
             )
+            mlflow.log_metrics(adaptation.metrics)  # now: a resumed run skips MLM and keeps these
         pretrained = encoder_state(model) if gen.wise_ft_alpha is not None else None
         data = FitData(
             encoder,
