@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = np.sort(np.random.default_rng(args.seed).permutation(len(texts))[: args.limit])
         texts, targets = [texts[i] for i in idx], targets[idx]
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    recorded = set((meta.runtimes or {}).get("variants", {}))
+    recorded = set(meta.runtimes.variants)
     cpu = cpu_info()
     load_start = os.getloadavg()[0]
 
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_ap = per_label_ap(np.asarray(results["torch"]["probs"]), targets, labels)
     hf_rates = [results[v]["texts_per_s"] for v in ("hf-pipeline", "hf-pipeline-b1") if v in results]
     hf = max(hf_rates) if hf_rates else None  # the faster pipeline at its default threads
-    default = (meta.runtimes or {}).get("default", "torch")
+    default = meta.runtimes.default
     short = {n: n.split("_")[0][:8] for n in labels}
     header = (
         ["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"]

@@ -40,7 +40,7 @@ from model.schema import LabelSchema
 from training.adapt_config import AdaptConfig, MlmConfig, SelfTrainingConfig
 from training.config import TrainConfig
 from training.data import DataError, read_table
-from training.loop import fit, macro_ap, predict_logits
+from training.loop import FitData, fit, macro_ap, predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +326,17 @@ def select_pseudo_labels(
     return PseudoLabels(index, targets, report)
 
 
+def _prefixed(on_metrics: Callable[[dict, int], object] | None, prefix: str):
+    """``on_metrics`` with every metric name under ``prefix.`` (None stays None)."""
+    if on_metrics is None:
+        return None
+
+    def log(m: dict, step: int) -> object:
+        return on_metrics({f"{prefix}.{k}": v for k, v in m.items()}, step)
+
+    return log
+
+
 @dataclass
 class StudentData:
     """What a student's fine-tune needs beyond the teacher's (see ``Adaptation.self_train``)."""
@@ -367,10 +378,9 @@ class Adaptation:
         """Continued MLM pretraining of ``model``'s encoder (if ``mlm.enabled``); keeps the adapted
         encoder state for a fresh self-training student.
 
-        ``resuming``: the fine-tune resumes from a checkpoint that replaces these weights, and nothing
-        else needs the adapted encoder (the caller says so), so MLM is skipped unless the student is
-        ``fresh`` (its metrics stay on the resumed MLflow run)."""
-        from training.wise_ft import encoder_state
+        ``resuming``: the fine-tune resumes from a checkpoint that replaces these weights, so MLM is
+        skipped unless the student is ``fresh`` (its metrics stay on the resumed MLflow run)."""
+        from training.loop import HEAD_PREFIXES
 
         st = self.cfg.self_training
         if resuming and not (st.enabled and st.student == "fresh"):
@@ -378,7 +388,9 @@ class Adaptation:
             return
         if self.cfg.mlm.enabled:
             self.metrics |= continue_pretraining(model, tokenizer, self.texts, self.cfg.mlm, max_length, seed)
-        self.adapted_state = encoder_state(model)
+        self.adapted_state = {  # the encoder's tensors (everything outside the new head), detached
+            k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)
+        }
 
     def _student(
         self, teacher, make_student, data: StudentData, pool_ids, chosen: PseudoLabels, train_cfg, seed
@@ -414,7 +426,7 @@ class Adaptation:
         checkpoint_dir: Path,
         config_digest: str,
         resume: bool = False,
-        on_metrics: Callable[[dict, int], None] | None = None,
+        on_metrics: Callable[[dict, int], object] | None = None,
         teacher_report: Callable[[object, list[float], list[float]], dict[str, float]] | None = None,
     ):
         """Self-training rounds (``self_training.rounds``); returns the model to keep.
@@ -482,20 +494,13 @@ class Adaptation:
             ckpt = checkpoint_dir / f"self-training-{r}"
             fit(
                 student,
-                data.encoder,
-                rows_ids,
-                rows_y,
-                data.val_ids,
-                data.val_y,
-                data.schema,
+                FitData(data.encoder, rows_ids, rows_y, data.val_ids, data.val_y, data.schema),
                 student_cfg,
                 seed + r,
                 ckpt,
                 config_digest,
                 resume=resume and (ckpt / "last.pt").is_file(),
-                on_metrics=(lambda m, step, k=key: on_metrics({f"{k}.{a}": b for a, b in m.items()}, step))
-                if on_metrics
-                else None,
+                on_metrics=_prefixed(on_metrics, key),
             )
             scores = {
                 "teacher_macro_ap": macro_ap(z_val, data.val_y),
@@ -534,7 +539,7 @@ def self_train_in_run(
     cfg,
     extra_sets: Sequence = (),
     resume: bool = False,
-    on_metrics: Callable[[dict, int], None] | None = None,
+    on_metrics: Callable[[dict, int], object] | None = None,
 ):
     """``Adaptation.self_train`` with a training run's objects (``training/pipeline.py``).
 

@@ -21,10 +21,8 @@ the same texts, and so is the 90% paired-bootstrap interval of that delta (an eq
 variant that agrees by luck on these texts does not pass: ``ap_delta_interval``), its precision and recall at the artifact's thresholds within ``decision_tolerance``
 (0.02, or two texts' worth where few are flagged) of torch's, and a text's probability does not depend on its batch-mates (1e-3). ``default`` is the fastest (measured texts/s on those texts) among torch and the
 passing variants; ``Predictor.load(dir, runtime="auto")`` serves it. A model without variants
-serves with torch. A student variant also records its own ``calibration`` (TF-IDF blend stackers,
-temperatures and thresholds fitted on its fp32 logits of the gate texts: ``variant_calibration``),
-which ``Predictor.load`` applies when it serves that variant; the decision gate then compares its
-flags at its thresholds with the reference's at the model's.
+serves with torch. Every variant, a distilled student's included, serves with the model's TF-IDF
+blend, temperatures and thresholds.
 
 Methods and sources:
 - Export: ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``; the dynamo exporter
@@ -335,7 +333,7 @@ def ap_deltas(
 ) -> dict[str, float | None]:
     """Per-label AP(probs) - AP(ref_probs) on the same targets; None where AP is undefined."""
     a, r = per_label_ap(probs, targets, labels), per_label_ap(ref_probs, targets, labels)
-    return {n: (None if a[n] is None or r[n] is None else a[n] - r[n]) for n in labels}
+    return {n: (None if (x := a[n]) is None or (y := r[n]) is None else x - y) for n in labels}
 
 
 def bootstrap_ap(
@@ -486,67 +484,6 @@ def decision_deltas(
     return out
 
 
-def _target_precision(meta: ArtifactMeta, label: str) -> float:
-    """The precision target a label's threshold was chosen for (``threshold_info``; 0.9 if unrecorded)."""
-    info = meta.threshold_info.get(label)
-    return float(info.target_precision) if info is not None and info.target_precision else 0.9
-
-
-def variant_calibration(
-    logits: np.ndarray,
-    texts: Sequence[str],
-    targets: np.ndarray,
-    meta: ArtifactMeta,
-    blend: Any = None,
-) -> dict[str, Any]:
-    """A variant's own calibration, fitted as training fits the model's: the TF-IDF blend's stackers
-    refitted on the variant's logits for the labels the model blends (``training.blend.fit_stack``),
-    temperature scaling (``model.calibration.fit_temperatures``), then thresholds at each label's
-    target precision and flag-rate cap (``select_thresholds``, as recorded in ``meta.threshold_info``).
-
-    For a distilled student: its logits are on another scale than the teacher's, so the teacher's
-    stackers, temperatures and thresholds would mis-weight and mis-threshold it.
-
-    Args:
-        logits: (n, L) the variant's raw logits of ``texts`` (``Predictor.logits``).
-        texts: the n texts (the TF-IDF features need them). targets: (n, L) 0/1.
-        meta: the model's metadata (labels, problem type, target precisions).
-        blend: the model's ``TfidfBlend`` or None.
-
-    Returns:
-        ``{"temperatures": [L floats], "threshold_info": {label: ThresholdInfo dict},
-        "blend_weights": {label: [model, tfidf, bias]}, "n_texts": n}`` (``ArtifactMeta.with_calibration``).
-    """
-    from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
-    from training.blend import fit_stack
-
-    labels = list(meta.labels)
-    z = np.asarray(logits, dtype=np.float64)
-    weights = {}
-    if blend is not None and blend.weights:
-        tfidf = blend.tfidf_logits(list(texts))
-        for name in blend.weights:
-            j = labels.index(name)
-            weights[name] = fit_stack(np.stack([z[:, j], tfidf[:, j]], axis=1), targets[:, j])
-        z = blend.with_weights(weights).apply(z, tfidf)
-    problem = meta.label_schema.problem_type
-    temps = fit_temperatures(z, targets, problem)
-    probs = calibrated_probabilities(z, temps, problem)
-    info = select_thresholds(
-        probs,
-        targets,
-        labels,
-        {n: _target_precision(meta, n) for n in labels},
-        {n: getattr(meta.threshold_info.get(n), "max_flag_rate", None) for n in labels},
-    )
-    return {
-        "temperatures": [float(t) for t in temps],
-        "threshold_info": {n: info[n].model_dump() for n in labels},
-        "blend_weights": {n: [w.model, w.tfidf, w.bias] for n, w in weights.items()},
-        "n_texts": len(texts),
-    }
-
-
 def decisions_pass(decisions: dict[str, dict[str, float | None]]) -> bool:
     """True when every defined delta of ``decision_deltas`` is within its allowance (one-sided rows:
     precision and recall may not fall by more than it; a gain always passes)."""
@@ -632,7 +569,7 @@ def add_onnx_variants(
         labels, no label has both classes (the gate cannot be evaluated), ``mixed`` is unknown, or
         ``confidence`` is outside (0, 1).
     """
-    from model.predictor import Predictor, calibrated_for
+    from model.predictor import Predictor
 
     directory = Path(artifact_dir)
     meta = load_meta(directory)
@@ -691,20 +628,18 @@ def add_onnx_variants(
             "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
             **extra,
         }
-        # the reference's calibration and TF-IDF blend, unless the variant carries its own (a student)
-        cal = info.get("calibration")
-        meta_v, blend_v = calibrated_for(meta, ref.blend, cal, name)
+        # the reference's calibration and TF-IDF blend
         pred = Predictor(
             ref.encoder,
             OnnxRuntime(directory, info, num_threads=threads),
-            meta_v,
+            meta,
             batch_size=ref.batch_size,
             max_tokens=ref.max_tokens,
-            blend=blend_v,
+            blend=ref.blend,
         )
         probs, tps = _timed_scores(pred, texts)
         ap = per_label_ap(probs, targets, labels)
-        delta = {n: (None if ap[n] is None or ref_ap[n] is None else ap[n] - ref_ap[n]) for n in labels}
+        delta = {n: (None if (x := ap[n]) is None or (y := ref_ap[n]) is None else x - y) for n in labels}
         intervals = (
             ap_delta_interval(probs, ref_probs, targets, labels, confidence=confidence, ref_boot=ref_boot)
             if confidence
@@ -715,14 +650,12 @@ def add_onnx_variants(
             probs,
             ref_probs,
             targets,
-            meta_v.threshold_vector(),
+            meta.threshold_vector(),
             labels,
             decision_tolerance,
-            ref_thresholds=meta.threshold_vector(),
-            target_precision=[_target_precision(meta, n) for n in labels] if cal else None,
         )
         decision_max = max(
-            (abs(row[m]) for row in decisions.values() for m in DECISION_METRICS if row[m] is not None),
+            (abs(d) for row in decisions.values() for m in DECISION_METRICS if (d := row[m]) is not None),
             default=0.0,
         )
         info.update(
@@ -768,7 +701,7 @@ def add_onnx_variants(
             if found is not None:
                 variants[INT8_MIXED_VARIANT] = found
 
-    # 3b. a distilled student (training/distill.py), gated against the same torch reference
+    # 3b. a distilled student (training/experiments/distill.py), gated against the same torch reference
     student_dir = directory / STUDENT_DIR
     if (student_dir / "config.json").is_file():
         scfg = json.loads((student_dir / "config.json").read_text())
@@ -780,15 +713,6 @@ def add_onnx_variants(
             }
         }
         export_fp32(directory, onnx_dir / STUDENT_FP32_FILE, model_dir=student_dir)
-        # its own blend stackers, temperatures and thresholds, fitted on its fp32 logits of these texts
-        probe = Predictor(
-            ref.encoder,
-            OnnxRuntime(directory, {"file": STUDENT_FP32_FILE, "precision": "fp32"}, num_threads=threads),
-            meta,
-            batch_size=ref.batch_size,
-            max_tokens=ref.max_tokens,
-        )
-        student["calibration"] = variant_calibration(probe.logits(texts), texts, targets, meta, ref.blend)
         variants[STUDENT_FP32_VARIANT] = gate(STUDENT_FP32_VARIANT, STUDENT_FP32_FILE, "fp32", **student)
         if quantize:
             quantize_int8(onnx_dir / STUDENT_FP32_FILE, onnx_dir / STUDENT_INT8_FILE)
@@ -798,7 +722,7 @@ def add_onnx_variants(
 
     # 4. the default: fastest of torch and the passing variants
     speeds = {"torch": torch_tps, **{n: v["texts_per_s"] for n, v in variants.items() if v["passed"]}}
-    default = max(speeds, key=speeds.get)
+    default = max(speeds, key=lambda n: speeds[n])
     runtimes = {
         "default": default,
         "variants": variants,

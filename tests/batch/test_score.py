@@ -113,8 +113,8 @@ def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, 
     assert not dst.exists()  # no half-written output
 
     # without --resume the unfinished run is protected
-    r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "--resume" in r.stderr
+    with pytest.raises(ScoreError, match="--resume"):
+        run_score(str(tiny_artifact), src, dst, chunk_size=chunk, progress=False)
 
     r = subprocess.run(
         [*cmd, "--resume", "--no-progress"], env=cli_env(), capture_output=True, text=True, timeout=180
@@ -138,9 +138,10 @@ def test_score_non_string_text_is_marked_not_scored(tmp_path, tiny_predictor):
     assert out.loc[[0, 3], SCORE_COLS].notna().all().all()  # the empty string is scored like any text
 
 
-def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
+def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact, tiny_predictor):
     """Same weights, other adrisk.json (thresholds here; an ONNX export or a TF-IDF blend alike): the
-    rows already written came from another model, so resuming onto them is refused."""
+    rows already written came from another model, so resuming onto them is refused. (The job stops
+    in-process after 3 chunks; a real kill and resume: test_score_killed_and_resumed_equals_uninterrupted.)"""
     import shutil
 
     from model.artifact import META_FILE
@@ -148,11 +149,33 @@ def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
 
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
-    src = _write(_frame(3000), tmp_path / "in.csv")
+    src = _write(_frame(200), tmp_path / "in.csv")
     dst = tmp_path / "out.csv"
-    cmd = score_command(d, src, dst, 20)
-    run_and_kill_after_chunks(cmd, tmp_path / "out.csv.partial" / "manifest.json")
+    with pytest.raises(_Stopped):
+        run_score(str(d), src, dst, chunk_size=20, predictor=_StopsAfter(tiny_predictor, 3), progress=False)
+    assert json.loads((tmp_path / "out.csv.partial" / "manifest.json").read_text())["chunks_done"] == 3
     other = same_weights_other_metadata(tiny_artifact, tmp_path / "other")
     shutil.copyfile(other / META_FILE, d / META_FILE)  # the same model directory, other metadata
-    r = subprocess.run([*cmd, "--resume"], env=cli_env(), capture_output=True, text=True, timeout=180)
-    assert r.returncode == 1 and "changed since it started" in r.stderr and "model" in r.stderr, r.stderr
+    with pytest.raises(ScoreError, match="changed since it started") as e:
+        run_score(str(d), src, dst, chunk_size=20, resume=True, progress=False)
+    assert "model" in str(e.value) and not dst.exists()
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopsAfter:
+    """``predictor`` that raises ``_Stopped`` on the call after ``calls`` (a job stopped mid-way)."""
+
+    def __init__(self, predictor, calls: int):
+        self._predictor, self._left = predictor, calls
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def score(self, *args, **kwargs):
+        if self._left == 0:
+            raise _Stopped
+        self._left -= 1
+        return self._predictor.score(*args, **kwargs)

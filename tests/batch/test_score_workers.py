@@ -44,7 +44,7 @@ def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny
     src = tmp_path / "in.csv"
     _frame(n, seed=3).to_csv(src, index=False)
     expected = tmp_path / "expected.csv"
-    run_score(str(tiny_artifact), src, expected, chunk_size=chunk, torch_threads=1, workers=1, progress=False)
+    run_score(str(tiny_artifact), src, expected, chunk_size=chunk, threads=1, workers=1, progress=False)
 
     dst = tmp_path / "out.csv"
     cmd = score_command(tiny_artifact, src, dst, chunk, "--workers", "2", "--no-progress")

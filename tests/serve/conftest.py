@@ -43,7 +43,9 @@ def wait_ready(base: str, timeout: float = 120.0, proc: subprocess.Popen | None 
 
 
 class ServerProcess:
-    """``adrisk serve`` in a subprocess; stderr (the logs) goes to ``log_path``."""
+    """``adrisk serve`` in a subprocess; stderr (the logs) goes to ``log_path``. It runs in ``cwd``,
+    by default ``log_path``'s directory: what it writes there (the decision log, its key) stays out of
+    the checkout."""
 
     def __init__(
         self, args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -54,11 +56,11 @@ class ServerProcess:
         full_env = cli_env(**(env or {}))
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            [str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
+            [str(ADRISK), "serve", "--port", str(self.port), "--threads", "1", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
-            cwd=cwd or REPO,
+            cwd=cwd or log_path.parent,
         )
 
     def logs(self) -> str:

@@ -124,28 +124,22 @@ def test_adapt_config_rejects_unknown_keys():
 
 def test_tiny_run_with_adaptation_logs_both_methods(tmp_path):
     """The only end-to-end check of the pipeline hooks: MLM before fine-tuning, self-training after."""
-    from tests.training.test_pipeline import train_tiny
+    from tests.conftest import DATA_DIR, TINY_CONFIG
+    from training.config import load_config
+    from training.pipeline import run_training
 
     f = _unlabelled(tmp_path / "u.jsonl", n=40)
-    out = tmp_path / "run"
-    train_tiny(
-        out,
-        "--set",
+    overrides = [
+        f"output_dir={tmp_path / 'out'}",
+        f"data.path={DATA_DIR}",
         f"adapt.unlabelled_files=[{f}]",
-        "--set",
         "adapt.mlm.epochs=1",
-        "--set",
         "adapt.self_training.pseudo_precision=0.5",
-        "--set",
         "train.max_steps=4",
-        "--set",
         "baseline.enabled=false",
-        cwd=tmp_path,
-    )
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    m = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0].data.metrics
+        "tracking.register_model=false",
+    ]
+    m = run_training(load_config(TINY_CONFIG, overrides)).metrics
     assert m["adapt.unlabelled.kept"] == 40 and m["adapt.mlm.steps"] >= 1
     assert "adapt.self_training.round1.kept" in m and "adapt.teacher.test.scam.ap" in m
 
