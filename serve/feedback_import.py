@@ -116,15 +116,12 @@ def _already(session: Session, sha: str, labels: list[str], reviewer: str, at: d
         .scalars()
         .all()
     )
-    if not rows:
+    mine = [r for r in rows if r.reviewer == reviewer]  # each reviewer's decisions stand apart
+    if not mine:
         return False
-
-    def same(r: FeedbackRow) -> bool:
-        return sorted(r.labels) == labels and r.reviewer == reviewer
-
     if at is not None:
-        return any(same(r) and _utc(r.reviewed_at) == _utc(at) for r in rows)
-    return same(rows[-1])
+        return any(sorted(r.labels) == labels and _utc(r.reviewed_at) == _utc(at) for r in mine)
+    return sorted(mine[-1].labels) == labels
 
 
 def import_feedback(

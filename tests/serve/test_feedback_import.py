@@ -111,3 +111,13 @@ def test_parse_labels_forms():
     assert parse_labels("[]") == [] and parse_labels([]) == []
     assert parse_labels("scam; adult_services") == ["adult_services", "scam"]
     assert parse_labels('["scam"]') == ["scam"]
+
+
+def test_another_reviewers_decision_in_between_keeps_the_import_idempotent(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    a = _write(tmp_path / "a.jsonl", [{"text": "spa offer", "labels": ["adult_services"], "reviewer": "m1"}])
+    b = _write(tmp_path / "b.jsonl", [{"text": "spa offer", "labels": [], "reviewer": "m2"}])
+    assert import_feedback(store, a).recorded == 1
+    assert import_feedback(store, b).recorded == 1
+    again = import_feedback(store, a)
+    assert (again.recorded, again.already_recorded) == (0, 1) and store.count() == 2
