@@ -4,7 +4,8 @@ feedback store, through ``FeedbackStore.add``, the path ``POST /v1/feedback`` ta
 Idempotent: a decision already recorded is not recorded again, so importing the same file twice
 changes nothing. A row is the same decision as a stored one when text (normalised), labels and
 reviewer match and either both give the same ``reviewed_at`` or the file gives none and the stored
-decision is the latest for that text (a moderator who changes their mind and back is recorded).
+decision is that reviewer's latest for that text (a moderator who changes their mind and back is
+recorded; another reviewer's decision in between changes nothing).
 
 Rows: ``text``, ``labels`` (a list, a JSON list, or names separated by ``,`` / ``;`` / ``|``; ``[]``
 = benign), ``reviewer`` (or ``--reviewer``), optional ``reviewed_at`` (ISO 8601). A row whose
