@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo demo-run test test-all lint full clean
+.PHONY: venv demo demo-run demo-adapt test test-all lint full clean
 
 $(BIN)/adrisk: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo-run:
 	$(BIN)/adrisk predict --model models:/risky-ads@champion \
 	  "Sweet new girl in town, call me 24/7 incall outcall" "2 bedroom apartment for rent near downtown" \
 	  "Congratulations! You won a 1000 GBP prize, text CLAIM to 80086 now"
+
+NEW_SITE_POOL ?= ../shared/datasets/new-site-pool-v1/pool.jsonl
+demo-adapt: venv  ## make demo's retrain, adapted to a new site's unlabelled ads (docs/adaptation.md)
+	@$(MAKE) --no-print-directory demo-run DEMO_CONFIG="$(DEMO_CONFIG) --set adapt.unlabelled_files=[$(NEW_SITE_POOL)]"
 
 full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml

@@ -13,6 +13,8 @@ rollback           ``_rollback``                               ``training.retrai
 monitor            ``_monitor``                                ``monitor.run.run_monitor``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
 feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
+feedback import    ``_feedback_import``                        ``serve.feedback_import.import_feedback``
+review-queue       ``_review_queue``                           ``batch.review_queue.build_review_queue``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
 score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
 link               ``_link_verb``                              ``batch.link.link_output``
@@ -395,6 +397,27 @@ def _feedback_export(args) -> int:
         print(f"| {name} | {st.weight:g} | {st.decisions} | {vm} | {st.pairs} | {vo} |")
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK
+
+
+def _feedback_import(args) -> int:
+    from serve.feedback_import import import_feedback
+    from serve.feedback_store import FeedbackStore
+
+    known = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    report = import_feedback(FeedbackStore(args.db), args.input, known, args.reviewer, args.text_column)
+    print(report.summary())
+    return EXIT_OK if not report.refused else EXIT_ERROR
+
+
+def _review_queue(args) -> int:
+    from batch.review_queue import build_review_queue
+
+    predictor, _ = _load_predictor(args)
+    report = build_review_queue(
+        predictor, Path(args.input), Path(args.output), args.budget, args.text_column, args.seed
+    )
+    print(report.summary())
     return EXIT_OK
 
 
@@ -923,7 +946,22 @@ def _add_training_parsers(sub, threads_help: str) -> None:
 
 
 def _add_scoring_parsers(sub, threads_help: str) -> None:
-    """predict, score, link, extract."""
+    """review-queue, predict, score, link, extract."""
+    p = sub.add_parser(
+        "review-queue",
+        help="the ads moderators should label first (uncertain and diverse, one per template cluster)",
+        description="BADGE (Ash et al. 2020) over the model's gradient embeddings, at most one ad per "
+        "template cluster, a reason per pick. The output keeps the input columns and adds empty "
+        "labels/reviewer columns for the answers (adrisk feedback import reads them back).",
+    )
+    _add_model_arg(p)
+    p.add_argument("--input", required=True, help="unlabelled ads (.csv, .jsonl, .parquet)")
+    p.add_argument("--output", required=True, help="the queue (.csv, .jsonl, .parquet)")
+    p.add_argument("--budget", required=True, type=int, help="how many ads to queue")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--seed", type=int, default=0, help="k-means++ sampling seed (default 0)")
+    p.set_defaults(func=_review_queue)
+
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
     p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
@@ -1110,6 +1148,20 @@ def _add_feedback_parsers(sub) -> None:
     )
     e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
     e.set_defaults(func=_feedback_export)
+    i = fsub.add_parser(
+        "import",
+        help="record moderators' answers from a file (e.g. a filled-in review queue); idempotent",
+        description="Rows: text, labels (list, JSON list or 'a,b'; [] = benign; empty = unanswered, "
+        "skipped), reviewer, optional reviewed_at. Importing the same file twice changes nothing.",
+    )
+    i.add_argument("input", help=".jsonl, .csv or .parquet")
+    i.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
+    )
+    i.add_argument("--labels", help="comma-separated label names the answers may use (default: any)")
+    i.add_argument("--reviewer", help="reviewer for rows without a reviewer value")
+    i.add_argument("--text-column", default="text")
+    i.set_defaults(func=_feedback_import)
 
 
 def _add_audit_parsers(sub) -> None:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model.schema import LabelSchema, ProblemType
+from training.adapt_config import AdaptConfig
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,10 @@ class Config(_Strict):
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
     eval_sets: dict[str, EvalSetConfig] = Field(
         default_factory=dict, description="extra evaluation sets, name -> file; logged as eval.<name>.*"
+    )
+    adapt: AdaptConfig = Field(
+        default_factory=AdaptConfig,
+        description="adaptation to a new site's unlabelled ads (training/adapt.py)",
     )
 
     @model_validator(mode="after")

@@ -357,6 +357,11 @@ def run_training(
     if bundle is None:
         bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
     extra_sets = [load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()]
+    adaptation = None
+    if cfg.adapt.active:  # a new site's unlabelled ads (training/adapt.py); bad files fail now
+        from training.adapt import Adaptation
+
+        adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
     gen = cfg.generalisation
     rows: TrainingRows = training_rows(
         bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
@@ -384,12 +389,17 @@ def run_training(
         run_id_file.write_text(run.info.run_id)
         if not run_id:
             _log_run_inputs(cfg, bundle, base.ref, base.sha256, tracking_uri, truncated)
+            if adaptation is not None:  # retrain's "unchanged data" check covers the unlabelled ads too
+                mlflow.set_tag("adrisk.data.unlabelled.fingerprint", adaptation.fingerprint)
 
         # --- baseline ---------------------------------------------------------------------------
         bl, base_probs, metrics = _baseline(cfg, bundle)
 
         # --- fine-tune --------------------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))
+        if adaptation is not None:  # continued MLM pretraining on the unlabelled texts
+            adaptation.pretrain(model, tokenizer, cfg.train.max_length, cfg.seed, resuming=resume)
+            mlflow.log_metrics(adaptation.metrics)  # now: a resumed run skips MLM and keeps these
         data = FitData(
             encoder,
             enc["train"].input_ids,
@@ -408,6 +418,24 @@ def run_training(
             resume=resume,
             on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
         )
+
+        if adaptation is not None:  # self-training on the unlabelled texts; the student if it passes
+            from training.adapt import self_train_in_run
+
+            model = self_train_in_run(
+                adaptation,
+                model,
+                lambda: build_model(base, cfg.base_model, schema, len(tokenizer)),
+                encoder,
+                enc["train"].input_ids,
+                rows.targets,
+                bundle,
+                cfg,
+                extra_sets,
+                resume,
+                lambda m, step: mlflow.log_metrics(m, step=step),
+            )
+            metrics |= adaptation.metrics
 
         # --- TF-IDF blend, calibration and thresholds, on validation -------------------------------
         logits = {

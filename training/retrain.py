@@ -126,6 +126,7 @@ def retrain(
     """
     import mlflow
 
+    from training.adapt import unlabelled_fingerprint
     from training.pipeline import run_training
 
     lp = lock_path(cfg)
@@ -154,6 +155,7 @@ def retrain(
             if (
                 tags.get("adrisk.config_digest") == cfg.digest()
                 and tags.get("adrisk.data.train.fingerprint") == bundle.train.fingerprint
+                and tags.get("adrisk.data.unlabelled.fingerprint", "") == unlabelled_fingerprint(cfg.adapt)
             ):
                 logger.info(
                     "champion v%s was trained on the same data and config: nothing to do", champion_version

@@ -1,0 +1,324 @@
+"""``adrisk review-queue``: the ads a moderator should label first, by uncertainty and diversity.
+
+A new site has many unlabelled ads and moderators who can label a few hundred. The queue picks
+``budget`` of them with BADGE (Ash et al. 2020, "Deep Batch Active Learning by Diverse, Uncertain
+Gradient Lower Bounds"): every ad becomes its *gradient embedding*, the gradient of the loss at the
+model's own hypothesised labels with respect to the last layer, ``g = (p' - y_hat) (x) h`` (``h``: the
+representation the classifier reads, ``p'``: the label probabilities re-centred on the model's
+thresholds, ``p' = sigmoid(z - logit(threshold))``, ``y_hat = [p' >= 0.5]``). Its norm is large where
+the model is unsure (``p'`` near 0.5) and ``h`` is large; k-means++ seeding (Arthur & Vassilvitskii
+2007) on these embeddings then picks ads that are both uncertain and unlike each other (each next ad
+drawn with probability proportional to its squared distance to the nearest ad already picked).
+
+One pick per template cluster (``signals.linking``'s MinHash template clusters, plus identical
+normalised texts): a moderator never labels forty copies of one ad. Every pick carries a reason
+(the label it is least sure of, its score and threshold, its distance to the earlier picks, its
+cluster's size); reasons never quote ad text.
+
+The output file holds the picked rows (input columns kept) with ``queue_rank``, ``row`` (the input
+row number, 0-based), ``reason``, ``score.<label>``, ``template_id``, ``template_size``, and empty
+``labels`` / ``reviewer`` columns for the moderators' answers, which ``adrisk feedback import`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batch.tables import ScoreError, file_format, iter_chunks
+from model.pyfunc import is_missing
+
+logger = logging.getLogger(__name__)
+
+ANSWER_COLUMNS = ("labels", "reviewer")
+
+
+@dataclass
+class Pick:
+    """One queued ad: its row in the scored arrays, the label it is least sure of, and why."""
+
+    row: int
+    label: int
+    distance: float  # to the nearest earlier pick in gradient-embedding space (inf for the first)
+    reason: str = ""
+
+
+@dataclass
+class QueueReport:
+    """Counts for the user: rows read, rows without text, eligible clusters, picks."""
+
+    rows: int = 0
+    without_text: list[int] = field(default_factory=list)
+    clusters: int = 0
+    picked: int = 0
+    budget: int = 0
+
+    def summary(self) -> str:
+        """One or two lines (counts and row numbers only, never ad text)."""
+        parts = [f"queued {self.picked} of {self.rows} ads (budget {self.budget})"]
+        if self.rows == 0:
+            return "the input has no rows: the queue is empty"
+        if self.without_text:
+            shown = ", ".join(map(str, self.without_text[:10])) + (
+                " ..." if len(self.without_text) > 10 else ""
+            )
+            parts.append(
+                f"{len(self.without_text)} ad(s) without text cannot be judged and were not queued (rows {shown})"
+            )
+        if self.picked < self.budget:
+            parts.append(
+                f"only {self.clusters} template cluster(s) among the ads with text: one ad represents each"
+            )
+        return "; ".join(parts)
+
+
+def gradient_embeddings(
+    logits: np.ndarray, thresholds: np.ndarray, hidden: np.ndarray, multi_class: bool = False
+) -> np.ndarray:
+    """BADGE gradient embeddings: sigmoid outputs (multi-label / binary) re-centred on the thresholds,
+    or softmax outputs (``multi_class``, thresholds unused) at the predicted class.
+
+    Args:
+        logits: (n, L) calibrated logits (``z / T``); thresholds: (L,) probability thresholds in (0, 1).
+        hidden: (n, d) the representation the classifier reads.
+
+    Returns:
+        (n, L * d) float32: row ``i`` is ``concat_j (p'_ij - y_hat_ij) * hidden_i`` (see module docstring).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if multi_class:  # softmax: the gradient at the predicted class (BADGE's own case)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        resid = p - (np.arange(z.shape[1])[None, :] == p.argmax(axis=1)[:, None])
+    else:
+        thr = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+        shifted = 1.0 / (1.0 + np.exp(-(z - np.log(thr / (1 - thr)))))
+        resid = shifted - (shifted >= 0.5)  # (n, L)
+    h = np.asarray(hidden, dtype=np.float64)
+    return (resid[:, :, None] * h[:, None, :]).reshape(len(resid), -1).astype(np.float32)
+
+
+def badge_select(
+    embeddings: np.ndarray, clusters: np.ndarray, budget: int, seed: int = 0
+) -> list[tuple[int, float]]:
+    """k-means++ seeding over gradient embeddings, at most one row per cluster (BADGE, Ash et al. 2020).
+
+    The first pick is the row of largest norm (the most uncertain); each next one is drawn with
+    probability proportional to its squared distance to the nearest pick so far, among rows whose
+    cluster has no pick yet. Rows at distance 0 from a pick (identical embeddings) are drawn only
+    when nothing else is left.
+
+    Args:
+        embeddings: (n, D). clusters: (n,) cluster id of each row. budget: most picks (>= 0).
+
+    Returns:
+        [(row, distance to the nearest earlier pick)], in pick order; ``min(budget, distinct clusters)``
+        long. Deterministic for a given ``seed``.
+    """
+    n = len(embeddings)
+    if n == 0 or budget <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    emb = np.asarray(embeddings, dtype=np.float64)
+    clusters = np.asarray(clusters)
+    open_ = np.ones(n, dtype=bool)
+    first = int(np.argmax(np.einsum("ij,ij->i", emb, emb)))
+    picks = [(first, float("inf"))]
+    open_ &= clusters != clusters[first]
+    d2 = np.einsum("ij,ij->i", emb - emb[first], emb - emb[first])
+    while len(picks) < budget and open_.any():
+        w = np.where(open_, d2, 0.0)
+        total = w.sum()
+        # when every open row coincides with a pick (total 0), take them in row order
+        i = int(rng.choice(n, p=w / total)) if total > 0 else int(np.flatnonzero(open_)[0])
+        picks.append((i, float(np.sqrt(d2[i]))))
+        open_ &= clusters != clusters[i]
+        d2 = np.minimum(d2, np.einsum("ij,ij->i", emb - emb[i], emb - emb[i]))
+    return picks
+
+
+def cluster_ids(texts: list[str], template_id: np.ndarray) -> np.ndarray:
+    """One cluster per template (``signals.linking``) joined with identical normalised texts
+    (``signals.linking.text_identity``, case folded), as connected components (``scipy.sparse.csgraph``):
+    (n,) int64 cluster labels."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from signals.linking import text_identity
+
+    n = len(texts)
+    first: dict[str, int] = {}
+    same_text = np.fromiter(
+        (first.setdefault(text_identity(t).casefold(), i) for i, t in enumerate(texts)), np.int64, n
+    )
+    a = np.concatenate([np.arange(n), np.arange(n)])
+    b = np.concatenate([same_text, np.asarray(template_id, dtype=np.int64)])
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def queue_reasons(
+    picks: list[tuple[int, float]],
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    logits: np.ndarray,
+    labels: tuple[str, ...],
+    cluster_size: np.ndarray,
+) -> list[Pick]:
+    """A reason per pick: the label nearest its threshold (in logit distance), its score and
+    threshold, the distance to earlier picks and the size of its cluster."""
+    thr = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+    margin = np.abs(np.asarray(logits, dtype=np.float64) - np.log(thr / (1 - thr)))
+    out = []
+    for rank, (i, dist) in enumerate(picks):
+        j = int(np.argmin(margin[i]))
+        side = "flagged" if probs[i, j] >= thresholds[j] else "not flagged"
+        why = f"least sure of {labels[j]}: score {probs[i, j]:.3f}, threshold {thresholds[j]:.3f} ({side})"
+        why += (
+            "; the most uncertain ad (largest gradient embedding)"
+            if rank == 0
+            else f"; gradient-embedding distance {dist:.3f} to the nearest earlier pick"
+        )
+        if cluster_size[i] > 1:
+            why += f"; stands for a cluster of {int(cluster_size[i])} near-identical ads"
+        out.append(Pick(int(i), j, dist, why))
+    return out
+
+
+def pooled_representation(directory: Path, encoder, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """(n, d) float32: the pooled representation the artifact's classifier head reads (BERT's pooler
+    output), from the artifact's torch weights (``transformers.AutoModel``)."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from model.encoding import length_sorted_batches
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the classifier head's weights are "unexpected" for AutoModel: fine
+    try:
+        model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    model.eval()
+    enc = encoder.encode(texts)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for idx in length_sorted_batches(enc.lengths(), batch_size):
+            ids, mask = encoder.pad([enc.input_ids[i] for i in idx])
+            res = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+            pooled = (
+                res.pooler_output
+                if getattr(res, "pooler_output", None) is not None
+                else res.last_hidden_state[:, 0]
+            )
+            out[idx] = pooled.float().numpy()
+    return out
+
+
+def _read_all(path: Path) -> pd.DataFrame:
+    chunks = list(iter_chunks(path, 50_000))
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+
+
+def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "parquet":
+        df.to_parquet(tmp, index=False)
+    elif fmt == "csv":
+        df.to_csv(tmp, index=False)
+    else:
+        text = df.to_json(orient="records", lines=True, force_ascii=False) if len(df) else ""
+        tmp.write_text(text if not text or text.endswith("\n") else text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_review_queue(
+    predictor,
+    input_path: Path,
+    output_path: Path,
+    budget: int,
+    text_column: str = "text",
+    seed: int = 0,
+) -> QueueReport:
+    """Pick ``budget`` ads of ``input_path`` for moderators and write them to ``output_path``.
+
+    Args:
+        predictor: a loaded ``model.predictor.Predictor`` (its directory holds torch weights).
+        input_path, output_path: CSV / JSONL / Parquet (by extension); the output is written atomically.
+        budget: most ads to queue (>= 1).
+
+    Returns:
+        QueueReport (see ``summary``).
+
+    Raises:
+        ScoreError: a bad budget, unknown format, unreadable input, no ``text_column``, an output
+            path equal to the input.
+    """
+    from signals.linking import LinkConfig, link_frame
+
+    if budget < 1:
+        raise ScoreError(f"--budget must be at least 1, got {budget}")
+    fmt_out = file_format(output_path)
+    file_format(input_path)
+    if not input_path.is_file():
+        raise ScoreError(f"input file not found: {input_path}")
+    if input_path.resolve() == output_path.resolve():
+        raise ScoreError("--output must differ from --input")
+    df = _read_all(input_path) if input_path.stat().st_size else pd.DataFrame()
+    report = QueueReport(rows=len(df), budget=budget)
+    labels = predictor.labels
+    extra = ["queue_rank", "row", "reason", *[f"score.{n}" for n in labels], "template_id", "template_size"]
+    if len(df) and text_column not in df.columns:
+        raise ScoreError(f"text column {text_column!r} not found in the input")
+    has_text = (
+        np.array([not is_missing(v) and isinstance(v, str) and bool(v.strip()) for v in df[text_column]])
+        if len(df)
+        else np.zeros(0, dtype=bool)
+    )
+    report.without_text = np.flatnonzero(~has_text).tolist()
+    rows = np.flatnonzero(has_text)
+    picks: list[Pick] = []
+    probs = np.zeros((0, len(labels)))
+    template = size = np.zeros(0, dtype=np.int64)
+    if len(rows):
+        texts = [df[text_column].iloc[i] for i in rows.tolist()]
+        scores = predictor.score(texts)
+        probs = scores.probabilities
+        thr = np.asarray(predictor.meta.threshold_vector(), dtype=np.float64)
+        z = np.asarray(scores.logits, dtype=np.float64) / np.asarray(predictor.meta.temperatures)[None, :]
+        linked = link_frame(pd.DataFrame({"text": texts}), LinkConfig(text_column="text"))
+        clusters = cluster_ids(texts, linked.template_id)
+        size = np.bincount(clusters, minlength=len(texts))[clusters]
+        template = clusters
+        report.clusters = len(np.unique(clusters))
+        hidden = pooled_representation(predictor.directory, predictor.encoder, texts)
+        multi_class = predictor.meta.label_schema.problem_type.value == "multi_class"
+        chosen = badge_select(gradient_embeddings(z, thr, hidden, multi_class), clusters, budget, seed)
+        picks = queue_reasons(chosen, probs, thr, z, labels, size)
+    report.picked = len(picks)
+    idx = [p.row for p in picks]
+    out = df.iloc[rows[idx]].reset_index(drop=True) if len(picks) else df.iloc[:0].copy()
+    head = pd.DataFrame(
+        {
+            "queue_rank": np.arange(1, len(picks) + 1, dtype=np.int64),
+            "row": rows[idx].astype(np.int64) if len(picks) else np.zeros(0, np.int64),
+            "reason": [p.reason for p in picks],
+            **{f"score.{n}": probs[idx, j] if len(picks) else np.zeros(0) for j, n in enumerate(labels)},
+            "template_id": rows[template[idx]].astype(np.int64) if len(picks) else np.zeros(0, np.int64),
+            "template_size": size[idx].astype(np.int64) if len(picks) else np.zeros(0, np.int64),
+        }
+    )
+    out = pd.concat([head, out.drop(columns=[c for c in extra if c in out.columns])], axis=1)
+    for c in ANSWER_COLUMNS:
+        if c not in out.columns:
+            out[c] = pd.Series([None] * len(out), dtype=object)
+    _write(out, output_path, fmt_out)
+    logger.info("%s", report.summary())
+    return report

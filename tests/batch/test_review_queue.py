@@ -1,0 +1,165 @@
+"""`adrisk review-queue`: BADGE picks, one per template cluster, a reason each; edge cases answered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batch.review_queue import badge_select, cluster_ids, gradient_embeddings
+from tests.signals.test_linking import BASE_A
+
+DISTINCT = [
+    "2 bedroom apartment for rent near the park",
+    "used mountain bike, good condition",
+    "looking for a part time barista",
+    "vintage oak desk, must go this week",
+    "guitar lessons for beginners downtown",
+    "lost cat near main street, reward",
+    "selling my old laptop, works fine",
+    "room available in shared flat from june",
+]
+
+
+def _run(tmp_path, rows, budget, suffix=".jsonl", model=None):
+    from adrisk.cli import main
+
+    src = tmp_path / f"in{suffix}"
+    df = pd.DataFrame({"id": list(range(len(rows))), "text": rows})
+    if suffix == ".jsonl":
+        df.to_json(src, orient="records", lines=True)
+    else:
+        df.to_csv(src, index=False)
+    out = tmp_path / "queue.jsonl"
+    rc = main(
+        [
+            "review-queue",
+            "--model",
+            str(model),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--budget",
+            str(budget),
+        ]
+    )
+    return rc, (pd.read_json(out, lines=True) if out.stat().st_size else pd.DataFrame())
+
+
+def test_budget_larger_than_input_queues_every_ad_once(tmp_path, tiny_artifact, capsys):
+    rc, q = _run(tmp_path, DISTINCT, budget=50, model=tiny_artifact)
+    assert rc == 0
+    assert sorted(q["row"]) == list(range(len(DISTINCT)))
+    assert q["queue_rank"].tolist() == list(range(1, len(DISTINCT) + 1))
+    assert q["reason"].str.contains("least sure of").all()
+    assert q["labels"].isna().all() and q["reviewer"].isna().all()  # empty answer columns
+    assert f"queued {len(DISTINCT)} of {len(DISTINCT)} ads (budget 50)" in capsys.readouterr().out
+
+
+def test_empty_input_gives_an_empty_queue(tmp_path, tiny_artifact, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text("")
+    out = tmp_path / "queue.csv"
+    from adrisk.cli import main
+
+    assert (
+        main(
+            [
+                "review-queue",
+                "--model",
+                str(tiny_artifact),
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--budget",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert out.is_file()
+    assert "the input has no rows" in capsys.readouterr().out
+
+
+def test_one_template_cluster_yields_one_pick_that_says_so(tmp_path, tiny_artifact, capsys):
+    names = ["Kim", "Ana", "Lee", "Sam", "Jo", "Max"]
+    rows = [BASE_A.format(phone=f"415-555-01{i:02d}", name=n) for i, n in enumerate(names)]
+    rc, q = _run(tmp_path, rows, budget=4, model=tiny_artifact)
+    assert rc == 0 and len(q) == 1
+    assert q["template_size"].iloc[0] == len(rows)
+    assert f"cluster of {len(rows)} near-identical ads" in q["reason"].iloc[0]
+    assert "only 1 template cluster(s)" in capsys.readouterr().out
+
+
+def test_ads_without_text_are_reported_not_queued(tmp_path, tiny_artifact, capsys):
+    rows = [DISTINCT[0], None, "   ", DISTINCT[1]]
+    rc, q = _run(tmp_path, rows, budget=10, model=tiny_artifact)
+    assert rc == 0 and sorted(q["row"]) == [0, 3]
+    out = capsys.readouterr().out
+    assert "2 ad(s) without text cannot be judged and were not queued (rows 1, 2)" in out
+
+
+def test_bad_budget_and_same_output_are_one_line_errors(tmp_path, tiny_artifact, capsys):
+    from adrisk.cli import main
+
+    src = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": DISTINCT}).to_json(src, orient="records", lines=True)
+    assert (
+        main(
+            [
+                "review-queue",
+                "--model",
+                str(tiny_artifact),
+                "--input",
+                str(src),
+                "--output",
+                str(src),
+                "--budget",
+                "3",
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "review-queue",
+                "--model",
+                str(tiny_artifact),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "q.csv"),
+                "--budget",
+                "0",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "--output must differ" in err and "--budget must be at least 1" in err
+
+
+def test_badge_prefers_uncertain_then_distant_rows():
+    hidden = np.eye(4, dtype=np.float32)
+    logits = np.array([[0.0], [5.0], [0.1], [-0.2]])  # threshold 0.5: row 0 the most uncertain
+    g = gradient_embeddings(logits, np.array([0.5]), hidden)
+    picks = badge_select(g, np.arange(4), budget=2, seed=0)
+    assert picks[0][0] == 0
+    assert picks[1][0] in (2, 3)  # row 1 is certain: its gradient embedding is near zero
+    clustered = badge_select(g, np.array([0, 0, 0, 1]), budget=4, seed=0)
+    assert [r for r, _ in clustered] == [0, 3]  # one per cluster, however large the budget
+
+
+def test_identical_texts_share_a_cluster():
+    labels = cluster_ids(["Hello there", "hello  there", "other"], np.array([0, 1, 2]))
+    assert labels[0] == labels[1] != labels[2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_badge_is_deterministic_for_a_seed(seed):
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(40, 6))
+    assert badge_select(g, np.arange(40), 10, seed) == badge_select(g, np.arange(40), 10, seed)
