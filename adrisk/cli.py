@@ -262,7 +262,8 @@ def _rollback(args) -> int:
 
 def _export_onnx(args) -> int:
     from model.artifact import load_meta
-    from training.onnx_export import add_onnx_variants, read_labelled_jsonl
+    from training.onnx_export import add_onnx_variants
+    from training.variant_gate import read_labelled_jsonl
 
     directory = Path(args.model)
     if not directory.is_dir():

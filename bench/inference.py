@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--data is required")
 
     from model.artifact import load_meta
-    from training.onnx_export import per_label_ap, read_labelled_jsonl
+    from training.variant_gate import per_label_ap, read_labelled_jsonl
 
     meta = load_meta(args.model)
     labels = list(meta.labels)

@@ -12,7 +12,7 @@ import torch
 
 from model.runtimes import STUDENT_DIR, STUDENT_FP32_VARIANT, STUDENT_INT8_VARIANT
 from training.distill import build_student, distillation_loss
-from training.onnx_export import decisions_pass, intervals_pass
+from training.variant_gate import decisions_pass, intervals_pass
 
 
 def _teacher(layers: int = 4):
@@ -198,7 +198,7 @@ def test_a_variant_on_another_scale_gets_its_own_calibration():
     from model.artifact import ThresholdInfo
     from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
     from model.schema import LabelSchema
-    from training.onnx_export import decision_deltas, variant_calibration
+    from training.variant_gate import decision_deltas, variant_calibration
 
     rng = np.random.default_rng(1)
     labels = ("a", "b")
@@ -244,7 +244,7 @@ def test_a_variant_on_another_scale_gets_its_own_calibration():
 def test_own_thresholds_are_held_to_the_target_and_the_reference_recall():
     """With its own thresholds a variant lands at another precision for the same target: it passes
     while precision stays at the target and recall does not fall; a recall loss fails it."""
-    from training.onnx_export import decision_deltas
+    from training.variant_gate import decision_deltas
 
     y = np.zeros((1000, 1), dtype=int)
     y[:200] = 1
@@ -269,7 +269,7 @@ def test_own_thresholds_are_held_to_the_target_and_the_reference_recall():
 def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
     """AP is rank-only: a variant whose probabilities are a monotone squash of the reference's has the
     same AP but flags fewer ads at the same threshold; the decision deltas catch it."""
-    from training.onnx_export import DECISION_TOLERANCE, ap_deltas, decision_deltas
+    from training.variant_gate import DECISION_TOLERANCE, ap_deltas, decision_deltas
 
     rng = np.random.default_rng(0)
     y = (rng.random((400, 2)) < 0.3).astype(int)
@@ -309,7 +309,7 @@ def test_a_variant_keeps_the_models_flag_rate_cap():
     from model.artifact import ThresholdInfo
     from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
     from model.schema import LabelSchema
-    from training.onnx_export import variant_calibration
+    from training.variant_gate import variant_calibration
 
     rng = np.random.default_rng(2)
     y = (rng.random((600, 2)) < 0.3).astype(int)

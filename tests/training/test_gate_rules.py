@@ -116,11 +116,11 @@ def test_missing_challenger_metric_fails_and_table_shows_it():
 
 
 def test_ap_delta_interval_known_answers():
-    """The ONNX/student AP gate's equivalence test (training.onnx_export.ap_delta_interval)."""
+    """The ONNX/student AP gate's equivalence test (training.variant_gate.ap_delta_interval)."""
     import numpy as np
     import pytest
 
-    from training.onnx_export import ap_delta_interval, intervals_pass
+    from training.variant_gate import ap_delta_interval, intervals_pass
 
     rng = np.random.default_rng(0)
     y = np.zeros((400, 2), dtype=int)
