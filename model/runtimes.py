@@ -10,14 +10,16 @@ ONNX variants live under ``<artifact>/onnx/``::
     <dir>/onnx/model.fp32.onnx          fp32 graph (onnxruntime fuses it when it loads it)
     <dir>/onnx/model.int8.onnx          int8 dynamic quantisation of every weight MatMul, run per row
     <dir>/onnx/model.int8-static.onnx   int8 static quantisation (calibrated activation scales), batched
-    <dir>/onnx/model.int8-mixed.onnx    int8 static, but the layers measured most sensitive stay fp32
+    <dir>/onnx/model.int8-token.onnx    int8 with one activation scale per token, batched
+    <dir>/onnx/model.int8-mixed.onnx    int8 per token, but the layers measured most sensitive stay fp32
     <dir>/onnx/student.fp32.onnx, student.int8.onnx   a distilled student (<dir>/student/), if trained
 
 A text's score must not depend on which texts share its batch. Dynamically quantised variants compute
 one activation scale per tensor at run time, over the whole batch, so they run *per row*
-(``per_row``): each text alone, at its own length. Statically quantised variants carry their
-activation scales in the graph (calibrated once at export), so each row's arithmetic is its own and
-they run batched like fp32: length-sorted, dynamically padded, token-budgeted (``Predictor``).
+(``per_row``): each text alone, at its own length. Static int8 carries its activation scales in the
+graph (calibrated once at export) and per-token int8 computes one scale per token, so each row's
+arithmetic is its own and both run batched like fp32: length-sorted, dynamically padded,
+token-budgeted (``Predictor``).
 """
 
 from __future__ import annotations
@@ -38,17 +40,27 @@ FP32_FILE = "model.fp32.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_MIXED_FILE = "model.int8-mixed.onnx"
 INT8_STATIC_FILE = "model.int8-static.onnx"
+INT8_TOKEN_FILE = "model.int8-token.onnx"
 FP32_VARIANT = "onnx-fp32"
 INT8_VARIANT = "onnx-int8"
 INT8_MIXED_VARIANT = "onnx-int8-mixed"
 INT8_STATIC_VARIANT = "onnx-int8-static"
+INT8_TOKEN_VARIANT = "onnx-int8-token"
 # A distilled student (training/distill.py): its torch weights under student/, its variants in onnx/.
 STUDENT_DIR = "student"
 STUDENT_FP32_FILE = "student.fp32.onnx"
 STUDENT_INT8_FILE = "student.int8.onnx"
 STUDENT_FP32_VARIANT = "student-onnx-fp32"
 STUDENT_INT8_VARIANT = "student-onnx-int8"
-ALL_FILES = (FP32_FILE, INT8_FILE, INT8_STATIC_FILE, INT8_MIXED_FILE, STUDENT_FP32_FILE, STUDENT_INT8_FILE)
+ALL_FILES = (
+    FP32_FILE,
+    INT8_FILE,
+    INT8_STATIC_FILE,
+    INT8_TOKEN_FILE,
+    INT8_MIXED_FILE,
+    STUDENT_FP32_FILE,
+    STUDENT_INT8_FILE,
+)
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 
@@ -125,10 +137,10 @@ class OnnxRuntime:
         # where this variant's torch weights live inside the artifact (explanations by gradient)
         self.torch_subdir = STUDENT_DIR if variant_info.get("student") else ""
         # Dynamic int8 computes activation scales per batch tensor at run time: run each text alone.
-        # (Entries without ``per_row`` predate static int8: every int8 variant then was dynamic.)
+        # (Entries without ``per_row`` predate static and per-token int8: every int8 then was dynamic.)
         precision = str(variant_info.get("precision", ""))
         self.per_row = bool(
-            variant_info.get("per_row", precision.startswith("int8") and "static" not in precision)
+            variant_info.get("per_row", precision == "int8" or precision.startswith("int8-dynamic"))
         )
         if not path.is_file():
             raise ArtifactError(

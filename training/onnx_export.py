@@ -54,7 +54,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ from model.runtimes import (
     INT8_MIXED_VARIANT,
     INT8_STATIC_FILE,
     INT8_STATIC_VARIANT,
+    INT8_TOKEN_FILE,
+    INT8_TOKEN_VARIANT,
     INT8_VARIANT,
     ONNX_DIR,
     OUTPUT_NAME,
@@ -101,7 +103,6 @@ CALIBRATION_TEXTS = 256
 SENSITIVITY_TEXTS = 256
 MAX_FP32_GROUPS = 6
 TRIAL_FILE = "trial.int8.onnx"
-CALIBRATION_CACHE = "calibration.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,13 +229,7 @@ def quantize_int8(
 
 
 def quantize_int8_static(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    token_ids: Sequence[Sequence[int]] | None,
-    *,
-    keep_fp32: Sequence[str] = (),
-    only: Sequence[str] | None = None,
-    cache: str | os.PathLike[str] | None = None,
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], token_ids: Sequence[Sequence[int]]
 ) -> Path:
     """Int8 static quantisation of an fp32 ONNX graph (``onnxruntime.quantization.quantize_static``,
     QDQ format): the encoder's MatMul weights int8 per output channel (the pooler and classifier
@@ -243,17 +238,13 @@ def quantize_int8_static(
 
     Args:
         src, dst: the fp32 graph and where to write the quantised one.
-        token_ids: the calibration texts as unpadded token id sequences, run one per call; may be
-            None when ``cache`` already holds the ranges.
-        keep_fp32: node names left fp32. only: with it, just these nodes are quantised.
-        cache: a calibration cache file (``calibration_cache_path``): written on the first call,
-            read (calibration skipped) on later ones over the same ``src``.
+        token_ids: the calibration texts as unpadded token id sequences, run one per call.
 
     Returns:
         ``dst``.
 
     Raises:
-        ValueError: neither ``token_ids`` nor an existing ``cache``.
+        ValueError: no calibration texts.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -263,8 +254,8 @@ def quantize_int8_static(
         quantize_static,
     )
 
-    if token_ids is None and not (cache and Path(cache).is_file()):
-        raise ValueError("static quantisation needs calibration texts or a calibration cache")
+    if not token_ids:
+        raise ValueError("static quantisation needs calibration texts")
 
     class TokenReader(CalibrationDataReader):
         """One unpadded (1, T) text per call."""
@@ -283,18 +274,100 @@ def quantize_int8_static(
         quantize_static(
             str(src),
             str(dst),
-            TokenReader(token_ids or []),
+            TokenReader(token_ids),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
             activation_type=QuantType.QUInt8,  # u8 x s8: the VNNI / AVX2 int8 GEMM kernels' layout
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=list(keep_fp32),
-            nodes_to_quantize=list(only) if only is not None else None,
             extra_options={"MatMulConstBOnly": True},  # attention's QK^T and AV stay fp32
-            calibration_cache_path=str(cache) if cache else None,
         )
+    return Path(dst)
+
+
+def quantize_int8_per_token(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    keep_fp32: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+) -> Path:
+    """Int8 with per-token activation scales: every MatMul with a constant weight W (K, N) becomes
+
+        s = max(|x|, over the token's K features) / 127      (..., 1)   one scale per token
+        x_q = round(x / s) + 128                              (..., K)   uint8, zero point 128
+        y = MatMulInteger(x_q, W_q) * s * s_w                 (..., N)   W_q int8 per output channel
+
+    (standard ONNX ops: Abs, ReduceMax, Div, Round, Cast, MatMulInteger, Mul). Each token's scale
+    depends on that token alone, so a text's score does not depend on its batch-mates or its
+    padding, and the graph runs batched; a token's outlier features cost that token's resolution
+    only, where a per-tensor scale (dynamic or calibrated) spends every token's. Token-wise
+    activation quantisation as in ZeroQuant (Yao et al., NeurIPS 2022) and LLM.int8() (Dettmers et
+    al., NeurIPS 2022, without its fp16 outlier path); symmetric per-channel weights. The pooler and
+    classifier Gemms (a few h^2 per text) and nodes named in ``keep_fp32`` stay fp32; with ``only``,
+    just those nodes are quantised.
+
+    Returns:
+        ``dst``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    keep, wanted = set(keep_fp32), None if only is None else set(only)
+    targets = [
+        n
+        for n in g.node
+        if n.op_type == "MatMul"
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 2
+        and n.name not in keep
+        and (wanted is None or n.name in wanted)
+    ]
+    shared = [
+        helper.make_tensor("pt/eps", TensorProto.FLOAT, [], [1e-12]),
+        helper.make_tensor("pt/qmax", TensorProto.FLOAT, [], [127.0]),
+        helper.make_tensor("pt/zero_f", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("pt/zero_u8", TensorProto.UINT8, [], [128]),
+    ]
+    nodes: list[Any] = []
+    replaced = {}
+    for k, node in enumerate(targets):
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)  # (K, N)
+        s_w = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # (N,)
+        w_q = np.clip(np.round(w / s_w), -127, 127).astype(np.int8)
+        p, x, y = f"pt/{k}/", node.input[0], node.output[0]
+        shared += [
+            numpy_helper.from_array(w_q, p + "w_q"),
+            numpy_helper.from_array(s_w.astype(np.float32), p + "s_w"),
+        ]
+        replaced[node.name] = [
+            helper.make_node("Abs", [x], [p + "abs"]),
+            helper.make_node("ReduceMax", [p + "abs"], [p + "amax"], axes=[-1], keepdims=1),
+            helper.make_node("Max", [p + "amax", "pt/eps"], [p + "amax_eps"]),
+            helper.make_node("Div", [p + "amax_eps", "pt/qmax"], [p + "s"]),
+            helper.make_node("Div", [x, p + "s"], [p + "x_s"]),
+            helper.make_node("Round", [p + "x_s"], [p + "x_r"]),
+            helper.make_node("Add", [p + "x_r", "pt/zero_f"], [p + "x_z"]),
+            helper.make_node("Cast", [p + "x_z"], [p + "x_q"], to=TensorProto.UINT8),
+            helper.make_node("MatMulInteger", [p + "x_q", p + "w_q", "pt/zero_u8"], [p + "y_i"]),
+            helper.make_node("Cast", [p + "y_i"], [p + "y_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [p + "y_f", p + "s"], [p + "y_s"]),
+            helper.make_node("Mul", [p + "y_s", p + "s_w"], [y], name=node.name + "/int8-per-token"),
+        ]
+    for node in g.node:
+        nodes.extend(replaced.get(node.name, [node]))
+    still_read = {i for n in nodes for i in n.input}
+    kept_inits = [t for t in g.initializer if t.name in still_read]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(kept_inits + shared)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
     return Path(dst)
 
 
@@ -491,7 +564,7 @@ def add_onnx_variants(
     # 2. export into onnx/
     onnx_dir = directory / ONNX_DIR
     onnx_dir.mkdir(exist_ok=True)
-    for stale in (*ALL_FILES, TRIAL_FILE, CALIBRATION_CACHE):
+    for stale in (*ALL_FILES, TRIAL_FILE):
         (onnx_dir / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     export_fp32(directory, onnx_dir / FP32_FILE)
@@ -503,17 +576,13 @@ def add_onnx_variants(
     if quantize:
         quantize_int8(onnx_dir / FP32_FILE, onnx_dir / INT8_FILE)
         v.add(INT8_VARIANT, INT8_FILE, "int8-dynamic, per-row", per_row=True)
-        cache = onnx_dir / CALIBRATION_CACHE
-        try:
-            quantize_int8_static(
-                onnx_dir / FP32_FILE, onnx_dir / INT8_STATIC_FILE, v.calibration_ids(), cache=cache
-            )
-            calibrated = {"calibration_texts": min(len(gate.texts), CALIBRATION_TEXTS)}
-            static = v.add(INT8_STATIC_VARIANT, INT8_STATIC_FILE, "int8-static", per_row=False, **calibrated)
-            if mixed == "always" or (mixed == "auto" and not static["passed"]):
-                _sensitivity_guided_mixed(v, cache, max_fp32_groups=max_fp32_groups, **calibrated)
-        finally:
-            cache.unlink(missing_ok=True)
+        quantize_int8_static(onnx_dir / FP32_FILE, onnx_dir / INT8_STATIC_FILE, v.calibration_ids())
+        calibrated = {"calibration_texts": min(len(gate.texts), CALIBRATION_TEXTS)}
+        static = v.add(INT8_STATIC_VARIANT, INT8_STATIC_FILE, "int8-static", per_row=False, **calibrated)
+        quantize_int8_per_token(onnx_dir / FP32_FILE, onnx_dir / INT8_TOKEN_FILE)
+        token = v.add(INT8_TOKEN_VARIANT, INT8_TOKEN_FILE, "int8-per-token", per_row=False)
+        if mixed == "always" or (mixed == "auto" and not (static["passed"] or token["passed"])):
+            _sensitivity_guided_mixed(v, max_fp32_groups=max_fp32_groups)
     v.student(quantize)
 
     # 4. the default: fastest of torch and the passing variants
@@ -534,15 +603,15 @@ def add_onnx_variants(
     return runtimes
 
 
-def _sensitivity_guided_mixed(
-    v: _Variants, cache: Path, *, max_fp32_groups: int, **extra: Any
-) -> dict[str, Any] | None:
-    """Measure each quantisable group's sensitivity under the static recipe (that group alone int8,
-    mean |logit change| against fp32 on up to ``SENSITIVITY_TEXTS`` gate texts), then keep the most
-    sensitive ones fp32 until the variant passes the gate. Returns the last variant gated (passed or
-    not, with ``fp32_groups`` and ``sensitivity``), or None when the graph has nothing to quantise."""
+def _sensitivity_guided_mixed(v: _Variants, *, max_fp32_groups: int) -> dict[str, Any] | None:
+    """Measure each quantisable group's sensitivity under the per-token recipe (that group alone
+    int8, mean |logit change| against fp32 on up to ``SENSITIVITY_TEXTS`` gate texts), then keep the
+    most sensitive ones fp32 until the variant passes the gate. Returns the last variant gated
+    (passed or not, with ``fp32_groups`` and ``sensitivity``), or None when the graph has nothing
+    to quantise."""
     fp32 = v.onnx_dir / FP32_FILE
     groups = quantizable_groups(fp32, gathers=False)
+    groups = {g: nodes for g, nodes in groups.items() if g.startswith("layer.")}  # the Gemm head stays fp32
     if not groups:
         logger.info("no quantisable nodes found; no mixed int8 variant")
         return None
@@ -554,10 +623,9 @@ def _sensitivity_guided_mixed(
 
     ref_logits = trial_logits(FP32_FILE)
     sensitivity: dict[str, float] = {}
-    quantize: Callable[..., Path] = quantize_int8_static
     try:
         for name, nodes in groups.items():
-            quantize(fp32, v.onnx_dir / TRIAL_FILE, None, only=nodes, cache=cache)
+            quantize_int8_per_token(fp32, v.onnx_dir / TRIAL_FILE, only=nodes)
             sensitivity[name] = float(np.abs(trial_logits(TRIAL_FILE) - ref_logits).mean())
     finally:
         (v.onnx_dir / TRIAL_FILE).unlink(missing_ok=True)
@@ -570,21 +638,16 @@ def _sensitivity_guided_mixed(
     info: dict[str, Any] | None = None
     for k in range(1, min(max_fp32_groups, len(order)) + 1):
         keep = order[:k]
-        quantize(
-            fp32,
-            v.onnx_dir / INT8_MIXED_FILE,
-            None,
-            keep_fp32=[n for g in keep for n in groups[g]],
-            cache=cache,
+        quantize_int8_per_token(
+            fp32, v.onnx_dir / INT8_MIXED_FILE, keep_fp32=[n for g in keep for n in groups[g]]
         )
         info = v.add(
             INT8_MIXED_VARIANT,
             INT8_MIXED_FILE,
-            f"int8-static; fp32: {', '.join(keep)}",
+            f"int8-per-token; fp32: {', '.join(keep)}",
             per_row=False,
             fp32_groups=keep,
             sensitivity={g: round(sensitivity[g], 6) for g in order},
-            **extra,
         )
         if info["passed"]:
             break

@@ -5,7 +5,8 @@ Tolerances (calibrated probabilities, absolute): ONNX fp32 vs torch fp32 1e-4 (m
 tiny model; the same arithmetic in another kernel order); ONNX int8 (every recipe) vs torch 0.05
 (quantisation error on the tiny random model, whose probabilities sit near 0.5; the real accuracy
 check is the per-label AP gate recorded by ``add_onnx_variants``). A statically quantised text alone vs
-in a padded batch: 1e-6 (its activation scales are constants; only fp32 round-off of padding remains).
+in a padded batch, and a per-token one: 1e-6 (scales are constants or the token's own; only fp32
+round-off of padding remains).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import pytest
 
 from model.artifact import META_FILE, ArtifactError, load_meta
 from model.predictor import Predictor
-from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_STATIC_VARIANT, INT8_VARIANT, ONNX_DIR
+from model.runtimes import (
+    FP32_VARIANT,
+    INT8_MIXED_VARIANT,
+    INT8_STATIC_VARIANT,
+    INT8_TOKEN_VARIANT,
+    INT8_VARIANT,
+    ONNX_DIR,
+)
 from tests.conftest import LABELS
 from training.onnx_export import add_onnx_variants
 from training.variant_gate import (
@@ -76,11 +84,17 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
     d, runtimes = onnx_artifact
     meta = load_meta(d)
     assert meta.runtimes == runtimes
-    assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT, INT8_STATIC_VARIANT, INT8_MIXED_VARIANT}
+    assert set(runtimes["variants"]) == {
+        FP32_VARIANT,
+        INT8_VARIANT,
+        INT8_STATIC_VARIANT,
+        INT8_TOKEN_VARIANT,
+        INT8_MIXED_VARIANT,
+    }
     assert runtimes["gate"]["resamples"] == N_BOOT
     mixed = runtimes["variants"][INT8_MIXED_VARIANT]
-    # the sensitivity search over the static recipe: every weight MatMul group measured, the most
-    # sensitive kept fp32 first
+    # the sensitivity search over the per-token recipe: every encoder weight MatMul group measured,
+    # the most sensitive kept fp32 first
     sens = mixed["sensitivity"]
     assert {"layer.0/ffn.out", "layer.1/attention.qkv"} <= set(sens) and "embeddings" not in sens
     assert 1 <= len(mixed["fp32_groups"]) <= 2
@@ -92,6 +106,7 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
         FP32_VARIANT: False,
         INT8_VARIANT: True,
         INT8_STATIC_VARIANT: False,
+        INT8_TOKEN_VARIANT: False,
         INT8_MIXED_VARIANT: False,
     }
     static = runtimes["variants"][INT8_STATIC_VARIANT]
@@ -127,7 +142,7 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     assert fp32.runtime.name == FP32_VARIANT
     p_ref = ref.predict_proba(texts)
     np.testing.assert_allclose(fp32.predict_proba(texts), p_ref, atol=FP32_ATOL)
-    for variant in (INT8_VARIANT, INT8_STATIC_VARIANT, INT8_MIXED_VARIANT):
+    for variant in (INT8_VARIANT, INT8_STATIC_VARIANT, INT8_TOKEN_VARIANT, INT8_MIXED_VARIANT):
         p = Predictor.load(d, runtime=variant, num_threads=1)
         assert p.runtime.name == variant
         np.testing.assert_allclose(p.predict_proba(texts), p_ref, atol=INT8_ATOL)
@@ -146,6 +161,7 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     # are constants of the graph; so does fp32 (alone == inside a padded batch)
     for variant, atol in (
         (INT8_STATIC_VARIANT, STATIC_BATCH_ATOL),
+        (INT8_TOKEN_VARIANT, STATIC_BATCH_ATOL),
         (INT8_MIXED_VARIANT, STATIC_BATCH_ATOL),
         (FP32_VARIANT, FP32_ATOL),
     ):
@@ -161,7 +177,7 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
 
 
-@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_STATIC_VARIANT, "torch"])
+@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_TOKEN_VARIANT, "torch"])
 def test_auto_picks_recorded_default(artifact_copy, default):
     meta_path = artifact_copy / META_FILE
     data = json.loads(meta_path.read_text())
@@ -336,3 +352,37 @@ def test_gate_compares_runtimes_with_the_same_tfidf_blend(tiny_artifact, tmp_pat
     runtimes = add_onnx_variants(d, texts, targets, quantize=False, num_threads=1, n_boot=N_BOOT)
     fp32 = runtimes["variants"][FP32_VARIANT]
     assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values() if x is not None) < 1e-6
+
+
+def test_per_token_int8_is_token_wise_quantisation(tmp_path):
+    """The per-token rewrite computes round(x / s_token) @ W_q * s_token * s_channel (one scale per
+    token, one per weight column), so a token's output depends on that token alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.onnx_export import quantize_int8_per_token
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 8)).astype(np.float32)  # (K, N)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer.0/output/dense/MatMul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
+    quantize_int8_per_token(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    x[1, 2] *= 50  # an outlier token: it must not coarsen its neighbours
+    y = session.run(None, {"x": x})[0]
+
+    s = np.abs(x).max(axis=-1, keepdims=True) / 127  # (B, T, 1)
+    s_w = np.abs(w).max(axis=0) / 127  # (N,)
+    expected = (np.round(x / s) @ np.round(w / s_w)) * s * s_w
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())  # close to fp32
+    np.testing.assert_array_equal(session.run(None, {"x": x[1:2]})[0], y[1:2])  # batch-mates do not matter
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}
