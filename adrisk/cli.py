@@ -619,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed",
         choices=("auto", "always", "never"),
         default="auto",
-        help="sensitivity-guided mixed int8 (static int8 with the layers measured most sensitive kept "
-        "fp32): auto = only when full static int8 fails the gate (default auto)",
+        help="sensitivity-guided mixed int8 (per-token int8 with the layers measured most sensitive kept "
+        "fp32): auto = only when no batched int8 variant passes the gate (default auto)",
     )
     p.add_argument(
         "--tolerance", type=float, default=0.005, help="per-label AP gate vs fp32 torch (absolute)"

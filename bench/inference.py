@@ -22,9 +22,10 @@ pools, allocator state or warm caches). Variants:
   clock, which excludes the model load but includes reading and writing files; the end-to-end
   wall time, process start included, is listed below the table).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
-- ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-static`` / ``onnx-int8-mixed``: the adrisk predictor on
-  the artifact's ONNX Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first):
-  dynamic int8 per row, static int8 batched, static int8 with sensitive groups fp32 batched.
+- ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-static`` / ``onnx-int8-token`` / ``onnx-int8-mixed``: the
+  adrisk predictor on the artifact's ONNX Runtime variants (see ``model.runtimes``; run ``adrisk
+  export-onnx`` first): dynamic int8 per row; static int8, per-token int8 and per-token int8 with
+  sensitive groups fp32, batched.
   ``onnx-int8-batched`` runs the dynamic int8 graph batched (``per_row`` off), to show what per-row
   scoring buys: its batch drift. ``student-onnx-fp32`` /
   ``student-onnx-int8`` on its distilled student's (``distill.enabled`` in the training config; FLOPs
@@ -77,6 +78,7 @@ VARIANTS = (
     "onnx-int8",
     "onnx-int8-batched",
     "onnx-int8-static",
+    "onnx-int8-token",
     "onnx-int8-mixed",
     "student-onnx-fp32",
     "student-onnx-int8",
