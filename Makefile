@@ -38,8 +38,8 @@ full: venv  ## the full risky-ads-v1 run (about an hour on 2 cores)
 	$(BIN)/adrisk train --config configs/risky-ads-v1.yaml
 
 lint: venv  ## style, formatting, package boundaries, types
-	$(BIN)/ruff check adrisk training model serve batch signals tests bench
-	$(BIN)/ruff format --check adrisk training model serve batch signals tests bench
+	$(BIN)/ruff check adrisk training model serve batch signals monitor tests bench
+	$(BIN)/ruff format --check adrisk training model serve batch signals monitor tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

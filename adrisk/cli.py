@@ -10,13 +10,19 @@ train              ``_train``                                  ``training.pipeli
 evaluate           ``_evaluate``                               ``training.evaluate.evaluate_model``
 retrain            ``_retrain``                                ``training.retrain.retrain``
 rollback           ``_rollback``                               ``training.retrain.rollback``
+monitor            ``_monitor``                                ``monitor.run.run_monitor``
 export-onnx        ``_export_onnx``                            ``training.onnx_export.add_onnx_variants``
-feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export``
+feedback export    ``_feedback_export``                        ``serve.feedback_store.FeedbackStore.export_report``
 predict            ``_predict``                                ``model.predictor.Predictor.predict``
 score              ``_score``                                  ``batch.score.run_score`` (+ ``batch.link.link_output``)
 link               ``_link_verb``                              ``batch.link.link_output``
 extract            ``_extract``                                ``signals.contacts.ContactExtractor.extract``
 serve              ``_serve``                                  ``serve.app.create_app``
+audit verify       ``_audit_verify``                           ``serve.decisions_audit.verify``
+audit replay       ``_audit_replay``                           ``serve.decisions_audit.replay``
+audit export       ``_audit_export``                           ``serve.decisions_audit.export_statements``
+policy check       ``_policy_check``                           ``signals.policy.load_policy``
+policy hash-...    ``_policy_hash_contacts``                   ``signals.contacts.ContactExtractor``
 =================  ==========================================  ====================================
 
 MLflow tracking and registry are configured once, here, before any verb runs
@@ -25,7 +31,8 @@ MLflow tracking and registry are configured once, here, before any verb runs
 tracking store.
 
 Exit codes: 0 success; 1 a handled error (one line on stderr); 2 usage error; ``retrain`` adds
-3 rejected, 4 busy, 5 unchanged; 130 interrupted.
+3 rejected, 4 busy, 5 unchanged, 6 not stale (``--when-stale``); ``monitor`` 10 retrain advised,
+11 labels needed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ logger = logging.getLogger("adrisk")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_REJECTED, EXIT_BUSY, EXIT_UNCHANGED = 3, 4, 5
+EXIT_NOT_STALE = 6  # retrain --when-stale: the verdict does not advise a retrain
 
 
 class CLIError(Exception):
@@ -62,6 +70,28 @@ def _model_uri(value: str) -> str:
             "must not be empty (give a models:/ URI, runs:/ URI or a model directory)"
         )
     return value
+
+
+class _DeprecatedFlag(argparse.Action):
+    """A flag's old name: sets the same value and says which name to use (on stderr; logging is not
+    set up while arguments are parsed)."""
+
+    def __init__(self, option_strings, dest, use: str = "", **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"adrisk: {option_string} is deprecated: use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser, help: str, old: str | None = None) -> None:
+    """``--threads`` (the one name of the threads knob), and ``old`` as its deprecated, hidden alias."""
+    p.add_argument("--threads", dest="threads", type=int, default=None, help=help)
+    if old:
+        p.add_argument(
+            old, dest="threads", type=int, action=_DeprecatedFlag, use="--threads", help=argparse.SUPPRESS
+        )
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -109,6 +139,13 @@ def _add_link_args(p: argparse.ArgumentParser, prefix: str) -> None:
         type=int,
         default=50,
         help=f"{prefix}a contact shared by more ads is not used for linking (default 50)",
+    )
+    p.add_argument(
+        "--max-persona",
+        type=int,
+        default=50,
+        help=f"{prefix}a persona grows beyond this many ads only by ads sharing identical text or "
+        "2+ contacts (default 50; docs/linking.md)",
     )
     p.add_argument(
         "--similarity",
@@ -235,7 +272,12 @@ def _retrain(args) -> int:
 
     cfg = load_config(args.config, args.set)
     _check_writable(args.uri_file, "--uri-file")
-    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force)
+    verdict = None
+    if args.when_stale:
+        verdict = _stale_verdict(args.when_stale, cfg)
+        if verdict is None:
+            return EXIT_NOT_STALE
+    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force, verdict=verdict)
     if result.training_table:
         print(result.training_table + "\n")
     if result.table:
@@ -247,6 +289,23 @@ def _retrain(args) -> int:
     if args.uri_file and result.challenger_uri:
         Path(args.uri_file).write_text(result.challenger_uri + "\n")
     return _RETRAIN_EXIT[result.outcome.value]
+
+
+def _stale_verdict(path: str, cfg) -> dict | None:
+    """``--when-stale``: the verdict as a dict when it advises a retrain of this model's champion,
+    else None (the reason is printed)."""
+    from model.registry import get_alias
+    from monitor.verdict import VerdictError, load_verdict, retrain_advised
+
+    try:
+        verdict = load_verdict(path)
+        advised, why = retrain_advised(
+            verdict, cfg.model_name, get_alias(cfg.model_name, cfg.gate.champion_alias)
+        )
+    except VerdictError as e:
+        raise CLIError(str(e)) from None
+    print(f"retrain --when-stale: {why}", file=sys.stderr)
+    return verdict.model_dump(mode="json") if advised else None
 
 
 def _rollback(args) -> int:
@@ -307,12 +366,69 @@ def _export_onnx(args) -> int:
     return EXIT_OK
 
 
+def _reviewer_weight(value: str) -> tuple[str, float]:
+    """``--reviewer-weight REVIEWER=W`` (W >= 0)."""
+    name, sep, w = value.rpartition("=")
+    try:
+        weight = float(w)
+    except ValueError:
+        weight = -1.0
+    if not sep or not name or not weight >= 0:
+        raise argparse.ArgumentTypeError(f"expected REVIEWER=WEIGHT with a weight >= 0, got {value!r}")
+    return name, weight
+
+
 def _feedback_export(args) -> int:
     from serve.feedback_store import FeedbackStore
 
-    n = FeedbackStore(args.db, must_exist=True).export(args.output)
-    print(f"exported {n} feedback rows to {args.output}")
+    weights = dict(args.reviewer_weight or [])
+    weights.update(dict.fromkeys(args.exclude_reviewer or [], 0.0))
+    report = FeedbackStore(args.db, must_exist=True).export_report(args.output, reviewer_weights=weights)
+    print(
+        f"exported {report.rows} feedback rows to {args.output}; {report.conflicts} texts held back "
+        f"(reviewers tied), {report.excluded} with every reviewer excluded"
+    )
+    print("| reviewer | weight | decisions | vs model | pairs with others | vs others |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, st in sorted(report.reviewers.items()):
+        vm = f"{st.vs_model:.3f} ({st.with_model})" if st.vs_model is not None else "n/a"
+        vo = f"{st.vs_others:.3f}" if st.vs_others is not None else "n/a"
+        print(f"| {name} | {st.weight:g} | {st.decisions} | {vm} | {st.pairs} | {vo} |")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK
+
+
+def _monitor(args) -> int:
+    from monitor.run import run_monitor
+    from monitor.verdict import MonitorSettings
+    from monitor.window import MonitorError
+
+    try:
+        res = run_monitor(
+            args.model,
+            args.current,
+            reference=args.reference,
+            window=args.window,
+            time_column=args.time_column,
+            text_column=args.text_column,
+            labels_column=args.labels_column,
+            feedback=args.feedback,
+            report_dir=args.report,
+            verdict_path=args.verdict,
+            settings=MonitorSettings(seed=args.seed),
+            runtime=args.runtime,
+            threads=args.threads,
+            log_mlflow={"auto": None, "on": True, "off": False}[args.mlflow],
+        )
+    except MonitorError as e:
+        raise CLIError(str(e)) from None
+    print(res.table)
+    for path in res.written:
+        print(f"wrote {path}", file=sys.stderr)
+    if res.mlflow_run_id:
+        print(f"MLflow run: {res.mlflow_run_id}", file=sys.stderr)
+    return res.verdict.exit_code
 
 
 # --- scoring verbs --------------------------------------------------------------------------------
@@ -365,6 +481,7 @@ def _score(args) -> int:
                 partitions=args.partitions,
                 runtime=args.runtime,
                 progress=not args.no_progress,
+                on_bad_row=args.on_bad_row,
             )
         else:
             summary = run_score(
@@ -375,10 +492,11 @@ def _score(args) -> int:
                 chunk_size=1000 if args.chunk_size is None else args.chunk_size,
                 resume=args.resume,
                 runtime=args.runtime,
-                torch_threads=args.threads,
+                threads=args.threads,
                 progress=not args.no_progress,
                 explain=args.explain,
                 workers=args.workers,
+                on_bad_row=args.on_bad_row,
             )
     except ScoreError as e:
         raise CLIError(str(e)) from None
@@ -414,6 +532,7 @@ def _link(args) -> None:
         text_column=args.text_column,
         region=args.region,
         hub_cap=args.hub_cap,
+        max_persona=args.max_persona,
         similarity=args.similarity,
         hash_key=key,
         workers=args.link_workers,
@@ -458,7 +577,7 @@ _SERVE_FLAGS = (
     "max_batch_size",
     "max_wait_ms",
     "queue_size",
-    "torch_threads",
+    "threads",
     "max_body_bytes",
     "max_batch_items",
     "max_text_chars",
@@ -471,9 +590,13 @@ def _serve(args) -> int:
     from pydantic import ValidationError
 
     from serve.app import create_app
+    from serve.decisions import DecisionLogError
+    from serve.keys import KeysError
     from serve.settings import Settings
+    from signals.policy import PolicyError
 
     overrides = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k, None) is not None}
+    overrides.update(_policy_overrides(args))
     try:
         settings = Settings(model=args.model, runtime=args.runtime, **overrides)
     except ValidationError as e:  # one line naming the flag / variable, not pydantic's report
@@ -482,16 +605,125 @@ def _serve(args) -> int:
         flag = f"--{name.replace('_', '-')} / " if name in _SERVE_FLAGS else ""
         raise CLIError(f"invalid {flag}ADRISK_{name.upper()}: {first['msg']}", EXIT_USAGE) from None
     _check_port_free(settings.host, settings.port)
+    try:
+        app = create_app(settings)  # reads the keys and the policy: a bad one stops here, in one line
+    except (PolicyError, KeysError, DecisionLogError) as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
     # log_config=None: uvicorn logs through our logging setup; its access log is off because the app
     # logs its own request lines (route templates only, never bodies).
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    return EXIT_OK
+
+
+def _policy_overrides(args) -> dict:
+    """``adrisk serve``'s policy, keys and decision-log flags as Settings overrides (when given)."""
+    out: dict = {}
+    if args.policy is not None:
+        out["policy_file"] = args.policy
+    if args.keys is not None:
+        out["keys_file"] = args.keys
+    if args.decisions_db is not None:
+        out["decisions_url"] = args.decisions_db
+    if args.no_decision_log:
+        out["decision_log"] = False
+    return out
+
+
+# --- audit and policy verbs -----------------------------------------------------------------------
+
+
+def _open_log(db: str | None):
+    from serve.decisions import DecisionLog, DecisionLogError
+
+    try:
+        return DecisionLog(db, must_exist=True)
+    except DecisionLogError as e:
+        raise CLIError(str(e)) from None
+
+
+def _audit_verify(args) -> int:
+    from serve.decisions_audit import verify
+
+    rep = verify(_open_log(args.db))
+    for line in rep.problems:
+        print(line)
+    print(
+        f"{rep.rows} decisions checked: "
+        + ("the chain holds" if rep.ok else f"{len(rep.problems)} problem(s)")
+    )
+    return EXIT_OK if rep.ok else EXIT_ERROR
+
+
+def _audit_replay(args) -> int:
+    from serve.decisions_audit import replay
+
+    rep = replay(_open_log(args.db))
+    for line in rep.disagreements:
+        print(line)
+    if rep.missing_policies:
+        print(f"policy versions not in the log: {', '.join(sorted(rep.missing_policies))}")
+    print(f"{rep.agreed} of {rep.rows} decisions replayed identically ({100 * rep.share:.2f}%)")
+    return EXIT_OK if rep.agreed == rep.rows else EXIT_ERROR
+
+
+def _audit_export(args) -> int:
+    from serve.decisions_audit import export_statements
+
+    _check_writable(args.output, "--output")
+    n = export_statements(_open_log(args.db), args.output, since=args.since)
+    print(f"wrote {n} statements of reasons to {args.output}")
+    return EXIT_OK
+
+
+def _policy_check(args) -> int:
+    from serve.keys import KeysError, build_keyring
+    from signals.policy import PolicyEngine, PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+        tenants = build_keyring(args.keys, []).tenants() if args.keys else None
+        labels = list(policy.categories)
+        if args.model:
+            from model.artifact import load_meta
+            from model.uri import resolve_model
+
+            labels = list(load_meta(resolve_model(args.model).directory).labels)
+        policy.check_context(labels, tenants)
+        PolicyEngine(policy, hash_key=os.environ.get("ADRISK_CONTACT_HASH_KEY"))
+    except (PolicyError, KeysError) as e:
+        raise CLIError(str(e)) from None
+    print(
+        f"policy {policy.version}: valid ({len(policy.categories)} categories, {len(policy.tenants)} tenant overrides)"
+    )
+    return EXIT_OK
+
+
+def _policy_hash_contacts(args) -> int:
+    from signals.contacts import ContactExtractor
+    from signals.policy import key_fingerprint
+
+    key = os.environ.get("ADRISK_CONTACT_HASH_KEY")
+    if not key:
+        raise CLIError("needs the key in the ADRISK_CONTACT_HASH_KEY environment variable")
+    texts = args.text or ([line.rstrip("\n") for line in sys.stdin] if not sys.stdin.isatty() else [])
+    if not texts:
+        raise CLIError("give contacts as TEXT arguments or one per line on stdin", EXIT_USAGE)
+    try:
+        extractor = ContactExtractor(args.region, hash_key=key)
+    except ValueError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    hashes = sorted({c.value for t in texts for c in extractor.extract(t)})
+    found = sum(1 for t in texts if extractor.extract(t))
+    print(json.dumps({"region": extractor.region, "key_fingerprint": key_fingerprint(key), "hashes": hashes}))
+    if found < len(texts):
+        print(f"{len(texts) - found} of {len(texts)} inputs held no contact", file=sys.stderr)
     return EXIT_OK
 
 
@@ -536,6 +768,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    _add_training_parsers(sub, threads_help)
+    _add_feedback_parsers(sub)
+
+    _add_scoring_parsers(sub, threads_help)
+    _add_serve_parser(sub, threads_help)
+    _add_audit_parsers(sub)
+    _add_policy_parsers(sub)
+    return parser
+
+
+def _add_training_parsers(sub, threads_help: str) -> None:
+    """train, evaluate, retrain, monitor, rollback, export-onnx."""
     p = sub.add_parser("train", help="fine-tune, evaluate, log to MLflow and register a model version")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
@@ -578,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         help="train a challenger; promote it to @champion only if it passes the gate",
         description="Exit codes: 0 promoted (dry run: would promote), 3 rejected, "
-        "4 another retrain holds the lock, 5 unchanged data+config, 1 error.",
+        "4 another retrain holds the lock, 5 unchanged data+config, 6 --when-stale verdict advises no "
+        "retrain, 1 error.",
     )
     _add_config_args(p)
     p.add_argument(
@@ -597,7 +842,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--uri-file", help="also write the challenger's model URI (models:/NAME/VERSION) to this file"
     )
+    p.add_argument(
+        "--when-stale",
+        metavar="VERDICT.json",
+        help="retrain only if this adrisk monitor verdict (about the current @champion) says retrain; "
+        "else exit 6. The verdict is recorded on the challenger's run (docs/monitoring.md)",
+    )
     p.set_defaults(func=_retrain)
+
+    p = sub.add_parser(
+        "monitor",
+        help="drift of a window of ads against the model's reference; label-free performance; a verdict",
+        description="Exit codes: 0 stable, 10 drifted: retrain advised, 11 drifted beyond what retraining "
+        "on the labels at hand can fix: labels needed, 1 error (nothing written), 2 usage. "
+        "Details: docs/monitoring.md.",
+    )
+    _add_model_arg(p)
+    p.add_argument(
+        "--current", required=True, help="the window: CSV / JSONL / Parquet, or an adrisk score output"
+    )
+    p.add_argument(
+        "--reference",
+        help="reference file (default: the validation data recorded on the model's MLflow run, checked "
+        "against its fingerprint)",
+    )
+    p.add_argument(
+        "--window",
+        help="monitor only the last N rows (10000) or the rows within a duration of the newest (7d, 24h)",
+    )
+    p.add_argument("--time-column", help="time column of a duration --window (default: detected)")
+    p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
+    p.add_argument("--labels-column", default="labels", help="label-name lists, when a file has them")
+    p.add_argument("--feedback", help="an adrisk feedback export: realised precision among reviewed ads")
+    p.add_argument("--report", metavar="DIR", help="write report.html and verdict.json into DIR")
+    p.add_argument("--verdict", metavar="FILE", help="write the verdict JSON to FILE")
+    p.add_argument(
+        "--mlflow",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="log a run to the adrisk-monitor experiment (auto: when the model came from MLflow)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample and permutation (default 0)")
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.set_defaults(func=_monitor)
 
     p = sub.add_parser("rollback", help="swap @champion and @previous")
     p.add_argument("--model-name", default="risky-ads")
@@ -635,15 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=threads_help)
     p.set_defaults(func=_export_onnx)
 
-    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
-    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
-    e = fsub.add_parser("export", help="write feedback as JSONL in the dataset schema")
-    e.add_argument(
-        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
-    )
-    e.add_argument("--output", required=True)
-    e.set_defaults(func=_feedback_export)
 
+def _add_scoring_parsers(sub, threads_help: str) -> None:
+    """predict, score, link, extract."""
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")
     _add_model_arg(p)
     p.add_argument("text", nargs="*", help="ad texts (default: one per line on stdin)")
@@ -669,6 +950,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
     p.add_argument(
+        "--on-bad-row",
+        choices=("error", "mark"),
+        default="error",
+        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
+        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
+        "not_an_object and goes on",
+    )
+    p.add_argument(
         "--engine",
         choices=("local", "spark"),
         default="local",
@@ -687,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --engine spark: partitions per Spark job (default: 2 per task slot, >= 64 rows each)",
     )
-    p.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=None, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--workers",
@@ -739,6 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_extract)
 
+
+def _add_serve_parser(sub, threads_help: str) -> None:
+    """serve."""
     p = sub.add_parser(
         "serve",
         help="the moderation HTTP API (FastAPI on uvicorn)",
@@ -761,7 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch that already holds queued requests waits to fill; an idle server never waits (default 5)",
     )
     p.add_argument("--queue-size", type=int, help="most texts waiting for the model (default 1024); then 503")
-    p.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, help=threads_help)
+    _add_threads_arg(p, threads_help, old="--torch-threads")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1048576)")
     p.add_argument("--max-batch-items", type=int, help="most texts per request (default 256)")
     p.add_argument("--max-text-chars", type=int, help="longest text in characters (default 100000)")
@@ -770,8 +1062,101 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help='most texts per request with "explain": true (default 8); then 413',
     )
+    _add_serve_policy_args(p)
     p.set_defaults(func=_serve)
-    return parser
+
+
+def _add_serve_policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="moderation policy YAML, reloaded on change (default: the model's thresholds; docs/policy.md)",
+    )
+    p.add_argument(
+        "--keys", metavar="FILE", help="API keys with scopes and tenants (sha256 digests; docs/policy.md)"
+    )
+    p.add_argument("--decisions-db", metavar="URL", help="decision log (default sqlite:///decisions.db)")
+    p.add_argument(
+        "--no-decision-log", action="store_true", help="log no decisions (no statements, no appeals)"
+    )
+
+
+def _add_feedback_parsers(sub) -> None:
+    p = sub.add_parser("feedback", help="moderator feedback: export as training data")
+    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
+    e = fsub.add_parser(
+        "export",
+        help="write feedback as JSONL in the dataset schema; report per-reviewer disagreement",
+        description="One row per text: each reviewer's latest decision (in arrival order) counts, "
+        "reviewers are settled by a weighted vote per label, ties are held back. Prints each "
+        "reviewer's disagreement with the model and with other reviewers on the same texts.",
+    )
+    e.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: ADRISK_FEEDBACK_URL or sqlite:///feedback.db)"
+    )
+    e.add_argument("--output", required=True)
+    e.add_argument(
+        "--exclude-reviewer",
+        action="append",
+        metavar="REVIEWER",
+        help="leave this reviewer's decisions out of the vote (repeatable; still reported)",
+    )
+    e.add_argument(
+        "--reviewer-weight",
+        action="append",
+        type=_reviewer_weight,
+        metavar="REVIEWER=W",
+        help="weigh this reviewer's vote by W (default 1; repeatable); a label is kept when its "
+        "reviewers weigh over half the total, a tie holds the text back",
+    )
+    e.add_argument("--report", metavar="FILE", help="also write the per-reviewer report as JSON")
+    e.set_defaults(func=_feedback_export)
+
+
+def _add_audit_parsers(sub) -> None:
+    p = sub.add_parser(
+        "audit", help="the decision log: verify its chain, replay decisions, export statements"
+    )
+    asub = p.add_subparsers(dest="audit_verb", required=True, metavar="ACTION")
+    db_help = "the decision log (default: ADRISK_DECISIONS_URL or sqlite:///decisions.db); key: ADRISK_AUDIT_KEY or <db>.key"
+    e = asub.add_parser(
+        "verify", help="recompute the hash chain: edited, deleted, reordered rows (exit 1 if any)"
+    )
+    e.add_argument("--db", default=None, help=db_help)
+    e.set_defaults(func=_audit_verify)
+    e = asub.add_parser(
+        "replay", help="re-derive every action from the logged scores under the logged policy"
+    )
+    e.add_argument("--db", default=None, help=db_help)
+    e.set_defaults(func=_audit_replay)
+    e = asub.add_parser("export", help="DSA statements of reasons of restricting decisions, as JSON lines")
+    e.add_argument("--db", default=None, help=db_help)
+    e.add_argument("--output", required=True)
+    e.add_argument("--since", default=None, metavar="ISO", help="only decisions from this date/time (UTC) on")
+    e.set_defaults(func=_audit_export)
+
+
+def _add_policy_parsers(sub) -> None:
+    p = sub.add_parser("policy", help="moderation policies: check a file, hash contacts for its blocklist")
+    psub = p.add_subparsers(dest="policy_verb", required=True, metavar="ACTION")
+    e = psub.add_parser("check", help="validate a policy file (with --model: against its labels)")
+    e.add_argument("file")
+    e.add_argument(
+        "--model", type=_model_uri, default=None, help="check the categories against this model's labels"
+    )
+    e.add_argument("--keys", default=None, metavar="FILE", help="check the tenants against this keys file")
+    e.set_defaults(func=_policy_check)
+    e = psub.add_parser(
+        "hash-contacts",
+        help="keyed digests of contacts for contact_blocklist.hashes (key: ADRISK_CONTACT_HASH_KEY)",
+        description="Prints {region, key_fingerprint, hashes} to paste into a policy's contact_blocklist; "
+        "contacts are read like adrisk extract reads them (obfuscated forms too) and never printed.",
+    )
+    e.add_argument("text", nargs="*", help="contacts or texts holding them (default: one per line on stdin)")
+    e.add_argument(
+        "--region", default="US", help="phone region for numbers without a country code (default US)"
+    )
+    e.set_defaults(func=_policy_hash_contacts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -790,7 +1175,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "alembic", "mlflow.store", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    verb = args.verb if args.verb != "feedback" else f"feedback {args.feedback_verb}"
+    sub_verb = {"feedback": "feedback_verb", "audit": "audit_verb", "policy": "policy_verb"}.get(args.verb)
+    verb = f"{args.verb} {getattr(args, sub_verb)}" if sub_verb else args.verb
     try:
         from model.registry import configure_tracking
 

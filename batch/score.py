@@ -14,7 +14,15 @@ with one worker, and the output is byte-identical to one worker at the same thre
 
 Output rows: the input columns in input order, plus ``flagged`` (nullable bool), ``score_<label>``
 per label (calibrated probability, null when not scored), ``model_version`` and ``error``
-(``missing_text`` for a null/absent text, ``not_text`` for a non-string value, else null).
+(``missing_text`` for a null/absent text, ``not_text`` for a non-string value, else null; with
+``on_bad_row="mark"``, ``invalid_json`` / ``not_an_object`` for a JSON Lines line that is not one JSON
+object, kept as a row whose input columns are null).
+
+A JSON Lines input is resumed by position: the manifest records how many bytes and lines the
+finished chunks cover and their sha256, and a resume checks those bytes and continues after them. A
+line fixed (or a bad-row mode chosen) after a run stopped at a bad line therefore resumes without
+redoing a finished chunk; a change inside the finished lines is refused. CSV and Parquet inputs are
+resumed only when their size and modification time are unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +45,20 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from batch.tables import ScoreError, concatenate, estimate_rows, file_format, iter_chunks, to_arrow
+from batch.tables import (
+    BAD_ROW_COLUMN,
+    BAD_ROW_ERRORS,
+    ON_BAD_ROW,
+    InputChanged,
+    ReadPosition,
+    ScoreError,
+    concatenate,
+    estimate_rows,
+    file_format,
+    iter_chunks,
+    iter_jsonl_chunks,
+    to_arrow,
+)
 from model.artifact import write_json_atomic
 from model.messages import describe_columns
 from model.pyfunc import ADDED_COLUMNS, SCORE_PREFIX, score_values
@@ -60,6 +81,7 @@ class ScoreSummary:
 
     rows: int = 0
     missing: int = 0
+    bad_rows: int = 0
     flagged: int = 0
     flagged_per_label: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -70,8 +92,9 @@ class ScoreSummary:
         """Human-readable closing summary (several lines)."""
         rate = self.rows / self.seconds if self.seconds > 0 else float("nan")
         per = ", ".join(f"{k}={v}" for k, v in self.flagged_per_label.items())
+        bad = f", {self.bad_rows} of them bad input lines kept with an error" if self.bad_rows else ""
         return (
-            f"scored {self.rows} rows ({self.missing} without text) with model {self.model_version} "
+            f"scored {self.rows} rows ({self.missing} without text{bad}) with model {self.model_version} "
             f"in {self.seconds:.1f}s ({rate:.1f} rows/s)\n"
             f"flagged {self.flagged}; per label: {per}\nwrote {self.output}"
         )
@@ -84,9 +107,18 @@ def score_frame(
     with ``explain``, also ``explanations``: a JSON string ``{label: [{start, end, score}]}`` of the flagged
     labels' top spans (``model.explain``; null for rows that were not scored).
 
+    Rows read from a bad JSON Lines line (``BAD_ROW_COLUMN`` set, ``on_bad_row="mark"``) are not scored
+    and get that column's value as ``error``; the column itself is dropped.
+
     Raises:
         ScoreError: ``text_column`` missing, or an output column name already used by the input.
     """
+    bad = None
+    if BAD_ROW_COLUMN in df.columns:
+        bad = df[BAD_ROW_COLUMN].to_numpy(dtype=object)
+        df = df.drop(columns=[BAD_ROW_COLUMN])
+        if text_column not in df.columns and not pd.isna(bad).any():  # only bad lines in this chunk
+            df[text_column] = None
     if text_column not in df.columns:
         raise ScoreError(f"text column {text_column!r} not found; columns are {describe_columns(df.columns)}")
     labels = list(predictor.labels)
@@ -95,6 +127,9 @@ def score_frame(
     if clash:
         raise ScoreError(f"input already has output column(s) {clash}; rename them first")
     added = score_values(predictor, df[text_column].tolist(), model_version)  # the pyfunc's columns
+    if bad is not None:
+        marked = ~pd.isna(bad)
+        added.loc[marked, "error"] = bad[marked]
     if explain:
         added[EXPLANATIONS_COLUMN] = _explanations(predictor, df[text_column].tolist(), added)
     return pd.concat([df.reset_index(drop=True), added], axis=1)
@@ -137,19 +172,61 @@ def _model_version(ref, meta) -> str:
 
 
 def run_score(
-    model_uri: str, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], **options: Any
+    model_uri: str,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    text_column: str = "text",
+    chunk_size: int = 1000,
+    resume: bool = False,
+    runtime: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+    predictor: Any = None,
+    model_version: str | None = None,
+    explain: bool = False,
+    workers: int | None = 1,
+    on_bad_row: str = "error",
+    torch_threads: int | None = None,
 ) -> ScoreSummary:
-    """Score ``input_path`` into ``output_path``; ``options`` are ``_run_score``'s keyword arguments
-    (``text_column``, ``chunk_size``, ``resume``, ``runtime``, ``torch_threads``, ``progress``,
-    ``predictor``, ``model_version``, ``explain``, ``workers``). One job per output at a time: two
-    jobs sharing ``<output>.partial/`` would mix or delete each other's parts.
+    """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
+    One job per output at a time: two jobs sharing ``<output>.partial/`` would mix or delete each
+    other's parts.
+
+    Args:
+        model_uri: anything ``model.uri.resolve_model`` accepts.
+        text_column: the column holding the ad text.
+        chunk_size: rows per chunk (memory is bounded by a chunk and its part file).
+        resume: continue from ``<output>.partial/``; without it an existing work directory is an error.
+        runtime: ``Predictor.load``'s runtime (``auto``, ``torch`` or an ONNX variant).
+        threads: intra-op threads per scoring process (None: the predictor's default).
+        progress: show a progress bar on stderr.
+        predictor: an already loaded Predictor (tests), or ``batch.spark.SparkScorer`` (``--engine
+            spark``); ``model_uri`` is then only recorded.
+        model_version: the ``model_version`` value to write (default: the registry version, else
+            ``local:<sha12>``).
+        explain: add the ``explanations`` column (see ``score_frame``).
+        workers: scoring processes (spawned; each loads the model once with ``threads``, default
+            1, intra-op threads); None means 1 (see ``DEFAULT_WORKERS``). More than 1 needs a model
+            directory: with ``predictor``, its ``directory``.
+        torch_threads: the deprecated name of ``threads``.
+        on_bad_row: a JSON Lines line that is not one JSON object: ``error`` stops the job naming its
+            file line and byte offset (chunks before it are finished and kept for ``resume``);
+            ``mark`` keeps it as a row with ``error`` ``invalid_json`` / ``not_an_object``.
+
+    Returns:
+        The totals over the whole file.
 
     Raises:
-        ScoreError: as ``_run_score``, or another job is writing the same output.
-        TypeError: an unknown option.
+        ScoreError: bad arguments, a missing text column, a bad line (``on_bad_row="error"``), a work
+            directory from another input or model, an existing work directory without ``resume``,
+            or another job writing the same output.
     """
     from filelock import FileLock, Timeout
 
+    if torch_threads is not None:
+        logger.warning("run_score(torch_threads=...) is deprecated: call it threads")
+        threads = torch_threads if threads is None else threads
     dst = Path(output_path)
     file_format(dst)
     dst.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +238,22 @@ def run_score(
             f"another adrisk score is writing {dst}; wait for it or choose another --output"
         ) from None
     try:
-        return _run_score(model_uri, input_path, output_path, **options)
+        return _run_score(
+            model_uri,
+            input_path,
+            output_path,
+            text_column=text_column,
+            chunk_size=chunk_size,
+            resume=resume,
+            runtime=runtime,
+            threads=threads,
+            progress=progress,
+            predictor=predictor,
+            model_version=model_version,
+            explain=explain,
+            workers=workers,
+            on_bad_row=on_bad_row,
+        )
     finally:
         lock.release()  # the lock file stays (in the temp dir): unlinking it would let two jobs lock two inodes
 
@@ -184,35 +276,15 @@ def _run_score(
     chunk_size: int = 1000,
     resume: bool = False,
     runtime: str = "auto",
-    torch_threads: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     predictor=None,
     model_version: str | None = None,
     explain: bool = False,
     workers: int | None = 1,
+    on_bad_row: str = "error",
 ) -> ScoreSummary:
-    """Score ``input_path`` into ``output_path`` (formats by extension), resumable chunk by chunk.
-
-    Args:
-        model_uri: anything ``model.uri.resolve_model`` accepts.
-        chunk_size: rows per chunk (memory is bounded by a chunk and its part file).
-        resume: continue from ``<output>.partial/``; without it an existing work directory is an error.
-        predictor: an already loaded Predictor (tests), or ``batch.spark.SparkScorer`` (``--engine
-            spark``); ``model_uri`` is then only recorded.
-        model_version: the ``model_version`` value to write (default: the registry version, else
-            ``local:<sha12>``).
-        explain: add the ``explanations`` column (see ``score_frame``).
-        workers: scoring processes (spawned; each loads the model once with ``torch_threads``, default
-            1, intra-op threads); None means 1 (see ``DEFAULT_WORKERS``). More than 1 needs a model
-            directory: with ``predictor``, its ``directory``.
-
-    Returns:
-        The totals over the whole file.
-
-    Raises:
-        ScoreError: bad arguments, a missing text column, a work directory from another input or
-            model, or an existing work directory without ``resume``.
-    """
+    """``run_score`` once the output's lock is held (same arguments and errors)."""
     from model.predictor import Predictor
     from model.uri import ModelRef, resolve_model
 
@@ -224,6 +296,8 @@ def _run_score(
         raise ScoreError("--chunk-size must be at least 1")
     if workers is not None and workers < 1:
         raise ScoreError("--workers must be at least 1")
+    if on_bad_row not in ON_BAD_ROW:
+        raise ScoreError(f"--on-bad-row must be one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
     if dst.is_dir():
         raise ScoreError(f"output {dst} is a directory; give a file path")
     if dst.exists() and dst.samefile(src):
@@ -241,7 +315,7 @@ def _run_score(
             download = stack.enter_context(tempfile.TemporaryDirectory(prefix="adrisk-score-"))
             ref = resolve_model(model_uri, download)  # the directory lives while workers load from it
             if workers == 1:
-                predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=torch_threads)
+                predictor = Predictor.load(ref.directory, runtime=runtime, num_threads=threads)
         else:
             if workers > 1 and predictor.directory is None:
                 raise ScoreError("--workers > 1 needs a model directory to load in each worker")
@@ -250,7 +324,7 @@ def _run_score(
             )
         pool = None
         if workers > 1:
-            pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, torch_threads or 1))
+            pool = stack.enter_context(_WorkerPool(workers, ref.directory, runtime, threads or 1))
         return _score_chunks(
             src,
             dst,
@@ -264,6 +338,7 @@ def _run_score(
             progress=progress,
             model_version=model_version,
             explain=explain,
+            on_bad_row=on_bad_row,
         )
 
 
@@ -324,24 +399,21 @@ def _score_chunks(
     progress: bool,
     model_version: str | None,
     explain: bool,
+    on_bad_row: str,
 ) -> ScoreSummary:
     """The chunk loop of ``_run_score`` (in this process, or on ``pool``)."""
     from concurrent.futures.process import BrokenProcessPool
 
     from model.artifact import load_meta
 
-    # the thresholds the workers serve with (a student variant brings its own)
-    if predictor is not None:
-        meta = predictor.meta
-    else:
-        meta = load_meta(ref.directory).for_runtime(pool.runtime if pool is not None else "auto")
+    meta = predictor.meta if predictor is not None else load_meta(ref.directory)
     version = model_version or _model_version(ref, meta)
     labels = list(meta.labels)
     stat = src.stat()
+    by_position = file_format(src) == "jsonl"  # resumed by the position and hash of the scored lines
     identity = {
         "input": str(src.resolve()),
-        "input_bytes": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
+        **({} if by_position else {"input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}),
         "text_column": text_column,
         "chunk_size": chunk_size,
         "model_version": version,
@@ -355,6 +427,7 @@ def _score_chunks(
     manifest_path = work / MANIFEST
     summary = ScoreSummary(flagged_per_label=dict.fromkeys(labels, 0), model_version=version, output=str(dst))
     done = 0
+    start: ReadPosition | None = None
     if resume and manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         changed = [k for k, v in identity.items() if manifest.get("identity", {}).get(k) != v]
@@ -364,8 +437,15 @@ def _score_chunks(
                 "delete it to start over"
             )
         done = int(manifest["chunks_done"])
+        if by_position and done:
+            if "input_position" not in manifest:
+                raise ScoreError(
+                    f"cannot resume {work}: it records no input position; delete it to start over"
+                )
+            start = ReadPosition(**manifest["input_position"])
         saved = manifest["summary"]
         summary.rows, summary.missing, summary.flagged = saved["rows"], saved["missing"], saved["flagged"]
+        summary.bad_rows = saved.get("bad_rows", 0)
         summary.flagged_per_label.update(saved["flagged_per_label"])
         summary.seconds = saved["seconds"]
         logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
@@ -381,23 +461,41 @@ def _score_chunks(
     t0 = time.perf_counter() - summary.seconds
     from tqdm import tqdm
 
-    def scored() -> Iterator[tuple[int, pd.DataFrame]]:
-        """(chunk index, scored frame) in input order; with a pool, up to 2 chunks per worker in flight."""
-        chunks = ((i, c) for i, c in enumerate(iter_chunks(src, chunk_size)) if i >= done)
+    def read() -> Iterator[tuple[int, pd.DataFrame, ReadPosition | None]]:
+        """(chunk index, chunk, input position after it) from the first unfinished chunk on."""
+        if not by_position:
+            chunks = iter_chunks(src, chunk_size, on_bad_row=on_bad_row)
+            yield from ((i, c, None) for i, c in enumerate(chunks) if i >= done)
+            return
+        try:
+            chunks = iter_jsonl_chunks(src, chunk_size, on_bad_row=on_bad_row, start=start)
+            yield from ((done + i, c, p) for i, (c, p) in enumerate(chunks))
+        except InputChanged as e:
+            raise ScoreError(f"cannot resume {work}: {e}; delete it to start over") from None
+
+    def scored() -> Iterator[tuple[int, pd.DataFrame, ReadPosition | None]]:
+        """(chunk index, scored frame, input position) in input order; with a pool, up to 2 chunks per
+        worker in flight. A bad line stops the read only after every chunk before it is scored."""
         if pool is None:
-            for i, chunk in chunks:
-                yield i, score_frame(chunk, predictor, text_column, version, explain=explain)
+            for i, chunk, position in read():
+                yield i, score_frame(chunk, predictor, text_column, version, explain=explain), position
             return
         pending: deque = deque()
         try:
-            for i, chunk in chunks:
-                pending.append((i, pool.submit(chunk, text_column, version, explain)))
-                while len(pending) >= 2 * pool.n:
-                    j, fut = pending.popleft()
-                    yield j, fut.result()
+            try:
+                for i, chunk, position in read():
+                    pending.append((i, position, pool.submit(chunk, text_column, version, explain)))
+                    while len(pending) >= 2 * pool.n:
+                        j, p, fut = pending.popleft()
+                        yield j, fut.result(), p
+            except ScoreError:  # a bad line: the chunks before it are finished and kept for --resume
+                while pending:
+                    j, p, fut = pending.popleft()
+                    yield j, fut.result(), p
+                raise
             while pending:
-                j, fut = pending.popleft()
-                yield j, fut.result()
+                j, p, fut = pending.popleft()
+                yield j, fut.result(), p
         except BrokenProcessPool as e:
             raise ScoreError(
                 f"a scoring worker died ({e}); finished chunks are kept: rerun with --resume"
@@ -412,13 +510,14 @@ def _score_chunks(
         dynamic_ncols=True,
         desc="scoring",
     ) as bar:
-        for i, out in scored():
+        for i, out, position in scored():
             part = work / PART.format(i)
             tmp = part.with_name(part.name + ".tmp")
             pq.write_table(to_arrow(out), tmp)
             os.replace(tmp, part)
             summary.rows += len(out)
             summary.missing += int(out["error"].notna().sum())
+            summary.bad_rows += int(out["error"].isin(BAD_ROW_ERRORS).sum())
             summary.flagged += int(out["flagged"].fillna(False).sum())
             for name in labels:
                 thr = meta.thresholds[name]
@@ -429,6 +528,7 @@ def _score_chunks(
                 {
                     "identity": identity,
                     "chunks_done": i + 1,
+                    **({"input_position": position.to_dict()} if position is not None else {}),
                     "summary": {
                         k: v for k, v in asdict(summary).items() if k not in ("model_version", "output")
                     },

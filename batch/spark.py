@@ -380,6 +380,7 @@ def run_spark_score(
     runtime: str = "auto",
     ship: bool = True,
     progress: bool = True,
+    on_bad_row: str = "error",
 ):
     """``adrisk score --engine spark``: ``batch.score.run_score`` with the texts scored on Spark.
 
@@ -394,6 +395,7 @@ def run_spark_score(
         partitions: fixed partitions per job (default: sized from the rows and the task slots).
         ship: ship the model with ``SparkContext.addFile`` (False: executors read the driver's
             path, which must be on shared storage).
+        on_bad_row: as ``run_score``.
 
     Returns:
         ``batch.score.ScoreSummary``.
@@ -424,6 +426,7 @@ def run_spark_score(
         progress=progress,
         predictor=scorer,
         model_version=version,
+        on_bad_row=on_bad_row,
     )
 
 

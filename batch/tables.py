@@ -3,8 +3,11 @@ concatenation of part files under one schema, atomic appends, and the jobs' user
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +17,16 @@ import pyarrow.parquet as pq
 from model.pyfunc import ADDED_COLUMNS, SCORE_PREFIX
 from model.pyfunc import is_missing as _is_missing
 
+logger = logging.getLogger(__name__)
+
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+ON_BAD_ROW = ("error", "mark")  # what a JSON Lines line that is not one JSON object does
+INVALID_JSON = "invalid_json"  # the ``error`` value of a marked line that is not JSON (or not UTF-8)
+NOT_AN_OBJECT = "not_an_object"  # ... of a marked line holding an array, a string, a number or null
+BAD_ROW_ERRORS = (INVALID_JSON, NOT_AN_OBJECT)
+# the column a marked line's error travels in from the reader to ``batch.score.score_frame`` (dropped there)
+BAD_ROW_COLUMN = "__adrisk_bad_row__"
+_BAD_LINES_LOGGED = 10
 
 
 class ScoreError(Exception):
@@ -29,26 +41,129 @@ def file_format(path: Path) -> str:
     return fmt
 
 
-def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+class InputChanged(ScoreError):
+    """The part of the input a resumed job already scored is not what it scored."""
+
+
+@dataclass(frozen=True)
+class ReadPosition:
+    """How far a JSON Lines file has been read: ``bytes`` and ``lines`` from its start, and the sha256
+    of those bytes (a resumed job checks the lines it already scored are unchanged)."""
+
+    bytes: int = 0
+    lines: int = 0
+    sha256: str = hashlib.sha256(b"").hexdigest()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def iter_chunks(path: Path, chunk_size: int, *, on_bad_row: str = "error") -> Iterator[pd.DataFrame]:
     """DataFrames of at most ``chunk_size`` rows, in file order. CSV columns are read as strings
-    (an empty field is missing); JSONL values keep their JSON types; Parquet keeps its schema."""
+    (an empty field is missing); JSONL values keep their JSON types; Parquet keeps its schema.
+
+    Args:
+        on_bad_row: for JSON Lines, ``error`` (a line that is not one JSON object stops the read with
+            its line number and byte offset) or ``mark`` (the line becomes a row whose
+            ``BAD_ROW_COLUMN`` holds ``invalid_json`` or ``not_an_object``; see ``iter_jsonl_chunks``).
+
+    Raises:
+        ScoreError: a row that cannot be parsed (its file line, never its content).
+    """
     fmt = file_format(path)
     if fmt == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
             yield batch.to_pandas()
         return
+    if fmt == "jsonl":
+        for df, _ in iter_jsonl_chunks(path, chunk_size, on_bad_row=on_bad_row):
+            yield df
+        return
     try:
-        if fmt == "csv":
-            reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
-        else:  # utf-8-sig: a leading byte-order mark (Windows tools) is skipped, as read_csv does
-            reader = pd.read_json(
-                path, lines=True, chunksize=chunk_size, dtype=False, convert_dates=False, encoding="utf-8-sig"
-            )
+        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
         with reader:
             yield from _checked_chunks(reader, path, fmt)
-    except (ValueError, TypeError) as e:  # pandas' parse errors give positions, never the content
-        kind = "CSV" if fmt == "csv" else "JSON Lines (one JSON object per line)"
-        raise ScoreError(f"{path}: not valid {kind}: {type(e).__name__}: {e}") from None
+    except (ValueError, TypeError) as e:  # pandas' parse errors give file lines, never the content
+        raise ScoreError(f"{path}: not valid CSV: {type(e).__name__}: {e}") from None
+
+
+def iter_jsonl_chunks(
+    path: Path, chunk_size: int, *, on_bad_row: str = "error", start: ReadPosition | None = None
+) -> Iterator[tuple[pd.DataFrame, ReadPosition]]:
+    """``(chunk, position after it)`` for a JSON Lines file: one JSON object per line, values keep
+    their JSON types, blank lines are skipped, a leading byte-order mark is ignored.
+
+    Args:
+        on_bad_row: ``error``: a line that is not valid JSON (or UTF-8), or holds an array, a string,
+            a number or null, raises ``ScoreError`` naming its file line and byte offset (never its
+            content); ``mark``: it becomes a row with only ``BAD_ROW_COLUMN`` set (``invalid_json`` or
+            ``not_an_object``), so nothing is lost and row ``k`` of the output is still data line ``k``.
+        start: continue from this position (of an earlier read of the same file) after checking that
+            the file's first ``start.bytes`` bytes still hash to ``start.sha256``.
+
+    Raises:
+        ScoreError: a bad line with ``on_bad_row="error"``, or an unknown ``on_bad_row``.
+        InputChanged: the bytes before ``start`` changed.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ScoreError(f"--on-bad-row must be one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
+    pos = start or ReadPosition()
+    digest = hashlib.sha256()
+    bad_lines = 0
+    with open(path, "rb") as f:
+        if start is not None:
+            left = start.bytes
+            while left > 0 and (block := f.read(min(left, 1 << 20))):
+                digest.update(block)
+                left -= len(block)
+            if left or digest.hexdigest() != start.sha256:
+                raise InputChanged(
+                    f"{path}: its first {start.lines} lines, already scored, changed since the run started"
+                )
+        offset, line_no, rows = pos.bytes, pos.lines, []
+        for raw in f:
+            digest.update(raw)
+            line_start, offset, line_no = offset, offset + len(raw), line_no + 1
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            row, problem = _parse_line(raw)
+            if problem is not None:
+                where = f"{path}: line {line_no} (byte {line_start})"
+                if on_bad_row == "error":
+                    raise ScoreError(
+                        f"{where} {problem[1]}; JSON Lines needs one JSON object per line: fix or delete "
+                        f"that line and rerun with --resume, or pass --on-bad-row mark to keep it as a row "
+                        f"with error={problem[0]}"
+                    )
+                bad_lines += 1
+                if bad_lines <= _BAD_LINES_LOGGED:
+                    logger.warning("%s %s: kept as a row with error=%s", where, problem[1], problem[0])
+                row = {BAD_ROW_COLUMN: problem[0]}
+            rows.append(row)
+            if len(rows) == chunk_size:
+                yield pd.DataFrame.from_records(rows), ReadPosition(offset, line_no, digest.hexdigest())
+                rows = []
+        if rows:
+            yield pd.DataFrame.from_records(rows), ReadPosition(offset, line_no, digest.hexdigest())
+    if bad_lines > _BAD_LINES_LOGGED:
+        logger.warning("%s: %d bad lines in all, kept as rows with an error", path, bad_lines)
+
+
+def _parse_line(raw: bytes) -> tuple[dict, None] | tuple[None, tuple[str, str]]:
+    """``(object, None)``, or ``(None, (error value, what is wrong))`` for a line that is not one
+    JSON object (the description never quotes the line)."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return None, (INVALID_JSON, f"is not valid UTF-8 (byte {e.start} of the line)")
+    except json.JSONDecodeError as e:
+        return None, (INVALID_JSON, f"is not valid JSON ({e.msg}, column {e.colno})")
+    if not isinstance(value, dict):
+        kinds = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", type(None): "null"}
+        return None, (NOT_AN_OBJECT, f"is {kinds.get(type(value), 'a JSON number')}, not an object")
+    return value, None
 
 
 def _checked_chunks(reader, path: Path, fmt: str) -> Iterator[pd.DataFrame]:

@@ -14,8 +14,8 @@ from model.encoding import TextEncoder
 from training.base_model import load_tokenizer, resolve_base_model
 from training.config import load_config
 from training.data import load_data
-from training.domain import training_rows
 from training.loop import epoch_batches
+from training.views import training_rows
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     b = load_data(cfg.data, cfg.label_schema, cfg.seed)
     enc = TextEncoder(load_tokenizer(resolve_base_model(cfg.base_model)), cfg.train.max_length)
     for views in ([], args.views):
-        r = training_rows(b.train.texts, b.train.targets, b.train.sources, views, 1.0, False, cfg.seed)
+        r = training_rows(b.train.texts, b.train.targets, views, 1.0, cfg.seed)
         lengths = np.array([len(x) for x in enc.encode(r.texts).input_ids])
         batches = epoch_batches(lengths, cfg.train.batch_size, cfg.train.length_group_size, cfg.seed)
         padded = sum(len(x) * int(lengths[x].max()) for x in batches)

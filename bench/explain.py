@@ -9,7 +9,7 @@ Usage::
 
 Slices (seeded): for each label, up to ``--per-label`` test rows (among the first ``--pool`` rows
 carrying it, in a seeded order) that carry the label AND that the model flags for it (explanations are shown for flagged labels). On each slice and method: attribute,
-then the deletion test (``model.explain.deletion_test``): delete the top-k positively attributed words
+then the deletion test (``bench/explain_faithfulness.py``): delete the top-k positively attributed words
 from the original text and re-score, vs k random words (mean of ``--draws`` draws); the figure is the
 mean drop of the label's calibrated probability, top-k minus random (the margin), and the share of
 texts where top-k beats random.
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--example", default=None, help="only print this text's explanation (JSON + highlight)")
     args = ap.parse_args(argv)
 
-    from model.explain import Explainer, deletion_test
+    from bench.explain_faithfulness import deletion_test
+    from model.explain import Explainer
     from model.predictor import Predictor
 
     model_dir = args.model or find_model(Path("/work/runs/demo0/outputs"))
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cost_texts = [t for texts in slices.values() for t in texts][: args.cost_texts]
         cost_labels, what = None, "flagged labels"
-    runtimes = ["torch", *sorted((pred.meta.runtimes or {}).get("variants", {}))]
+    runtimes = ["torch", *sorted(pred.meta.runtimes.variants)]
     print(
         f"\nCost: Explainer.explain ({what}, top 5) on {len(cost_texts)} texts, wall clock; plain = predict "
         f"on the same texts and runtime"

@@ -106,6 +106,43 @@ def run(
     return out
 
 
+class GroupDRO:
+    """Online group DRO weights (Sagawa et al. 2020, "Distributionally robust neural networks for group
+    shifts", Algorithm 1): the loss is a q-weighted sum of per-group mean losses, q following an
+    exponentiated-gradient ascent on the groups' losses. Kept here, with the experiment it measured:
+    adrisk's loop no longer offers it (docs/generalisation.md §5)."""
+
+    def __init__(self, n_groups: int, eta: float):
+        import torch
+
+        self.eta = eta
+        self.q = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float64)
+
+    def loss(self, per_row_loss, group_ids):
+        import torch
+
+        g = self.q.numel()
+        counts = torch.bincount(group_ids, minlength=g).to(per_row_loss.dtype)
+        sums = torch.zeros(g, dtype=per_row_loss.dtype).scatter_add(0, group_ids, per_row_loss)
+        present = counts > 0
+        means = torch.where(present, sums / counts.clamp(min=1), torch.zeros_like(sums))
+        with torch.no_grad():
+            step = torch.where(
+                present, self.eta * means.detach().double(), torch.zeros(g, dtype=torch.float64)
+            )
+            self.q = self.q * torch.exp(step)
+            self.q = self.q / self.q.sum()
+        w = self.q.to(per_row_loss.dtype) * present
+        return (w * means).sum() / w.sum().clamp(min=1e-12)
+
+
+def group_keys(sources, is_view, targets: np.ndarray) -> np.ndarray:
+    """Group id per row: (source, view or original text, any label positive), ids 0..G-1."""
+    pos = (np.asarray(targets).sum(axis=1) > 0).tolist()
+    keys = [f"{s}|{int(v)}|{int(p)}" for s, v, p in zip(sources, is_view, pos, strict=True)]
+    return np.unique(np.asarray(keys), return_inverse=True)[1].astype(np.int64)
+
+
 def run_linear(
     train: pd.DataFrame,
     val: pd.DataFrame,
@@ -116,16 +153,17 @@ def run_linear(
     eta: float = 0.01,
 ) -> dict[str, float]:
     """The same features, one linear layer trained by Adam in torch with the project's loss and, with
-    ``dro``, group DRO over ``training.domain.group_keys`` (the loop's groups): ERM vs DRO with
-    everything else equal."""
+    ``dro``, group DRO over ``group_keys``: ERM vs DRO with everything else equal."""
     import torch
 
-    from training.domain import GroupDRO, training_rows
+    from training.views import training_rows
 
     torch.manual_seed(seed)
-    rows = training_rows(
-        train.text.tolist(), train[list(LABELS)].to_numpy(), train.source.tolist(), views, 1.0, False, seed
-    )
+    rows = training_rows(train.text.tolist(), train[list(LABELS)].to_numpy(), views, 1.0, seed)
+    n = len(train)
+    _, origin = augment_rows(train.text.tolist(), views, 1.0, seed) if views else ([], np.zeros(0, np.int64))
+    sources = train.source.tolist() + [train.source.iloc[i] for i in origin.tolist()]
+    group_ids = group_keys(sources, [False] * n + [True] * len(origin), rows.targets)
     feats = FeatureUnion(
         [
             ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000)),
@@ -145,7 +183,7 @@ def run_linear(
     loss_fn = torch.nn.BCEWithLogitsLoss(
         pos_weight=torch.clamp((len(y) - pos) / pos.clamp(min=1), 1, 10), reduction="none"
     )
-    groups = torch.from_numpy(rows.group_ids)
+    groups = torch.from_numpy(group_ids)
     gdro = GroupDRO(int(groups.max()) + 1, eta) if dro else None
     rng = np.random.default_rng(seed)
 

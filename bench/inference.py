@@ -240,7 +240,7 @@ def _load_predictor(model: str, variant: str, threads: int):
     if variant != "onnx-int8-batched":
         return Predictor.load(model, runtime=variant, num_threads=threads)
     p = Predictor.load(model, runtime="torch", num_threads=threads)
-    info = {**p.meta.runtimes["variants"][INT8_VARIANT], "per_row": False, "name": variant}
+    info = p.meta.runtimes.variants[INT8_VARIANT].model_copy(update={"per_row": False, "name": variant})
     return Predictor(p.encoder, OnnxRuntime(model, info, num_threads=threads), p.meta, blend=p.blend)
 
 
@@ -368,8 +368,8 @@ def _table(results: dict[str, dict], targets: np.ndarray, meta, cpu: dict) -> li
     hf_name = _faster_pipeline(results)
     hf = results[hf_name]["texts_per_s"] if hf_name else None  # the faster pipeline at its default threads
     hfm = results.get("hf-pipeline-matched", {}).get("texts_per_s")
-    recorded = (meta.runtimes or {}).get("variants", {})
-    default = (meta.runtimes or {}).get("default", "torch")
+    recorded = meta.runtimes.variants
+    default = meta.runtimes.default
     short = {n: n.split("_")[0][:8] for n in labels}
     header = (
         ["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"]
@@ -382,7 +382,7 @@ def _table(results: dict[str, dict], targets: np.ndarray, meta, cpu: dict) -> li
         r["ap"], r["ap_delta"] = per_label_ap(probs, targets, labels), ap_deltas(probs, ref, targets, labels)
         gflops = r["flops"] / r["wall_s"] / 1e9
         r["gflop_per_s"] = gflops
-        gate = recorded.get(v, {}).get("passed")
+        gate = recorded[v].passed if v in recorded else None
         cells = [
             f"{v} (default)" if v == default else v,
             "own default" if r["threads"] is None else str(r["threads"]),
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = np.sort(np.random.default_rng(args.seed).permutation(len(texts))[: args.limit])
         texts, targets = [texts[i] for i in idx], targets[idx]
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-    recorded = set((meta.runtimes or {}).get("variants", {}))
+    recorded = set(meta.runtimes.variants)
     cpu = cpu_info()
     load_start = os.getloadavg()[0]
 
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     lines = _table(results, targets, meta, cpu)
+
     print(
         f"\n{len(texts)} texts from {args.data} (seed {args.seed}), model {args.model} "
         f"(max_length {meta.max_length}), one process each; adrisk variants and hf-pipeline-matched at {threads} "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import re
 import resource
 import sys
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--work", default="/tmp/adrisk-linkbench")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "risky-ads-v1"))
+    default = os.environ.get("ADRISK_DATA_DIR") or ROOT.parent / "shared" / "datasets" / "risky-ads-v1"
+    ap.add_argument("--data", default=str(default))
     ap.add_argument("--similarity", type=float, default=LinkConfig.similarity)
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=13)
@@ -148,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ads: {r['ads']}  contacts: {r['contacts']}  template clusters (2+): {r['templates_multi']}  "
         f"true clusters (2+): {int((np.bincount(truth) >= 2).sum())}  personas (2+): {r['personas_multi']}"
+    )
+    print(
+        f"personas: largest {int(np.bincount(res.persona_id).max())} ads (max persona {r['max_persona']}); "
+        f"{r['personas_split']} component(s) above it ({r['persona_split_ads']} ads) split into "
+        f"{r['persona_split_parts']} personas"
     )
     print(
         f"full link pass (extraction + personas + template clusters + templates): wall {wall:.1f}s "

@@ -9,10 +9,12 @@ Prints pairwise link precision/recall of ``persona_id`` beside "identical normal
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,26 +39,34 @@ def pair_counts(pred, true) -> tuple[float, float, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "risky-ads-v1"))
+    default = os.environ.get("ADRISK_DATA_DIR") or ROOT.parent / "shared" / "datasets" / "risky-ads-v1"
+    ap.add_argument("--data", default=str(default))
     ap.add_argument("--split", default="test")
     ap.add_argument("--source", default="backpage_escort_ca_2018")
-    ap.add_argument("--hub-cap", type=int, default=50)
+    ap.add_argument("--hub-cap", type=int, default=LinkConfig.hub_cap)
+    ap.add_argument("--max-persona", type=int, default=LinkConfig.max_persona)
     args = ap.parse_args(argv)
     df = pd.read_json(Path(args.data) / f"{args.split}.jsonl", lines=True, dtype=False)
     df = df[df["source"] == args.source].reset_index(drop=True)
     t0 = time.perf_counter()
-    res = link_frame(df, LinkConfig(hub_cap=args.hub_cap))
+    res = link_frame(df, LinkConfig(hub_cap=args.hub_cap, max_persona=args.max_persona))
     secs = time.perf_counter() - t0
+    closure = link_frame(df, LinkConfig(hub_cap=args.hub_cap, max_persona=len(df) + 2))
     ident = pd.Series([normalize_text(t) for t in df["text"]]).factorize()[0]
     print(f"{args.split}: {len(df)} ads of {args.source}; true linked pairs from `group`")
     print(f"{'method':<34} {'precision':>9} {'recall':>7} {'pred pairs':>10} {'true pairs':>10}")
     for name, pred in (
-        ("persona_id (contacts + text)", res.persona_id),
+        (f"persona_id (max persona {args.max_persona})", res.persona_id),
+        ("connected components (no bound)", closure.persona_id),
         ("identical normalised text only", ident),
     ):
         p, r, pp, tp = pair_counts(pred, df["group"].to_numpy())
         print(f"{name:<34} {p:>9.4f} {r:>7.4f} {pp:>10} {tp:>10}")
-    print(f"linking took {secs:.2f}s; hub contacts cut: {res.report['hub_contacts_cut']}")
+    print(
+        f"linking took {secs:.2f}s; hub contacts cut: {res.report['hub_contacts_cut']}; persona components "
+        f"split: {res.report['personas_split']}; largest persona {int(np.bincount(res.persona_id).max())} "
+        f"ads (no bound: {int(np.bincount(closure.persona_id).max())})"
+    )
     return 0
 
 

@@ -93,7 +93,7 @@ def _start(
         str(max_batch),
         "--max-wait-ms",
         str(max_wait_ms),
-        "--torch-threads",
+        "--threads",
         str(threads),
         "--queue-size",
         "100000",

@@ -33,7 +33,7 @@ def run_one(config: str, rows: int, bf16: bool) -> dict:
     from training.base_model import build_model, load_tokenizer, resolve_base_model
     from training.config import load_config
     from training.data import load_data
-    from training.loop import fit, predict_logits
+    from training.loop import FitData, fit, predict_logits
     from training.variant_gate import per_label_ap
 
     cfg = load_config(
@@ -50,19 +50,10 @@ def run_one(config: str, rows: int, bf16: bool) -> dict:
     model = build_model(base, cfg.base_model, schema, len(tok))
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        fit(
-            model,
-            enc,
-            ids["train"],
-            bundle.train.targets,
-            ids["validation"],
-            bundle.validation.targets,
-            schema,
-            cfg.train,
-            cfg.seed,
-            Path(d),
-            "precision-bench",
+        data = FitData(
+            enc, ids["train"], bundle.train.targets, ids["validation"], bundle.validation.targets, schema
         )
+        fit(model, data, cfg.train, cfg.seed, Path(d), "precision-bench")
         secs = time.perf_counter() - t0
     logits = predict_logits(model, enc, ids["test"], cfg.train.eval_batch_size)
     return {

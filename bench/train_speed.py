@@ -86,7 +86,7 @@ def _prepare(config: str, rows: int, overrides: list[str]):
 def run_adrisk(config: str, rows: int, overrides: list[str], bf16: bool | str = "auto") -> dict:
     """One trial of adrisk's loop; returns examples/s, seconds, peak RSS (MB)."""
     from training.base_model import build_model
-    from training.loop import fit
+    from training.loop import FitData, fit
 
     cfg, schema, base, tok, encoder, train_ids, train_y, val_ids, val_y = _prepare(config, rows, overrides)
     cfg.train.checkpoint_every_steps = 10**9
@@ -95,9 +95,8 @@ def run_adrisk(config: str, rows: int, overrides: list[str], bf16: bool | str = 
     rss0 = _peak_rss_mb()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        res = fit(
-            model, encoder, train_ids, train_y, val_ids, val_y, schema, cfg.train, cfg.seed, Path(d), "bench"
-        )
+        data = FitData(encoder, train_ids, train_y, val_ids, val_y, schema)
+        res = fit(model, data, cfg.train, cfg.seed, Path(d), "bench")
         dt = time.perf_counter() - t0
     return {
         "examples_per_s": len(train_ids) / dt,

@@ -22,7 +22,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from model.normalize import NORMALIZATION_VERSION
 from model.schema import LabelSchema
@@ -60,6 +68,113 @@ class ThresholdInfo(BaseModel):
     )
 
 
+class _Record(BaseModel):
+    """A record another component writes into ``adrisk.json`` (the ONNX export and its gate): the fields
+    ``model/`` reads are declared and typed; further measurements are kept as written. Serialised with
+    the fields it was given only, so a file round-trips unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _given_fields(self, handler: Any) -> Any:
+        data = handler(self)
+        if not isinstance(self, BaseModel) or not isinstance(data, dict):  # a plain dict set by model_copy
+            return data
+        given = set(self.model_fields_set) | set(self.model_extra or {})
+        return {k: v for k, v in data.items() if k in given}
+
+
+class StudentInfo(_Record):
+    """The distilled student a variant runs (``training/experiments/distill.py``)."""
+
+    num_hidden_layers: int | None = None
+    teacher_layers: list[int] | None = None
+    weights_sha256: str | None = None
+
+
+class RuntimeVariant(_Record):
+    """One ONNX Runtime variant under ``<dir>/onnx/`` and what its accuracy gate measured."""
+
+    file: str = Field(description="file name under onnx/")
+    name: str | None = None
+    sha256: str | None = Field(default=None, description="checked at load when present")
+    precision: str = Field(
+        default="", description="e.g. 'fp32', 'int8-dynamic, per-row', 'int8-static', 'int8-per-token'"
+    )
+    per_row: bool | None = Field(default=None, description="run each text alone (``runs_per_row``)")
+    opset: int | None = None
+    source_weights_sha256: str | None = Field(
+        default=None, description="the model.safetensors it was exported from; checked at load"
+    )
+    exported_with: dict[str, str] = Field(default_factory=dict, description="library versions")
+    student: StudentInfo | None = Field(default=None, description="set when it runs the distilled student")
+    passed: bool = Field(
+        default=False, description="passed the gate (only passing variants become the default)"
+    )
+    texts_per_s: float | None = None
+    ap: dict[str, float | None] = Field(default_factory=dict)
+    ap_delta: dict[str, float | None] = Field(default_factory=dict, description="variant minus torch fp32")
+    ap_delta_interval: dict[str, list[float] | None] = Field(default_factory=dict)
+    decision_delta: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    decision_max_abs: float | None = None
+    decision_passed: bool | None = None
+    max_abs_prob_diff: float | None = None
+    batch_invariance_max_abs: float | None = None
+    fp32_groups: list[str] | None = Field(default=None, description="mixed int8: the groups kept fp32")
+    sensitivity: dict[str, float] | None = None
+
+    @property
+    def runs_per_row(self) -> bool:
+        """Whether the runtime scores each text alone: ``per_row``, else (entries written before it was
+        recorded) a dynamically quantised int8 precision."""
+        if self.per_row is not None:
+            return self.per_row
+        return self.precision == "int8" or self.precision.startswith("int8-dynamic")
+
+
+class TorchReference(_Record):
+    """The fp32 torch reference the variants were gated against."""
+
+    texts_per_s: float
+    ap: dict[str, float | None] = Field(default_factory=dict)
+
+
+class GateRecord(_Record):
+    """The gate's settings when the variants were gated (``training.onnx_export``)."""
+
+    metric: str = "ap"
+    tolerance: float | None = None
+    confidence: float | None = None
+    resamples: int | None = None
+    reference: str | None = None
+    n_texts: int | None = None
+    num_threads: int | None = None
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    batch_invariance_tolerance: float | None = None
+    decision_tolerance: float | None = None
+
+
+class Runtimes(_Record):
+    """``adrisk.json`` ``runtimes``: the ONNX variants, the torch reference, the gate, and the runtime
+    ``Predictor.load(runtime="auto")`` serves (``default``: the fastest that passed, else torch)."""
+
+    default: str = "torch"
+    variants: dict[str, RuntimeVariant] = Field(default_factory=dict)
+    torch: TorchReference | None = None
+    gate: GateRecord | None = None
+
+
+class BlendRecord(BaseModel):
+    """``adrisk.json`` ``blend``: the TF-IDF blend's files (``model/blend.py``) with their sha256, and
+    the labels it is used for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str] = Field(description="file name -> sha256")
+    labels: list[str] = Field(default_factory=list)
+
+
 class ArtifactMeta(BaseModel):
     """Contents of ``adrisk.json``.
 
@@ -76,9 +191,6 @@ class ArtifactMeta(BaseModel):
     threshold_info: dict[str, ThresholdInfo] = Field(default_factory=dict)
     temperatures: list[float]
     max_length: int = Field(gt=2, le=8192)
-    tail_tokens: int = Field(
-        0, ge=0, description="head+tail truncation: tokens kept from a long text's end (model.encoding)"
-    )
     normalization: str = NORMALIZATION_VERSION
     base_model: str = ""
     base_model_sha256: str | None = None
@@ -86,14 +198,51 @@ class ArtifactMeta(BaseModel):
     data_fingerprint: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    runtimes: dict[str, Any] = Field(
-        default_factory=dict,
+    runtimes: Runtimes = Field(
+        default_factory=Runtimes,
         description="optional non-torch runtimes (ONNX variants) and their accuracy gate",
     )
-    blend: dict[str, Any] = Field(
-        default_factory=dict,
-        description="optional TF-IDF blend (model/blend.py): files with sha256 and the blended labels",
+    blend: BlendRecord | None = Field(
+        default=None, description="optional TF-IDF blend (model/blend.py); written as {} when absent"
     )
+
+    @field_validator("blend", mode="before")
+    @classmethod
+    def _no_blend(cls, value: Any) -> Any:
+        return None if value == {} else value
+
+    @field_serializer("blend")
+    def _blend_or_empty(self, value: BlendRecord | None) -> dict[str, Any]:
+        return {} if value is None else value.model_dump()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        """Read files written by earlier versions. ``tail_tokens`` (head+tail windows, removed): 0, the
+        head only, is how every model is served now and is dropped; a model trained with a tail is
+        refused, as it would be served other tokens than it learnt from. A runtime variant with its own
+        ``calibration`` (per-variant calibration, removed) is dropped, and the default falls back to
+        torch if it was one: served with the model's calibration it would flag other texts."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        tail = data.pop("tail_tokens", 0)
+        if tail:
+            raise ValueError(
+                f"tail_tokens={tail}: this model was trained with head+tail windows, which this "
+                "adrisk no longer serves (docs/generalisation.md §7); retrain it"
+            )
+        runtimes = data.get("runtimes")
+        if isinstance(runtimes, dict) and isinstance(runtimes.get("variants"), dict):
+            variants = runtimes["variants"]
+            own = sorted(n for n, v in variants.items() if isinstance(v, dict) and v.get("calibration"))
+            if own:
+                logger.warning("runtime variants %s need their own calibration (removed); not served", own)
+                runtimes = runtimes | {"variants": {n: v for n, v in variants.items() if n not in own}}
+                if runtimes.get("default") in own:
+                    runtimes["default"] = "torch"
+                data["runtimes"] = runtimes
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ArtifactMeta:
@@ -116,46 +265,6 @@ class ArtifactMeta(BaseModel):
     def threshold_vector(self) -> list[float]:
         """Thresholds in label order."""
         return [self.thresholds[n] for n in self.labels]
-
-    def for_runtime(self, name: str) -> ArtifactMeta:
-        """This metadata as runtime ``name`` serves it (``"auto"``: the recorded default). A variant
-        that carries its own ``calibration`` (a distilled student, whose logits are on another scale
-        than the model's) brings its own temperatures, thresholds and threshold info; every other
-        runtime serves these.
-
-        Raises:
-            ArtifactError: the variant's calibration does not fit the labels.
-        """
-        if name == "auto":  # what Predictor.load(runtime="auto") serves
-            name = (self.runtimes or {}).get("default", "torch")
-        cal = self.variant_calibration(name)
-        return self.with_calibration(cal, name) if cal else self
-
-    def variant_calibration(self, name: str) -> dict[str, Any] | None:
-        """Runtime variant ``name``'s own ``calibration`` entry (``training.onnx_export.variant_calibration``),
-        or None where it serves with this metadata's."""
-        return ((self.runtimes or {}).get("variants", {}).get(name) or {}).get("calibration") or None
-
-    def with_calibration(self, cal: dict[str, Any], name: str = "variant") -> ArtifactMeta:
-        """A copy with ``cal``'s ``temperatures`` and ``threshold_info`` (and the thresholds they hold).
-
-        Raises:
-            ArtifactError: ``cal`` does not fit the labels.
-        """
-        try:
-            info = {n: ThresholdInfo.model_validate(v) for n, v in cal["threshold_info"].items()}
-            return ArtifactMeta.model_validate(
-                self.model_dump()
-                | {
-                    "temperatures": list(cal["temperatures"]),
-                    "threshold_info": {n: i.model_dump() for n, i in info.items()},
-                    "thresholds": {n: i.threshold for n, i in info.items()},
-                }
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ArtifactError(
-                f"runtime {name!r}: its calibration in adrisk.json is invalid ({e})"
-            ) from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -231,9 +340,15 @@ def save_meta(directory: str | os.PathLike[str], meta: ArtifactMeta) -> Path:
 
     Saving the metadata completes an artifact: every file in it is given the umask's mode too
     (``publish_modes``), whatever wrote it.
+
+    Raises:
+        pydantic.ValidationError: ``meta`` (updated without validation) does not validate.
     """
     directory = Path(directory)
     publish_modes(directory)
+    # validated again: a model_copy(update=...) (a dict for ``runtimes``, say) is not, and what is
+    # written must load
+    meta = ArtifactMeta.model_validate(meta.model_dump(mode="json", warnings=False))
     weights = directory / WEIGHTS_FILE
     if weights.exists():
         meta = meta.model_copy(update={"weights_sha256": sha256_file(weights)})

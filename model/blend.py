@@ -1,4 +1,4 @@
-"""The TF-IDF blend: a linear text model beside the transformer, stacked per label (issue 10, item 3).
+"""The TF-IDF blend: a linear text model beside the transformer, stacked per label (docs/generalisation.md §6).
 
 A fine-tuned encoder and a TF-IDF + logistic-regression model make different errors (the encoder reads
 context within its window; the n-gram model sees every word of a long ad and exact phrasings), so a
@@ -13,8 +13,8 @@ Stored in the artifact as two files, no pickle (loading runs no code):
     <dir>/blend.json   vectoriser settings, vocabularies (feature order) and per-label stacking weights
     <dir>/blend.npz    idf weights and the logistic-regression coefficients (``numpy.savez``)
 
-``adrisk.json`` records ``blend: {"files": {...: sha256}, "labels": [...]}``; a file that does not match
-its checksum is an ``ArtifactError``.
+``adrisk.json`` records ``blend: {"files": {...: sha256}, "labels": [...]}`` (``BlendRecord``); a file
+that does not match its checksum is an ``ArtifactError``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from model.artifact import ArtifactError, sha256_file, write_json_atomic
+from model.artifact import ArtifactError, BlendRecord, sha256_file, write_json_atomic
 from model.normalize import normalize_text
 
 BLEND_JSON = "blend.json"
@@ -76,10 +76,6 @@ class TfidfBlend:
                 f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
             )
 
-    def with_weights(self, weights: dict[str, StackWeights]) -> TfidfBlend:
-        """The same TF-IDF model with other per-label stackers (a variant calibrated on its own logits)."""
-        return TfidfBlend(self.vectorizers, self.coef, self.intercept, self.labels, weights)
-
     def tfidf_logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) raw texts -> (n, L) float64 logistic-regression logits (texts normalised as in training)."""
         from scipy.sparse import hstack
@@ -108,7 +104,7 @@ class TfidfBlend:
     # ---------------------------------------------------------------------------------------------
     # storage
 
-    def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+    def save(self, directory: str | os.PathLike[str]) -> BlendRecord:
         """Write ``blend.json`` and ``blend.npz`` into an artifact directory; returns the
         ``adrisk.json`` ``blend`` entry (files with sha256, blended labels)."""
         directory = Path(directory)
@@ -137,13 +133,13 @@ class TfidfBlend:
         tmp = directory / (BLEND_NPZ + ".tmp.npz")
         np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle comes first
         os.replace(tmp, directory / BLEND_NPZ)
-        return {
-            "files": {f: sha256_file(directory / f) for f in (BLEND_JSON, BLEND_NPZ)},
-            "labels": sorted(self.weights),
-        }
+        return BlendRecord(
+            files={f: sha256_file(directory / f) for f in (BLEND_JSON, BLEND_NPZ)},
+            labels=sorted(self.weights),
+        )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], entry: dict[str, Any]) -> TfidfBlend:
+    def load(cls, directory: str | os.PathLike[str], entry: BlendRecord) -> TfidfBlend:
         """Read the blend recorded in ``entry`` (``adrisk.json`` ``blend``) from an artifact directory.
 
         Raises:
@@ -152,7 +148,7 @@ class TfidfBlend:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         directory = Path(directory)
-        files = entry.get("files") or {}
+        files = entry.files
         for f in (BLEND_JSON, BLEND_NPZ):
             path = directory / f
             if not path.is_file():

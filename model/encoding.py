@@ -29,37 +29,18 @@ class Encoded:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def window_positions(n: int, max_length: int, tail_tokens: int) -> np.ndarray:
-    """Token positions kept of an ``n``-token sequence ``[first special] body [last special]`` in a
-    window of ``max_length``: all of them when it fits, else the first special, the head of the body,
-    its last ``tail_tokens`` tokens and the last special ("head+tail" truncation, Sun et al., "How to
-    Fine-Tune BERT for Text Classification?", CCL 2019). ``tail_tokens=0`` is plain head truncation.
-
-    Returns:
-        (min(n, max_length),) int64 ascending positions.
-    """
-    if n <= max_length:
-        return np.arange(n, dtype=np.int64)
-    body = max_length - 2
-    tail = min(int(tail_tokens), body)
-    return np.r_[0 : 1 + body - tail, n - 1 - tail : n].astype(np.int64)
-
-
 class TextEncoder:
     """Normalise and tokenise texts for a model with window ``max_length`` (tokens).
 
     Args:
         tokenizer: a Hugging Face fast tokenizer (``PreTrainedTokenizerFast``-like; needs ``encodings``).
-        max_length: model window in tokens, special tokens included.
-        tail_tokens: for a text longer than the window, keep its last ``tail_tokens`` tokens after its
-            head (``window_positions``); 0 keeps the head only. Only the first
-            ``max_length * CHARS_PER_TOKEN_CAP`` characters are ever read, so "tail" is the tail of those.
+        max_length: model window in tokens, special tokens included; a longer text keeps its head
+            (only its first ``max_length * CHARS_PER_TOKEN_CAP`` characters are ever read).
     """
 
-    def __init__(self, tokenizer, max_length: int, tail_tokens: int = 0):
+    def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
-        self.tail_tokens = int(tail_tokens)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
@@ -72,14 +53,6 @@ class TextEncoder:
             cleaned.append(n[:cap])
         if not cleaned:
             return Encoded([], [])
-        if self.tail_tokens:
-            enc = self.tokenizer(cleaned, truncation=False, add_special_tokens=True, verbose=False)
-            ids, truncated = [], []
-            for c, x in zip(cut, enc["input_ids"], strict=True):
-                keep = window_positions(len(x), self.max_length, self.tail_tokens)
-                ids.append([x[i] for i in keep] if len(keep) < len(x) else x)
-                truncated.append(c or len(keep) < len(x))
-            return Encoded(ids, truncated)
         enc = self.tokenizer(cleaned, truncation=True, max_length=self.max_length, add_special_tokens=True)
         ids = enc["input_ids"]
         truncated = [c or bool(e.overflowing) for c, e in zip(cut, enc.encodings, strict=True)]

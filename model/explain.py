@@ -16,7 +16,9 @@ Pipeline (the same text and tokens the ``Predictor`` scores):
    ``log softmax(z / T)_j`` (calibrated log-probability) for multi-class models. Positive = the unit
    pushes the label up.
 
-Methods (see docs/explanations.md for the measured faithfulness and cost that chose the default):
+Methods (see docs/explanations.md for the measured faithfulness and cost that chose the default; the
+deletion test that measures faithfulness is ``bench/explain_faithfulness.py``, the data-set ranking of
+attributed words ``training/explain_report.py``):
 
 - ``occlusion`` (Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks";
   word-level leave-one-out as in Li et al. 2016, "Understanding Neural Networks through Representation
@@ -34,9 +36,7 @@ Methods (see docs/explanations.md for the measured faithfulness and cost that ch
 from __future__ import annotations
 
 import logging
-import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from model.artifact import ArtifactError
-from model.encoding import CHARS_PER_TOKEN_CAP, window_positions
-from model.normalize import _VARIATION_SELECTORS, normalize_with_offsets
+from model.encoding import CHARS_PER_TOKEN_CAP
+from model.normalize import normalize_with_offsets
 from model.predictor import check_texts
 from model.schema import ProblemType
 
@@ -95,14 +95,13 @@ class Units:
         return np.unique(self.token_unit[self.token_unit >= 0])
 
 
-def text_units(text: str, tokenizer, max_length: int, tail_tokens: int = 0) -> Units:
+def text_units(text: str, tokenizer, max_length: int) -> Units:
     """Tokenise ``text`` like ``TextEncoder.encode`` and group tokens into units (see module docstring).
 
     Args:
         text: the original text.
         tokenizer: a Hugging Face fast tokenizer (needs ``return_offsets_mapping``).
         max_length: the model window in tokens.
-        tail_tokens: the artifact's head+tail truncation (``model.encoding.window_positions``).
     """
     norm, offsets = normalize_with_offsets(text)
     cap = max_length * CHARS_PER_TOKEN_CAP
@@ -120,17 +119,16 @@ def text_units(text: str, tokenizer, max_length: int, tail_tokens: int = 0) -> U
         char_unit[a:b] = len(spans) - 1
     enc = tokenizer(
         cut,
-        truncation=not tail_tokens,
-        max_length=max_length if not tail_tokens else None,
+        truncation=True,
+        max_length=max_length,
         add_special_tokens=True,
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
         verbose=False,
     )
-    keep = window_positions(len(enc["input_ids"]), max_length, tail_tokens)
-    ids = [enc["input_ids"][i] for i in keep]
-    special = np.asarray(enc["special_tokens_mask"], dtype=bool)[keep]
-    token_offsets = [enc["offset_mapping"][i] for i in keep]
+    ids = list(enc["input_ids"])
+    special = np.asarray(enc["special_tokens_mask"], dtype=bool)
+    token_offsets = enc["offset_mapping"]
     token_unit = np.full(len(ids), -1, dtype=np.int64)
     for t, (a, b) in enumerate(token_offsets):
         if special[t] or b <= a:
@@ -250,8 +248,8 @@ class Explainer:
         tok = self.predictor.encoder.tokenizer
         if self._lock is not None:
             with self._lock:
-                return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
-        return text_units(text, tok, self.predictor.meta.max_length, self.predictor.meta.tail_tokens)
+                return text_units(text, tok, self.predictor.meta.max_length)
+        return text_units(text, tok, self.predictor.meta.max_length)
 
     # -- methods ------------------------------------------------------------------------------------
     def _occlusion(self, u: Units) -> np.ndarray:
@@ -405,157 +403,3 @@ class Explainer:
         if unknown:
             raise ValueError(f"unknown labels {unknown}; this model has {list(self.labels)}")
         return [self.labels.index(n) for n in labels]
-
-
-# ---------------------------------------------------------------------------------------------------
-# faithfulness (deletion test) and aggregation
-# ---------------------------------------------------------------------------------------------------
-
-
-def delete_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """``text`` with each ``[start, end)`` span replaced by one space (so neighbours do not join)."""
-    out, pos = [], 0
-    for a, b in sorted((int(a), int(b)) for a, b in spans):
-        if a < pos:
-            a = pos
-        out.append(text[pos:a])
-        out.append(" ")
-        pos = max(pos, b)
-    out.append(text[pos:])
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class Faithfulness:
-    """Deletion test of one label over ``n`` texts: mean calibrated-probability drop when deleting the
-    top-k positively attributed units (``drop_top``) vs k random units (``drop_random``, mean of
-    ``draws`` draws per text); ``margin = drop_top - drop_random``; ``wins`` = share of texts where
-    the top-k drop beats the mean random drop; ``margin_logit`` the same margin in calibrated-logit units
-    (probabilities saturate near 0 and 1, logits do not)."""
-
-    label: str
-    n: int
-    k: int
-    drop_top: float
-    drop_random: float
-    margin: float
-    wins: float
-    margin_logit: float = math.nan
-
-
-def deletion_test(
-    explainer: Explainer,
-    texts: Sequence[str],
-    label: str,
-    k: int = 3,
-    draws: int = 5,
-    seed: int = 0,
-    attributions: Sequence[Attribution] | None = None,
-) -> Faithfulness:
-    """Deletion test (cf. Samek et al. 2017 "Evaluating the visualization of what a DNN has learned";
-    DeYoung et al. 2020 ERASER "comprehensiveness"): delete the k units with the largest attribution
-    for ``label`` from the ORIGINAL text (by their character spans), re-score with the predictor, and
-    compare the drop of the label's calibrated probability with deleting k random units.
-
-    Only texts with more than k units inside the model window count.
-
-    Raises:
-        ValueError: unknown label, k < 1, draws < 1.
-    """
-    if k < 1 or draws < 1:
-        raise ValueError("k and draws must be >= 1")
-    j = explainer._label_indices([label])[0]
-    texts = check_texts(texts)
-    attrs = list(attributions) if attributions is not None else explainer.attribute(texts, [label])
-    rng = np.random.default_rng(seed)
-    base, top, rand = [], [], []
-    for t, a in zip(texts, attrs, strict=True):
-        if a.active.size <= k:
-            continue
-        order = a.active[np.argsort(-a.scores[a.active, j], kind="stable")[:k]]
-        base.append(t)
-        top.append(delete_spans(t, a.spans[order]))
-        for _ in range(draws):
-            pick = rng.choice(a.active, size=k, replace=False)
-            rand.append(delete_spans(t, a.spans[pick]))
-    if not base:
-        return Faithfulness(label, 0, k, math.nan, math.nan, math.nan, math.nan)
-    scored = explainer.predictor.score(base + top + rand)
-    z, p = explainer._space(scored.logits)[:, j], scored.probabilities[:, j]
-    m = len(base)
-    p0, pt, pr = p[:m], p[m : 2 * m], p[2 * m :].reshape(m, draws).mean(axis=1)
-    z0, zt, zr = z[:m], z[m : 2 * m], z[2 * m :].reshape(m, draws).mean(axis=1)
-    drop_top, drop_rand = p0 - pt, p0 - pr
-    return Faithfulness(
-        label,
-        m,
-        k,
-        float(drop_top.mean()),
-        float(drop_rand.mean()),
-        float((drop_top - drop_rand).mean()),
-        float((drop_top > drop_rand).mean()),
-        float(((z0 - zt) - (z0 - zr)).mean()),
-    )
-
-
-def unit_key(text: str, span: Sequence[int]) -> str:
-    """A grouping key for a unit: its original characters NFKC-folded, format characters removed,
-    lower-cased (emoji stay emoji)."""
-    s = unicodedata.normalize("NFKC", text[int(span[0]) : int(span[1])])
-    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf" and ch not in _VARIATION_SELECTORS)
-    return s.lower().strip()
-
-
-def aggregate_attributions(
-    texts: Sequence[str],
-    attributions: Sequence[Attribution],
-    labels: Sequence[str],
-    sources: Sequence[str] | None = None,
-    top_n: int = 20,
-    min_count: int = 3,
-):
-    """Rank the words/emoji with the largest attributions per label and per source over a data set, so a
-    shortcut (site boilerplate, a phone format, a city name) shows up as a ranked list.
-
-    Units are grouped by ``unit_key`` (NFKC, lower-cased original characters). For each (label,
-    source) and for each label over all sources (source ``"*"``), keys seen in at least ``min_count``
-    texts are ranked by their summed attribution (calibrated-logit units; positive = pushes the label up).
-
-    Args:
-        texts: the original texts. attributions: ``Explainer.attribute(texts)`` (all labels, in
-            ``labels`` order). labels: the model's label names. sources: one source name per text
-            (None: all ``"*"``). top_n: rows per (label, source). min_count: fewest texts a key must occur in.
-
-    Returns:
-        A pandas DataFrame with columns ``label, source, rank, token, total, mean, texts``.
-
-    Raises:
-        ValueError: lengths disagree.
-    """
-    import pandas as pd
-
-    if len(texts) != len(attributions) or (sources is not None and len(sources) != len(texts)):
-        raise ValueError("texts, attributions and sources must have the same length")
-    recs = []
-    for i, (t, a) in enumerate(zip(texts, attributions, strict=True)):
-        src = "*" if sources is None else str(sources[i])
-        for u in a.active:
-            key = unit_key(t, a.spans[u])
-            if not key:
-                continue
-            for j, name in enumerate(labels):
-                recs.append((name, src, key, i, float(a.scores[u, j])))
-    cols = ["label", "source", "rank", "token", "total", "mean", "texts"]
-    if not recs:
-        return pd.DataFrame(columns=cols)
-    df = pd.DataFrame(recs, columns=["label", "source", "token", "doc", "score"])
-    parts = [df] if sources is None else [df, df.assign(source="*")]
-    g = (
-        pd.concat(parts)
-        .groupby(["label", "source", "token"])
-        .agg(total=("score", "sum"), mean=("score", "mean"), texts=("doc", "nunique"))
-        .reset_index()
-    )
-    g = g[g["texts"] >= min_count].sort_values(["label", "source", "total"], ascending=[True, True, False])
-    g["rank"] = g.groupby(["label", "source"]).cumcount() + 1
-    return g[g["rank"] <= top_n][cols].reset_index(drop=True)

@@ -10,25 +10,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.artifact import ArtifactError, ArtifactMeta, load_meta, verify_weights
-from model.blend import StackWeights, TfidfBlend
+from model.blend import TfidfBlend
 from model.calibration import calibrated_probabilities
 from model.encoding import Encoded, TextEncoder, length_sorted_batches
 from model.runtimes import Runtime, select_runtime
 
 logger = logging.getLogger(__name__)
 
-# Chosen by measurement on the 2-core machine (README, "Inference speed"): CPU time per text was lowest with
-# at most ~512-1024 padded tokens per forward pass (activations stay in cache) and rose by 10-25% at
-# 2048+ tokens; rows per batch mattered little once the token budget bound.
+# Chosen by measurement (docs/performance.md, "Thread and batch settings"): CPU time per text is lowest
+# when a forward pass's activations stay in cache; rows per batch matter little once the token budget binds.
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_TOKENS = 512
 
@@ -77,24 +76,6 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return texts
 
 
-def calibrated_for(
-    meta: ArtifactMeta, blend: TfidfBlend | None, cal: dict[str, Any] | None, name: str = "variant"
-) -> tuple[ArtifactMeta, TfidfBlend | None]:
-    """The metadata and blend a variant serves with: with its own ``calibration`` (a distilled student,
-    calibrated on its own logits) its temperatures, thresholds and blend stackers; else unchanged.
-
-    Raises:
-        ArtifactError: ``cal`` does not fit the labels.
-    """
-    if not cal:
-        return meta, blend
-    if blend is not None:
-        blend = blend.with_weights(
-            {n: StackWeights(*map(float, w)) for n, w in cal.get("blend_weights", {}).items()}
-        )
-    return meta.with_calibration(cal, name), blend
-
-
 class Predictor:
     """Scores ad texts with a trained artifact.
 
@@ -130,6 +111,7 @@ class Predictor:
         self.max_tokens = max_tokens
         self.directory: Path | None = None
         self._lock = threading.Lock()
+        _LIVE_PREDICTORS.add(self)
         self._thresholds = np.asarray(meta.threshold_vector(), dtype=np.float64)
         benign = meta.label_schema.benign_label
         self._flaggable = np.asarray([n != benign for n in meta.labels], dtype=bool)
@@ -152,7 +134,7 @@ class Predictor:
             runtime: ``"torch"``, an ONNX variant name recorded in the artifact, or ``"auto"``
                 (the fastest variant that passed its accuracy gate, else torch).
             num_threads: intra-op threads of the runtime's forward passes; None uses
-                ``model.runtimes.default_num_threads()`` (``$ADRISK_NUM_THREADS``, else every usable CPU).
+                ``model.runtimes.default_num_threads()`` (``$ADRISK_THREADS``, else every usable CPU).
             verify: check the weights' sha256 against ``adrisk.json``.
 
         Raises:
@@ -174,10 +156,9 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:  # a corrupt tokenizer file fails deep inside transformers/tokenizers
             raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
-        encoder = TextEncoder(tokenizer, meta.max_length, meta.tail_tokens)
+        encoder = TextEncoder(tokenizer, meta.max_length)
         rt = select_runtime(directory, meta, runtime, num_threads)
         blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
-        meta, blend = calibrated_for(meta, blend, meta.variant_calibration(rt.name), rt.name)
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)
         predictor.directory = directory
         logger.info("loaded model %s (%s runtime, labels %s)", directory, rt.name, list(meta.labels))
@@ -220,7 +201,7 @@ class Predictor:
             enc = self.encoder.encode(texts)
             if self.blend is not None and self.blend.weights:  # the stacked TF-IDF model (model/blend.py)
                 # The TF-IDF features (Python, holding the GIL) are computed while the runtime's
-                # threads (which release it) run the encoder (bench/inference.py: 4.48x -> 5.00x the HF pipeline).
+                # threads (which release it) run the encoder (docs/generalisation.md §6 measures the gain).
                 pending = self._encoder_thread().submit(self._logits, enc)
                 tfidf = self.blend.tfidf_logits(texts)
                 logits = self.blend.apply(pending.result(), tfidf)
@@ -254,6 +235,22 @@ class Predictor:
             cats = {n: bool(s.probabilities[i, j] >= self._thresholds[j]) for j, n in enumerate(self.labels)}
             results.append(Prediction(bool(s.flagged[i]), cats, scores, bool(s.truncated[i])))
         return results
+
+
+# Every Predictor of this process, so a forked child can re-create their locks: a fork copies only the
+# forking thread, so a lock another thread held inside ``score`` at that moment stays held forever in
+# the child (POSIX pthread_atfork's problem; Python's own locks in logging and threading are reset the
+# same way).
+_LIVE_PREDICTORS: weakref.WeakSet[Predictor] = weakref.WeakSet()
+
+
+def _reset_locks_in_child() -> None:
+    for predictor in list(_LIVE_PREDICTORS):
+        predictor._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 # any one of these is a tokenizer (without them transformers builds an empty vocabulary silently)

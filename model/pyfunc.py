@@ -15,8 +15,9 @@ Output, one row per input row in input order, the columns ``adrisk score`` adds
 (``output_columns``): ``flagged`` (nullable bool), ``score_<label>`` (float64 calibrated probability),
 ``model_version`` (str) and ``error``: ``missing_text`` (None / NaN) or ``not_text`` (any other
 non-string), with null scores; a row never fails the batch. Only the input's shape can fail (no
-``text`` column, a 2-d array, an unsupported type): ``InputError``, an ``MlflowException`` (HTTP 400
-under ``mlflow models serve``, no stack trace) whose message names columns and types, never text.
+``text`` column or two of them, a 2-d array, an unsupported type): ``InputError``, an
+``MlflowException`` (HTTP 400 under ``mlflow models serve``, no stack trace) whose message names
+columns and types, never text.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
     rows that are not str are reported by ``score_values``.
 
     Raises:
-        InputError: no ``column`` in a DataFrame / dict, an array that is not 1-d, an unsupported type.
+        InputError: no ``column`` in a DataFrame / dict, or more than one in a DataFrame; an array that
+            is not 1-d; an unsupported type.
     """
     if isinstance(model_input, dict):
         if column not in model_input:
@@ -137,7 +139,13 @@ def values_from_input(model_input: Any, column: str = TEXT_COLUMN) -> list[Any]:
         if isinstance(model_input, str) or np.ndim(model_input) == 0:
             model_input = [model_input.item() if isinstance(model_input, np.ndarray) else model_input]
     if isinstance(model_input, pd.DataFrame):
-        if column in model_input.columns:
+        named = int((model_input.columns == column).sum()) if model_input.shape[1] else 0
+        if named > 1:
+            raise _input_error(
+                f"input DataFrame has {named} columns named '{column}'; keep one "
+                f"(columns: {describe_columns(model_input.columns)})"
+            )
+        if named:
             return model_input[column].tolist()
         only = model_input.columns[0] if model_input.shape[1] == 1 else None
         if only is not None and (not isinstance(only, str) or only.isdigit()):  # 0 or "0" (spark_udf)

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from model.artifact import ArtifactError, ArtifactMeta, load_meta, sha256_file
+from model.artifact import ArtifactError, ArtifactMeta, RuntimeVariant, load_meta, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ INT8_VARIANT = "onnx-int8"
 INT8_MIXED_VARIANT = "onnx-int8-mixed"
 INT8_STATIC_VARIANT = "onnx-int8-static"
 INT8_TOKEN_VARIANT = "onnx-int8-token"
-# A distilled student (training/distill.py): its torch weights under student/, its variants in onnx/.
+# A distilled student (training/experiments/distill.py): its torch weights under student/, its variants in onnx/.
 STUDENT_DIR = "student"
 STUDENT_FP32_FILE = "student.fp32.onnx"
 STUDENT_INT8_FILE = "student.int8.onnx"
@@ -65,28 +66,32 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 
 
-NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
+# The threads knob: ``threads`` in the config (``train.threads``), the server's settings and the CLI
+# (``--threads``), and this environment variable; ``ADRISK_NUM_THREADS`` is its deprecated name.
+NUM_THREADS_ENV = "ADRISK_THREADS"
+DEPRECATED_NUM_THREADS_ENV = "ADRISK_NUM_THREADS"
 # ONNX sessions made before a fork, held by the child so they are never destroyed there (destroying
 # one joins worker threads that exist only in the parent, and hangs).
 _INHERITED_SESSIONS: list[Any] = []
 
 
 def default_num_threads() -> int:
-    """Cores used when none are given: ``$ADRISK_NUM_THREADS`` if set, else every CPU this process may
-    run on (``os.sched_getaffinity``; at least 1).
-
-    Measured on the 2-core machine while it was otherwise idle (``bench/inference.py``, 2,000 test
-    texts, one run): the HF pipeline ran 1.76x faster on 2 threads than on 1, and int8 per-row scoring
-    on 2 concurrent rows 1.86x faster than on 1 (876 vs 472 texts/s). An earlier policy of half the
-    CPUs came from runs while other jobs held the second core; set ``ADRISK_NUM_THREADS=1`` where
-    adrisk shares the machine (a server beside a scoring job).
+    """Cores used when none are given: ``$ADRISK_THREADS`` (or its deprecated name
+    ``$ADRISK_NUM_THREADS``) if set, else every CPU this process may run on
+    (``os.sched_getaffinity``; at least 1). Every CPU measured fastest on an otherwise idle machine;
+    set ``ADRISK_THREADS=1`` where adrisk shares the machine (a server beside a scoring job):
+    docs/performance.md, "Thread and batch settings".
     """
+    name = NUM_THREADS_ENV
     env = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if not env and os.environ.get(DEPRECATED_NUM_THREADS_ENV, "").strip():
+        name, env = DEPRECATED_NUM_THREADS_ENV, os.environ[DEPRECATED_NUM_THREADS_ENV].strip()
+        logger.warning("%s is deprecated: call it %s", DEPRECATED_NUM_THREADS_ENV, NUM_THREADS_ENV)
     if env:
         try:
             return max(1, int(env))
         except ValueError:
-            logger.warning("ignoring %s=%r (not an integer)", NUM_THREADS_ENV, env)
+            logger.warning("ignoring %s=%r (not an integer)", name, env)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -99,8 +104,9 @@ class OnnxRuntime:
 
     Args:
         directory: the model artifact directory.
-        variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (needs ``file``;
-            ``sha256`` and ``source_weights_sha256`` are checked when present).
+        variant_info: the variant's entry of ``adrisk.json`` ``runtimes.variants`` (a
+            ``RuntimeVariant``, or a mapping of its fields; needs ``file``; ``sha256`` and
+            ``source_weights_sha256`` are checked when present).
         num_threads: cores to use; None uses ``default_num_threads()``. A batched variant runs one
             graph at a time with this many intra-op threads; a per-row (dynamic int8) variant runs this many
             rows at once, each on one thread (``session.run`` releases the GIL and is thread-safe:
@@ -117,7 +123,7 @@ class OnnxRuntime:
     def __init__(
         self,
         directory: str | os.PathLike[str],
-        variant_info: dict[str, Any],
+        variant_info: RuntimeVariant | Mapping[str, Any],
         *,
         num_threads: int | None = None,
         verify: bool = True,
@@ -128,33 +134,34 @@ class OnnxRuntime:
             raise ImportError("ONNX variants need onnxruntime: pip install onnxruntime") from e
 
         directory = Path(directory)
-        file = variant_info.get("file")
-        if not file:
+        try:
+            info = RuntimeVariant.model_validate(
+                variant_info if isinstance(variant_info, RuntimeVariant) else dict(variant_info)
+            )
+        except ValueError:
+            raise ArtifactError(f"{directory}: ONNX variant entry has no valid 'file'") from None
+        if not info.file:
             raise ArtifactError(f"{directory}: ONNX variant entry has no 'file'")
-        path = directory / ONNX_DIR / file
-        self.name = str(variant_info.get("name") or Path(file).stem)
+        path = directory / ONNX_DIR / info.file
+        self.name = info.name or Path(info.file).stem
         self.path = path
         # where this variant's torch weights live inside the artifact (explanations by gradient)
-        self.torch_subdir = STUDENT_DIR if variant_info.get("student") else ""
+        self.torch_subdir = STUDENT_DIR if info.student is not None else ""
         # Dynamic int8 computes activation scales per batch tensor at run time: run each text alone.
-        # (Entries without ``per_row`` predate static and per-token int8: every int8 then was dynamic.)
-        precision = str(variant_info.get("precision", ""))
-        self.per_row = bool(
-            variant_info.get("per_row", precision == "int8" or precision.startswith("int8-dynamic"))
-        )
+        self.per_row = info.runs_per_row
         if not path.is_file():
             raise ArtifactError(
                 f"ONNX variant {self.name!r}: {path} not found "
                 f"(re-run `adrisk export-onnx` or load with runtime='torch')"
             )
         if verify:
-            expected = variant_info.get("sha256")
+            expected = info.sha256
             if expected and sha256_file(path) != expected:
                 raise ArtifactError(
                     f"ONNX variant {self.name!r}: {path} sha256 does not match adrisk.json "
                     f"(corrupted or replaced; re-run `adrisk export-onnx`)"
                 )
-            source = variant_info.get("source_weights_sha256")
+            source = info.source_weights_sha256
             current = load_meta(directory).weights_sha256
             if source and current and source != current:
                 raise ArtifactError(
@@ -168,8 +175,8 @@ class OnnxRuntime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only
-        # Idle intra-op threads sleep instead of spinning: on this shared 2-core machine spinning
-        # burned ~45% more CPU per text and cut int8 throughput from ~210 to ~140 texts/s.
+        # Idle intra-op threads sleep instead of spinning: spinning threads take CPU from the other
+        # work on a shared machine (docs/performance.md, "Thread and batch settings").
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options = so
         self._pid = os.getpid()
@@ -336,13 +343,10 @@ def select_runtime(directory: Path, meta: ArtifactMeta, runtime: str, num_thread
     if runtime == "torch":
         return _torch_runtime(directory, num_threads)
     if runtime == "auto":
-        name = meta.runtimes.get("default") if meta.runtimes else None
-        if name is not None and not isinstance(name, str):
-            raise ArtifactError(f"{directory}: adrisk.json runtimes.default must be a runtime name")
-        if not name or name == "torch":
+        if meta.runtimes.default == "torch":
             return _torch_runtime(directory, num_threads)
-        runtime = name
-    variants = (meta.runtimes or {}).get("variants", {})
+        runtime = meta.runtimes.default
+    variants = meta.runtimes.variants
     if runtime not in variants:
         raise ValueError(f"unknown runtime {runtime!r}; this model has: {['torch', *variants]}")
     return OnnxRuntime(directory, variants[runtime], num_threads=num_threads)

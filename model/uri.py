@@ -88,6 +88,7 @@ class ModelRef:
     name: str | None = None
     version: str | None = None
     run_id: str | None = None
+    identity: dict[str, str] | None = None  # the registry version's identity (``version_identity``)
 
 
 def find_artifact_dir(root: Path) -> Path:
@@ -104,19 +105,32 @@ def find_artifact_dir(root: Path) -> Path:
     return found[0]
 
 
-def registry_version(uri: str) -> tuple[str, str, str | None] | None:
-    """For ``models:/name@alias`` or ``models:/name/N``: (name, version, run_id) from the registry.
+def version_identity(mv) -> dict[str, str]:
+    """What the registry guarantees about a ``ModelVersion``: its registry, name, version, run id,
+    source and creation time. A version deleted and registered again, or a registry recreated at the
+    same path, differs in run id and creation time even where the version number repeats."""
+    import mlflow
 
-    Returns None for other URIs.
+    return {
+        "registry": mlflow.get_registry_uri(),
+        "name": mv.name,
+        "version": str(mv.version),
+        "run_id": str(mv.run_id),
+        "source": str(mv.source),
+        "created": str(mv.creation_timestamp),
+    }
+
+
+def registry_identity(uri: str) -> dict[str, str] | None:
+    """For ``models:/name@alias`` or ``models:/name/N``: the ``version_identity`` of the version it
+    points at now (one registry read). None for other URIs.
 
     Raises:
         ModelNotFound: the registry does not exist (a ``sqlite:///`` file is never created here), or
             the name, alias or version is unknown; the message names the registry.
     """
     mv = _registry_entry(uri)
-    if mv is None:
-        return None
-    return mv.name, str(mv.version), mv.run_id
+    return None if mv is None else version_identity(mv)
 
 
 def _cache_identity(uri: str, download_uri: str, mv) -> dict[str, str]:
@@ -130,14 +144,7 @@ def _cache_identity(uri: str, download_uri: str, mv) -> dict[str, str]:
     import mlflow
 
     if mv is not None:
-        return {
-            "registry": mlflow.get_registry_uri(),
-            "name": mv.name,
-            "version": str(mv.version),
-            "run_id": str(mv.run_id),
-            "source": str(mv.source),
-            "created": str(mv.creation_timestamp),
-        }
+        return version_identity(mv)
     m = _RUNS_URI.match(download_uri)
     if m:
         from mlflow import MlflowClient
@@ -212,6 +219,7 @@ def _cached_download(
             name=name or load_meta(directory).name,
             version=version,
             run_id=run_id,
+            identity=identity if mv is not None else None,
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
@@ -235,7 +243,14 @@ def _cached_download(
     if name is None:
         name = load_meta(directory).name
     logger.info("resolved %s to %s (version %s)", uri, directory, version)
-    return ModelRef(uri=uri, directory=directory, name=name, version=version, run_id=run_id)
+    return ModelRef(
+        uri=uri,
+        directory=directory,
+        name=name,
+        version=version,
+        run_id=run_id,
+        identity=identity if mv is not None else None,
+    )
 
 
 def resolve_model(uri: str, dst_dir: str | os.PathLike[str] | None = None) -> ModelRef:
@@ -287,4 +302,11 @@ def resolve_model(uri: str, dst_dir: str | os.PathLike[str] | None = None) -> Mo
 
         name = load_meta(directory).name
     logger.info("resolved %s to %s (version %s)", uri, directory, version)
-    return ModelRef(uri=uri, directory=directory, name=name, version=version, run_id=run_id)
+    return ModelRef(
+        uri=uri,
+        directory=directory,
+        name=name,
+        version=version,
+        run_id=run_id,
+        identity=version_identity(mv) if mv is not None else None,
+    )

@@ -8,16 +8,22 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.appeals import AppealStore
 from serve.batcher import MicroBatcher
+from serve.decisions import DecisionLog, audit_keys
+from serve.decisions_metrics import DecisionMetrics
 from serve.deps import AppContext
 from serve.errors import ErrorKind, error_response, install_error_handlers
 from serve.explain import ExplainQueue
+from serve.keys import build_keyring
 from serve.metrics import Metrics
 from serve.openapi import install_openapi
+from serve.policy_state import PolicyState
 from serve.routes import ROUTERS
 from serve.settings import Settings
 from serve.state import LoadedModel, Loader, ModelState, RecentClassifications, default_loader
@@ -35,27 +41,63 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     Args:
         settings: server settings (default: from ``ADRISK_*`` environment variables).
         loader: ``(uri, download_dir) -> LoadedModel`` (tests inject slow or failing loaders);
-            default resolves the URI and loads a ``Predictor`` with ``settings.torch_threads``.
+            default resolves the URI and loads a ``Predictor`` with ``settings.threads``.
     """
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_window)
+    keyring = build_keyring(settings.keys_file, settings.api_key_list())
     ctx = AppContext(
-        settings=settings, metrics=metrics, recent=RecentClassifications(settings.feedback_recent)
+        settings=settings,
+        metrics=metrics,
+        recent=RecentClassifications(settings.feedback_recent),
+        keyring=keyring,
+        decision_metrics=DecisionMetrics(metrics.registry),
     )
+    dm = ctx.decision_metrics
+
+    def serving_labels() -> list[str] | None:
+        cur = ctx.model_state.current if ctx.model_state is not None else None
+        return list(cur.predictor.labels) if cur is not None else None
+
+    def reloaded(ok: bool) -> None:
+        dm.reloads.labels("ok" if ok else "failed").inc()
+        if ok and policy_state.file is not None:
+            dm.set_policy(policy_state.file.engine.version, "file")
+
+    hash_key = settings.contact_hash_key.get_secret_value() if settings.contact_hash_key else None
+    policy_state = PolicyState(  # a bad policy file stops here, before anything starts
+        settings.policy_file,
+        serving_labels,
+        keyring.tenants(),
+        hash_key=hash_key,
+        poll_s=settings.policy_poll_s,
+        on_reload=reloaded,
+    )
+    ctx.policy_state = policy_state
+    base_loader = loader or default_loader(settings.runtime, settings.threads)
+
+    def checked_loader(uri: str, dst: Path) -> LoadedModel:
+        m = base_loader(uri, dst)
+        policy_state.check_model(list(m.predictor.labels))  # a model the policy does not fit never serves
+        return m
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         def loaded(m: LoadedModel) -> None:
             metrics.set_model(m.ref.name or m.predictor.meta.name, m.ref.version, m.ref.uri)
+            meta = m.predictor.meta
+            pol = policy_state.engine_for(meta.labels, dict(meta.thresholds), meta.label_schema.benign_label)
+            dm.set_policy(pol.engine.version, pol.source)
 
         def batch_done(n: int, seconds: float) -> None:
             metrics.batch_size.observe(n)
             metrics.inference.observe(seconds)
             metrics.texts.inc(n)
 
+        open_decision_log(ctx)
         state = ModelState(
             settings.model,
-            loader or default_loader(settings.runtime, settings.torch_threads),
+            checked_loader,
             follow_alias_s=settings.follow_alias,
             download_dir=settings.download_dir,
             on_loaded=loaded,
@@ -73,20 +115,24 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         ctx.explain_queue = ExplainQueue(lambda: batcher.depth, queue_size=settings.explain_queue_size)
         batcher.start()
         state.start()
+        policy_state.start()
         logger.info(
             "adrisk serve: model %s, max batch %d, max wait %.1f ms, queue %d, auth %s",
             settings.model,
             settings.max_batch_size,
             settings.max_wait_ms,
             settings.queue_size,
-            "on" if settings.api_key_list() else "off",
+            "on" if ctx.keyring.enabled else "off",
         )
         try:
             yield
         finally:
+            policy_state.stop()
             batcher.stop()
             ctx.explain_queue.stop()
             state.stop()
+            if ctx.decision_log is not None:
+                ctx.decision_log.stop()  # commits what is queued
 
     app = FastAPI(
         title="adrisk",
@@ -99,14 +145,41 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     for router in ROUTERS:
         app.include_router(router)
 
-    def serving_labels() -> list[str] | None:
-        cur = ctx.model_state.current if ctx.model_state is not None else None
-        return list(cur.predictor.labels) if cur is not None else None
-
     install_openapi(app, settings, serving_labels)  # limits and labels this server enforces
 
     app.add_middleware(RequestContext, metrics=metrics)
     return app
+
+
+def open_decision_log(ctx: AppContext) -> None:
+    """Open the decision log and its appeals (unless ``decision_log`` is off), store the file policy's
+    version in it and start its writer.
+
+    Raises:
+        DecisionLogError: no usable audit key, or the policy's version is logged with other content.
+    """
+    settings, dm = ctx.settings, ctx.decision_metrics
+    if not settings.decision_log:
+        return
+    url = settings.decisions_url
+    try:
+        secret = settings.audit_key.get_secret_value() if settings.audit_key else None
+        log = DecisionLog(
+            url,
+            audit_keys(url or DecisionLog.default_url(), secret, create=True),
+            on_written=dm.log_written.inc,
+            on_error=dm.log_errors.inc,
+        )
+        assert ctx.policy_state is not None
+        ctx.policy_state.attach(log.register_policy)
+    except Exception as e:  # one line: the log's URL and key are the operator's, never ad text
+        logger.error("decision log: %s", e)
+        raise
+    appeals = AppealStore(log)
+    dm.load_appeals(appeals.outcome_counts())
+    dm.watch_pending(lambda: log.pending)
+    log.start()
+    ctx.decision_log, ctx.appeals = log, appeals
 
 
 class RequestContext:

@@ -1,5 +1,6 @@
 """Dependencies of the routes, in one module: the app's context (settings, model state, batcher,
-metrics, feedback memory and store), API-key auth, and reading a bounded JSON body.
+metrics, feedback memory and store, policy and decision log), API-key auth with scopes
+(``serve.keys``), and reading a bounded JSON body.
 
 Routes take what they need as ``Annotated`` dependencies (``SettingsDep``, ``StateDep``, ...) and
 never touch ``app.state`` themselves; tests override ``get_context``-based dependencies through
@@ -8,7 +9,6 @@ never touch ``app.state`` themselves; tests override ``get_context``-based depen
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import threading
@@ -21,13 +21,18 @@ from starlette.requests import ClientDisconnect
 
 from serve.batcher import MicroBatcher
 from serve.errors import APIError, ErrorKind
+from serve.keys import ANONYMOUS, Keyring, Principal
 from serve.metrics import Metrics
 from serve.settings import Settings
 from serve.state import ModelState
 
 if TYPE_CHECKING:
+    from serve.appeals import AppealStore
+    from serve.decisions import DecisionLog
+    from serve.decisions_metrics import DecisionMetrics
     from serve.explain import ExplainQueue
     from serve.feedback_store import FeedbackStore
+    from serve.policy_state import PolicyState
     from serve.state import RecentClassifications
 
 
@@ -39,9 +44,14 @@ class AppContext:
     settings: Settings
     metrics: Metrics
     recent: RecentClassifications
+    keyring: Keyring = field(default_factory=Keyring)
     model_state: ModelState | None = None
     batcher: MicroBatcher | None = None
     explain_queue: ExplainQueue | None = None
+    policy_state: PolicyState | None = None
+    decision_log: DecisionLog | None = None
+    appeals: AppealStore | None = None
+    decision_metrics: DecisionMetrics = None  # type: ignore[assignment]  # set by create_app
     _feedback_store: FeedbackStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -86,28 +96,66 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With ``ADRISK_API_KEYS`` set, require ``Authorization: Bearer <key>`` (constant-time compare).
+def _authenticate(request: Request, keyring: Keyring) -> Principal:
+    """The request's principal: its ``Authorization: Bearer <key>`` looked up in the keyring (auth off:
+    the anonymous principal with every scope). Stored in ``request.state.principal``.
 
     Raises:
         APIError(unauthorized): missing or unknown key.
     """
-    keys = settings.api_key_list()
-    if not keys:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    # Starlette decodes header bytes as latin-1; re-encoding as latin-1 gives back the bytes the
-    # client sent, so a non-ASCII key sent as UTF-8 compares equal to ``key.encode("utf-8")``.
-    given_b = given.strip().encode("latin-1", "replace")
-    ok = False
-    for key in keys:  # no early exit: the time taken does not depend on which key matched
-        ok |= hmac.compare_digest(given_b, key.encode("utf-8"))
-    if scheme.lower() != "bearer" or not ok:
-        raise APIError(
-            ErrorKind.unauthorized,
-            "missing or invalid API key (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not keyring.enabled:
+        principal = ANONYMOUS
+    else:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Starlette decodes header bytes as latin-1; re-encoding as latin-1 gives back the bytes the
+        # client sent, so a non-ASCII key sent as UTF-8 hashes like ``key.encode("utf-8")``.
+        found = keyring.authenticate(given.strip().encode("latin-1", "replace"))
+        if scheme.lower() != "bearer" or found is None:
+            raise APIError(
+                ErrorKind.unauthorized,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        principal = found
+    request.state.principal = principal
+    return principal
+
+
+async def require_api_key(request: Request, ctx: ContextDep) -> Principal:
+    """Any valid key, whatever its scopes (``ADRISK_API_KEYS`` / ``--keys``; none: auth off).
+
+    Raises:
+        APIError(unauthorized): missing or unknown key.
+    """
+    return _authenticate(request, ctx.keyring)
+
+
+def _scope_dependency(scope: str):
+    async def require_scope(request: Request, ctx: ContextDep) -> Principal:
+        principal = _authenticate(request, ctx.keyring)
+        if scope not in principal.scopes:
+            raise APIError(
+                ErrorKind.forbidden,
+                f"this API key lacks the {scope!r} scope (it has: {', '.join(sorted(principal.scopes))})",
+            )
+        return principal
+
+    require_scope.__doc__ = f"""A valid key with the ``{scope}`` scope.
+
+    Raises:
+        APIError(unauthorized): missing or unknown key.
+        APIError(forbidden): the key lacks the scope (403).
+    """
+    return require_scope
+
+
+# one dependency object per scope: FastAPI runs a dependency once per request by identity
+require_classify = _scope_dependency("classify")
+require_feedback = _scope_dependency("feedback")
+require_admin = _scope_dependency("admin")
+ClassifyPrincipal = Annotated[Principal, Depends(require_classify)]
+FeedbackPrincipal = Annotated[Principal, Depends(require_feedback)]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
 SUPPORTED_ENCODINGS = ("gzip", "identity")

@@ -23,8 +23,10 @@ class ErrorKind(str, Enum):
     payload_too_large = "payload_too_large"
     unsupported_media_type = "unsupported_media_type"
     unauthorized = "unauthorized"
+    forbidden = "forbidden"
     not_found = "not_found"
     method_not_allowed = "method_not_allowed"
+    conflict = "conflict"
     overloaded = "overloaded"
     not_ready = "not_ready"
     internal_error = "internal_error"
@@ -37,8 +39,10 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.payload_too_large: 413,
     ErrorKind.unsupported_media_type: 415,
     ErrorKind.unauthorized: 401,
+    ErrorKind.forbidden: 403,
     ErrorKind.not_found: 404,
     ErrorKind.method_not_allowed: 405,
+    ErrorKind.conflict: 409,
     ErrorKind.overloaded: 503,
     ErrorKind.not_ready: 503,
     ErrorKind.internal_error: 500,
@@ -46,6 +50,7 @@ STATUS: dict[ErrorKind, int] = {
 
 _HTTP_STATUS_KIND = {
     401: ErrorKind.unauthorized,
+    403: ErrorKind.forbidden,
     404: ErrorKind.not_found,
     405: ErrorKind.method_not_allowed,
     413: ErrorKind.payload_too_large,

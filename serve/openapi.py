@@ -3,7 +3,8 @@
 FastAPI builds the document from the routes once; ``install_openapi`` replaces the request bodies of
 ``POST /v1/classify`` and ``POST /v1/feedback`` with schemas built from the server's ``Settings``
 (``max_batch_items``, ``max_text_chars``, ``max_explain_items``) and, once a model is loaded, the
-serving model's labels (``/v1/feedback`` ``labels`` items are an ``enum``). The document is rebuilt
+serving model's labels (``labels`` items of ``/v1/feedback`` and of an appeal's resolution are an
+``enum``). The document is rebuilt
 when the serving model's labels change (a followed alias can load a model with other labels).
 """
 
@@ -52,6 +53,11 @@ def install_openapi(app: FastAPI, settings: Settings, labels: Callable[[], list[
                 )
             if "/v1/feedback" in paths:
                 paths["/v1/feedback"]["post"]["requestBody"] = _body(feedback_request_schema(current))
+            resolve = paths.get("/v1/appeals/{appeal_id}/resolve", {}).get("post")
+            if resolve is not None and current is not None:
+                props = resolve["requestBody"]["content"]["application/json"]["schema"]["properties"]
+                known = {"type": "array", "items": {"type": "string", "enum": list(current)}, "maxItems": 64}
+                props["labels"] = {**props["labels"], "anyOf": [known, {"type": "null"}]}
             built.update(key=key, doc=doc)
         app.openapi_schema = built["doc"]
         return built["doc"]

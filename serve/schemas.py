@@ -8,7 +8,7 @@ carry the defaults, and ``create_app`` publishes the models built from the serve
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_serializer
 
@@ -130,13 +130,51 @@ class ModelInfo(BaseModel):
     uri: str = Field(description="the URI the server was started with")
 
 
+class Reason(BaseModel):
+    """Why a decision was taken: a category's score in a policy band (``rule: score``), a contact on the
+    blocklist (``contact_blocklist``) or a blocked term (``term``). Never ad text."""
+
+    rule: str = Field(description="score, contact_blocklist or term")
+    action: str = Field(description="the action this reason calls for")
+    category: str | None = Field(None, description="the label (score; rules: the label they report)")
+    score: float | None = Field(None, description="score: the calibrated probability")
+    band: list[float] | None = Field(None, description="score: the policy band [from, to) it fell in")
+    contact_type: str | None = Field(None, description="contact_blocklist: phone, email, url or handle")
+    term: str | None = Field(None, description="term: the blocked term as the policy spells it")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler):
+        data = handler(self)
+        return (
+            {k: v for k, v in data.items() if v is not None or k == "category"}
+            if isinstance(data, dict)
+            else data
+        )
+
+
 class ClassifyResult(BaseModel):
-    """One input's result; ``category_scores`` are calibrated probabilities in [0, 1]."""
+    """One input's result; ``category_scores`` are calibrated probabilities in [0, 1]. The decision
+    fields come from the moderation policy (docs/policy.md); every result is logged under its
+    ``decision_id`` unless the server runs without a decision log."""
 
     flagged: bool = Field(description="any category reached its threshold")
     categories: dict[str, bool]
     category_scores: dict[str, float]
     truncated: bool = Field(description="the text did not fit the model window; scored on what fits")
+    decision_id: str = Field(description="id of this decision (GET /v1/decisions/{id}/statement, appeals)")
+    action: str = Field(
+        description="what to do with the ad, in the policy's action names (allow, review, remove)"
+    )
+    observed_action: str | None = Field(
+        None, description="observe-only policies: the action the policy decided (``action`` is the first one)"
+    )
+    severity: str = Field(description="highest severity level over categories and rules")
+    category_severity: dict[str, str] = Field(description="severity level per category")
+    reasons: list[Reason] = Field(description="why, most severe first; [] when nothing fired")
+    policy_version: str = Field(description="version of the policy that decided")
+    model_version: str | None = Field(
+        description="registry version, or sha256:<12 hex> of the weights for a model directory"
+    )
     explanations: dict[str, list[ExplanationSpan]] | None = Field(
         None,
         description='only with "explain": true: per flagged label, the top word spans, strongest first '
@@ -151,7 +189,7 @@ class ClassifyResult(BaseModel):
     def _omit_absent_explanations(self, handler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("explanations", "contacts"):
+            for key in ("explanations", "contacts", "observed_action"):
                 if data.get(key, 0) is None:
                     del data[key]  # plain requests keep the plain result shape
         return data
@@ -165,12 +203,106 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult]
 
 
+class StatementResponse(BaseModel):
+    """A decision's statement of reasons: ``GET /v1/decisions/{id}/statement``."""
+
+    decision_id: str
+    action: str
+    policy_version: str
+    model_version: str | None
+    statement: dict[str, Any] = Field(
+        description="fields of the DSA Transparency Database's statement-of-reasons schema (docs/policy.md)"
+    )
+
+
+class AppealRequest(BaseModel):
+    """Open an appeal on a decision that restricted an ad (one open appeal per decision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: str = Field(min_length=1, max_length=40, description="the decision_id of a classify result")
+    statement: str | None = Field(
+        None,
+        max_length=2000,
+        description="the appellant's explanation (stored for the moderator, never logged)",
+    )
+
+
+class AppealResolution(BaseModel):
+    """Resolve an open appeal (admin key). Overturned decisions become feedback rows with ``labels``
+    (required then; the serving model's labels are added to the published schema as an ``enum``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"outcome": {"const": "upheld"}}},
+                {
+                    "properties": {"outcome": {"const": "overturned"}, "labels": {"type": "array"}},
+                    "required": ["labels"],
+                },
+            ]
+        },
+    )
+
+    outcome: Literal["upheld", "overturned"]
+    reviewer: str = Field(min_length=1, max_length=200, description="moderator id")
+    labels: list[str] | None = Field(
+        None,
+        max_length=64,
+        description="overturned: the labels the moderator decided on ([] = benign; required)",
+    )
+    text: str | None = Field(
+        None,
+        max_length=100_000,
+        description="overturned: the ad text, checked against the decision's keyed text hash (needed when "
+        "the server no longer holds the classify request)",
+    )
+
+
+class AppealResponse(BaseModel):
+    id: str
+    decision_id: str
+    status: str = Field(description="open, upheld or overturned")
+    category: str | None = Field(description="the decision's primary category")
+    opened_at: str
+    resolved_at: str | None = None
+    reviewer: str | None = None
+    labels: list[str] | None = None
+    feedback_id: int | None = Field(None, description="overturned: the feedback row made from it")
+
+
+class PolicyInfo(BaseModel):
+    """The policy in force: ``GET /v1/policy`` (admin)."""
+
+    version: str
+    source: str = Field(description="file, or model-thresholds (no --policy)")
+    path: str | None
+    loaded_at: str
+    observe_only: bool
+    actions: list[str]
+    severity_levels: list[str]
+    tenants: list[str] = Field(description="tenants with overrides")
+    reload_error: dict[str, str] | None = Field(
+        description="the last failed reload (the previous policy serves)"
+    )
+
+
 class LoadError(BaseModel):
     """A model version that failed to load (the previous one keeps serving)."""
 
     version: str | None
     error: str = Field(description="exception type and message")
     at: str = Field(description="UTC time, ISO 8601")
+
+
+class PollError(BaseModel):
+    """Registry polls of a followed alias that keep failing (the serving model is unaffected)."""
+
+    error: str = Field(description="the latest failure: exception type and the first line of its message")
+    failures: int = Field(description="failed polls in a row")
+    since: str = Field(description="UTC time of the first failure in the row, ISO 8601")
+    at: str = Field(description="UTC time of the latest failure, ISO 8601")
 
 
 class ModelDetails(BaseModel):
@@ -185,6 +317,9 @@ class ModelDetails(BaseModel):
     loaded_at: str | None
     follow_alias_s: float | None = Field(description="registry poll interval when following an alias")
     load_error: LoadError | None = Field(description="last failed load, if any")
+    poll_error: PollError | None = Field(
+        default=None, description="failing registry polls of a followed alias, until one succeeds"
+    )
 
 
 class Status(BaseModel):
@@ -207,7 +342,7 @@ class ErrorBody(BaseModel):
 
 # the error responses every /v1 route documents (one body shape, see serve/errors.py)
 ERROR_RESPONSES: dict[int | str, dict] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)
 }
 
 
@@ -247,7 +382,9 @@ class FeedbackRequest(BaseModel):
     reviewer: str = Field(min_length=1, max_length=200, description="moderator id (no personal data needed)")
     reviewed_at: datetime | None = Field(
         None,
-        description="when the decision was made (default: now); at most a day in the future (422 beyond)",
+        description="when the decision was made (default: now); within the server's window: at most "
+        "feedback_max_age_days (365) back and feedback_clock_skew_s (300 s) ahead (422 beyond). Only "
+        "informative: a reviewer's later decision is the one received later",
     )
 
     @field_validator("input_index", mode="before")

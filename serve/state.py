@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.predictor import Predictor
-from model.uri import ModelRef, registry_version, resolve_model
+from model.uri import ModelRef, registry_identity, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,13 @@ Loader = Callable[[str, Path], LoadedModel]
 
 
 class ModelState:
-    """Holds the serving model; loads it (and later versions of a followed alias) in a thread.
+    """Holds the serving model; loads it (and later targets of a followed alias) in a thread.
+
+    A followed alias is compared by identity (``model.uri.version_identity``: registry, name, version,
+    run id, source, creation time), never by version number alone: a registered model deleted and
+    registered again, or a registry recreated at the same path, starts again at version 1 with other
+    weights, and is loaded at the next poll. Failed polls are counted in ``poll_error`` (logged once,
+    and once more when polling recovers).
 
     Args:
         uri: the model URI.
@@ -79,6 +86,8 @@ class ModelState:
         self.on_failure = on_failure
         self.current: LoadedModel | None = None
         self.load_error: dict | None = None
+        self.poll_error: dict | None = None  # {"error", "failures", "since", "at"} while polls fail
+        self._failed_identity: dict[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._attempts = 0
@@ -100,13 +109,15 @@ class ModelState:
         cur = self.current
         return (cur.predictor, cur) if cur is not None else None
 
-    def _try_load(self, version: str | None) -> None:
+    def _try_load(self, target: dict[str, str] | None) -> None:
         self._attempts += 1
+        version = target["version"] if target else None
         dst = self.download_dir / f"load-{self._attempts}"
         try:
             loaded = self._load(self.uri, dst)
         except Exception as e:
             shutil.rmtree(dst, ignore_errors=True)
+            self._failed_identity = target
             self.load_error = {"version": version, "error": f"{type(e).__name__}: {e}", "at": _now()}
             logger.error(
                 "loading %s (version %s) failed, %s: %s",
@@ -122,6 +133,7 @@ class ModelState:
         previous = old.ref.version if old else None
         self.current = loaded  # the atomic swap
         self.load_error = None
+        self._failed_identity = None
         if old is not None and self.download_dir in old.ref.directory.parents:
             # the old model is in memory; its download is no longer needed (a batch still running on
             # it is unaffected: open files stay readable after unlinking)
@@ -132,31 +144,95 @@ class ModelState:
         del old
         freeze_long_lived()
         logger.info(
-            "serving %s version %s (was %s)",
+            "serving %s version %s (run %s; was %s)",
             loaded.ref.name,
             loaded.ref.version,
+            loaded.ref.run_id,
             previous,
         )
         if self.on_loaded:
             self.on_loaded(loaded)
 
+    def _serves(self, target: dict[str, str]) -> bool:
+        """Whether the serving model is ``target`` (by identity; by version number only for a loader
+        that records no identity)."""
+        cur = self.current
+        if cur is None:
+            return False
+        if cur.ref.identity is not None:
+            return cur.ref.identity == target
+        return cur.ref.version == target["version"]
+
+    def _poll(self) -> dict[str, str] | None:
+        """The alias's target identity now, or None when the registry read fails (counted in
+        ``poll_error``: logged at the first failure and at recovery, never per poll)."""
+        try:
+            target = registry_identity(self.uri)
+        except Exception as e:
+            now, summary = _now(), summarise_error(e)
+            err = self.poll_error
+            if err is None:
+                logger.warning(
+                    "polling %s failed, %s; retrying every %s s (failures are counted in /v1/model poll_error)",
+                    self.uri,
+                    summary,
+                    self.follow_alias_s,
+                )
+                self.poll_error = {"error": summary, "failures": 1, "since": now, "at": now}
+            else:
+                self.poll_error = {**err, "error": summary, "failures": err["failures"] + 1, "at": now}
+            return None
+        if self.poll_error is not None:
+            logger.info(
+                "registry poll of %s recovered after %d failures", self.uri, self.poll_error["failures"]
+            )
+            self.poll_error = None
+        return target
+
     def _run(self) -> None:
+        if self.follow_alias_s:
+            open_registry_per_poll()
         self._try_load(None)
         interval = self.follow_alias_s or 5.0
         while not self._stop.wait(interval):
-            if self.follow_alias_s is None and self.current is not None:
-                return  # nothing to follow; a failed first load is retried below
-            try:
-                reg = registry_version(self.uri) if self.follow_alias_s else None
-            except Exception as e:
-                logger.warning("polling %s failed: %s", self.uri, type(e).__name__)
+            if self.follow_alias_s is None:
+                if self.current is not None:
+                    return  # nothing to follow
+                self._try_load(None)  # a failed first load is retried
                 continue
-            target = reg[1] if reg else None
-            cur = self.current.ref.version if self.current else None
-            failed = self.load_error["version"] if self.load_error else None
-            if self.current is None or (target is not None and target != cur and target != failed):
-                logger.info("alias %s now points at version %s; loading", self.uri, target)
+            target = self._poll()
+            if target is None:
+                continue
+            if self.current is None or (not self._serves(target) and target != self._failed_identity):
+                logger.info(
+                    "alias %s now points at version %s (run %s); loading",
+                    self.uri,
+                    target["version"],
+                    target["run_id"],
+                )
                 self._try_load(target)
+
+
+_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
+
+
+def summarise_error(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` without credentials in URLs, at most ``limit`` characters
+    (a database error's message goes on with its SQL statement and parameters)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return _CREDENTIALS.sub(r"\1***@", f"{type(e).__name__}: {first}")[:limit]
+
+
+def open_registry_per_poll() -> None:
+    """Make MLflow's SQL stores in this process open a connection per registry read and close it after
+    (SQLAlchemy's ``NullPool``, through ``MLFLOW_SQLALCHEMYSTORE_POOLCLASS``), unless the user chose a
+    pool class. A pooled SQLite connection keeps the file's old inode open: a registry moved away or
+    recreated at the same path while a server follows an alias is then read (and locked) through the
+    stale handle, which SQLite documents as a way to corrupt a database. Takes effect for engines
+    created after the call: the loader thread calls it before its first registry read.
+    """
+    if not os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOLCLASS"):
+        os.environ["MLFLOW_SQLALCHEMYSTORE_POOLCLASS"] = "NullPool"
 
 
 def freeze_long_lived() -> None:

@@ -12,16 +12,24 @@ How phones are found (all offsets are into the text *as given*):
 2. A regular expression finds *tokens*: maximal alphanumeric runs made only of digits, number
    words (``zero`` .. ``nine``, any case) and, next to at least one of those, ``O``/``o``/``l``/``I``
    standing for 0/1; keycap marks (U+FE0F, U+20E3) after a digit belong to it. ``someone`` or
-   ``34B`` are not tokens (a token never touches other letters or digits).
+   ``34B`` are not tokens (such a token never touches other letters or digits). Two more kinds:
+   a block of 3 or more plain digits glued to letters (``CallMe415-555-2671Now``,
+   ``maya6929752524``: posters run names and words into their numbers), and the word ``oh``, read
+   as 0 only in a run that also holds a spelled number word (``nine oh nine ...``).
 3. Tokens joined by short separators (space, ``. - / * ( ) _ ~ |``, emoji and other symbols) form a
    *run*; a run is cut into phone numbers by digit-group shape: 10 digits (11 with a leading ``1``
    country code) grouped as a North-American number is written (``3-3-4``, ``3-7``, one block, or
-   digits spaced one by one), or a 7-digit local number (``3-4``, one block, or spaced digits).
+   digits spaced one by one), or a 7-digit local number (``3-4``, one block, or spaced digits),
+   which takes the area code of the last full North-American number before it in the same text
+   (``call 949-667-2201 or 555-0199``) and is dropped without one.
 4. ``phonenumbers`` (the Python port of Google's libphonenumber) parses the digits in the default
-   region and keeps a number when ``is_possible_number`` holds (``strict=True``: ``is_valid_number``,
-   for real data; risky-ads-v1's pseudonymised numbers are possible but mostly not assigned). Values
-   are E.164 (``+14155550123``). Prices, ages, hours, years, ZIP codes and dates do not have a
-   phone's shape or length and are not phones.
+   region and keeps a number when it is possible as a full number
+   (``is_possible_number_with_reason`` is ``IS_POSSIBLE``: never a local-only length, which is not
+   E.164 and shares its digits with many unrelated numbers; ``strict=True``: also
+   ``is_valid_number``, for real data; risky-ads-v1's pseudonymised numbers are possible but mostly
+   not assigned). Values are E.164 (``+14155550123``). Prices, ages, hours, years, ZIP codes and
+   dates do not have a phone's shape or length and are not phones, nor are digits inside a URL or
+   an e-mail address (reserved example domains included).
 
 E-mails (``kim@x.com`` and the spelled ``kim at gmail dot com`` / ``kim [at] yahoo [dot] com``
 against a list of common top-level domains) are lower-cased; URLs are lower-cased hosts plus path
@@ -90,13 +98,20 @@ _KEYCAP = "[\ufe0f\u20e3]*"
 _CORE = rf"(?:[0-9]|{'|'.join(_WORDS)}){_KEYCAP}"
 _SUB = rf"(?-i:[oOlI]){_KEYCAP}"
 # a token: starts/ends at a word boundary (no letter or digit touching it), holds at least one true
-# digit or number word; O/o/l/I only count inside such a token
-_TOKEN = rf"(?<![^\W_])(?:{_SUB})*{_CORE}(?:{_CORE}|{_SUB})*(?![^\W_])"
+# digit or number word; O/o/l/I only count inside such a token. Or: plain digits glued to letters
+# (3 or more, so "34B" stays a bra size), or the word "oh" (a digit only among number words).
+_TOKEN = (
+    rf"(?:(?<![^\W_])(?:{_SUB})*{_CORE}(?:{_CORE}|{_SUB})*(?![^\W_])"
+    r"|(?<![0-9])[0-9]{3,}(?![0-9])"
+    r"|(?<![^\W_])oh(?![^\W_]))"
+)
 _SEP = r"(?:\s++|[.\-/*()\[\]{}<>_~|=•·,'\"]|[^\x00-\x7f\w\s])"
 # the leading look-ahead lets the regex engine skip positions that cannot start a run (2x faster)
 _RUN = re.compile(rf"(?=[0-9oOlIzZeEfFsStTnN+])(\+\s?)?{_TOKEN}(?:{_SEP}{{1,5}}{_TOKEN})*", re.IGNORECASE)
 _TOKEN_RE = re.compile(_TOKEN, re.IGNORECASE)
 _UNIT_RE = re.compile(rf"({'|'.join(_WORDS)}|[0-9]|(?-i:[oOlI]))", re.IGNORECASE)
+_NUMBER_WORD = re.compile("|".join(_WORDS), re.IGNORECASE)
+_LOCAL = "L"  # prefix of a 7-digit North-American local number waiting for an area code
 
 _TLDS = (
     "com",
@@ -278,12 +293,15 @@ def _phone_shape(sizes: tuple[int, ...]) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def _parse_phone(digits: str, region: str, strict: bool) -> str | None:
-    """E.164 of a digit string (``+`` prefix = international) when possible/valid in ``region``."""
+    """E.164 of a digit string (``+`` prefix = international) when possible as a full number (never a
+    local-only length) and, when ``strict``, valid in ``region``."""
     try:
         num = phonenumbers.parse(digits, region)
     except phonenumbers.NumberParseException:
         return None
-    ok = phonenumbers.is_valid_number(num) if strict else phonenumbers.is_possible_number(num)
+    ok = phonenumbers.is_possible_number_with_reason(num) == phonenumbers.ValidationResult.IS_POSSIBLE
+    if ok and strict:
+        ok = phonenumbers.is_valid_number(num)
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164) if ok else None
 
 
@@ -353,7 +371,10 @@ class ContactExtractor:
         ):
             found += self._handles(folded)
         if "phone" in self.types:
-            found += self._phones(folded)
+            masked = _address_spans(folded) if "." in folded else []
+            found += [
+                p for p in self._phones(folded) if not any(s < p.end and p.start < e for s, e in masked)
+            ]
         found = _drop_overlaps(found)
         if self._key is not None:
             found = [Contact(c.type, self._hash(c), c.start, c.end, c.platform) for c in found]
@@ -368,15 +389,35 @@ class ContactExtractor:
         out = []
         for run in _RUN.finditer(folded):
             plus = run.group(1) is not None
+            tokens = [
+                (t.group(0), t.start(), t.end()) for t in _TOKEN_RE.finditer(folded, run.start(), run.end())
+            ]
+            spelled = any(not t.isdigit() and _NUMBER_WORD.search(t) for t, _, _ in tokens)
             groups: list[tuple[str, int, int]] = []  # (digits, start, end) per token
-            for tok in _TOKEN_RE.finditer(folded, run.start(), run.end()):
-                d = _token_digits(tok.group(0))
-                if d is None:  # a lone O/l: ends the current stretch
+            for tok, start, end in tokens:
+                d = ("0" if spelled else None) if tok.lower() == "oh" else _token_digits(tok)
+                if d is None:  # a lone O/l (or "oh" among plain digits): ends the current stretch
                     out += self._cut(groups, plus, run.start())
                     groups, plus = [], False
                     continue
-                groups.append((d, tok.start(), tok.end()))
+                groups.append((d, start, end))
             out += self._cut(groups, plus, run.start())
+        return self._with_area_codes(out)
+
+    def _with_area_codes(self, phones: list[Contact]) -> list[Contact]:
+        """Give each 7-digit local number the area code of the last full ``+1`` number before it (a
+        second number written without its area code shares the first one's); drop it without one."""
+        out: list[Contact] = []
+        area = None
+        for c in phones:
+            if c.value.startswith(_LOCAL):
+                value = _parse_phone(area + c.value[1:], self.region, self.strict) if area else None
+                if value is not None:
+                    out.append(Contact("phone", value, c.start, c.end))
+                continue
+            out.append(c)
+            if c.value.startswith("+1") and len(c.value) == 12:
+                area = c.value[2:5]
         return out
 
     def _cut(self, groups: list[tuple[str, int, int]], plus: bool, run_start: int) -> list[Contact]:
@@ -406,7 +447,8 @@ class ContactExtractor:
         if plus:
             return _parse_phone("+" + digits, self.region, self.strict) if len(digits) >= 8 else None
         sizes = tuple(len(g[0]) for g in groups[i : j + 1])
-        if self.region in ("US", "CA") or phonenumbers.country_code_for_region(self.region) == 1:
+        nanp = self.region in ("US", "CA") or phonenumbers.country_code_for_region(self.region) == 1
+        if nanp:
             if len(digits) == 11 and digits[0] == "1":
                 sizes = (sizes[0] - 1,) + sizes[1:] if sizes[0] > 1 else sizes[1:]
                 digits = digits[1:]
@@ -420,6 +462,8 @@ class ContactExtractor:
             return None
         if len(sizes) > 1 and all(g[0].endswith("0") for g in groups[i : j + 1]):
             return None  # "200 250 3000": a price list, not a phone
+        if len(digits) == 7 and nanp:
+            return _LOCAL + digits  # an area code is needed first (``_with_area_codes``)
         return _parse_phone(digits, self.region, self.strict)
 
     # -- e-mails, URLs, handles -------------------------------------------------------------------
@@ -470,6 +514,17 @@ class ContactExtractor:
                     )
                 )
         return out
+
+
+def _address_spans(folded: str) -> list[tuple[int, int]]:
+    """Spans of every URL and e-mail address in ``folded``, reserved example domains included: digits
+    inside them (``example.com/ads/4155550123``) are part of an address, not a phone number."""
+    spans = []
+    if _URL_HINT.search(folded):
+        spans += [m.span() for m in _URL.finditer(folded)]
+    if "@" in folded:
+        spans += [m.span() for m in _EMAIL.finditer(folded)]
+    return spans
 
 
 def _drop_overlaps(found: list[Contact]) -> list[Contact]:

@@ -10,8 +10,13 @@ MinHash signature, band keys, ids and scores; never the texts):
   one ``persona_id``: connected components of the ad-contact graph (``scipy.sparse.csgraph``). A
   *hub* contact, shared by more than ``hub_cap`` ads (a site's own number, an agency line), is not
   used for linking, and an ad with more than ``max_contacts_per_ad`` contacts (a spam list) links by
-  none of them; both cuts are counted in ``LinkResult.report``. The id is the smallest row number
-  in the component, so it is stable across runs and chunk sizes.
+  none of them; both cuts are counted in ``LinkResult.report``. A component of more than
+  ``max_persona`` ads is resolved again, since one transitive closure over reused and recycled
+  numbers can chain unrelated posters without end: ads linked by identical text or by two or more
+  distinct contacts stay together (a must-link, as record linkage weighs agreeing fields), and
+  single-contact links merge only while the persona stays within the bound (``_split_component``);
+  each split is counted and the largest are listed in the report. The id is the smallest row
+  number in the persona, so it is stable across runs and chunk sizes.
 * **Template clusters.** As in InfoShield (Lee et al., ICDE 2021), near-duplicate ads are grouped
   after contacts, numbers and names are masked: word ``shingle_size``-gram shingles, MinHash
   signatures (Broder 1997) with ``datasketch``'s permutations (scheme ``affine32``; the values equal
@@ -44,6 +49,7 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,6 +101,7 @@ class LinkConfig:
         text_column: the ad text column.
         region, strict_phones, hash_key: passed to ``signals.contacts.ContactExtractor``.
         hub_cap: a contact shared by more than this many ads is not used for linking (>= 2).
+        max_persona: a persona component of more ads is split at its single-contact links (>= 2).
         max_contacts_per_ad: an ad with more contacts links by none of them (they stay in its row).
         link_identical_text: identical normalised texts (>= ``min_tokens`` words) link ads too.
         similarity: Jaccard similarity (0-1] of masked shingle sets for two ads to share a template.
@@ -114,6 +121,7 @@ class LinkConfig:
     strict_phones: bool = False
     hash_key: bytes | str | None = None
     hub_cap: int = 50
+    max_persona: int = 50
     max_contacts_per_ad: int = 20
     link_identical_text: bool = True
     similarity: float = 0.5
@@ -134,6 +142,8 @@ class LinkConfig:
             raise LinkError(f"similarity must be in (0, 1], got {self.similarity}")
         if self.hub_cap < 2:
             raise LinkError(f"hub_cap must be >= 2, got {self.hub_cap}")
+        if self.max_persona < 2:
+            raise LinkError(f"max_persona must be >= 2, got {self.max_persona}")
         for name in (
             "num_perm",
             "shingle_size",
@@ -364,7 +374,7 @@ class Linker:
         self._place: list[np.ndarray] = []
         self._time_col = self.cfg.time_column
         self._place_col = self.cfg.place_column
-        self.stats = {
+        self.stats: dict[str, Any] = {
             "ads": 0,
             "ads_without_text": 0,
             "ads_over_contact_cap": 0,
@@ -477,6 +487,14 @@ class Linker:
         self.stats["largest_hub"] = int(counts[inv[hub]].max()) if hub.any() else 0
         use = ~hub
         labels = _components(self.n, inv[use], ad[use])
+        labels, splits = _split_large_personas(labels, ad[use], inv[use], is_text[use], self.cfg.max_persona)
+        self.stats["max_persona"] = self.cfg.max_persona
+        self.stats["personas_split"] = len(splits)
+        self.stats["persona_split_ads"] = int(sum(x["ads"] for x in splits))
+        self.stats["persona_split_parts"] = int(sum(x["parts"] for x in splits))
+        self.stats["persona_splits"] = sorted(splits, key=lambda x: (-x["ads"], x["component"]))[
+            :SPLITS_LISTED
+        ]
         self.stats["distinct_contacts"] = int(len(np.unique(key[~is_text])))
         return labels, ad[~is_text], key[~is_text]
 
@@ -590,6 +608,131 @@ def _components(n: int, a: np.ndarray, b: np.ndarray, bipartite: bool = True) ->
     smallest = np.full(comp.max() + 1 if size else 0, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(smallest, comp[:n], np.arange(n, dtype=np.int64))
     return smallest[comp[:n]]
+
+
+SPLITS_LISTED = 20  # the largest split components listed in the report (all are counted)
+
+
+def _split_large_personas(
+    labels: np.ndarray, ad: np.ndarray, key: np.ndarray, is_text: np.ndarray, bound: int
+) -> tuple[np.ndarray, list[dict]]:
+    """Persona labels with every component of more than ``bound`` ads split by ``_split_component``.
+
+    Args:
+        labels: component label per ad (smallest row number), ``[n]``.
+        ad, key, is_text: the linking pairs (row, key index, whether the key is an identical text).
+        bound: the largest persona reached by single-contact links.
+
+    Returns:
+        (labels, splits): new labels (smallest row number of each part) and one dict per split
+        component: ``component`` (its old id), ``ads``, ``parts``, ``largest_part``, ``contacts_cut``
+        (contacts whose ads now lie in 2+ personas), ``parts_over_bound`` (parts held together by
+        must-links alone).
+    """
+    n = len(labels)
+    sizes = np.bincount(labels, minlength=n) if n else np.zeros(0, np.int64)
+    if not n or sizes.max() <= bound:
+        return labels, []
+    labels = labels.copy()
+    big = sizes[labels[ad]] > bound
+    ad, key, is_text = ad[big], key[big], is_text[big]
+    order = np.argsort(labels[ad], kind="stable")
+    ad, key, is_text = ad[order], key[order], is_text[order]
+    comp_of_pair = labels[ad]
+    cuts = np.flatnonzero(np.r_[True, comp_of_pair[1:] != comp_of_pair[:-1], True])
+    big_rows = np.flatnonzero(sizes[labels] > bound)  # ascending; grouped by component below
+    big_rows = big_rows[np.argsort(labels[big_rows], kind="stable")]
+    row_cuts = np.flatnonzero(np.r_[True, labels[big_rows][1:] != labels[big_rows][:-1], True])
+    splits = []
+    for (lo, hi), (rlo, rhi) in zip(
+        zip(cuts[:-1], cuts[1:], strict=True), zip(row_cuts[:-1], row_cuts[1:], strict=True), strict=True
+    ):
+        comp = int(comp_of_pair[lo])
+        rows = big_rows[rlo:rhi]
+        parts = _split_component(rows, ad[lo:hi], key[lo:hi], is_text[lo:hi], bound)
+        if len(parts) == 1:
+            continue
+        for members in parts:
+            labels[members] = members.min()
+        k_part = pd.DataFrame({"k": key[lo:hi], "p": labels[ad[lo:hi]]})
+        splits.append(
+            {
+                "component": comp,
+                "ads": len(rows),
+                "parts": len(parts),
+                "largest_part": int(max(len(m) for m in parts)),
+                "contacts_cut": int((k_part.groupby("k")["p"].nunique() > 1).sum()),
+                "parts_over_bound": int(sum(len(m) > bound for m in parts)),
+            }
+        )
+    return labels, splits
+
+
+def _split_component(
+    rows: np.ndarray, ad: np.ndarray, key: np.ndarray, is_text: np.ndarray, bound: int
+) -> list[np.ndarray]:
+    """Resolve one persona component (ads ``rows``, sorted; linking pairs ``ad``-``key``) again,
+    requiring two independent links for any merge beyond ``bound`` ads.
+
+    1. Must-links: ads sharing an identical text, or two or more distinct contacts (a pair agreeing
+       on two independent fields, the evidence record linkage weighs: Fellegi and Sunter 1969), are
+       merged into one node (connected components), whatever its size.
+    2. Single links: nodes are merged along the contacts they share, the pairs sharing the most
+       contacts first (ties: smallest row numbers first, so the result does not depend on chunking),
+       only while the merged part holds at most ``bound`` ads: a size-constrained single-linkage
+       (Kruskal's order with a capacity), so a chain is cut where it must be and nowhere else.
+
+    Returns:
+        The parts as arrays of row numbers (together exactly ``rows``).
+    """
+    m = len(rows)
+    a = np.searchsorted(rows, ad)
+    _, k = np.unique(key, return_inverse=True)
+    incidence = coo_matrix((np.ones(len(a), dtype=np.int32), (a, k)), shape=(m, int(k.max()) + 1)).tocsr()
+    incidence.data[:] = 1  # an ad holding a key twice still holds it once
+    text = np.isin(np.arange(incidence.shape[1]), k[is_text])
+    shared = (incidence[:, ~text] @ incidence[:, ~text].T).tocoo()  # distinct contacts per ad pair
+    twice = (shared.data >= 2) & (shared.row < shared.col)
+    same_text = (incidence[:, text] @ incidence[:, text].T).tocoo()
+    must = coo_matrix(
+        (np.ones(int(twice.sum()) + same_text.nnz, dtype=np.int8),
+         (np.r_[shared.row[twice], same_text.row], np.r_[shared.col[twice], same_text.col])),
+        shape=(m, m),
+    )  # fmt: skip
+    _, node = connected_components(must.tocsr(), directed=False)  # must-link node per ad
+    edges = pd.DataFrame({"u": node[shared.row], "v": node[shared.col], "w": shared.data})
+    edges = edges[edges["u"] < edges["v"]].groupby(["u", "v"], sort=True)["w"].sum()
+    part = _merge_within_bound(edges, np.bincount(node), bound)
+    return [rows[members] for members in _group_rows(part[node])]
+
+
+def _merge_within_bound(edges: pd.Series, node_ads: np.ndarray, bound: int) -> np.ndarray:
+    """Union-find over nodes holding ``node_ads`` ads each: join the two ends of every edge, heaviest
+    first (ties: smallest node ids), whenever the union holds at most ``bound`` ads. ``edges``: weight
+    per ``(u, v)`` node pair (``u < v``). Returns the part (its smallest node id) per node."""
+    size = node_ads.astype(np.int64)
+    parent = np.arange(len(size))
+    u, v = edges.index.get_level_values("u"), edges.index.get_level_values("v")
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in np.lexsort((v, u, -edges.to_numpy())):
+        ra, rb = root(int(u[i])), root(int(v[i]))
+        if ra != rb and size[ra] + size[rb] <= bound:
+            parent[max(ra, rb)] = min(ra, rb)
+            size[min(ra, rb)] += size[max(ra, rb)]
+    return np.array([root(x) for x in range(len(size))], dtype=np.int64)
+
+
+def _group_rows(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of ``labels`` grouped by value (each group ascending)."""
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1], True])
+    return [order[lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _cluster_table(kind, labels, score, flag, tim, place, contact_ad, contact_key) -> pd.DataFrame:
@@ -726,5 +869,9 @@ def summary(result: LinkResult) -> str:
         f"{r['personas_multi']} personas and {r['templates_multi']} template clusters of 2+ ads\n"
         f"hub cap {r['hub_cap']}: {r['hub_contacts_cut']} contact(s) shared by more ads were not used "
         f"({r['hub_links_cut']} ad links cut, largest {r['largest_hub']} ads); "
-        f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none"
+        f"{r['ads_over_contact_cap']} ad(s) with more than the per-ad contact cap linked by none\n"
+        f"max persona {r['max_persona']}: {r['personas_split']} persona component(s) above it "
+        f"({r['persona_split_ads']} ads) split at single-contact links into {r['persona_split_parts']} "
+        "personas (single-contact links merge only within the bound; ads sharing identical text or 2+ "
+        "contacts kept together)"
     )

@@ -68,6 +68,31 @@ def _template_html(segments_json: str | None, text: str | None) -> tuple[str, li
     return " ".join(parts), variants
 
 
+def _splits_html(r: dict) -> list[str]:
+    """The persona components split at the size bound, and why (empty when none was)."""
+    splits = r.get("persona_splits") or []
+    if not splits:
+        return []
+    esc = html.escape
+    out = [
+        '<div class="card"><b>Persona components split.</b> '
+        f"{esc(str(r.get('personas_split', len(splits))))} component(s) of more than "
+        f"{esc(str(r.get('max_persona')))} ads were joined only by chains of single shared contacts "
+        "(reused or recycled numbers can chain unrelated posters). They were resolved again: ads "
+        "sharing an identical text or two or more contacts stay together; single-contact links join "
+        "ads only while the persona stays within the bound. Largest:<ul>"
+    ]
+    for x in splits:
+        out.append(
+            f"<li>component {esc(str(x['component']))}: {esc(str(x['ads']))} ads, split into "
+            f"{esc(str(x['parts']))} personas (largest {esc(str(x['largest_part']))} ads; "
+            f"{esc(str(x['contacts_cut']))} contact(s) now link across personas; "
+            f"{esc(str(x['parts_over_bound']))} held above the bound by must-links)</li>"
+        )
+    out.append("</ul></div>")
+    return out
+
+
 def render_report(
     clusters: pd.DataFrame, report: dict | None = None, *, top: int = 50, title: str = "adrisk cluster report"
 ) -> str:
@@ -94,6 +119,8 @@ def render_report(
         ("contacts found", r.get("contacts")),
         ("hub contacts cut", r.get("hub_contacts_cut")),
         ("hub cap", r.get("hub_cap")),
+        ("persona components split", r.get("personas_split")),
+        ("max persona (ads)", r.get("max_persona")),
     ]
     out = [
         "<!DOCTYPE html>",
@@ -110,6 +137,7 @@ def render_report(
         if value is not None:
             out.append(f'<div class="stat"><b>{esc(str(value))}</b>{esc(label)}</div>')
     out.append("</div>")
+    out += _splits_html(r)
     for row in clusters.head(top).itertuples(index=False):
         d = row._asdict()
         kind = str(d.get("kind", ""))

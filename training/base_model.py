@@ -8,6 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from model.artifact import WEIGHTS_FILE, sha256_file
 from model.schema import LabelSchema, ProblemType
@@ -42,6 +43,8 @@ def _package_dir(name: str) -> Path:
         ) from e
     if hasattr(mod, "get_model_path"):
         return Path(mod.get_model_path())
+    if mod.__file__ is None:  # a namespace package: no directory to look in
+        raise BaseModelError(f"base model package '{name}' has no model directory")
     return Path(mod.__file__).parent / "model"
 
 
@@ -103,7 +106,7 @@ def build_model(base: BaseModel, cfg: BaseModelConfig, schema: LabelSchema, voca
     """
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    kw = dict(
+    kw: dict[str, Any] = dict(
         num_labels=schema.num_labels,
         id2label=dict(enumerate(schema.labels)),
         label2id={n: i for i, n in enumerate(schema.labels)},

@@ -5,9 +5,9 @@ the validation split to estimate its average precision on rows it was not fitted
 blended when that estimate beats the transformer's own validation AP by more than ``min_gain`` AND,
 on every style-stripped view of the validation rows (``training/views.py``), the blend's recall at
 its own threshold (the target precision on the unchanged rows) is not more than
-``view_recall_tolerance`` below the transformer's. The second rule is issue 10's "learn the ad, not
-the site": on the demo config the blend raised adult_services validation AP from 0.9998 to 1.0000 by
-sharpening the site's style, which moved the threshold up and cut the recall of short listings.
+``view_recall_tolerance`` below the transformer's. The second rule is "learn the ad, not the site": a
+blend can raise validation AP by sharpening one site's style, which moves the threshold up and cuts
+the recall of short listings (docs/generalisation.md §6 shows it on the demo config).
 The stacker is then refitted on the whole validation split. The test split and extra evaluation sets
 are never used. Multi-class models are not blended (their softmax couples the labels).
 """

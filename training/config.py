@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model.schema import LabelSchema, ProblemType
+
+logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -51,11 +54,6 @@ class DataConfig(_Strict):
     shuffle_train_labels: bool = Field(
         False, description="negative control: permute train targets across rows"
     )
-    ordinal_column: str | None = Field(
-        None,
-        description="a non-negative integer column (a count or rank, e.g. red_flags_text) learnt as an "
-        "auxiliary ordinal target when train.ordinal_weight > 0; rows without it contribute nothing",
-    )
 
 
 class TinyModelConfig(_Strict):
@@ -78,12 +76,6 @@ class BaseModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     max_length: int = Field(128, ge=8, le=512, description="model window in tokens")
-    tail_tokens: int = Field(
-        0,
-        ge=0,
-        description="a text longer than the window keeps its head and its last tail_tokens tokens "
-        "(head+tail truncation, Sun et al. 2019); 0: the head only",
-    )
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
@@ -101,13 +93,13 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = Field(2, ge=1, description="epochs without macro-AP gain before stopping")
     checkpoint_every_steps: int = Field(200, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
-    length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
-    ordinal_weight: float = Field(
-        0.0,
-        ge=0,
-        description="weight of the auxiliary ordinal loss on data.ordinal_column (training/ordinal.py); 0: off",
+    threads: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("threads", "num_threads"),
+        description="torch intra-op threads (default: all cores); num_threads is its deprecated name",
     )
+    length_group_size: int = Field(50, ge=1, description="batches per length-sorted mega-batch")
     linear_probe_steps: int = Field(
         0,
         ge=0,
@@ -118,17 +110,16 @@ class TrainConfig(_Strict):
         "auto",
         description="forward/backward under bfloat16 autocast, fp32 weights, optimizer and validation: "
         "auto = where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32; true = ask for it "
-        "(a warning and fp32 where unsupported); false = fp32. Measured on the demo config: validation "
-        "AP per label within 0.001 of fp32, fine-tuning 2x as fast (docs/performance.md)",
+        "(a warning and fp32 where unsupported); false = fp32. Its accuracy and speed against fp32: "
+        "docs/performance.md",
     )
 
-    @model_validator(mode="after")
-    def _tail_fits(self) -> TrainConfig:
-        if self.tail_tokens > self.max_length - 2:
-            raise ValueError(
-                f"train.tail_tokens {self.tail_tokens} exceeds the window's {self.max_length - 2} text tokens"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "num_threads" in data:
+            logger.warning("train.num_threads is deprecated: call it train.threads")
+        return data
 
 
 class CalibrationConfig(_Strict):
@@ -210,45 +201,14 @@ class GateConfig(_Strict):
 
 
 class GeneralisationConfig(_Strict):
-    """Learn the ad, not the site (issue 10; docs/generalisation.md). Views are ``training/views.py``'s."""
+    """Learn the ad, not the site (docs/generalisation.md). Views are ``training/views.py``'s."""
 
     augment_views: list[str] = Field(
         default_factory=list,
         description="add these style-stripped views of every training row, with its labels",
     )
     augment_fraction: float = Field(1.0, gt=0, le=1, description="share of training rows that get each view")
-    source_balanced: bool = Field(
-        False, description="resample training rows so each source is drawn equally often"
-    )
-    group_dro: bool = Field(
-        False, description="group DRO loss (Sagawa et al. 2020) over source x view x positive"
-    )
-    group_dro_eta: float = Field(0.01, gt=0, description="group DRO step size for the group weights")
     audit: bool = Field(True, description="shortcut audit of the test split (printed, logged as audit.*)")
-    wise_ft_alpha: float | Literal["auto"] | None = Field(
-        None,
-        description="WiSE-FT (Wortsman et al. 2022, training/wise_ft.py): mix the fine-tuned encoder "
-        "with the pretrained one, (1 - alpha) * pretrained + alpha * fine-tuned; auto = the smallest "
-        "alpha of wise_ft_grid whose validation macro AP is within wise_ft_tolerance of alpha = 1; "
-        "null: off",
-    )
-    wise_ft_grid: list[float] = Field(
-        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9],
-        description="candidate alphas for wise_ft_alpha: auto",
-    )
-    wise_ft_tolerance: float = Field(
-        0.005, ge=0, description="validation macro-AP drop allowed for wise_ft_alpha: auto"
-    )
-
-    @model_validator(mode="after")
-    def _wise_ft_in_range(self) -> GeneralisationConfig:
-        alphas = list(self.wise_ft_grid)
-        if isinstance(self.wise_ft_alpha, float):
-            alphas.append(self.wise_ft_alpha)
-        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"WiSE-FT alphas must be in [0, 1], got {bad}")
-        return self
 
     @model_validator(mode="after")
     def _views_known(self) -> GeneralisationConfig:
@@ -261,7 +221,8 @@ class GeneralisationConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """A distilled student served as an ONNX variant where it passes the gate (issue 14; ``training/distill.py``)."""
+    """An experiment: a distilled student served as an ONNX variant where it passes the gate
+    (``training/experiments/distill.py``)."""
 
     enabled: bool = Field(False, description="also train a shallower student on the model's logits")
     layers: list[int] = Field(
@@ -356,14 +317,6 @@ class Config(_Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _ordinal_ok(self) -> Config:
-        if self.train.ordinal_weight > 0 and not self.data.ordinal_column:
-            raise ValueError(
-                "train.ordinal_weight > 0 needs data.ordinal_column (the ordinal target's column)"
-            )
-        return self
-
     def target_precisions(self) -> dict[str, float]:
         """Target precision per label (the per-label override, else the default)."""
         c = self.calibration
@@ -403,6 +356,28 @@ class ConfigError(ValueError):
     """The config file or an override is invalid; the message says where."""
 
 
+# Options removed after they measured no gain; docs/generalisation.md keeps their numbers.
+REMOVED_KEYS = {
+    "train.tail_tokens": "head+tail windows",
+    "train.ordinal_weight": "the ordinal red-flag target",
+    "data.ordinal_column": "the ordinal red-flag target",
+    "generalisation.source_balanced": "source-balanced sampling",
+    "generalisation.group_dro": "group DRO",
+    "generalisation.group_dro_eta": "group DRO",
+    "generalisation.wise_ft_alpha": "WiSE-FT",
+    "generalisation.wise_ft_grid": "WiSE-FT",
+    "generalisation.wise_ft_tolerance": "WiSE-FT",
+}
+
+
+def _removed_key(raw: dict) -> str | None:
+    for key in REMOVED_KEYS:
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            return key
+    return None
+
+
 def _set_dotted(d: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     cur = d
@@ -420,8 +395,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load and validate a YAML config, applying ``key=value`` overrides (values parsed as YAML).
 
     Raises:
-        ConfigError: unreadable file, bad YAML, malformed override, or validation errors (unknown
-            keys included), with the offending key paths.
+        ConfigError: unreadable file, bad YAML, malformed override, a removed option
+            (``REMOVED_KEYS``), or validation errors (unknown keys included), with the offending key paths.
     """
     path = Path(path)
     try:
@@ -437,6 +412,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    removed = _removed_key(raw)
+    if removed:
+        raise ConfigError(
+            f"{path}: {removed} was removed ({REMOVED_KEYS[removed]} measured no gain: docs/generalisation.md)"
+        )
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

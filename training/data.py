@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,11 +54,6 @@ class Split:
     @property
     def sources(self) -> list[str] | None:
         return self.frame["source"].tolist() if "source" in self.frame else None
-
-    @property
-    def ordinal(self) -> np.ndarray | None:
-        """(n,) float values of ``data.ordinal_column`` (NaN where missing), or None without one."""
-        return self.frame["ordinal"].to_numpy(dtype=np.float64) if "ordinal" in self.frame else None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -175,11 +171,11 @@ def targets_from_frame(df: pd.DataFrame, cfg: DataConfig, schema: LabelSchema, w
                 empty.append(i)
                 continue
             for name in names:
-                j = col_index.get(str(name))
-                if j is None:
+                col = col_index.get(str(name))
+                if col is None:
                     unknown[str(name)].append(i)
                 else:
-                    y[i, j] = 1.0
+                    y[i, col] = 1.0
         if unknown:
             raise DataError(_unknown_labels_message(where, cfg.labels_column, unknown, schema))
         if empty:
@@ -217,15 +213,6 @@ def prepare_frame(
     for key, col in (("source", cfg.source_column), ("group", cfg.group_column), ("id", cfg.id_column)):
         if col and col in df.columns:
             out[key] = df[col].astype(str).to_numpy()
-    if cfg.ordinal_column and cfg.ordinal_column in df.columns:  # NaN where a row has none
-        raw = df[cfg.ordinal_column]
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
-        if bad.size:
-            raise DataError(
-                f"{where}: ordinal column '{cfg.ordinal_column}' must hold numbers; not so in {_rows(bad.tolist())}"
-            )
-        out["ordinal"] = values.to_numpy(dtype=np.float64)
     for j, name in enumerate(schema.labels):
         out[f"y.{name}"] = y[:, j]
     return out, y
@@ -245,8 +232,9 @@ def _find_split_files(root: Path, cfg: DataConfig) -> dict[str, Path] | None:
     given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
     found = {}
     for split in SPLITS:
-        if given[split]:
-            found[split] = root / given[split]
+        name = given[split]
+        if name:
+            found[split] = root / name
             continue
         names = [split] + (["valid", "val", "dev"] if split == "validation" else [])
         hits = [root / f"{n}{ext}" for n in names for ext in _FORMATS if (root / f"{n}{ext}").is_file()]
@@ -353,7 +341,6 @@ def load_data(
     if cfg.shuffle_train_labels:  # negative control: keep label frequencies, break text-label link
         tr = frames["train"].reset_index(drop=True)
         ycols = [f"y.{n}" for n in schema.labels]
-        ycols += ["ordinal"] if "ordinal" in tr else []  # a count behind a label is a label too
         tr[ycols] = tr[ycols].to_numpy()[np.random.default_rng(seed).permutation(len(tr))]
         frames["train"] = tr
         logger.warning("train labels are shuffled (negative control)")
@@ -381,7 +368,7 @@ def load_data(
         fr = fr.reset_index(drop=True)
         y = fr[[f"y.{n}" for n in schema.labels]].to_numpy(dtype=np.float32)
         splits[name] = Split(name, fr, y, fingerprint(fr, schema.labels), paths[name])
-    report = {
+    report: dict[str, Any] = {
         "made_split": made_split,
         "extra_train": extra_report,
         "overlap": overlaps,

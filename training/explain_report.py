@@ -4,8 +4,7 @@ up as a ranked list.
 
 Every row is explained for every label with ``model.explain.Explainer`` (occlusion: one set of
 forward passes gives all labels), unit attributions are grouped by their NFKC-folded, lower-cased
-original characters (``model.explain.unit_key``) and ranked by summed attribution
-(``model.explain.aggregate_attributions``). Written as ``explain_report.csv`` and
+original characters (``unit_key``) and ranked by summed attribution (``aggregate_attributions``). Written as ``explain_report.csv`` and
 ``explain_report.png`` (top tokens per label, all sources); logged to MLflow as a table and a figure
 when a run is active.
 """
@@ -13,14 +12,16 @@ when a run is active.
 from __future__ import annotations
 
 import logging
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from model.explain import Explainer, aggregate_attributions
-from model.normalize import normalize_text
+from model.explain import Attribution, Explainer
+from model.normalize import _VARIATION_SELECTORS, normalize_text
 from model.predictor import Predictor
 from training.config import DataConfig
 from training.data import prepare_frame, read_table
@@ -41,6 +42,69 @@ class ExplainReport:
     rows: int
 
 
+def unit_key(text: str, span: Sequence[int]) -> str:
+    """A grouping key for a unit: its original characters NFKC-folded, format characters removed,
+    lower-cased (emoji stay emoji)."""
+    s = unicodedata.normalize("NFKC", text[int(span[0]) : int(span[1])])
+    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf" and ch not in _VARIATION_SELECTORS)
+    return s.lower().strip()
+
+
+def aggregate_attributions(
+    texts: Sequence[str],
+    attributions: Sequence[Attribution],
+    labels: Sequence[str],
+    sources: Sequence[str] | None = None,
+    top_n: int = 20,
+    min_count: int = 3,
+):
+    """Rank the words/emoji with the largest attributions per label and per source over a data set, so a
+    shortcut (site boilerplate, a phone format, a city name) shows up as a ranked list.
+
+    Units are grouped by ``unit_key`` (NFKC, lower-cased original characters). For each (label,
+    source) and for each label over all sources (source ``"*"``), keys seen in at least ``min_count``
+    texts are ranked by their summed attribution (calibrated-logit units; positive = pushes the label up).
+
+    Args:
+        texts: the original texts. attributions: ``Explainer.attribute(texts)`` (all labels, in
+            ``labels`` order). labels: the model's label names. sources: one source name per text
+            (None: all ``"*"``). top_n: rows per (label, source). min_count: fewest texts a key must occur in.
+
+    Returns:
+        A pandas DataFrame with columns ``label, source, rank, token, total, mean, texts``.
+
+    Raises:
+        ValueError: lengths disagree.
+    """
+    import pandas as pd
+
+    if len(texts) != len(attributions) or (sources is not None and len(sources) != len(texts)):
+        raise ValueError("texts, attributions and sources must have the same length")
+    recs = []
+    for i, (t, a) in enumerate(zip(texts, attributions, strict=True)):
+        src = "*" if sources is None else str(sources[i])
+        for u in a.active:
+            key = unit_key(t, a.spans[u])
+            if not key:
+                continue
+            for j, name in enumerate(labels):
+                recs.append((name, src, key, i, float(a.scores[u, j])))
+    cols = ["label", "source", "rank", "token", "total", "mean", "texts"]
+    if not recs:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(recs, columns=["label", "source", "token", "doc", "score"])
+    parts = [df] if sources is None else [df, df.assign(source="*")]
+    g = (
+        pd.concat(parts)
+        .groupby(["label", "source", "token"])
+        .agg(total=("score", "sum"), mean=("score", "mean"), texts=("doc", "nunique"))
+        .reset_index()
+    )
+    g = g[g["texts"] >= min_count].sort_values(["label", "source", "total"], ascending=[True, True, False])
+    g["rank"] = g.groupby(["label", "source"]).cumcount() + 1
+    return g[g["rank"] <= top_n][cols].reset_index(drop=True)
+
+
 def explain_report(
     predictor: Predictor,
     data: DataConfig,
@@ -56,7 +120,8 @@ def explain_report(
     Args:
         predictor: the model. data: the labelled file (text and source columns as in ``adrisk evaluate``).
         out_dir: directory for ``explain_report.csv`` / ``.png`` (created).
-        limit: explain a seeded random sample of this many rows (None: all; ~5-50 texts/s on 2 cores).
+        limit: explain a seeded random sample of this many rows (None: all; its cost per text:
+            docs/explanations.md).
         top_n: rows per (label, source). min_count: fewest texts a token must occur in to rank.
 
     Raises:

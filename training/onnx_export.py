@@ -91,7 +91,6 @@ from training.variant_gate import (
     GATE_CONFIDENCE,
     GATE_RESAMPLES,
     VariantGate,
-    variant_calibration,
 )
 
 logger = logging.getLogger(__name__)
@@ -423,26 +422,23 @@ class _Variants:
         self.versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
         self.variants: dict[str, dict[str, Any]] = {}
 
-    def predictor(
-        self, info: dict[str, Any], *, verify: bool = True, meta: Any = None, blend: Any = None
-    ) -> Any:
-        """A ``Predictor`` over a variant file, with the reference's encoder and batching."""
+    def predictor(self, info: dict[str, Any], *, verify: bool = True) -> Any:
+        """A ``Predictor`` over a variant file, with the reference's encoder, batching, calibration and
+        TF-IDF blend."""
         from model.predictor import Predictor
 
         rt = OnnxRuntime(self.directory, info, num_threads=self.threads, verify=verify)
         return Predictor(
             self.ref.encoder,
             rt,
-            meta or self.meta,
+            self.meta,
             batch_size=self.ref.batch_size,
             max_tokens=self.ref.max_tokens,
-            blend=blend if meta is not None else self.ref.blend,
+            blend=self.ref.blend,
         )
 
     def add(self, name: str, file: str, precision: str, *, per_row: bool, **extra: Any) -> dict[str, Any]:
         """Gate the variant in ``onnx/<file>`` and record it under ``name``."""
-        from model.predictor import calibrated_for
-
         info: dict[str, Any] = {
             "name": name,
             "file": file,
@@ -454,14 +450,7 @@ class _Variants:
             "exported_with": self.versions,
             **extra,
         }
-        # the reference's calibration and TF-IDF blend, unless the variant carries its own (a student)
-        cal = info.get("calibration")
-        meta_v, blend_v = calibrated_for(self.meta, self.ref.blend, cal, name)
-        info.update(
-            self.gate.evaluate(
-                name, self.predictor(info, meta=meta_v, blend=blend_v), own_calibration=bool(cal)
-            )
-        )
+        info.update(self.gate.evaluate(name, self.predictor(info)))
         self.variants[name] = info
         return info
 
@@ -471,8 +460,8 @@ class _Variants:
         return list(self.ref.encoder.encode(texts).input_ids)
 
     def student(self, quantize: bool) -> None:
-        """A distilled student (``training/distill.py``), gated against the same torch reference with
-        its own blend stackers, temperatures and thresholds fitted on its fp32 logits of the gate texts."""
+        """A distilled student (``training/experiments/distill.py``), gated against the same torch
+        reference with the model's blend, temperatures and thresholds."""
         student_dir = self.directory / STUDENT_DIR
         if not (student_dir / "config.json").is_file():
             return
@@ -485,10 +474,6 @@ class _Variants:
             }
         }
         export_fp32(self.directory, self.onnx_dir / STUDENT_FP32_FILE, model_dir=student_dir)
-        probe = self.predictor({"file": STUDENT_FP32_FILE, "precision": "fp32"}, verify=False, meta=self.meta)
-        extra["calibration"] = variant_calibration(
-            probe.logits(self.gate.texts), self.gate.texts, self.gate.targets, self.meta, self.ref.blend
-        )
         self.add(STUDENT_FP32_VARIANT, STUDENT_FP32_FILE, "fp32", per_row=False, **extra)
         if quantize:
             quantize_int8(self.onnx_dir / STUDENT_FP32_FILE, self.onnx_dir / STUDENT_INT8_FILE)

@@ -108,7 +108,11 @@ def lock_path(cfg: Config) -> Path:
 
 
 def retrain(
-    cfg: Config, dry_run: bool = False, wait_seconds: float = 0.0, force: bool = False
+    cfg: Config,
+    dry_run: bool = False,
+    wait_seconds: float = 0.0,
+    force: bool = False,
+    verdict: dict | None = None,
 ) -> RetrainResult:
     """Run one retrain under the lock and return how it ended (nothing is printed).
 
@@ -116,6 +120,9 @@ def retrain(
         dry_run: train and compare, record the decision, but never move aliases.
         wait_seconds: how long to wait for another retrain's lock before giving up (exit 4).
         force: retrain even when the champion was trained on the same data and config.
+        verdict: the drift monitor's verdict that asked for this retrain (``adrisk retrain
+            --when-stale``): recorded on the challenger's run (``monitor/verdict.json``, tags
+            ``adrisk.monitor.*``).
     """
     import mlflow
 
@@ -159,6 +166,8 @@ def retrain(
                 "retrain needs tracking.register_model: true (the challenger must be a model version)"
             )
         result = run_training(cfg, bundle=bundle)
+        if result.registered is None:  # register_model was checked above
+            raise RuntimeError("the challenger was not registered")
         challenger_version = result.registered.version
         challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets)
         champion = None
@@ -188,6 +197,15 @@ def retrain(
             )
             mlflow.log_dict(decision.to_dict(), "gate/report.json")
             mlflow.log_text(table, "gate/table.txt")
+            if verdict is not None:
+                mlflow.log_dict(verdict, "monitor/verdict.json")
+                mlflow.set_tags(
+                    {
+                        "adrisk.monitor.status": str(verdict.get("status", "")),
+                        "adrisk.monitor.created_at": str(verdict.get("created_at", "")),
+                        "adrisk.monitor.reasons": "; ".join(verdict.get("reasons", []))[:5000],
+                    }
+                )
         if promoted:
             if champion_version:
                 set_alias(cfg.model_name, g.previous_alias, champion_version)

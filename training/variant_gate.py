@@ -16,9 +16,8 @@ predictor:
   the server, ``adrisk score`` and the Spark job batch the same ad with different company.
 
 ``VariantGate`` scores the reference once and then ``evaluate``s each variant's predictor; the export
-(``training.onnx_export``) builds the variants and records what the gate measured. A variant with its
-own calibration (``variant_calibration``: a distilled student on another logit scale) is compared at
-its own thresholds, one-sided against the precision target both thresholds were chosen for.
+(``training.onnx_export``) builds the variants and records what the gate measured. Every variant, a
+distilled student's included, serves with the model's TF-IDF blend, temperatures and thresholds.
 """
 
 from __future__ import annotations
@@ -271,67 +270,6 @@ def batch_invariance(predictor: Any, texts: Sequence[str], batched_probs: np.nda
     return float(np.abs(alone - batched_probs[idx]).max())
 
 
-def target_precision(meta: ArtifactMeta, label: str) -> float:
-    """The precision target a label's threshold was chosen for (``threshold_info``; 0.9 if unrecorded)."""
-    info = meta.threshold_info.get(label)
-    return float(info.target_precision) if info is not None and info.target_precision else 0.9
-
-
-def variant_calibration(
-    logits: np.ndarray,
-    texts: Sequence[str],
-    targets: np.ndarray,
-    meta: ArtifactMeta,
-    blend: Any = None,
-) -> dict[str, Any]:
-    """A variant's own calibration, fitted as training fits the model's: the TF-IDF blend's stackers
-    refitted on the variant's logits for the labels the model blends (``training.blend.fit_stack``),
-    temperature scaling (``model.calibration.fit_temperatures``), then thresholds at each label's
-    target precision and flag-rate cap (``select_thresholds``, as recorded in ``meta.threshold_info``).
-
-    For a distilled student: its logits are on another scale than the teacher's, so the teacher's
-    stackers, temperatures and thresholds would mis-weight and mis-threshold it.
-
-    Args:
-        logits: (n, L) the variant's raw logits of ``texts`` (``Predictor.logits``).
-        texts: the n texts (the TF-IDF features need them). targets: (n, L) 0/1.
-        meta: the model's metadata (labels, problem type, target precisions).
-        blend: the model's ``TfidfBlend`` or None.
-
-    Returns:
-        ``{"temperatures": [L floats], "threshold_info": {label: ThresholdInfo dict},
-        "blend_weights": {label: [model, tfidf, bias]}, "n_texts": n}`` (``ArtifactMeta.with_calibration``).
-    """
-    from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
-    from training.blend import fit_stack
-
-    labels = list(meta.labels)
-    z = np.asarray(logits, dtype=np.float64)
-    weights = {}
-    if blend is not None and blend.weights:
-        tfidf = blend.tfidf_logits(list(texts))
-        for name in blend.weights:
-            j = labels.index(name)
-            weights[name] = fit_stack(np.stack([z[:, j], tfidf[:, j]], axis=1), targets[:, j])
-        z = blend.with_weights(weights).apply(z, tfidf)
-    problem = meta.label_schema.problem_type
-    temps = fit_temperatures(z, targets, problem)
-    probs = calibrated_probabilities(z, temps, problem)
-    info = select_thresholds(
-        probs,
-        targets,
-        labels,
-        {n: target_precision(meta, n) for n in labels},
-        {n: getattr(meta.threshold_info.get(n), "max_flag_rate", None) for n in labels},
-    )
-    return {
-        "temperatures": [float(t) for t in temps],
-        "threshold_info": {n: info[n].model_dump() for n in labels},
-        "blend_weights": {n: [w.model, w.tfidf, w.bias] for n, w in weights.items()},
-        "n_texts": len(texts),
-    }
-
-
 # --------------------------------------------------------------------------------------------------
 # the gate
 
@@ -400,14 +338,12 @@ class VariantGate:
         self.ref_boot = bootstrap_ap(self.ref_probs, self.targets, n_resamples=n_boot) if confidence else None
         logger.info("torch fp32: %.1f texts/s on %d gate texts", self.ref_texts_per_s, n)
 
-    def evaluate(self, name: str, predictor: Any, *, own_calibration: bool = False) -> dict[str, Any]:
+    def evaluate(self, name: str, predictor: Any) -> dict[str, Any]:
         """Score the variant on the gate texts, time it, and decide whether it passes.
 
         Args:
             name: the variant's name (for the log).
-            predictor: a ``Predictor`` over the variant, with the thresholds and blend it serves with.
-            own_calibration: the variant brings its own thresholds (``variant_calibration``): its
-                decisions are compared one-sided, at the precision target both were chosen for.
+            predictor: a ``Predictor`` over the variant, with the model's thresholds and blend.
 
         Returns:
             ``ap`` and ``ap_delta`` per label (variant minus torch fp32), ``ap_delta_interval``,
@@ -434,14 +370,7 @@ class VariantGate:
         )
         drift = batch_invariance(predictor, self.texts, probs)
         decisions = decision_deltas(
-            probs,
-            self.ref_probs,
-            targets,
-            predictor.meta.threshold_vector(),
-            labels,
-            self.decision_tolerance,
-            ref_thresholds=self.meta.threshold_vector(),
-            target_precision=[target_precision(self.meta, n) for n in labels] if own_calibration else None,
+            probs, self.ref_probs, targets, self.meta.threshold_vector(), labels, self.decision_tolerance
         )
         decision_max = max(
             (abs(d) for row in decisions.values() for m in DECISION_METRICS if (d := row[m]) is not None),

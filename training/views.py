@@ -5,8 +5,8 @@ layout, emoji, phone numbers, letter case, length) while keeping what the ad *sa
 
 - the shortcut audit (``training/audit.py``) scores the model on views of the test rows: a model
   that learned the site instead of the ad loses recall on them;
-- training augmentation (``augment_rows``) adds views of training rows with their labels, so the
-  model cannot reach a low loss from style alone (the "learn the ad, not the site" fix; issue 10).
+- training augmentation (``augment_rows``, ``training_rows``) adds views of training rows with their
+  labels, so the model cannot reach a low loss from style alone (docs/generalisation.md).
 
 The views (``VIEWS``; names are stable, they appear in metric keys ``audit.view.<name>.*``):
 
@@ -27,6 +27,7 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -156,3 +157,34 @@ def augment_rows(
                 out_texts.append(v)
                 out_rows.append(i)
     return out_texts, np.asarray(out_rows, dtype=np.int64)
+
+
+class TrainingRows(NamedTuple):
+    """The rows the fine-tuning loop sees: the train split, then its view-augmented copies."""
+
+    texts: list[str]
+    targets: np.ndarray  # (n, L) 0/1 float32
+    report: dict[str, int]  # {"rows": train-split rows, "view_rows": added views}
+
+
+def training_rows(
+    texts: Sequence[str], targets: np.ndarray, views: Sequence[str], fraction: float, seed: int
+) -> TrainingRows:
+    """The train split plus ``augment_rows``'s views of it, each view carrying its row's targets.
+
+    Args:
+        texts: the n training texts; targets: (n, L) 0/1.
+        views, fraction, seed: as ``augment_rows`` (no views: the split unchanged).
+
+    Raises:
+        ValueError: as ``augment_rows``.
+    """
+    texts = list(texts)
+    y = np.asarray(targets, dtype=np.float32)
+    report = {"rows": len(texts), "view_rows": 0}
+    if views:
+        add, rows = augment_rows(texts, views, fraction, seed)
+        texts += add
+        y = np.concatenate([y, y[rows]]) if len(rows) else y
+        report["view_rows"] = len(add)
+    return TrainingRows(texts, y, report)

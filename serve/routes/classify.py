@@ -8,18 +8,22 @@ from typing import Any, cast
 from fastapi import APIRouter, Depends, Request
 
 from serve.batcher import NotReady, QueueFull
+from serve.decisions import DecisionRecord, new_decision_id, utc_now_iso
 from serve.deps import (
+    AppContext,
     BatcherDep,
+    ClassifyPrincipal,
     ContextDep,
     MetricsDep,
     SettingsDep,
     StateDep,
     parse_json,
     read_body,
-    require_api_key,
+    require_classify,
 )
 from serve.errors import APIError, ErrorKind
 from serve.explain import ExplainQueue, ExplainQueueFull
+from serve.keys import Principal
 from serve.schemas import (
     ERROR_RESPONSES,
     ClassifyResponse,
@@ -32,7 +36,7 @@ from serve.state import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_classify)], tags=["v1"])
 
 _JSON_TYPES = {
     type(None): "null",
@@ -180,13 +184,16 @@ async def classify(
     batcher: BatcherDep,
     metrics: MetricsDep,
     ctx: ContextDep,
+    principal: ClassifyPrincipal,
 ) -> ClassifyResponse:
     """Score one ad text or a list of them; one result per input, in order.
 
     Limits: body ``max_body_bytes`` (413), ``max_batch_items`` texts (413), ``max_text_chars`` per
     text (422). A full queue answers 503 with ``Retry-After``. With ``"explain": true``: at most
     ``max_explain_items`` texts (413), scored as usual, then explained on a separate queue
-    (``explain_queue_size`` texts; 503 beyond) that yields to plain requests.
+    (``explain_queue_size`` texts; 503 beyond) that yields to plain requests. Every result carries
+    the policy's decision (action, severity, reasons, policy and model versions) and is logged.
+    Needs the ``classify`` scope; the key's tenant picks the policy's tenant overrides.
     """
     body = await read_body(request, settings.max_body_bytes)
     payload = parse_json(body)
@@ -195,6 +202,8 @@ async def classify(
     extract = parse_extract(payload)
     if state.current is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
+    if ctx.decision_log is not None and ctx.decision_log.pending > settings.decision_queue_size:
+        raise _overloaded("decision log", settings, metrics)
     try:
         preds, tag = await batcher.submit(texts)
         loaded = cast(LoadedModel, tag)  # the batcher tags predictions with the LoadedModel that scored them
@@ -205,16 +214,84 @@ async def classify(
     except Exception:  # logged by type in the batcher; the message may quote the input
         raise APIError(ErrorKind.internal_error, "internal error") from None
     request.state.n_texts = len(texts)
-    ctx.recent.put(request.state.request_id, texts)
+    metrics.observe_predictions(preds)  # score histograms and flag rates (no text kept)
+    rid = request.state.request_id
+    ctx.recent.put(rid, texts)
+    decided = decide(ctx, loaded, principal, rid, texts, preds)
+    exps: list[dict | None] = [None] * len(texts)
     if explain:
         assert ctx.explain_queue is not None  # set by the lifespan
-        exps = await _explanations(ctx.explain_queue, loaded, texts, preds, settings, metrics)
-        results = [ClassifyResult(**p.to_dict(), explanations=e) for p, e in zip(preds, exps, strict=True)]
-    else:
-        results = [ClassifyResult(**p.to_dict()) for p in preds]
-    if extract:  # pure Python regexes + phonenumbers, ~0.1 ms per ad: no queue needed
-        results = [
-            ClassifyResult.model_validate({**r.model_dump(), "contacts": cs})
-            for r, cs in zip(results, _contacts(texts), strict=True)
-        ]
-    return ClassifyResponse(id=request.state.request_id, model=_model_info(loaded), results=results)
+        exps = list(await _explanations(ctx.explain_queue, loaded, texts, preds, settings, metrics))
+    contacts: list[list[dict] | None] = [None] * len(texts)
+    if extract:
+        contacts = list(_contacts(texts))  # ~0.1 ms per ad: no queue needed
+    results = [
+        ClassifyResult.model_validate({**p.to_dict(), **d, "explanations": e, "contacts": c})
+        for p, d, e, c in zip(preds, decided, exps, contacts, strict=True)
+    ]
+    return ClassifyResponse(id=rid, model=_model_info(loaded), results=results)
+
+
+def model_version(loaded: LoadedModel) -> str | None:
+    """The registry version, or ``sha256:`` and 12 hex digits of the weights for a model directory."""
+    if loaded.ref.version:
+        return loaded.ref.version
+    sha = loaded.predictor.meta.weights_sha256
+    return f"sha256:{sha[:12]}" if sha else None
+
+
+def decide(
+    ctx: AppContext, loaded: LoadedModel, principal: Principal, request_id: str, texts: list[str], preds
+) -> list[dict]:
+    """The policy's decision on each scored text (one policy snapshot for the whole request), queued
+    for the decision log; returns the decision fields of each result, in order."""
+    assert ctx.policy_state is not None  # set by the lifespan
+    meta = loaded.predictor.meta
+    policy = ctx.policy_state.engine_for(meta.labels, dict(meta.thresholds), meta.label_schema.benign_label)
+    engine = policy.engine
+    mversion = model_version(loaded)
+    log = ctx.decision_log
+    now = utc_now_iso()
+    out, records = [], []
+    for i, (text, pred) in enumerate(zip(texts, preds, strict=True)):
+        hits = engine.rule_hits(text)
+        d = engine.decide(pred.category_scores, hits, principal.tenant)
+        did = new_decision_id()
+        out.append(
+            {
+                "decision_id": did,
+                "action": d.action,
+                "observed_action": d.observed_action,
+                "severity": d.severity,
+                "category_severity": d.category_severity,
+                "reasons": d.reasons,
+                "policy_version": d.policy_version,
+                "model_version": mversion,
+            }
+        )
+        if log is not None:
+            records.append(
+                DecisionRecord(
+                    decision_id=did,
+                    request_id=request_id,
+                    input_index=i,
+                    created_at=now,
+                    tenant=principal.tenant,
+                    key_id=principal.key_id,
+                    model_name=loaded.ref.name or meta.name,
+                    model_version=mversion,
+                    policy_version=d.policy_version,
+                    scores=dict(pred.category_scores),
+                    rule_hits=hits,
+                    action=d.action,
+                    observed_action=d.observed_action,
+                    severity=d.severity,
+                    category=d.primary_category,
+                    reasons=d.reasons,
+                    text_hmac=log.keys.text_hmac(text),
+                )
+            )
+    if log is not None:
+        log.append(records)
+    ctx.decision_metrics.decided(out)
+    return out

@@ -19,14 +19,25 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serve.deps import ContextDep, SettingsDep, StateDep, parse_json, read_body, require_api_key
+from serve.batcher import NotReady, QueueFull
+from serve.deps import (
+    BatcherDep,
+    ContextDep,
+    FeedbackPrincipal,
+    SettingsDep,
+    StateDep,
+    parse_json,
+    read_body,
+    require_feedback,
+)
 from serve.errors import APIError, ErrorKind
+from serve.feedback_store import as_utc
 from serve.schemas import ERROR_RESPONSES, FeedbackRequest, FeedbackResponse
+from serve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CLOCK_SKEW = timedelta(days=1)  # generous: clients with skewed clocks or zones
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -49,14 +60,59 @@ def _describe(error: dict) -> str:
     return f"{'.'.join(parts) or 'body'}: {error.get('msg', 'invalid')}"
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+def check_reviewed_at(reviewed_at: datetime | None, settings: Settings) -> datetime | None:
+    """A client-claimed review time as UTC (a time without a zone is taken as UTC), within
+    ``[now - feedback_max_age_days, now + feedback_clock_skew_s]``. Export never orders decisions by
+    it (arrival order does), but a time no clock could have shown is a client error, not data.
+
+    Raises:
+        APIError(validation_error): outside the window.
+    """
+    if reviewed_at is None:
+        return None
+    reviewed_at = as_utc(reviewed_at)
+    now = datetime.now(timezone.utc)
+    if reviewed_at > now + timedelta(seconds=settings.feedback_clock_skew_s):
+        raise APIError(
+            ErrorKind.validation_error,
+            f"reviewed_at: is in the future (more than {settings.feedback_clock_skew_s:g} s ahead of "
+            "the server's clock); omit it to use the time of receipt",
+        )
+    if reviewed_at < now - timedelta(days=settings.feedback_max_age_days):
+        raise APIError(
+            ErrorKind.validation_error,
+            f"reviewed_at: is more than {settings.feedback_max_age_days:g} days ago",
+        )
+    return reviewed_at
+
+
+async def model_labels_of(batcher, text: str) -> list[str] | None:
+    """The labels the serving model gives ``text`` (None when the scoring queue is full or no model
+    serves: the decision is recorded all the same, without the comparison)."""
+    try:
+        preds, _ = await batcher.submit([text])
+    except (QueueFull, NotReady):
+        return None
+    except Exception:  # logged by type in the batcher
+        return None
+    return sorted(n for n, on in preds[0].categories.items() if on)
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_feedback)], tags=["v1"])
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackResponse, responses=ERROR_RESPONSES)
 async def feedback(
-    request: Request, settings: SettingsDep, state: StateDep, ctx: ContextDep
+    request: Request,
+    settings: SettingsDep,
+    state: StateDep,
+    batcher: BatcherDep,
+    ctx: ContextDep,
+    principal: FeedbackPrincipal,
 ) -> FeedbackResponse:
-    """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign).
+    """Record a moderator's decision (labels must be the serving model's; ``[]`` means benign), with
+    the sending key's id and tenant and the labels the serving model gives the text (for the
+    per-reviewer disagreement ``adrisk feedback export`` reports). Needs the ``feedback`` scope.
 
     Errors: 422 (bad body, unknown label, both or neither of text/classification_id), 404 (unknown or
     expired classification id / input index), 503 (no model loaded: labels cannot be checked).
@@ -71,15 +127,7 @@ async def feedback(
         raise APIError(ErrorKind.validation_error, _describe(dict(first))) from None
     if (req.text is None) == (req.classification_id is None):
         raise APIError(ErrorKind.validation_error, "give exactly one of 'text' or 'classification_id'")
-    reviewed_at = req.reviewed_at
-    if reviewed_at is not None:
-        # stored without a zone (SQLite) and compared to pick the latest decision per ad: store UTC
-        # (a time without a zone is taken as UTC), and refuse the future, which would win forever
-        if reviewed_at.tzinfo is None:
-            reviewed_at = reviewed_at.replace(tzinfo=timezone.utc)
-        reviewed_at = reviewed_at.astimezone(timezone.utc)
-        if reviewed_at > datetime.now(timezone.utc) + _CLOCK_SKEW:
-            raise APIError(ErrorKind.validation_error, "reviewed_at: is more than a day in the future")
+    reviewed_at = check_reviewed_at(req.reviewed_at, settings)
     cur = state.current
     if cur is None:
         raise APIError(ErrorKind.not_ready, "model not loaded yet", headers={"Retry-After": "5"})
@@ -104,16 +152,21 @@ async def feedback(
                 ErrorKind.not_found, f"input_index {req.input_index}: that request had {len(texts)} inputs"
             )
         text = _without_surrogates(texts[req.input_index])
+    model_labels = await model_labels_of(batcher, text)
     store = ctx.feedback_store()
     fid = await run_in_threadpool(
-        store.add,
-        text,
-        sorted(set(req.labels)),
-        req.reviewer,
-        reviewed_at,
-        req.classification_id,
-        cur.ref.name,
-        cur.ref.version,
+        lambda: store.add(
+            text,
+            sorted(set(req.labels)),
+            req.reviewer,
+            reviewed_at,
+            req.classification_id,
+            cur.ref.name,
+            cur.ref.version,
+            key_id=principal.key_id,
+            tenant=principal.tenant,
+            model_labels=model_labels,
+        )
     )
     from serve.feedback_store import text_digest
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from serve.deps import StateDep, require_api_key
+from serve.deps import StateDep, require_classify
 from serve.errors import APIError, ErrorKind
 from serve.schemas import ERROR_RESPONSES, ModelDetails
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["v1"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_classify)], tags=["v1"])
 
 
 @router.get("/model", response_model=ModelDetails, responses=ERROR_RESPONSES)
@@ -30,4 +30,5 @@ async def model_details(state: StateDep) -> ModelDetails:
         loaded_at=cur.loaded_at,
         follow_alias_s=state.follow_alias_s,
         load_error=err,
+        poll_error=state.poll_error,
     )

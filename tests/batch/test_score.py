@@ -1,9 +1,8 @@
-"""``adrisk score``: formats, missing text, atomic output, and kill + resume."""
+"""``adrisk score``: formats, missing text, atomic output, stop + resume, what a resume refuses."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pandas as pd
 import pytest
 
 from batch.score import ScoreError, run_score
-from tests.conftest import cli_env
-from tests.serve.conftest import run_and_kill_after_chunks, score_command
 
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 SCORE_COLS = [f"score_{n}" for n in LABELS]
@@ -95,35 +92,35 @@ def test_score_errors(tmp_path, tiny_predictor):
         )
 
 
-@pytest.mark.slow
-def test_score_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_artifact, tiny_predictor):
-    n, chunk = 3000, 20
+def test_score_stopped_and_resumed_equals_uninterrupted(tmp_path, tiny_predictor):
+    """A job stopped after 3 chunks keeps them; without ``resume`` the unfinished run is protected;
+    the resume scores the rest, each row once, as one uninterrupted run would. (A SIGKILLed
+    ``adrisk score``: test_score_workers.py, and during the final write: test_score_kill.py.)"""
+    n, chunk = 300, 20
     src = _write(_frame(n), tmp_path / "in.csv")
     expected_path = tmp_path / "expected.csv"
-    run_score(
-        str(tiny_artifact), src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False
-    )
+    run_score("tiny", src, expected_path, chunk_size=chunk, predictor=tiny_predictor, progress=False)
 
     dst = tmp_path / "out.csv"
-    cmd = score_command(tiny_artifact, src, dst, chunk)
     manifest = tmp_path / "out.csv.partial" / "manifest.json"
-    run_and_kill_after_chunks(cmd, manifest)
-    done = json.loads(manifest.read_text())["chunks_done"]
-    assert 3 <= done < n // chunk
+    with pytest.raises(_Stopped):
+        run_score(
+            "tiny", src, dst, chunk_size=chunk, predictor=_StopsAfter(tiny_predictor, 3), progress=False
+        )
+    assert json.loads(manifest.read_text())["chunks_done"] == 3
     assert not dst.exists()  # no half-written output
 
-    # without --resume the unfinished run is protected
-    r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "--resume" in r.stderr
+    with pytest.raises(ScoreError, match="--resume"):
+        run_score("tiny", src, dst, chunk_size=chunk, predictor=tiny_predictor, progress=False)
 
-    r = subprocess.run(
-        [*cmd, "--resume", "--no-progress"], env=cli_env(), capture_output=True, text=True, timeout=180
+    summary = run_score(
+        "tiny", src, dst, chunk_size=chunk, predictor=tiny_predictor, progress=False, resume=True
     )
-    assert r.returncode == 0, r.stderr
-    assert f"scored {n} rows" in r.stderr and "rows/s" in r.stderr and "adult_services=" in r.stderr
+    assert summary.rows == n
     got, expected = pd.read_csv(dst), pd.read_csv(expected_path)
     assert got["id"].tolist() == list(range(n))  # nothing lost, nothing twice
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-6)
+    assert dst.read_bytes() == expected_path.read_bytes()
     assert not manifest.parent.exists()
 
 
@@ -138,9 +135,10 @@ def test_score_non_string_text_is_marked_not_scored(tmp_path, tiny_predictor):
     assert out.loc[[0, 3], SCORE_COLS].notna().all().all()  # the empty string is scored like any text
 
 
-def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
+def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact, tiny_predictor):
     """Same weights, other adrisk.json (thresholds here; an ONNX export or a TF-IDF blend alike): the
-    rows already written came from another model, so resuming onto them is refused."""
+    rows already written came from another model, so resuming onto them is refused. (The job stops
+    in-process after 3 chunks; a real kill and resume: test_score_killed_and_resumed_equals_uninterrupted.)"""
     import shutil
 
     from model.artifact import META_FILE
@@ -148,11 +146,33 @@ def test_resume_refuses_a_model_whose_metadata_changed(tmp_path, tiny_artifact):
 
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
-    src = _write(_frame(3000), tmp_path / "in.csv")
+    src = _write(_frame(200), tmp_path / "in.csv")
     dst = tmp_path / "out.csv"
-    cmd = score_command(d, src, dst, 20)
-    run_and_kill_after_chunks(cmd, tmp_path / "out.csv.partial" / "manifest.json")
+    with pytest.raises(_Stopped):
+        run_score(str(d), src, dst, chunk_size=20, predictor=_StopsAfter(tiny_predictor, 3), progress=False)
+    assert json.loads((tmp_path / "out.csv.partial" / "manifest.json").read_text())["chunks_done"] == 3
     other = same_weights_other_metadata(tiny_artifact, tmp_path / "other")
     shutil.copyfile(other / META_FILE, d / META_FILE)  # the same model directory, other metadata
-    r = subprocess.run([*cmd, "--resume"], env=cli_env(), capture_output=True, text=True, timeout=180)
-    assert r.returncode == 1 and "changed since it started" in r.stderr and "model" in r.stderr, r.stderr
+    with pytest.raises(ScoreError, match="changed since it started") as e:
+        run_score(str(d), src, dst, chunk_size=20, resume=True, progress=False)
+    assert "model" in str(e.value) and not dst.exists()
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopsAfter:
+    """``predictor`` that raises ``_Stopped`` on the call after ``calls`` (a job stopped mid-way)."""
+
+    def __init__(self, predictor, calls: int):
+        self._predictor, self._left = predictor, calls
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def score(self, *args, **kwargs):
+        if self._left == 0:
+            raise _Stopped
+        self._left -= 1
+        return self._predictor.score(*args, **kwargs)

@@ -22,7 +22,7 @@ KILL_DURING_FINAL_WRITE = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     score.concatenate = killed_mid_write  # batch.score's own binding of batch.tables.concatenate
-    score.run_score(sys.argv[1], sys.argv[2], sys.argv[3], chunk_size=2, progress=False, torch_threads=1)
+    score.run_score(sys.argv[1], sys.argv[2], sys.argv[3], chunk_size=2, progress=False, threads=1)
 """)
 
 
@@ -48,9 +48,7 @@ def test_resume_after_kill_in_final_write_leaves_only_the_output(tiny_artifact, 
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not dst.exists()
 
-    summary = run_score(
-        str(tiny_artifact), src, dst, chunk_size=2, resume=True, progress=False, torch_threads=1
-    )
+    summary = run_score(str(tiny_artifact), src, dst, chunk_size=2, resume=True, progress=False, threads=1)
     assert summary.rows == 3
     assert sorted(p.name for p in dst.parent.iterdir()) == ["scores.csv"]
     assert pd.read_csv(dst)["id"].tolist() == [1, 2, 3]

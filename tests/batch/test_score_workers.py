@@ -5,13 +5,57 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from batch.score import ScoreError, run_score
 from tests.conftest import cli_env
-from tests.serve.conftest import run_and_kill_after_chunks, score_command
+
+ADRISK = Path(sys.executable).with_name("adrisk")
+
+
+def score_command(model: Path | str, src: Path, dst: Path, chunk: int, *extra: str) -> list[str]:
+    """The ``adrisk score`` command line of the resume tests: one thread, ``chunk`` rows a chunk."""
+    return [str(ADRISK), "score", "--model", str(model), "--input", str(src), "--output", str(dst),
+            "--chunk-size", str(chunk), "--threads", "1", *extra]  # fmt: skip
+
+
+def run_and_kill_after_chunks(
+    cmd: list[str], manifest: Path, chunks: int = 3, timeout: float = 120.0
+) -> None:
+    """Start an ``adrisk score`` command, SIGKILL its process once ``manifest`` counts ``chunks``
+    finished chunks (the parent only, as an OOM kill would), then kill whatever is left of its
+    process group so no orphaned worker outlives the test.
+
+    Raises:
+        AssertionError: the job finished (or died) before it could be killed.
+    """
+    import contextlib
+    import os
+    import signal
+
+    proc = subprocess.Popen(
+        cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(manifest.read_text())["chunks_done"] >= chunks:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -44,7 +88,7 @@ def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny
     src = tmp_path / "in.csv"
     _frame(n, seed=3).to_csv(src, index=False)
     expected = tmp_path / "expected.csv"
-    run_score(str(tiny_artifact), src, expected, chunk_size=chunk, torch_threads=1, workers=1, progress=False)
+    run_score(str(tiny_artifact), src, expected, chunk_size=chunk, threads=1, workers=1, progress=False)
 
     dst = tmp_path / "out.csv"
     cmd = score_command(tiny_artifact, src, dst, chunk, "--workers", "2", "--no-progress")
@@ -60,5 +104,5 @@ def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny
     got = pd.read_csv(dst)
     assert got["id"].tolist() == list(range(n))  # nothing lost, nothing twice, input order
     assert dst.read_bytes() == expected.read_bytes()  # byte-identical to one worker
-    assert "scored" in r.stderr and "rows/s" in r.stderr
+    assert "rows/s" in r.stderr and "adult_services=" in r.stderr  # the job's summary
     assert not manifest.parent.exists()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from batch.score import ScoreError, run_score
+from tests.conftest import DATA_DIR
 
 pytest.importorskip("pyspark", reason='the Spark engine is the optional extra: pip install "adrisk[spark]"')
 
@@ -26,7 +27,7 @@ from batch.spark import (  # noqa: E402
     score_spark_dataframe,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "risky-ads-v1" / "test.jsonl"
+DATA = DATA_DIR / "test.jsonl"
 SCORES = ["score_adult_services", "score_trafficking_indicators", "score_scam"]
 
 

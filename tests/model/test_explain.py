@@ -1,4 +1,6 @@
-"""Explanations: offset map, units, known-answer attributions (occlusion and IG), deletion test, probes."""
+"""Explanations: offset map, units, known-answer attributions (occlusion and IG), probes. The deletion
+test (the explainer's evaluation harness) is tested in tests/bench, the data-set ranking in
+tests/training/test_explain_report.py; ``known_predictor`` is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.encoding import CHARS_PER_TOKEN_CAP
-from model.explain import Explainer, delete_spans, deletion_test, text_units
+from model.explain import Explainer, text_units
 from model.normalize import normalize_text, normalize_with_offsets
 from tests.conftest import probe_rows
 
@@ -93,64 +95,6 @@ def test_units_use_the_predictor_token_ids_and_index_the_original(tiny_predictor
     ]  # each emoji is one unit, not its name's words
 
 
-class _BagOfWords:
-    """A torch stand-in for a sequence classifier with a known answer: logits = sum of per-token weights
-    over unmasked tokens (linear, additive), so deleting a word lowers a label by exactly its weights."""
-
-    def __init__(self, vocab_size: int, weights: dict[int, list[float]], num_labels: int):
-        import torch
-
-        emb = torch.nn.Embedding(vocab_size, num_labels)
-        with torch.no_grad():
-            emb.weight.zero_()
-            for i, w in weights.items():
-                emb.weight[i] = torch.as_tensor(w)
-        self.emb = emb
-
-    def get_input_embeddings(self):
-        return self.emb
-
-    def __call__(self, input_ids, attention_mask):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(logits=(self.emb(input_ids) * attention_mask[..., None]).sum(dim=1))
-
-
-class _Runtime:
-    name = "torch"
-
-    def __init__(self, model):
-        self.model = model
-
-    def logits(self, ids, mask):
-        import torch
-
-        with torch.no_grad():
-            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).logits.float().numpy()
-
-
-@pytest.fixture()
-def known_predictor(tiny_artifact):
-    """The tiny artifact's tokenizer (thresholds 0.9) with a bag-of-words model: 'cash' and 'wire' push `scam`
-    (+3, +2), 'kiss mark' (the spelled-out 💋) pushes `adult_services` (+2 per token), 'hello' lowers
-    `scam` (-1)."""
-    from model.predictor import Predictor
-
-    p = Predictor.load(tiny_artifact)
-    tok = p.encoder.tokenizer
-    ids = {w: tok.convert_tokens_to_ids(w) for w in ("cash", "wire", "kiss", "mark", "hello")}
-    w = {
-        ids["cash"]: [0, 0, 3.0],
-        ids["wire"]: [0, 0, 2.0],
-        ids["kiss"]: [2.0, 0, 0],
-        ids["mark"]: [2.0, 0, 0],
-        ids["hello"]: [0, 0, -1.0],
-    }
-    model = _BagOfWords(tok.vocab_size, w, len(p.labels))
-    meta = p.meta.model_copy(update={"thresholds": {n: 0.9 for n in p.labels}})
-    return Predictor(p.encoder, _Runtime(model), meta)
-
-
 @pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
 def test_known_answer_attributions(known_predictor, method):
     text = "hello&nbsp;please <b>send</b> CASH by ｗｉｒｅ now 💋"
@@ -168,27 +112,6 @@ def test_explain_defaults_to_flagged_labels(known_predictor):
     flagged, benign = ex.explain(["wire the cash", "plain words only"])
     assert list(flagged) == ["scam"]  # sigmoid(5) >= 0.9; the other labels stay at sigmoid(0) = 0.5
     assert benign == {}
-
-
-def test_deletion_test_margin_on_known_model(known_predictor):
-    rng = random.Random(3)
-    filler = ["please", "send", "the", "money", "today", "friend", "call", "me", "later", "ok"]
-    texts = []
-    for _ in range(12):
-        words = rng.sample(filler, 6) + ["cash", "wire"]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-    ex = Explainer(known_predictor)
-    f = deletion_test(ex, texts, "scam", k=2, draws=4, seed=0)
-    assert f.n == len(texts)
-    # top-2 deletion removes both cues (logit 5 -> 0); random pairs rarely do: a stated margin of 0.2
-    assert f.margin > 0.2 and f.wins > 0.8
-    assert f.drop_top > f.drop_random
-
-
-def test_delete_spans_keeps_neighbours_apart():
-    assert delete_spans("ab cd ef", [(3, 5)]) == "ab   ef"
-    assert delete_spans("abcd", [(1, 2), (2, 3)]) == "a  d"
 
 
 def test_bad_input_is_a_clear_error(tiny_predictor):
@@ -221,30 +144,6 @@ def test_predict_probe_offsets_index_the_original_text(tiny_predictor, probes):
                 # the highlighted original characters normalise to text the model saw (a word cut by
                 # the window is highlighted up to the cut)
                 assert normalize_text(piece) in norm[:cap]
-
-
-def test_aggregate_ranks_the_shortcut_per_label_and_source(known_predictor):
-    from model.explain import aggregate_attributions
-
-    texts = [
-        "send CASH now",
-        "cash please friend",
-        "the cash is here",
-        "hello 💋 friend",
-        "💋 hello there",
-        "hi 💋 hello",
-    ]
-    sources = ["jobs", "jobs", "jobs", "escort", "escort", "escort"]
-    ex = Explainer(known_predictor)
-    df = aggregate_attributions(
-        texts, ex.attribute(texts), known_predictor.labels, sources, top_n=3, min_count=2
-    )
-    top = df[(df.label == "scam") & (df.source == "jobs") & (df["rank"] == 1)]
-    assert top.token.tolist() == ["cash"] and top.total.iloc[0] == pytest.approx(9.0, abs=1e-4)
-    adult = df[(df.label == "adult_services") & (df.source == "*")]
-    assert adult.token.iloc[0] == "💋" and adult.texts.iloc[0] == 3
-    bottom = df[(df.label == "scam") & (df.source == "escort")]
-    assert bottom.token.iloc[-1] == "hello"  # negative contributions rank last
 
 
 @pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
@@ -282,34 +181,16 @@ def test_with_a_tfidf_blend_attributions_cover_the_transformer_share(known_predi
     )
 
 
-def test_head_tail_window_keeps_the_end_of_a_long_text_in_encoder_and_explainer(tiny_predictor):
-    """A long post's closing lines (where a job scam asks for the fee) reach the model with
-    ``tail_tokens``, and the explainer's units are the same tokens, pointing at the same characters."""
-    from model.encoding import TextEncoder, window_positions
+def test_explainer_units_are_the_encoders_tokens_of_a_long_text(tiny_predictor):
+    """A text longer than the window: the explainer's units cover exactly the tokens the model reads
+    (the head), pointing at the text's own characters."""
+    from model.encoding import TextEncoder
 
     tok, window = tiny_predictor.encoder.tokenizer, 24
-    text = (
-        "Warehouse job. "
-        + "Duties include lifting boxes. " * 12
-        + "Send a 50 dollar fee by gift card to start."
-    )
-    head = TextEncoder(tok, window).encode([text])
-    both = TextEncoder(tok, window, tail_tokens=10).encode([text])
-    assert head.truncated == both.truncated == [True]
-    assert len(head.input_ids[0]) == len(both.input_ids[0]) == window
-    full = tok(normalize_text(text))["input_ids"]
-    assert both.input_ids[0][:13] == full[:13] and both.input_ids[0][-11:] == full[-11:]  # head, tail + [SEP]
-    assert head.input_ids[0][-11:] != full[-11:]
-    u = text_units(text, tok, window, tail_tokens=10)
-    assert u.input_ids == both.input_ids[0]
-    tail_units = u.token_unit[-11:-1]
-    assert (tail_units >= 0).all() and "card" in " ".join(text[a:b] for a, b in u.spans[tail_units])
-    # short texts are untouched; the positions are the head, the tail and both specials
-    short = "call now"
-    assert (
-        TextEncoder(tok, window, tail_tokens=10).encode([short]).input_ids
-        == TextEncoder(tok, window).encode([short]).input_ids
-    )
-    assert window_positions(5, 8, 3).tolist() == [0, 1, 2, 3, 4]
-    assert window_positions(12, 8, 3).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
-    assert window_positions(12, 8, 0).tolist() == [0, 1, 2, 3, 4, 5, 6, 11]
+    text = "Warehouse job. " + "Duties include lifting boxes. " * 12 + "Send a 50 dollar fee by gift card."
+    enc = TextEncoder(tok, window).encode([text])
+    assert enc.truncated == [True] and len(enc.input_ids[0]) == window
+    u = text_units(text, tok, window)
+    assert u.input_ids == enc.input_ids[0]
+    words = " ".join(text[a:b] for a, b in u.spans[u.active])
+    assert words.startswith("Warehouse job") and "card" not in words

@@ -75,9 +75,39 @@ def test_onnx_runtime_scores_in_child_forked_after_warm_up(tiny_artifact, tmp_pa
     d = tmp_path / "model"
     shutil.copytree(tiny_artifact, d)
     targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=np.uint8)
-    add_onnx_variants(
-        d, ["call now", "cheap flat", "sweet girl", "job offer"], targets, quantize=False, num_threads=1
-    )
+    texts = ["call now", "cheap flat", "sweet girl", "job offer"]
+    # the fp32 export only; its gate's bootstrap interval is not what this test is about (test_onnx.py)
+    add_onnx_variants(d, texts, targets, quantize=False, num_threads=1, confidence=None)
     predictor = Predictor.load(d, runtime="onnx-fp32", num_threads=2)
     info = _check(predictor)
     assert info["runtime_pid"] == info["pid"]  # the child made its own session
+
+
+@pytest.mark.timeout(150)
+def test_fork_while_another_thread_scores_does_not_deadlock_the_child(tiny_artifact):
+    """A fork taken while another thread is inside ``Predictor.score`` (a server thread scoring while a
+    worker pool forks): the child inherits the lock held, but must re-create it and score."""
+    import threading
+
+    predictor = Predictor.load(tiny_artifact, runtime="torch", num_threads=1)
+    parent = _scores(predictor)
+    entered, release = threading.Event(), threading.Event()
+    real = predictor.runtime.logits
+
+    def blocking(ids, mask):
+        entered.set()
+        release.wait(60)
+        return real(ids, mask)
+
+    predictor.runtime.logits = blocking  # type: ignore[method-assign]
+    scorer = threading.Thread(target=predictor.score, args=(["held while forking"],), daemon=True)
+    scorer.start()
+    try:
+        assert entered.wait(30), "the scoring thread never reached the runtime"
+        predictor.runtime.logits = real  # type: ignore[method-assign]  # the child scores normally
+        child, _ = _score_in_forked_child(predictor)  # forks while the thread holds the lock
+    finally:
+        release.set()
+        scorer.join(30)
+    np.testing.assert_allclose(child, parent, atol=1e-5)
+    np.testing.assert_allclose(_scores(predictor), parent, atol=1e-6)  # the parent's lock works after

@@ -83,7 +83,7 @@ def artifact_copy(onnx_artifact, tmp_path):
 def test_runtimes_recorded_in_artifact(onnx_artifact):
     d, runtimes = onnx_artifact
     meta = load_meta(d)
-    assert meta.runtimes == runtimes
+    assert meta.runtimes.model_dump(mode="json") == runtimes  # typed on load, written as given
     assert set(runtimes["variants"]) == {
         FP32_VARIANT,
         INT8_VARIANT,
@@ -187,7 +187,7 @@ def test_auto_picks_recorded_default(artifact_copy, default):
 
 
 def test_model_without_variants_serves_with_torch(tiny_artifact, probes):
-    assert not load_meta(tiny_artifact).runtimes
+    assert not load_meta(tiny_artifact).runtimes.variants
     assert not (tiny_artifact / ONNX_DIR).exists()
     p = Predictor.load(tiny_artifact, runtime="auto")
     assert p.runtime.name == "torch"
@@ -258,13 +258,13 @@ def test_export_onnx_cli(tiny_artifact, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| onnx-fp32 |" in out and "default runtime:" in out
     meta = load_meta(d)
-    assert set(meta.runtimes["variants"]) == {FP32_VARIANT}
-    assert meta.runtimes["gate"]["n_texts"] == 40 and meta.runtimes["gate"]["confidence"] == 0.9
-    iv = meta.runtimes["variants"][FP32_VARIANT]["ap_delta_interval"]
+    assert set(meta.runtimes.variants) == {FP32_VARIANT}
+    assert meta.runtimes.gate.n_texts == 40 and meta.runtimes.gate.confidence == 0.9
+    iv = meta.runtimes.variants[FP32_VARIANT].ap_delta_interval
     # the same graph in another runtime: rounding may only break near-ties (this 12-word tiny model
     # scores many texts alike), so every interval lies well inside the gate's tolerance
     assert all(v is None or max(map(abs, v)) < DEFAULT_TOLERANCE for v in iv.values())
-    assert meta.runtimes["variants"][FP32_VARIANT]["passed"] is True
+    assert meta.runtimes.variants[FP32_VARIANT].passed is True
     assert main(["export-onnx", "--model", str(d), "--data", str(data), "--confidence", "1.5"]) != 0
     assert "--confidence" in capsys.readouterr().err
 

@@ -87,20 +87,3 @@ def test_results_in_input_order_and_flag_rule(tiny_predictor):
 def test_probe_expansion_helper():
     assert expand_probe_input({"repeat": "ab", "times": 3}) == "ababab"
     assert expand_probe_input({"repeat_list": "ad", "times": 2}) == ["ad", "ad"]
-
-
-def test_the_artifact_head_tail_window_is_what_the_predictor_uses(tiny_artifact, tmp_path):
-    import shutil
-
-    from model.artifact import load_meta, save_meta
-    from model.predictor import Predictor
-
-    d = tmp_path / "model"
-    shutil.copytree(tiny_artifact, d)
-    save_meta(d, load_meta(d).model_copy(update={"tail_tokens": 20}))
-    head, both = Predictor.load(tiny_artifact), Predictor.load(d)
-    assert (head.encoder.tail_tokens, both.encoder.tail_tokens) == (0, 20)
-    long_text = "warehouse work, lifting boxes. " * 30 + "pay the 50 dollar fee by gift card to start"
-    assert head.encoder.encode([long_text]).input_ids != both.encoder.encode([long_text]).input_ids
-    assert np.abs(head.predict_proba([long_text]) - both.predict_proba([long_text])).max() > 0
-    assert np.array_equal(head.predict_proba(["call now"]), both.predict_proba(["call now"]))

@@ -17,6 +17,7 @@ import pytest
 
 from model.pyfunc import InputError, output_columns, values_from_input
 from model.registry import log_pyfunc_model
+from tests.conftest import mlflow_outside_tests, new_mlflow_store
 
 SECRET = "Sweet girl call 555 0199 tonight"
 TEXTS = ["cheap rental flat", "", "hot petite girls 24/7 incall"]
@@ -28,16 +29,17 @@ def errors(out: pd.DataFrame) -> list:
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, tiny_artifact):
+def registered(tmp_path_factory, tiny_artifact, mlflow_store_template):
     """(loaded pyfunc, local model directory, registry URI) of one registered tiny model."""
     root = tmp_path_factory.mktemp("pyfunc-registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with mlflow.start_run():
-        reg = log_pyfunc_model(tiny_artifact, "risky-ads-pyfunc")
-    local = Path(mlflow.artifacts.download_artifacts(reg.uri, dst_path=str(root / "dl")))
-    return mlflow.pyfunc.load_model(reg.uri), local, uri
+    uri = new_mlflow_store(root / "mlflow.db", mlflow_store_template)
+    with mlflow_outside_tests(root):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with mlflow.start_run():
+            reg = log_pyfunc_model(tiny_artifact, "risky-ads-pyfunc")
+        local = Path(mlflow.artifacts.download_artifacts(reg.uri, dst_path=str(root / "dl")))
+        return mlflow.pyfunc.load_model(reg.uri), local, uri
 
 
 def test_every_documented_input_shape_scores_the_same(registered, tiny_predictor):
@@ -95,6 +97,16 @@ def test_shape_errors_name_columns_never_text(registered):
     assert SECRET not in err.message and SECRET not in err.serialize_as_json()
     with pytest.raises(InputError, match="unsupported input type"):
         values_from_input(object())
+
+
+def test_dataframe_with_duplicate_text_columns_is_a_clear_input_error():
+    """Two columns named ``text`` (a concat or a rename gone wrong): which holds the ad is ambiguous;
+    one clear error naming the columns, never an AttributeError from a DataFrame where a column was
+    expected."""
+    df = pd.DataFrame([["secret ad one", "secret ad two"]], columns=["text", "text"])
+    with pytest.raises(InputError, match="2 columns named 'text'") as e:
+        values_from_input(df)
+    assert "secret" not in str(e.value)
 
 
 def test_mlflow_scoring_server_answers_per_row_and_never_echoes_text(registered):

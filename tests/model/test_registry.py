@@ -10,12 +10,14 @@ import pytest
 from model.predictor import Predictor
 from model.registry import configure_tracking, get_alias, log_pyfunc_model, set_alias
 from model.uri import resolve_model
+from tests.conftest import new_mlflow_store
 
 
 @pytest.fixture()
-def tracking(tmp_path, monkeypatch):
+def tracking(tmp_path, monkeypatch, mlflow_store_template):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
     uri = configure_tracking()
     assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     yield tmp_path

@@ -18,15 +18,16 @@ import pytest
 
 from model.artifact import WEIGHTS_FILE, ArtifactError, load_meta, save_meta, sha256_file
 from model.uri import ModelNotFound, redact_uri, resolve_model
+from tests.conftest import new_mlflow_store
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(tmp_path_factory, mlflow_store_template):
     """(tracking URI, MlflowClient, artifact root) of a registry shared by this module's tests."""
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db", mlflow_store_template)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("issue-9", artifact_location=str(root / "artifacts"))
     return uri, client, exp

@@ -43,7 +43,9 @@ def wait_ready(base: str, timeout: float = 120.0, proc: subprocess.Popen | None 
 
 
 class ServerProcess:
-    """``adrisk serve`` in a subprocess; stderr (the logs) goes to ``log_path``."""
+    """``adrisk serve`` in a subprocess; stderr (the logs) goes to ``log_path``. It runs in ``cwd``,
+    by default ``log_path``'s directory: what it writes there (the decision log, its key) stays out of
+    the checkout."""
 
     def __init__(
         self, args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -54,11 +56,11 @@ class ServerProcess:
         full_env = cli_env(**(env or {}))
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            [str(ADRISK), "serve", "--port", str(self.port), "--torch-threads", "1", *args],
+            [str(ADRISK), "serve", "--port", str(self.port), "--threads", "1", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
-            cwd=cwd or REPO,
+            cwd=cwd or log_path.parent,
         )
 
     def logs(self) -> str:
@@ -139,44 +141,3 @@ def thread_server(tiny_artifact, tiny_predictor) -> Callable[..., ThreadServer]:
         return ThreadServer(create_app(s, loader=loader or default))
 
     return make
-
-
-def score_command(model: Path | str, src: Path, dst: Path, chunk: int, *extra: str) -> list[str]:
-    """The ``adrisk score`` command line of the resume tests: one thread, ``chunk`` rows a chunk."""
-    return [str(ADRISK), "score", "--model", str(model), "--input", str(src), "--output", str(dst),
-            "--chunk-size", str(chunk), "--threads", "1", *extra]  # fmt: skip
-
-
-def run_and_kill_after_chunks(
-    cmd: list[str], manifest: Path, chunks: int = 3, timeout: float = 120.0
-) -> None:
-    """Start an ``adrisk score`` command, SIGKILL its process once ``manifest`` counts ``chunks``
-    finished chunks (the parent only, as an OOM kill would), then kill whatever is left of its
-    process group so no orphaned worker outlives the test.
-
-    Raises:
-        AssertionError: the job finished (or died) before it could be killed.
-    """
-    import contextlib
-    import json
-    import os
-    import signal
-
-    proc = subprocess.Popen(
-        cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(manifest.read_text())["chunks_done"] >= chunks:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the job finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)

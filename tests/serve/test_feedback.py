@@ -1,5 +1,5 @@
-"""Moderator feedback over HTTP -> the store -> `adrisk feedback export` -> a retrain's training data,
-with feedback that repeats a gate-set text excluded and counted."""
+"""Moderator feedback over HTTP -> the store -> `adrisk feedback export` -> training data, with feedback
+that repeats a gate-set text excluded and counted."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import httpx
-import mlflow
 import pytest
 
 from tests.conftest import DATA_DIR, REPO
@@ -18,18 +17,11 @@ SECRET = "unique secret listing text 4821"
 
 
 @pytest.mark.clock
-def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
+def test_feedback_round_trip_into_training_data(thread_server, tmp_path):
     from training.config import load_config
     from training.data import load_data
-    from training.retrain import Outcome, retrain
 
-    tiny = [
-        f"output_dir={tmp_path / 'out'}",
-        f"data.path={DATA_DIR}",
-        "baseline.enabled=false",
-        "gate.min_macro_ap=0.0",
-        "gate.max_ece=1.0",
-    ]
+    tiny = [f"output_dir={tmp_path / 'out'}", f"data.path={DATA_DIR}"]
     cfg = load_config(REPO / "configs" / "tiny.yaml", tiny)
     gate_text = load_data(cfg.data, cfg.label_schema, cfg.seed).test.texts[3]
     db = f"sqlite:///{tmp_path / 'fb.db'}"
@@ -84,14 +76,12 @@ def test_feedback_round_trip_into_retrain(thread_server, tmp_path, monkeypatch):
         (SECRET, ["scam"]),
     ]
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    res = retrain(load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"]))
-    dec = res.decision
-    assert res.outcome is Outcome.PROMOTED
-    run_id = mlflow.MlflowClient().get_model_version("risky-ads-tiny", dec.challenger_version).run_id
-    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
-    assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    # the export is training data; the row repeating a gate-set (test split) text is excluded and counted
+    # (a retrain trains on it: tests/training/test_retrain.py::test_gate_lifecycle)
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"])
+    bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
+    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    assert len(bundle.train) == 240 + 2 and SECRET in bundle.train.texts
 
 
 def test_export_from_a_mistyped_store_path_is_an_error(tmp_path):

@@ -44,6 +44,18 @@ def _assert_error_shape(r: httpx.Response, sent: list[str]) -> dict:
     return body["error"]
 
 
+# every result is a logged decision (docs/policy.md)
+DECISION_FIELDS = (
+    "decision_id",
+    "action",
+    "severity",
+    "category_severity",
+    "reasons",
+    "policy_version",
+    "model_version",
+)
+
+
 def _assert_matches_offline(results: list[dict], texts: list[str], predictor) -> None:
     expected = predictor.predict(texts)
     assert len(results) == len(texts)
@@ -54,7 +66,9 @@ def _assert_matches_offline(results: list[dict], texts: list[str], predictor) ->
             atol=ATOL,
         )
         assert got["truncated"] == exp.truncated
-        assert set(got) == {"flagged", "categories", "category_scores", "truncated"}
+        assert set(got) == {"flagged", "categories", "category_scores", "truncated", *DECISION_FIELDS}
+        # without --policy the model's thresholds are the policy: review exactly what is flagged
+        assert got["action"] == ("review" if exp.flagged else "allow")
 
 
 def test_single_text(server, tiny_predictor):

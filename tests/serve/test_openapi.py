@@ -1,6 +1,6 @@
 """OpenAPI is the truth (issue 9, kind 3): ``/openapi.json`` declares the limits and bodies the server
 enforces, from its own settings, and a schema-driven client (schemathesis, all checks) finds no
-mismatch against a real ``adrisk serve`` on the tiny model."""
+mismatch against the served app on the tiny model."""
 
 from __future__ import annotations
 
@@ -70,8 +70,26 @@ def test_empty_input_list_is_invalid_in_schema_and_answer(thread_server):
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis not installed (pip install -e .[dev])")
 def test_schemathesis_finds_no_mismatch(tiny_artifact, tmp_path):
     """All operations, all checks, deterministic generation, ~20 examples per operation (~10-30 s)."""
+    # a policy under which every ad is removed: every decision has a statement and can be appealed,
+    # so the statement and appeal routes are reached past their 404s (schemathesis links classify's
+    # decision_id to them)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: always-remove\ncategories:\n  adult_services: {}\n  trafficking_indicators: {}\n"
+        "  scam: {actions: [{from: 0.0, to: 1.0, action: remove}]}\n",
+        encoding="utf-8",
+    )
     srv = ServerProcess(
-        ["--model", str(tiny_artifact), "--max-batch-size", "32", "--max-wait-ms", "5"],
+        [
+            "--model",
+            str(tiny_artifact),
+            "--max-batch-size",
+            "32",
+            "--max-wait-ms",
+            "5",
+            "--policy",
+            str(policy),
+        ],
         tmp_path / "server.log",
         env={"ADRISK_FEEDBACK_URL": f"sqlite:///{tmp_path / 'fb.db'}"},
         cwd=tmp_path,
@@ -112,4 +130,4 @@ def test_schemathesis_finds_no_mismatch(tiny_artifact, tmp_path):
     tail = "\n".join(line[:300] for line in (out.stdout + out.stderr).splitlines()[-60:])
     assert out.returncode == 0, tail
     assert "No issues found" in out.stdout, tail
-    assert "5 selected / 5 total" in out.stdout, tail  # every operation was tested
+    assert "10 selected / 10 total" in out.stdout, tail  # every operation was tested

@@ -65,7 +65,7 @@ def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path):
 
     def load(uri, dst):
         return SimpleNamespace(
-            predictor=Model(), ref=SimpleNamespace(name="m", version="1", directory=tmp_path)
+            predictor=Model(), ref=SimpleNamespace(name="m", version="1", run_id=None, directory=tmp_path)
         )
 
     gc.unfreeze()

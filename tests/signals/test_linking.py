@@ -171,3 +171,39 @@ def test_two_worker_processes_give_identical_output():
     assert np.array_equal(one.persona_id, two.persona_id) and np.array_equal(one.template_id, two.template_id)
     assert one.contacts == two.contacts and one.report["contacts"] == two.report["contacts"] > 0
     pd.testing.assert_frame_equal(one.clusters, two.clusters)
+
+
+def _phone(i: int) -> str:
+    return f"415-{200 + i // 10_000:03d}-{i % 10_000:04d}"
+
+
+def test_personas_chained_by_single_links_are_split_at_the_bound():
+    """10,000 ads where ad i shares one phone with ad i+1 (recycled numbers make such chains): no
+    persona above the bound, the chain cut in few places, pairs that share two contacts kept."""
+    n = 10_000
+    texts = [f"call {_phone(i)} or {_phone(i + 1)}" for i in range(n)]
+    strong = list(range(5, n - 1, 97))
+    for i in strong:  # ads i and i+1 also share an e-mail: two independent links
+        texts[i] += f" mail kim{i}@mail.com"
+        texts[i + 1] += f" mail kim{i}@mail.com"
+    cfg = LinkConfig()
+    res = link_frame(pd.DataFrame({"text": texts}), cfg)
+    p = res.persona_id
+    assert np.bincount(p).max() <= cfg.max_persona
+    assert all(p[i] == p[i + 1] for i in strong)
+    assert (p[:-1] == p[1:]).mean() >= 0.9  # split, not shattered
+    assert res.report["personas_split"] == 1
+    (split,) = res.report["persona_splits"]
+    assert split["ads"] == n and split["parts"] == len(np.unique(p)) and split["component"] == 0
+    assert "1 persona component(s) above" in summary(res)
+    from signals.report import render_report
+
+    page = render_report(res.clusters, res.report)
+    assert "split" in page and str(n) in page
+
+
+def test_personas_under_the_bound_are_not_split():
+    n = LinkConfig().max_persona
+    texts = [f"call {_phone(i)} or {_phone(i + 1)}" for i in range(n)]
+    res = link_frame(pd.DataFrame({"text": texts}))
+    assert len(np.unique(res.persona_id)) == 1 and res.report["personas_split"] == 0

@@ -10,12 +10,14 @@ TARGETS = [[1, 0], [0, 0], [0, 1], [0, 0]]  # adult_services, scam
 
 
 def tiny_fit_inputs(repeat: int):
-    """``(model, encoder, ids, targets, schema)``: the four texts ``repeat`` times (``4 * repeat``
-    rows, targets ``(4 * repeat, 2)`` float32), a 16-token window, torch seeded 0."""
+    """``(model, data)``: a random model (torch seeded 0) and a ``FitData`` whose train and validation
+    rows are the four texts ``repeat`` times (``4 * repeat`` rows, targets ``(4 * repeat, 2)`` float32)
+    in a 16-token window."""
     from model.encoding import TextEncoder
     from model.schema import LabelSchema
     from training.base_model import build_model, load_tokenizer, resolve_base_model
     from training.config import BaseModelConfig, TinyModelConfig
+    from training.loop import FitData
 
     schema = LabelSchema(labels=("adult_services", "scam"))
     bcfg = BaseModelConfig(
@@ -27,4 +29,5 @@ def tiny_fit_inputs(repeat: int):
     model = build_model(base, bcfg, schema, len(tok))
     y = np.array(TARGETS * repeat, dtype=np.float32)
     enc = TextEncoder(tok, 16)
-    return model, enc, enc.encode(TEXTS * repeat).input_ids, y, schema
+    ids = enc.encode(TEXTS * repeat).input_ids
+    return model, FitData(enc, ids, y, ids, y, schema)

@@ -82,7 +82,7 @@ def test_save_load_round_trip_and_corruption(fitted, tmp_path):
     chosen, _ = fit_blend(fitted, np.zeros((200, 2)), texts, y)
     assert chosen.weights  # the zero "transformer" gains from TF-IDF on both labels
     entry = chosen.save(tmp_path)
-    assert sorted(entry["labels"]) == sorted(chosen.weights)
+    assert sorted(entry.labels) == sorted(chosen.weights)
     loaded = TfidfBlend.load(tmp_path, entry)
     z = np.random.default_rng(5).normal(size=(len(texts), 2))
     np.testing.assert_allclose(loaded.blend(z, texts), chosen.blend(z, texts), rtol=1e-6, atol=1e-6)

@@ -1,8 +1,14 @@
-"""``adrisk evaluate --explain-report``: ranked tokens per label and source, table + plot files."""
+"""``adrisk evaluate --explain-report``: ranked tokens per label and source (known answers on a
+bag-of-words model), table + plot files."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
+
+from model.explain import Explainer
+from training.explain_report import aggregate_attributions
 
 
 def test_explain_report_via_evaluate(tiny_artifact, tmp_path, capsys):
@@ -46,3 +52,25 @@ def test_explain_report_via_evaluate(tiny_artifact, tmp_path, capsys):
         assert g["rank"].tolist() == list(range(1, len(g) + 1))
         assert g["total"].is_monotonic_decreasing
     assert (out / "explain_report.png").stat().st_size > 1000
+
+
+def test_aggregate_ranks_the_shortcut_per_label_and_source(known_predictor):
+    texts = [
+        "send CASH now",
+        "cash please friend",
+        "the cash is here",
+        "hello 💋 friend",
+        "💋 hello there",
+        "hi 💋 hello",
+    ]
+    sources = ["jobs", "jobs", "jobs", "escort", "escort", "escort"]
+    ex = Explainer(known_predictor)
+    df = aggregate_attributions(
+        texts, ex.attribute(texts), known_predictor.labels, sources, top_n=3, min_count=2
+    )
+    top = df[(df.label == "scam") & (df.source == "jobs") & (df["rank"] == 1)]
+    assert top.token.tolist() == ["cash"] and top.total.iloc[0] == pytest.approx(9.0, abs=1e-4)
+    adult = df[(df.label == "adult_services") & (df.source == "*")]
+    assert adult.token.iloc[0] == "💋" and adult.texts.iloc[0] == 3
+    bottom = df[(df.label == "scam") & (df.source == "escort")]
+    assert bottom.token.iloc[-1] == "hello"  # negative contributions rank last

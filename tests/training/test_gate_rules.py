@@ -142,3 +142,69 @@ def test_ap_delta_interval_known_answers():
         ap_delta_interval(ref, ref, y, ["a", "b"], confidence=1.0)
     with pytest.raises(ValueError, match="shapes"):
         ap_delta_interval(ref[:10], ref, y, ["a", "b"])
+
+
+def test_own_thresholds_are_held_to_the_target_and_the_reference_recall():
+    """With its own thresholds a variant lands at another precision for the same target: it passes
+    while precision stays at the target and recall does not fall; a recall loss fails it."""
+    import numpy as np
+
+    from training.variant_gate import decision_deltas, decisions_pass
+
+    y = np.zeros((1000, 1), dtype=int)
+    y[:200] = 1
+
+    def flags(tp, fp):
+        p = np.zeros((1000, 1))
+        p[:tp] = 0.9
+        p[200 : 200 + fp] = 0.9
+        return p
+
+    ref = flags(100, 5)  # precision 0.952, recall 0.50
+    kw = dict(ref_thresholds=[0.5], target_precision=[0.9])
+    more = decision_deltas(flags(110, 12), ref, y, [0.5], ["a"], **kw)  # precision 0.902, recall 0.55
+    assert more["a"]["precision"] > 0 and decisions_pass(more)
+    assert not decisions_pass(decision_deltas(flags(110, 12), ref, y, [0.5], ["a"]))  # two-sided: fails
+    fewer = decision_deltas(flags(80, 2), ref, y, [0.5], ["a"], **kw)  # recall 0.40
+    assert fewer["a"]["recall"] < -0.02 and not decisions_pass(fewer)
+    loose = decision_deltas(flags(110, 30), ref, y, [0.5], ["a"], **kw)  # precision 0.786 < target
+    assert not decisions_pass(loose)
+
+
+def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
+    """AP is rank-only: a variant whose probabilities are a monotone squash of the reference's has the
+    same AP but flags fewer ads at the same threshold; the decision deltas catch it."""
+    import numpy as np
+
+    from training.variant_gate import DECISION_TOLERANCE, ap_deltas, decision_deltas, decisions_pass
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 2)) < 0.3).astype(int)
+    ref = np.clip(0.5 * y + 0.5 * rng.random((400, 2)), 0, 1)
+    squashed = ref**3  # same order, lower scale
+    labels = ["a", "b"]
+    assert max(abs(d) for d in ap_deltas(squashed, ref, y, labels).values()) < 1e-12
+    dec = decision_deltas(squashed, ref, y, [0.5, 0.5], labels)
+    assert dec["a"]["recall"] < -DECISION_TOLERANCE and dec["b"]["recall"] < -DECISION_TOLERANCE
+    assert not decisions_pass(dec)
+    same = decision_deltas(ref, ref, y, [0.5, 0.5], labels)
+    assert all(row[m] == 0.0 for row in same.values() for m in ("precision", "recall"))
+    assert decisions_pass(same)
+    # few flagged: moving one flagged text of 20 (precision -0.05) is within the two-text allowance
+    few = np.zeros((400, 1))
+    few[:20, 0] = 0.9
+    y1 = np.zeros((400, 1), dtype=int)
+    y1[:19, 0] = 1
+    moved = few.copy()
+    moved[18, 0], moved[25, 0] = 0.1, 0.9  # a true positive drops below, a negative rises above
+    one = decision_deltas(moved, few, y1, [0.5], ["a"])
+    assert one["a"]["precision"] < -DECISION_TOLERANCE and one["a"]["precision_allowed"] == 2 / 20
+    assert decisions_pass(one)
+    # undefined where nothing is flagged or a label has no positives
+    none = decision_deltas(ref, ref, np.zeros_like(y), [2.0, 0.5], labels)
+    assert none["a"]["precision"] is None and none["a"]["recall"] is None and none["b"]["recall"] is None
+    # a variant that flags nothing where the reference flags many, on a label without positives
+    # (precision and recall both undefined): the number flagged still fails it
+    silent = decision_deltas(ref * 0.0, ref, np.zeros_like(y), [0.5, 0.5], labels)
+    assert silent["a"]["precision"] is None and silent["a"]["flagged"] == -1.0
+    assert not decisions_pass(silent)

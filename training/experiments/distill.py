@@ -1,10 +1,12 @@
-"""A distilled student: a shallower copy of the fine-tuned model, trained to match its logits.
+"""Distillation (``distill.enabled``), an experiment: a shallower copy of the fine-tuned model,
+trained to match its logits. Its student has not passed the runtime gate yet (docs/performance.md).
 
 The student keeps the teacher's tokenizer, embeddings, pooler and classifier and a subset of its
 transformer layers (``distill.layers``, default every other layer: 1, 3, 5 of MiniLM-L6's six), as
 DistilBERT initialises from every other BERT layer (Sanh et al., "DistilBERT, a distilled version of
 BERT", 2019; the layer choice of MiniLM, Wang et al. 2020, is another option). It is then trained by
-``training.loop.fit`` on the teacher's training rows with the loss
+``DistillationFineTuner``, the loop with its one extension point (``compute_loss``) overridden, on the
+teacher's training rows with the loss
 
     (1 - alpha) * hard-label loss + alpha * T^2 * soft loss(student / T, teacher / T)
 
@@ -21,17 +23,29 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.runtimes import STUDENT_DIR
+from model.schema import ProblemType
+from training.config import Config
+from training.loop import LAST_CHECKPOINT, FineTuner, FitData, FitResult, predict_logits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STUDENT_DIR", "build_student", "check_layers", "distil_student", "distillation_loss"]
+__all__ = [
+    "STUDENT_DIR",
+    "DistillationFineTuner",
+    "add_student",
+    "build_student",
+    "check_layers",
+    "distil_student",
+    "distillation_loss",
+]
 _LAYER_KEY = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")
 
 
@@ -124,24 +138,67 @@ def distillation_loss(
     return loss * (t * t)
 
 
+class DistillationFineTuner(FineTuner):
+    """The fine-tuning loop with the distillation objective: ``compute_loss`` is
+    ``(1 - alpha) * FineTuner.compute_loss + alpha * distillation_loss`` against the teacher's logits
+    of the same rows (Hinton et al. 2015), as setfit's ``DistillationSetFitTrainer`` extends its trainer.
+
+    Args:
+        student, data, cfg, seed: as ``FineTuner``.
+        teacher_logits: (n, L) the teacher's logits of ``data.train_ids``.
+        alpha: weight of the soft loss in [0, 1]; ``temperature``: T > 0 for both logit sets.
+
+    Raises:
+        ValueError: ``teacher_logits`` is not one row per training row.
+    """
+
+    progress_label = "distil"
+
+    def __init__(
+        self,
+        student: Any,
+        data: FitData,
+        cfg: Any,
+        seed: int,
+        teacher_logits: np.ndarray,
+        alpha: float,
+        temperature: float,
+    ):
+        if len(teacher_logits) != len(data.train_ids):
+            raise ValueError(f"{len(teacher_logits)} teacher logit rows for {len(data.train_ids)} train rows")
+        super().__init__(student, data, cfg, seed)
+        self.teacher_logits = teacher_logits
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+
+    def compute_loss(self, logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        hard = super().compute_loss(logits, rows)
+        soft = distillation_loss(
+            logits.float(),
+            torch.from_numpy(self.teacher_logits[rows]),
+            self.temperature,
+            self.data.schema.problem_type is ProblemType.MULTI_CLASS,
+        )
+        return (1.0 - self.alpha) * hard + self.alpha * soft
+
+
 def distil_student(
     teacher: Any,
-    data: Any,
-    cfg: Any,
-    seed: int,
+    data: FitData,
+    cfg: Config,
     checkpoint_dir: Path,
-    config_digest: str,
     *,
     resume: bool = False,
-    on_metrics: Any = None,
-) -> tuple[Any, Any]:
+    on_metrics: Callable[[dict, int], object] | None = None,
+) -> tuple[Any, FitResult]:
     """Build the student from ``teacher`` and train it on the teacher's logits (see module docstring).
 
     Args:
         teacher: the fine-tuned model (eval mode; not modified).
         data: the teacher's ``training.loop.FitData`` (encoder, training rows, validation rows on
             which the student's best epoch is chosen by macro AP, label schema).
-        cfg: the run's ``training.config.Config`` (``train`` settings, ``distill`` options).
+        cfg: the run's ``training.config.Config`` (``seed``, ``train`` settings, ``distill`` options;
+            its digest guards the student's checkpoints).
         checkpoint_dir: the student's own checkpoints (a killed run resumes the student there).
 
     Returns:
@@ -151,8 +208,6 @@ def distil_student(
         ValueError: bad ``distill.layers``. CheckpointError (``training.loop``): ``resume`` with a
             student checkpoint from another config or data.
     """
-    from training.loop import fit, predict_logits
-
     d = cfg.distill
     student = build_student(teacher, d.layers)
     logger.info(
@@ -169,17 +224,43 @@ def distil_student(
             k: v for k, v in {"epochs": d.epochs, "learning_rate": d.learning_rate}.items() if v is not None
         }
     )
-    result = fit(
-        student,
-        *data,
-        train_cfg,
-        seed,
-        checkpoint_dir,
-        config_digest,
-        resume=resume,
-        on_metrics=on_metrics,
-        teacher_logits=teacher_logits,
-        distill_alpha=d.alpha,
-        distill_temperature=d.temperature,
-    )
+    tuner = DistillationFineTuner(student, data, train_cfg, cfg.seed, teacher_logits, d.alpha, d.temperature)
+    result = tuner.fit(checkpoint_dir, cfg.digest(), resume=resume, on_metrics=on_metrics)
     return student, result
+
+
+def add_student(
+    teacher: Any,
+    data: FitData,
+    cfg: Config,
+    artifact_dir: Path,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+) -> FitResult:
+    """The pipeline's distillation step: distil a student from the fine-tuned ``teacher``
+    (``distil_student``), save it under ``<artifact_dir>/student/`` and log ``student.*`` metrics to the
+    active MLflow run; ``training.onnx_export.add_onnx_variants`` then exports and gates it.
+
+    Args:
+        resume: continue the student from ``checkpoint_dir`` where a checkpoint is there (a killed
+            run may have stopped before the student started).
+
+    Returns:
+        The student's ``FitResult``.
+    """
+    import mlflow
+
+    student, result = distil_student(
+        teacher,
+        data,
+        cfg,
+        checkpoint_dir,
+        resume=resume and (checkpoint_dir / LAST_CHECKPOINT).is_file(),
+        on_metrics=lambda m, step: mlflow.log_metrics({f"student.{k}": v for k, v in m.items()}, step=step),
+    )
+    student.save_pretrained(str(artifact_dir / STUDENT_DIR), safe_serialization=True)
+    mlflow.log_metrics(
+        {"student.validation.macro_ap": result.best_score, "student.train.steps": result.global_step}
+    )
+    return result

@@ -1,0 +1,291 @@
+"""Label-free estimates of prevalence and of precision / recall at the model's thresholds.
+
+* Calibration on the reference: where the reference has labels, each label's probabilities are
+  recalibrated on it by isotonic regression (scikit-learn), as NannyML's CBPE does, so that the
+  reference's expected confusion matrix equals its realised one; without labels the model's own
+  calibrated probabilities are used as they are.
+* Prevalence: the mean calibrated probability, and the EM re-estimation of the priors of Saerens,
+  Latinne & Decaestecker, "Adjusting the Outputs of a Classifier to New a Priori Probabilities: A
+  Simple Procedure" (Neural Computation, 2002), one label at a time (one-vs-rest), with a bootstrap
+  interval over the window's ads. Under a pure prevalence (label) shift the posteriors adjusted to
+  the new priors are calibrated again.
+* Precision and recall: confidence-based performance estimation (CBPE, NannyML): the expected
+  confusion matrix at each label's threshold from the adjusted posteriors, ``E[TP] = sum over
+  flagged ads of q``, ``E[FP] = sum over flagged of 1 - q``, ``E[FN] = sum over unflagged of q``. Its
+  interval is where the realised figure of this window would fall if the posteriors are right
+  (Bernoulli draws). Both assume p(x | y) unchanged; under input drift they carry a warning.
+* Realised figures where labels exist: the window's own labels, or moderator feedback exported by
+  ``adrisk feedback export`` (matched by normalised text), with a Clopper-Pearson interval (scipy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# A label is recalibrated on the reference only with at least this many positives and negatives there.
+MIN_CALIBRATION_CLASS = 20
+
+
+class ReferenceCalibration:
+    """Per-label isotonic recalibration fitted on labelled reference probabilities (identity for a
+    label without enough labels, or without reference labels).
+
+    Args:
+        probs: (n, L) reference calibrated probabilities.
+        labels: (n, L) 0/1 reference targets, or None.
+    """
+
+    def __init__(self, probs: np.ndarray, labels: np.ndarray | None):
+        from sklearn.isotonic import IsotonicRegression
+
+        self.models: list = []
+        for j in range(probs.shape[1]):
+            y = None if labels is None else labels[:, j]
+            if y is None or min(y.sum(), len(y) - y.sum()) < MIN_CALIBRATION_CLASS:
+                self.models.append(None)
+                continue
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            iso.fit(probs[:, j], y)
+            self.models.append(iso)
+
+    @property
+    def fitted(self) -> list[bool]:
+        return [m is not None for m in self.models]
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        """(n, L) probabilities -> (n, L) recalibrated probabilities."""
+        out = np.array(probs, dtype=np.float64, copy=True)
+        for j, m in enumerate(self.models):
+            if m is not None:
+                out[:, j] = m.predict(probs[:, j])
+        return out
+
+
+def adjust_posteriors(q: np.ndarray, base: float | np.ndarray, prior: float | np.ndarray) -> np.ndarray:
+    """Binary posteriors ``q`` (made under prior ``base``) adjusted to prior ``prior`` (Saerens et al.
+    2002, eq. 2.4): ``r q / (r q + s (1 - q))`` with ``r = prior / base``, ``s = (1 - prior) / (1 - base)``.
+    Broadcasts (e.g. ``q`` (B, n) with ``prior`` (B, 1))."""
+    r = np.asarray(prior) / base
+    s = (1 - np.asarray(prior)) / (1 - base)
+    num = r * q
+    den = num + s * (1 - q)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), q)
+
+
+def em_prior(q: np.ndarray, base: float) -> np.ndarray:
+    """The EM re-estimate of a binary label's prior on new data (Saerens et al. 2002).
+
+    EM's fixed point ``prior = mean(adjust_posteriors(q, base, prior))`` is the maximum-likelihood
+    prior, where the mixture log-likelihood ``sum log(prior q / base + (1 - prior)(1 - q) / (1 - base))``
+    (concave in the prior) peaks; it is found by bisection on the likelihood's derivative (60 halvings
+    instead of EM's slow steps when the classes overlap).
+
+    Args:
+        q: (n,) or (B, n) posteriors calibrated under prior ``base`` (0 < base < 1); rows of a 2-D
+            array are independent problems (bootstrap resamples).
+        base: the prior under which ``q`` is calibrated.
+
+    Returns:
+        () or (B,) priors in [0, 1].
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if not 0 < base < 1:
+        return q.mean(axis=-1)
+    a = q / base  # likelihood ratio terms: p(x|y=1) and p(x|y=0) up to a common factor
+    b = (1 - q) / (1 - base)
+
+    def slope(prior: np.ndarray) -> np.ndarray:  # d/d prior of the log-likelihood
+        den = prior * a + (1 - prior) * b
+        return np.sum((a - b) / np.maximum(den, 1e-300), axis=-1, keepdims=True)
+
+    lo = np.zeros(q.shape[:-1] + (1,))
+    hi = np.ones_like(lo)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        up = slope(mid) > 0
+        lo = np.where(up, mid, lo)
+        hi = np.where(up, hi, mid)
+    return ((lo + hi) / 2)[..., 0]
+
+
+def prevalence(
+    p_ref: np.ndarray,
+    y_ref: np.ndarray | None,
+    p_cur: np.ndarray,
+    labels: tuple[str, ...],
+    *,
+    draws: int = 200,
+    seed: int = 0,
+) -> tuple[dict[str, dict], ReferenceCalibration, np.ndarray]:
+    """Label-free prevalence of each label in the current window, against the reference's.
+
+    The interval is a bootstrap over both windows: each draw resamples the reference's ads (and refits
+    its recalibration: with a hundred positives the recalibration's own error dominates a rare label's)
+    and the window's ads, then re-estimates the reference prior and the window's EM prior.
+
+    Args:
+        p_ref, p_cur: (n_ref, L) and (n, L) the model's calibrated probabilities.
+        y_ref: (n_ref, L) reference targets, or None.
+
+    Returns:
+        ({label: {mean_probability, em, em_interval, ratio, ratio_interval}}, the reference
+        calibration, (L,) reference priors the recalibrated posteriors are calibrated under);
+        intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference prior.
+    """
+    cal = ReferenceCalibration(p_ref, y_ref)
+    q_ref, q_cur = cal(p_ref), cal(p_cur)
+    base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
+    rng = np.random.default_rng(seed)
+    em_b = np.zeros((draws, len(labels)))
+    base_b = np.zeros((draws, len(labels)))
+    for b in range(draws):
+        i_ref = rng.integers(0, len(p_ref), len(p_ref))
+        i_cur = rng.integers(0, len(p_cur), len(p_cur))
+        cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref])
+        base_b[b] = np.clip(cal_b(p_ref[i_ref]).mean(axis=0), 1e-4, 1 - 1e-4)
+        q_b = cal_b(p_cur[i_cur])
+        em_b[b] = [em_prior(q_b[:, j], float(base_b[b, j])) for j in range(len(labels))]
+    out = {}
+    for j, name in enumerate(labels):
+        em = float(em_prior(q_cur[:, j], float(base[j])))
+        ratio_b = np.maximum(em_b[:, j], 1e-6) / base_b[:, j]
+        out[name] = {
+            "mean_probability": round(float(q_cur[:, j].mean()), 4),
+            "em": round(em, 4),
+            "em_interval": [round(float(v), 4) for v in np.quantile(em_b[:, j], [0.025, 0.975])],
+            "ratio": round(max(em, 1e-6) / float(base[j]), 4),
+            "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
+        }
+    return out, cal, base
+
+
+def cbpe(q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Expected precision and recall of one label at its threshold (CBPE).
+
+    Args:
+        q: (n,) posteriors that the label applies (calibrated for this window).
+        flagged: (n,) bool, the model's decision at the label's threshold.
+
+    Returns:
+        ``precision`` / ``recall`` (None where undefined: nothing flagged, no expected positive),
+        their 5-95% intervals of the realised value under Bernoulli(q) labels, and ``flagged``.
+    """
+    flagged = np.asarray(flagged, dtype=bool)
+    tp = float(q[flagged].sum())
+    fn = float(q[~flagged].sum())
+    nf = int(flagged.sum())
+    out: dict[str, Any] = {
+        "precision": tp / nf if nf else None,
+        "recall": tp / (tp + fn) if tp + fn > 0 else None,
+        "flagged": nf,
+    }
+    rng = np.random.default_rng(seed)
+    y = rng.random((draws, len(q))) < q[None, :]  # (draws, n) simulated labels
+    tps = y[:, flagged].sum(1)
+    pos = y.sum(1)
+    prec = tps / nf if nf else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rec = np.where(pos > 0, tps / np.maximum(pos, 1), np.nan)
+    out["precision_interval"] = None if prec is None else [float(v) for v in np.quantile(prec, [0.05, 0.95])]
+    out["precision_sd"] = None if prec is None else float(np.std(prec))
+    finite = rec[np.isfinite(rec)]
+    out["recall_interval"] = [float(v) for v in np.quantile(finite, [0.05, 0.95])] if finite.size else None
+    out["recall_sd"] = float(np.std(finite)) if finite.size else None
+    return out
+
+
+def realised(y: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
+    """Realised precision and recall of one label at its threshold from 0/1 labels ``y`` (n,)."""
+    y = np.asarray(y) > 0.5
+    flagged = np.asarray(flagged, dtype=bool)
+    tp = int((y & flagged).sum())
+    return {
+        "precision": tp / int(flagged.sum()) if flagged.any() else None,
+        "recall": tp / int(y.sum()) if y.any() else None,
+        "flagged": int(flagged.sum()),
+        "positives": int(y.sum()),
+    }
+
+
+def text_key(text: str) -> str:
+    """sha256 of the normalised text: how window ads are matched to feedback rows (as the feedback
+    store keys them)."""
+    from model.normalize import normalize_text
+
+    return hashlib.sha256(normalize_text(text).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def feedback_precision(
+    texts: list[str],
+    flagged: np.ndarray,
+    feedback: dict[str, set[str]],
+    labels: tuple[str, ...],
+) -> dict[str, dict]:
+    """Realised precision and recall per label among the window's ads a moderator reviewed.
+
+    Args:
+        texts: (n,) window texts.
+        flagged: (n, L) bool decisions.
+        feedback: normalised-text sha256 -> the label names a moderator gave (``load_feedback``).
+
+    Returns:
+        {label: {precision, precision_n, precision_interval, recall, recall_n, reviewed}}: precision
+        over reviewed flagged ads, recall over reviewed ads the moderator labelled positive, each with
+        a 95% Clopper-Pearson interval (``scipy.stats.binomtest``); None where no ad qualifies.
+        Reviewed ads are not a random sample (moderators see flagged ads first): read the recall with care.
+    """
+    from scipy.stats import binomtest
+
+    hit = [(i, feedback[k]) for i, k in enumerate(map(text_key, texts)) if k in feedback]
+    out = {}
+    for j, name in enumerate(labels):
+        pos = [name in lab for i, lab in hit if flagged[i, j]]
+        rec = [bool(flagged[i, j]) for i, lab in hit if name in lab]
+
+        def share(xs: list[bool]) -> tuple[float | None, list[float] | None]:
+            if not xs:
+                return None, None
+            ci = binomtest(int(sum(xs)), len(xs)).proportion_ci(0.95, method="exact")
+            return sum(xs) / len(xs), [round(ci.low, 4), round(ci.high, 4)]
+
+        p, p_ci = share(pos)
+        r, r_ci = share(rec)
+        out[name] = {
+            "precision": p,
+            "precision_n": len(pos),
+            "precision_interval": p_ci,
+            "recall": r,
+            "recall_n": len(rec),
+            "recall_interval": r_ci,
+            "reviewed": len(hit),
+        }
+    return out
+
+
+def load_feedback(path: str, labels: tuple[str, ...]) -> dict[str, set[str]]:
+    """Read an ``adrisk feedback export`` file (JSONL rows with ``text`` and ``labels``) into
+    normalised-text sha256 -> label names (the model's labels only; later rows win).
+
+    Raises:
+        monitor.window.MonitorError: missing or unreadable file, or no text / labels column.
+    """
+    from monitor.window import MonitorError, read_frame
+
+    df = read_frame(path, "--feedback")
+    missing = [c for c in ("text", "labels") if c not in df.columns]
+    if missing:
+        raise MonitorError(
+            f"--feedback {path}: no {' / '.join(missing)} column (give an adrisk feedback export)"
+        )
+    out: dict[str, set[str]] = {}
+    for text, labs in zip(df["text"], df["labels"], strict=True):
+        if isinstance(text, str):
+            names = [str(x) for x in (labs if labs is not None else [])]
+            out[text_key(text)] = {x for x in names if x in labels}
+    return out

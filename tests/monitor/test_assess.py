@@ -1,0 +1,64 @@
+"""``assess`` on scored windows without a model (synthetic calibrated scores and embeddings): a
+prevalence shift is estimated without labels and read as ``retrain``; ads unlike the reference make
+it ``labels_needed``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitor.run import assess
+from monitor.verdict import Status
+from monitor.window import Window
+from tests.conftest import DATA_DIR
+
+
+def _window(df: pd.DataFrame, rng, axis: int = 0) -> Window:
+    y = df.labels.apply(lambda x: "scam" in x).to_numpy(float)[:, None]
+    s = np.where(y[:, 0] > 0, rng.normal(2.0, 1, len(df)), rng.normal(0, 1, len(df)))
+    lr = np.exp(2.0 * s - 2.0)
+    base = 0.05
+    p = (base * lr / (base * lr + 1 - base))[:, None]  # calibrated under a 5% prior
+    e = rng.normal(scale=0.3, size=(len(df), 16))
+    e[:, axis] += 1.0  # embeddings around one direction
+    return Window(
+        ids=df.id.tolist(),
+        texts=df.text.tolist(),
+        probs=p,
+        labels=y,
+        embeddings=e / np.linalg.norm(e, axis=1, keepdims=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def pool() -> pd.DataFrame:
+    df = pd.read_json(DATA_DIR / "test.jsonl", lines=True)
+    return df[df.source.isin(["uci_sms_spam", "craigslist_headings"])].sample(frac=1.0, random_state=0)
+
+
+def test_prevalence_shift_is_estimated_without_labels(pool):
+    rng = np.random.default_rng(0)
+    scam = pool[pool.labels.apply(lambda x: "scam" in x)]
+    other = pool[~pool.index.isin(scam.index)]
+    ref = _window(pd.concat([scam[:25], other[:475]]), rng)  # 5% scam
+    cur = _window(pd.concat([scam[25:50], other[475:575]]), rng)  # 20% scam
+    a = assess(ref, cur, ("scam",), [0.5])
+    p = a.prevalence["scam"]
+    assert (
+        p["changed"] and abs(p["em"] - 0.2) < 0.06 and abs(p["em"] - 0.2) < abs(p["mean_probability"] - 0.2)
+    )
+    perf = a.performance["scam"]["precision"]
+    assert abs(perf["estimated"] - perf["realised"]) < abs(perf["reference"] - perf["realised"]) + 0.05
+    assert a.status is Status.RETRAIN
+
+
+def test_ads_unlike_the_reference_need_labels(pool):
+    rng = np.random.default_rng(1)
+    ref = _window(pool[:400], rng)
+    cur = _window(pool[400:600], rng, axis=1)  # every current embedding in another direction
+    cur.texts = ["".join(chr(97 + rng.integers(26)) if c.isalpha() else c for c in t) for t in cur.texts]
+    a = assess(ref, cur, ("scam",), [0.5])
+    assert a.drift["embedding"]["novel_share"] > 0.8 and a.drift["text"]["drifted"]
+    assert a.status is Status.LABELS_NEEDED and any("unlike any reference ad" in r for r in a.reasons)
+    assert any(w.startswith("input drift") for w in a.warnings)
