@@ -323,7 +323,8 @@ def _rollback(args) -> int:
 
 def _export_onnx(args) -> int:
     from model.artifact import load_meta
-    from training.onnx_export import add_onnx_variants, read_labelled_jsonl
+    from training.onnx_export import add_onnx_variants
+    from training.variant_gate import read_labelled_jsonl
 
     directory = Path(args.model)
     if not directory.is_dir():
@@ -928,8 +929,8 @@ def _add_training_parsers(sub, threads_help: str) -> None:
         "--mixed",
         choices=("auto", "always", "never"),
         default="auto",
-        help="sensitivity-guided mixed int8 (layers measured most sensitive kept fp32): "
-        "auto = only when full int8 fails the gate (default auto)",
+        help="sensitivity-guided mixed int8 (per-token int8 with the layers measured most sensitive kept "
+        "fp32): auto = only when no batched int8 variant passes the gate (default auto)",
     )
     p.add_argument(
         "--tolerance", type=float, default=0.005, help="per-label AP gate vs fp32 torch (absolute)"

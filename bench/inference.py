@@ -22,14 +22,20 @@ pools, allocator state or warm caches). Variants:
   clock, which excludes the model load but includes reading and writing files; the end-to-end
   wall time, process start included, is listed below the table).
 - ``torch``: the adrisk predictor in torch fp32 (normalised text, length-sorted dynamic padding).
-- ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-mixed``: the adrisk predictor on the artifact's ONNX
-  Runtime variants (see ``model.runtimes``; run ``adrisk export-onnx`` first); ``student-onnx-fp32`` /
+- ``onnx-fp32`` / ``onnx-int8`` / ``onnx-int8-static`` / ``onnx-int8-token`` / ``onnx-int8-mixed``: the
+  adrisk predictor on the artifact's ONNX Runtime variants (see ``model.runtimes``; run ``adrisk
+  export-onnx`` first): dynamic int8 per row; static int8, per-token int8 and per-token int8 with
+  sensitive groups fp32, batched.
+  ``onnx-int8-batched`` runs the dynamic int8 graph batched (``per_row`` off), to show what per-row
+  scoring buys: its batch drift. ``student-onnx-fp32`` /
   ``student-onnx-int8`` on its distilled student's (``distill.enabled`` in the training config; FLOPs
   counted with the student's layers). Missing variants are skipped with a note.
 
 Each worker loads its model, warms up on 8 texts, then times one pass over all texts (wall clock,
 tokenisation included; load time excluded and reported separately). Accuracy: per-label average
-precision on the same texts, minus that of the adrisk torch fp32 predictor.
+precision on the same texts, minus that of the adrisk torch fp32 predictor. Batch drift (adrisk
+predictor variants): the largest |probability change| of a text scored alone vs in that pass, over
+48 texts spread over the set (``training.variant_gate.batch_invariance``, the gate's rule: <= 1e-3).
 
 Compute estimate (stated assumptions, printed with the table):
 - FLOPs of one sequence of padded width T in a BERT encoder with L layers, hidden h, FFN width i:
@@ -70,6 +76,9 @@ VARIANTS = (
     "torch",
     "onnx-fp32",
     "onnx-int8",
+    "onnx-int8-batched",
+    "onnx-int8-static",
+    "onnx-int8-token",
     "onnx-int8-mixed",
     "student-onnx-fp32",
     "student-onnx-int8",
@@ -154,6 +163,7 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
     if variant.startswith("score-"):
         _score_worker(variant, model, texts, meta, out_file)
         return
+    drift = None
     if variant.startswith("hf-pipeline"):
         from transformers import AutoTokenizer, pipeline
 
@@ -185,14 +195,15 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
         ]
         settings = f"batch {hf_batch}, file order, pad to longest in batch"
     else:
-        from model.predictor import Predictor
+        from training.variant_gate import batch_invariance
 
-        p = Predictor.load(model, runtime=variant, num_threads=threads)
+        p = _load_predictor(model, variant, threads)
         load_s = time.perf_counter() - t0
         p.predict_proba(texts[:WARMUP_TEXTS])
         t1 = time.perf_counter()
         probs = p.predict_proba(texts)
         wall = time.perf_counter() - t1
+        drift = batch_invariance(p, texts, probs)
         lengths = p.encoder.encode(texts).lengths()
         widths = _predictor_widths(p, lengths)
         settings = f"batch {p.batch_size}, max_tokens {p.max_tokens}, length-sorted"
@@ -213,10 +224,24 @@ def _worker(variant: str, model: str, texts_file: str, out_file: str, threads: i
                 "probs": np.asarray(probs, dtype=float).tolist(),
                 "settings": settings,
                 "threads": threads,
+                "batch_drift": drift,
                 "loadavg_end": os.getloadavg()[0],
             }
         )
     )
+
+
+def _load_predictor(model: str, variant: str, threads: int):
+    """The adrisk predictor of a runtime variant; ``onnx-int8-batched``: the dynamic int8 graph run
+    batched instead of per row."""
+    from model.predictor import Predictor
+    from model.runtimes import INT8_VARIANT, OnnxRuntime
+
+    if variant != "onnx-int8-batched":
+        return Predictor.load(model, runtime=variant, num_threads=threads)
+    p = Predictor.load(model, runtime="torch", num_threads=threads)
+    info = p.meta.runtimes.variants[INT8_VARIANT].model_copy(update={"per_row": False, "name": variant})
+    return Predictor(p.encoder, OnnxRuntime(model, info, num_threads=threads), p.meta, blend=p.blend)
 
 
 def _predictor_widths(p, lengths: np.ndarray) -> list[tuple[int, int]]:
@@ -328,6 +353,55 @@ def _run_variant(
         Path(out).unlink(missing_ok=True)
 
 
+def _faster_pipeline(results: dict[str, dict]) -> str | None:
+    """The faster of ``hf-pipeline`` (batch 32) and ``hf-pipeline-b1`` (batch 1) that ran."""
+    ran = [v for v in ("hf-pipeline", "hf-pipeline-b1") if v in results]
+    return max(ran, key=lambda v: results[v]["texts_per_s"]) if ran else None
+
+
+def _table(results: dict[str, dict], targets: np.ndarray, meta, cpu: dict) -> list[str]:
+    """The markdown table: one row per variant (adds ``ap``, ``ap_delta``, ``gflop_per_s`` to each result)."""
+    from training.variant_gate import ap_deltas, per_label_ap
+
+    labels = list(meta.labels)
+    ref = np.asarray(results["torch"]["probs"])
+    hf_name = _faster_pipeline(results)
+    hf = results[hf_name]["texts_per_s"] if hf_name else None  # the faster pipeline at its default threads
+    hfm = results.get("hf-pipeline-matched", {}).get("texts_per_s")
+    recorded = meta.runtimes.variants
+    default = meta.runtimes.default
+    short = {n: n.split("_")[0][:8] for n in labels}
+    header = (
+        ["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"]
+        + [f"dAP {short[n]}" for n in labels]
+        + ["batch drift", "export gate", "tokens (padded)", "GFLOP/s", "% fp32 peak"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for v, r in results.items():
+        probs = np.asarray(r["probs"])
+        r["ap"], r["ap_delta"] = per_label_ap(probs, targets, labels), ap_deltas(probs, ref, targets, labels)
+        gflops = r["flops"] / r["wall_s"] / 1e9
+        r["gflop_per_s"] = gflops
+        gate = recorded[v].passed if v in recorded else None
+        cells = [
+            f"{v} (default)" if v == default else v,
+            "own default" if r["threads"] is None else str(r["threads"]),
+            f"{r['texts_per_s']:.1f}",
+            f"{r['texts_per_s'] / hf:.2f}" if hf else "-",
+            f"{r['texts_per_s'] / hfm:.2f}" if hfm else "-",
+        ]
+        cells += ["-" if r["ap_delta"][n] is None else f"{r['ap_delta'][n]:+.4f}" for n in labels]
+        cells += [
+            "-" if r.get("batch_drift") is None else f"{r['batch_drift']:.1e}",
+            "-" if gate is None else ("passed" if gate else "failed"),
+            f"{r['tokens']:,} ({r['padded_tokens']:,})",
+            f"{gflops:.1f}",
+            f"{100 * r['flops'] / r['wall_s'] / cpu['peak_flops']:.1f}%" if cpu["peak_flops"] else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a local adrisk model directory")
@@ -358,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--data is required")
 
     from model.artifact import load_meta
-    from training.onnx_export import per_label_ap, read_labelled_jsonl
+    from training.variant_gate import read_labelled_jsonl
 
     meta = load_meta(args.model)
     labels = list(meta.labels)
@@ -376,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         texts_file = str(Path(tmp) / "texts.json")
         Path(texts_file).write_text(json.dumps(texts), encoding="utf-8")
         for v in wanted:
-            if v.startswith(("onnx", "student")) and v not in recorded:
+            if v.startswith(("onnx", "student")) and v.replace("-batched", "") not in recorded:
                 print(
                     f"note: {v} is not in {args.model} (run `adrisk export-onnx`); skipped", file=sys.stderr
                 )
@@ -391,41 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the torch variant is the accuracy reference and did not run", file=sys.stderr)
         return 1
 
-    ref_ap = per_label_ap(np.asarray(results["torch"]["probs"]), targets, labels)
-    hf_rates = [results[v]["texts_per_s"] for v in ("hf-pipeline", "hf-pipeline-b1") if v in results]
-    hf = max(hf_rates) if hf_rates else None  # the faster pipeline at its default threads
-    default = meta.runtimes.default
-    short = {n: n.split("_")[0][:8] for n in labels}
-    header = (
-        ["variant", "threads", "texts/s", "x HF pipeline (default threads)", "x HF pipeline (matched)"]
-        + [f"dAP {short[n]}" for n in labels]
-        + ["tokens (padded)", "GFLOP/s", "% fp32 peak"]
-    )
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for v, r in results.items():
-        ap_v = per_label_ap(np.asarray(r["probs"]), targets, labels)
-        r["ap"] = ap_v
-        r["ap_delta"] = {
-            n: None if ap_v[n] is None or ref_ap[n] is None else ap_v[n] - ref_ap[n] for n in labels
-        }
-        gflops = r["flops"] / r["wall_s"] / 1e9
-        r["gflop_per_s"] = gflops
-        name = f"{v} (default)" if v == default else v
-        hfm = results.get("hf-pipeline-matched", {}).get("texts_per_s")
-        cells = [
-            name,
-            "own default" if r["threads"] is None else str(r["threads"]),
-            f"{r['texts_per_s']:.1f}",
-            f"{r['texts_per_s'] / hf:.2f}" if hf else "-",
-            f"{r['texts_per_s'] / hfm:.2f}" if hfm else "-",
-        ]
-        cells += ["-" if r["ap_delta"][n] is None else f"{r['ap_delta'][n]:+.4f}" for n in labels]
-        cells += [
-            f"{r['tokens']:,} ({r['padded_tokens']:,})",
-            f"{gflops:.1f}",
-            f"{100 * r['flops'] / r['wall_s'] / cpu['peak_flops']:.1f}%" if cpu["peak_flops"] else "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = _table(results, targets, meta, cpu)
 
     print(
         f"\n{len(texts)} texts from {args.data} (seed {args.seed}), model {args.model} "
@@ -441,12 +481,17 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} (other processes share these cores)"
     )
     print(
-        "dAP = per-label average precision minus adrisk torch fp32's on the same texts; "
-        "tokens = real tokens (padded tokens computed)\n"
+        "dAP = per-label average precision minus adrisk torch fp32's on the same texts; batch drift = max "
+        "|p alone - p in the pass| over 48 texts (gate: <= 1e-3); export gate = the variant's gate decision "
+        "recorded in adrisk.json (validation texts); tokens = real tokens (padded tokens computed)\n"
     )
     print("\n".join(lines))
     for v, r in results.items():
         print(f"- {v}: {r['settings']}; model load {r['load_s']:.1f} s")
+    hf = _faster_pipeline(results)
+    if hf and "score-default" in results:
+        ratio = results["score-default"]["texts_per_s"] / results[hf]["texts_per_s"]
+        print(f"score-default / {hf} (the faster HF pipeline at its defaults): {ratio:.2f}x")
     if args.json:
         slim = {v: {k: x for k, x in r.items() if k != "probs"} for v, r in results.items()}
         Path(args.json).write_text(

@@ -34,7 +34,7 @@ def run_one(config: str, rows: int, bf16: bool) -> dict:
     from training.config import load_config
     from training.data import load_data
     from training.loop import FitData, fit, predict_logits
-    from training.onnx_export import per_label_ap
+    from training.variant_gate import per_label_ap
 
     cfg = load_config(
         REPO / config, [f"data.limit={rows}", "train.epochs=1", f"train.bf16={str(bf16).lower()}"]

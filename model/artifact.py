@@ -98,7 +98,9 @@ class RuntimeVariant(_Record):
     file: str = Field(description="file name under onnx/")
     name: str | None = None
     sha256: str | None = Field(default=None, description="checked at load when present")
-    precision: str = Field(default="", description="e.g. 'fp32', 'int8-dynamic, per-row'")
+    precision: str = Field(
+        default="", description="e.g. 'fp32', 'int8-dynamic, per-row', 'int8-static', 'int8-per-token'"
+    )
     per_row: bool | None = Field(default=None, description="run each text alone (``runs_per_row``)")
     opset: int | None = None
     source_weights_sha256: str | None = Field(
@@ -127,7 +129,7 @@ class RuntimeVariant(_Record):
         recorded) a dynamically quantised int8 precision."""
         if self.per_row is not None:
             return self.per_row
-        return self.precision.startswith("int8") and "static" not in self.precision
+        return self.precision == "int8" or self.precision.startswith("int8-dynamic")
 
 
 class TorchReference(_Record):

@@ -1,22 +1,25 @@
 """Runtimes: what computes logits for a padded batch, and how many threads it uses.
 
 ``TorchRuntime`` runs the artifact's ``model.safetensors``; ``OnnxRuntime`` runs one ONNX variant
-recorded in ``adrisk.json`` (export, quantisation and the accuracy gate that admits a variant live in
-``training/onnx_export.py``). ``select_runtime`` builds the one a ``Predictor`` asks for, and
-``default_num_threads`` is the thread policy both use.
+recorded in ``adrisk.json`` (export and quantisation live in ``training/onnx_export.py``, the accuracy
+gate that admits a variant in ``training/variant_gate.py``). ``select_runtime`` builds the one a
+``Predictor`` asks for, and ``default_num_threads`` is the thread policy both use.
 
 ONNX variants live under ``<artifact>/onnx/``::
 
-    <dir>/onnx/model.fp32.onnx   fp32 graph (onnxruntime fuses it when it loads it)
-    <dir>/onnx/model.int8.onnx   the same graph with int8 dynamic quantisation of every MatMul
-    <dir>/onnx/model.int8-mixed.onnx   int8, but the layers measured most sensitive stay fp32
+    <dir>/onnx/model.fp32.onnx          fp32 graph (onnxruntime fuses it when it loads it)
+    <dir>/onnx/model.int8.onnx          int8 dynamic quantisation of every weight MatMul, run per row
+    <dir>/onnx/model.int8-static.onnx   int8 static quantisation (calibrated activation scales), batched
+    <dir>/onnx/model.int8-token.onnx    int8 with one activation scale per token, batched
+    <dir>/onnx/model.int8-mixed.onnx    int8 per token, but the layers measured most sensitive stay fp32
     <dir>/onnx/student.fp32.onnx, student.int8.onnx   a distilled student (<dir>/student/), if trained
 
-Dynamically quantised (int8) variants run *per row*: each text alone, at its own length, so the
-activation scales computed at run time come from that text only and its score does not depend on
-which texts share its batch (one scale per batch tensor moved a text's probability by up to 0.25).
-On MiniLM-L6, one thread, 3,134 validation texts, per-row int8 ran at 0.88x its batched speed
-(440 vs 502 texts/s; fp32 batched: 244).
+A text's score must not depend on which texts share its batch. Dynamically quantised variants compute
+one activation scale per tensor at run time, over the whole batch, so they run *per row*
+(``per_row``): each text alone, at its own length. Static int8 carries its activation scales in the
+graph (calibrated once at export) and per-token int8 computes one scale per token, so each row's
+arithmetic is its own and both run batched like fp32: length-sorted, dynamically padded,
+token-budgeted (``Predictor``).
 """
 
 from __future__ import annotations
@@ -37,20 +40,30 @@ ONNX_DIR = "onnx"
 FP32_FILE = "model.fp32.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_MIXED_FILE = "model.int8-mixed.onnx"
+INT8_STATIC_FILE = "model.int8-static.onnx"
+INT8_TOKEN_FILE = "model.int8-token.onnx"
 FP32_VARIANT = "onnx-fp32"
 INT8_VARIANT = "onnx-int8"
 INT8_MIXED_VARIANT = "onnx-int8-mixed"
+INT8_STATIC_VARIANT = "onnx-int8-static"
+INT8_TOKEN_VARIANT = "onnx-int8-token"
 # A distilled student (training/experiments/distill.py): its torch weights under student/, its variants in onnx/.
 STUDENT_DIR = "student"
 STUDENT_FP32_FILE = "student.fp32.onnx"
 STUDENT_INT8_FILE = "student.int8.onnx"
 STUDENT_FP32_VARIANT = "student-onnx-fp32"
 STUDENT_INT8_VARIANT = "student-onnx-int8"
-ALL_FILES = (FP32_FILE, INT8_FILE, INT8_MIXED_FILE, STUDENT_FP32_FILE, STUDENT_INT8_FILE)
-OPSET = 17
+ALL_FILES = (
+    FP32_FILE,
+    INT8_FILE,
+    INT8_STATIC_FILE,
+    INT8_TOKEN_FILE,
+    INT8_MIXED_FILE,
+    STUDENT_FP32_FILE,
+    STUDENT_INT8_FILE,
+)
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
-DEFAULT_TOLERANCE = 0.005
 
 
 # The threads knob: ``threads`` in the config (``train.threads``), the server's settings and the CLI
@@ -95,7 +108,7 @@ class OnnxRuntime:
             ``RuntimeVariant``, or a mapping of its fields; needs ``file``; ``sha256`` and
             ``source_weights_sha256`` are checked when present).
         num_threads: cores to use; None uses ``default_num_threads()``. A batched variant runs one
-            graph at a time with this many intra-op threads; a per-row (int8) variant runs this many
+            graph at a time with this many intra-op threads; a per-row (dynamic int8) variant runs this many
             rows at once, each on one thread (``session.run`` releases the GIL and is thread-safe:
             2 concurrent rows ran 1.86x the texts/s of 1 on 2 cores, where 2 intra-op threads on one
             short row barely help). Inter-op threads are 1.
@@ -134,7 +147,7 @@ class OnnxRuntime:
         self.path = path
         # where this variant's torch weights live inside the artifact (explanations by gradient)
         self.torch_subdir = STUDENT_DIR if info.student is not None else ""
-        # Dynamic int8 computes activation scales per tensor at run time: run each text alone.
+        # Dynamic int8 computes activation scales per batch tensor at run time: run each text alone.
         self.per_row = info.runs_per_row
         if not path.is_file():
             raise ArtifactError(

@@ -97,6 +97,41 @@ def test_spark_job_writes_what_adrisk_score_writes(spark, tmp_path, tiny_artifac
     assert summary.rows == 44 and summary.missing == 3
 
 
+def _with_static_int8(tiny_artifact, directory: Path) -> Path:
+    """A copy of the tiny artifact with a statically quantised int8 variant (no gate: scores only)."""
+    import shutil
+
+    from model.artifact import load_meta, save_meta, sha256_file
+    from model.predictor import Predictor
+    from model.runtimes import FP32_FILE, INT8_STATIC_FILE, INT8_STATIC_VARIANT, ONNX_DIR
+    from training.onnx_export import export_fp32, quantize_int8_static
+
+    shutil.copytree(tiny_artifact, directory)
+    onnx = directory / ONNX_DIR
+    export_fp32(directory, onnx / FP32_FILE)
+    encoder = Predictor.load(directory, runtime="torch", num_threads=1).encoder
+    calibration = encoder.encode([r["text"] for r in _rows(30) if isinstance(r.get("text"), str)]).input_ids
+    quantize_int8_static(onnx / FP32_FILE, onnx / INT8_STATIC_FILE, calibration)
+    info = {"file": INT8_STATIC_FILE, "sha256": sha256_file(onnx / INT8_STATIC_FILE), "per_row": False}
+    meta = load_meta(directory)
+    save_meta(directory, meta.model_copy(update={"runtimes": {"variants": {INT8_STATIC_VARIANT: info}}}))
+    return directory
+
+
+def test_spark_job_equals_adrisk_score_with_batched_int8(spark, tmp_path, tiny_artifact):
+    """Static int8 runs batched: Spark's partitions put other rows in a batch than the local job does,
+    and the scores still agree (its activation scales are constants of the graph)."""
+    from model.runtimes import INT8_STATIC_VARIANT
+
+    model = str(_with_static_int8(tiny_artifact, tmp_path / "model"))
+    src = _write_jsonl(tmp_path / "in.jsonl", _rows(40))
+    run_score(model, src, tmp_path / "local.jsonl", progress=False, runtime=INT8_STATIC_VARIANT)
+    run_spark_score(
+        model, src, tmp_path / "spark.jsonl", spark=spark, progress=False, runtime=INT8_STATIC_VARIANT
+    )
+    _assert_same_output(_read(tmp_path / "spark.jsonl"), _read(tmp_path / "local.jsonl"))
+
+
 def test_killed_job_resumes_with_each_row_exactly_once(spark, tmp_path, tiny_artifact, monkeypatch):
     src = _write_jsonl(tmp_path / "in.jsonl", _rows(40))
     dst = tmp_path / "out.parquet"

@@ -2,9 +2,11 @@
 runtime selection, and clear errors for missing or corrupted files.
 
 Tolerances (calibrated probabilities, absolute): ONNX fp32 vs torch fp32 1e-4 (measured ~1e-7 on the
-tiny model; the same arithmetic in another kernel order); ONNX int8 (both recipes) vs torch 0.05 (dynamic
-quantisation error on the tiny random model, whose probabilities sit near 0.5; the real accuracy
-check is the per-label AP gate recorded by ``add_onnx_variants``).
+tiny model; the same arithmetic in another kernel order); ONNX int8 (every recipe) vs torch 0.05
+(quantisation error on the tiny random model, whose probabilities sit near 0.5; the real accuracy
+check is the per-label AP gate recorded by ``add_onnx_variants``). A statically quantised text alone vs
+in a padded batch, and a per-token one: 1e-6 (scales are constants or the token's own; only fp32
+round-off of padding remains).
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ import pytest
 
 from model.artifact import META_FILE, ArtifactError, load_meta
 from model.predictor import Predictor
-from model.runtimes import FP32_VARIANT, INT8_MIXED_VARIANT, INT8_VARIANT, ONNX_DIR
+from model.runtimes import (
+    FP32_VARIANT,
+    INT8_MIXED_VARIANT,
+    INT8_STATIC_VARIANT,
+    INT8_TOKEN_VARIANT,
+    INT8_VARIANT,
+    ONNX_DIR,
+)
 from tests.conftest import LABELS
-from training.onnx_export import (
+from training.onnx_export import add_onnx_variants
+from training.variant_gate import (
     BATCH_INVARIANCE_TOLERANCE,
     DEFAULT_TOLERANCE,
-    add_onnx_variants,
     batch_invariance,
     decisions_pass,
     intervals_pass,
@@ -30,6 +39,8 @@ from training.onnx_export import (
 
 FP32_ATOL = 1e-4
 INT8_ATOL = 0.05
+STATIC_BATCH_ATOL = 1e-6
+N_BOOT = 100  # bootstrap resamples of the gate's interval in these tests (the default is 1000)
 
 
 def _probe_texts(probes) -> list[str]:
@@ -56,7 +67,9 @@ def onnx_artifact(tiny_artifact, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx") / "model"
     shutil.copytree(tiny_artifact, d)
     texts, targets = _gate_data()
-    runtimes = add_onnx_variants(d, texts, targets, num_threads=1, mixed="always", max_fp32_groups=2)
+    runtimes = add_onnx_variants(
+        d, texts, targets, num_threads=1, mixed="always", max_fp32_groups=2, n_boot=N_BOOT
+    )
     return d, runtimes
 
 
@@ -71,16 +84,33 @@ def test_runtimes_recorded_in_artifact(onnx_artifact):
     d, runtimes = onnx_artifact
     meta = load_meta(d)
     assert meta.runtimes.model_dump(mode="json") == runtimes  # typed on load, written as given
-    assert set(runtimes["variants"]) == {FP32_VARIANT, INT8_VARIANT, INT8_MIXED_VARIANT}
+    assert set(runtimes["variants"]) == {
+        FP32_VARIANT,
+        INT8_VARIANT,
+        INT8_STATIC_VARIANT,
+        INT8_TOKEN_VARIANT,
+        INT8_MIXED_VARIANT,
+    }
+    assert runtimes["gate"]["resamples"] == N_BOOT
     mixed = runtimes["variants"][INT8_MIXED_VARIANT]
-    # the sensitivity search: every group measured, the most sensitive kept fp32 first
+    # the sensitivity search over the per-token recipe: every encoder weight MatMul group measured,
+    # the most sensitive kept fp32 first
     sens = mixed["sensitivity"]
-    assert {"embeddings", "layer.0/ffn.out", "layer.1/attention.qkv"} <= set(sens)
+    assert {"layer.0/ffn.out", "layer.1/attention.qkv"} <= set(sens) and "embeddings" not in sens
     assert 1 <= len(mixed["fp32_groups"]) <= 2
     assert mixed["fp32_groups"] == sorted(sens, key=sens.get, reverse=True)[: len(mixed["fp32_groups"])]
     assert mixed["passed"] or len(mixed["fp32_groups"]) == 2  # stops at the first pass
     assert ", ".join(mixed["fp32_groups"]) in mixed["precision"]
-    assert runtimes["variants"][INT8_VARIANT]["per_row"] and not runtimes["variants"][FP32_VARIANT]["per_row"]
+    per_row = {n: v["per_row"] for n, v in runtimes["variants"].items()}
+    assert per_row == {
+        FP32_VARIANT: False,
+        INT8_VARIANT: True,
+        INT8_STATIC_VARIANT: False,
+        INT8_TOKEN_VARIANT: False,
+        INT8_MIXED_VARIANT: False,
+    }
+    static = runtimes["variants"][INT8_STATIC_VARIANT]
+    assert static["calibration_texts"] == 60 and static["batch_invariance_max_abs"] <= STATIC_BATCH_ATOL
     for name, v in runtimes["variants"].items():
         assert (d / ONNX_DIR / v["file"]).is_file()
         assert len(v["sha256"]) == 64
@@ -109,34 +139,45 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
     assert len(texts) >= 8
     ref = Predictor.load(d, runtime="torch", num_threads=1)
     fp32 = Predictor.load(d, runtime=FP32_VARIANT, num_threads=1)
-    int8 = Predictor.load(d, runtime=INT8_VARIANT, num_threads=1)
-    mixed = Predictor.load(d, runtime=INT8_MIXED_VARIANT, num_threads=1)
-    assert fp32.runtime.name == FP32_VARIANT and int8.runtime.name == INT8_VARIANT
+    assert fp32.runtime.name == FP32_VARIANT
     p_ref = ref.predict_proba(texts)
     np.testing.assert_allclose(fp32.predict_proba(texts), p_ref, atol=FP32_ATOL)
-    np.testing.assert_allclose(int8.predict_proba(texts), p_ref, atol=INT8_ATOL)
-    np.testing.assert_allclose(mixed.predict_proba(texts), p_ref, atol=INT8_ATOL)
-    # int8 runs per row: a text's score does not depend on its batch-mates (dynamic scales per text),
-    # nor on how many rows run at once (results come back in input order)
-    for variant in (INT8_VARIANT, INT8_MIXED_VARIANT):
-        one_core = Predictor.load(d, runtime=variant, num_threads=1)
-        two_cores = Predictor.load(d, runtime=variant, num_threads=2)
-        assert one_core.runtime.per_row and two_cores.runtime.num_threads == 2
-        together = one_core.predict_proba(texts)
-        alone = np.vstack([one_core.predict_proba([t]) for t in texts])
-        np.testing.assert_array_equal(together, alone)
-        np.testing.assert_array_equal(two_cores.predict_proba(texts), together)
-        padded = one_core.runtime.logits(*one_core.encoder.pad(one_core.encoder.encode(texts[:5]).input_ids))
-        np.testing.assert_array_equal(padded, one_core.score(texts[:5]).logits)  # padding removed per row
-    # padding invariance holds for the ONNX graph too: alone == inside a padded batch
-    for t in texts[:4]:
-        np.testing.assert_allclose(
-            fp32.predict_proba([t])[0], fp32.predict_proba(texts)[texts.index(t)], atol=FP32_ATOL
-        )
+    for variant in (INT8_VARIANT, INT8_STATIC_VARIANT, INT8_TOKEN_VARIANT, INT8_MIXED_VARIANT):
+        p = Predictor.load(d, runtime=variant, num_threads=1)
+        assert p.runtime.name == variant
+        np.testing.assert_allclose(p.predict_proba(texts), p_ref, atol=INT8_ATOL)
+    # dynamic int8 runs per row: a text's score does not depend on its batch-mates (dynamic scales
+    # per text), nor on how many rows run at once (results come back in input order)
+    one_core = Predictor.load(d, runtime=INT8_VARIANT, num_threads=1)
+    two_cores = Predictor.load(d, runtime=INT8_VARIANT, num_threads=2)
+    assert one_core.runtime.per_row and two_cores.runtime.num_threads == 2
+    together = one_core.predict_proba(texts)
+    alone = np.vstack([one_core.predict_proba([t]) for t in texts])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(two_cores.predict_proba(texts), together)
+    padded = one_core.runtime.logits(*one_core.encoder.pad(one_core.encoder.encode(texts[:5]).input_ids))
+    np.testing.assert_array_equal(padded, one_core.score(texts[:5]).logits)  # padding removed per row
+    # static int8 runs batched (padded, several rows per call) and stays batch-invariant: its scales
+    # are constants of the graph; so does fp32 (alone == inside a padded batch)
+    for variant, atol in (
+        (INT8_STATIC_VARIANT, STATIC_BATCH_ATOL),
+        (INT8_TOKEN_VARIANT, STATIC_BATCH_ATOL),
+        (INT8_MIXED_VARIANT, STATIC_BATCH_ATOL),
+        (FP32_VARIANT, FP32_ATOL),
+    ):
+        p = Predictor.load(d, runtime=variant, num_threads=2)
+        assert not p.runtime.per_row
+        calls = []
+        run = p.runtime._run
+        p.runtime._run = lambda ids, mask, run=run, calls=calls: calls.append(ids.shape) or run(ids, mask)
+        together = p.predict_proba(texts)
+        assert any(rows > 1 for rows, _ in calls)  # it did batch
+        alone = np.vstack([p.predict_proba([t]) for t in texts])
+        np.testing.assert_allclose(together, alone, atol=atol, rtol=0)
     assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
 
 
-@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_MIXED_VARIANT, "torch"])
+@pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_TOKEN_VARIANT, "torch"])
 def test_auto_picks_recorded_default(artifact_copy, default):
     meta_path = artifact_copy / META_FILE
     data = json.loads(meta_path.read_text())
@@ -308,6 +349,40 @@ def test_gate_compares_runtimes_with_the_same_tfidf_blend(tiny_artifact, tmp_pat
     blend.weights.update({n: StackWeights(0.5, 1.0, 0.0) for n in LABELS})
     save_meta(d, load_meta(d).model_copy(update={"blend": blend.save(d)}))
     assert Predictor.load(d, runtime="torch", num_threads=1).blend is not None
-    runtimes = add_onnx_variants(d, texts, targets, quantize=False, num_threads=1)
+    runtimes = add_onnx_variants(d, texts, targets, quantize=False, num_threads=1, n_boot=N_BOOT)
     fp32 = runtimes["variants"][FP32_VARIANT]
     assert fp32["passed"] and max(abs(x) for x in fp32["ap_delta"].values() if x is not None) < 1e-6
+
+
+def test_per_token_int8_is_token_wise_quantisation(tmp_path):
+    """The per-token rewrite computes round(x / s_token) @ W_q * s_token * s_channel (one scale per
+    token, one per weight column), so a token's output depends on that token alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.onnx_export import quantize_int8_per_token
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 8)).astype(np.float32)  # (K, N)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer.0/output/dense/MatMul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
+    quantize_int8_per_token(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    x[1, 2] *= 50  # an outlier token: it must not coarsen its neighbours
+    y = session.run(None, {"x": x})[0]
+
+    s = np.abs(x).max(axis=-1, keepdims=True) / 127  # (B, T, 1)
+    s_w = np.abs(w).max(axis=0) / 127  # (N,)
+    expected = (np.round(x / s) @ np.round(w / s_w)) * s * s_w
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())  # close to fp32
+    np.testing.assert_array_equal(session.run(None, {"x": x[1:2]})[0], y[1:2])  # batch-mates do not matter
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}

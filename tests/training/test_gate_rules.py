@@ -116,11 +116,11 @@ def test_missing_challenger_metric_fails_and_table_shows_it():
 
 
 def test_ap_delta_interval_known_answers():
-    """The ONNX/student AP gate's equivalence test (training.onnx_export.ap_delta_interval)."""
+    """The ONNX/student AP gate's equivalence test (training.variant_gate.ap_delta_interval)."""
     import numpy as np
     import pytest
 
-    from training.onnx_export import ap_delta_interval, intervals_pass
+    from training.variant_gate import ap_delta_interval, intervals_pass
 
     rng = np.random.default_rng(0)
     y = np.zeros((400, 2), dtype=int)
@@ -149,7 +149,7 @@ def test_own_thresholds_are_held_to_the_target_and_the_reference_recall():
     while precision stays at the target and recall does not fall; a recall loss fails it."""
     import numpy as np
 
-    from training.onnx_export import decision_deltas, decisions_pass
+    from training.variant_gate import decision_deltas, decisions_pass
 
     y = np.zeros((1000, 1), dtype=int)
     y[:200] = 1
@@ -176,7 +176,7 @@ def test_the_gate_refuses_a_variant_that_ranks_alike_but_flags_differently():
     same AP but flags fewer ads at the same threshold; the decision deltas catch it."""
     import numpy as np
 
-    from training.onnx_export import DECISION_TOLERANCE, ap_deltas, decision_deltas, decisions_pass
+    from training.variant_gate import DECISION_TOLERANCE, ap_deltas, decision_deltas, decisions_pass
 
     rng = np.random.default_rng(0)
     y = (rng.random((400, 2)) < 0.3).astype(int)

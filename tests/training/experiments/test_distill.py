@@ -12,7 +12,7 @@ import torch
 
 from model.runtimes import STUDENT_DIR, STUDENT_FP32_VARIANT, STUDENT_INT8_VARIANT
 from training.experiments.distill import DistillationFineTuner, build_student, distillation_loss
-from training.onnx_export import decisions_pass, intervals_pass
+from training.variant_gate import decisions_pass, intervals_pass
 
 
 def _teacher(layers: int = 4):
