@@ -63,7 +63,8 @@ def apply_gate(
 ) -> list[GateRow]:
     """Evaluate the gate rules. ``champion`` None means a first model: absolute floors apply.
 
-    Returns every compared row (per label overall, per source slice, macro AP), each with its rule.
+    Returns every compared row (per label overall, per source slice, macro AP, extra-set floors and,
+    against a champion, the identity rules of ``identity_rows``), each with its rule.
     """
     rows: list[GateRow] = []
     key = lambda lab, m, src=None: f"{GATE_SPLIT}.{'source.' + src + '.' if src else ''}{lab}.{m}"  # noqa: E731
@@ -152,6 +153,42 @@ def apply_gate(
             f"{'<=' if ceiling else '>='} {bound} (eval floor)",
             lambda new, _, b=bound, c=ceiling: new <= b if c else new >= b,
         )
+    if champion is not None:
+        rows += identity_rows(challenger, champion, g)
+    return rows
+
+
+def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: GateConfig) -> list[GateRow]:
+    """The identity rules (issue 31, docs/identity.md), one row per term and rule, slice ``identity``.
+
+    Per identity term of the challenger's audit (``identity.term.<t>.gap`` and ``.flag_rate``, from
+    ``training/identity_audit.py`` on the benign templates): its counterfactual gap (Garg et al. 2019)
+    may exceed the champion's by at most ``g.identity_gap_tolerance``, and its any-label flag rate the
+    champion's by at most ``g.identity_flag_rate_tolerance``. A None tolerance turns that rule off. A
+    term the champion has no figure for (an older champion, a term added to the list) is held to
+    no gap, and to the challenger's own neutral-filler flag rate (``identity.filler.flag_rate``).
+    A challenger without identity metrics yields no rows (nothing to compare).
+
+    Args:
+        challenger / champion: metric dicts with the ``identity.`` prefix (others are ignored).
+    """
+    rows: list[GateRow] = []
+    terms = sorted(
+        {k.split(".")[2] for k in challenger if k.startswith("identity.term.") and k.count(".") == 3}
+    )
+    for metric, tol in (("gap", g.identity_gap_tolerance), ("flag_rate", g.identity_flag_rate_tolerance)):
+        if tol is None:
+            continue
+        for t in terms:
+            k = f"identity.term.{t}.{metric}"
+            new, old = _num(challenger.get(k)), _num(champion.get(k))
+            ref = old
+            if ref is None:  # no champion figure: no gap, or the fillers' flag rate
+                ref = (
+                    _num(challenger.get("identity.filler.flag_rate")) if metric == "flag_rate" else None
+                ) or 0.0
+            passed = new is not None and new <= ref + tol
+            rows.append(GateRow("identity", t, metric, old, new, f"<= champion + {tol}", passed))
     return rows
 
 

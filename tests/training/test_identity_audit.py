@@ -52,7 +52,7 @@ def test_audit_flags_a_model_that_keys_on_one_identity_term():
     assert res.metrics["term.korean.flag_rate"] == 1.0 and res.metrics["filler.flag_rate"] == 0.0
     assert res.metrics["term.korean.adult_services.shift"] == pytest.approx(0.6)
     assert res.metrics["term.asian.gap"] == pytest.approx(0.0)
-    assert res.metrics["max_gap"] == pytest.approx(0.6)
+    assert res.metrics["gap.max"] == pytest.approx(0.6)
     assert "korean" in res.notes[0] and " !" in next(
         r for r in res.table.splitlines() if r.startswith("Korean")
     )
@@ -63,9 +63,9 @@ def test_audit_passes_a_model_that_ignores_identity_terms():
         LABELS, THRESHOLDS, keyed_on("massage", base=0.2, lift=0.7), templates_per_category=3
     )
     assert res.failing == [] and res.passed and res.metrics["passed"] == 1.0
-    assert res.metrics["max_gap"] == pytest.approx(0.0)
+    assert res.metrics["gap.max"] == pytest.approx(0.0)
     assert res.metrics["filler.flag_rate"] > 0  # the offer is flagged, for every word alike
-    assert res.metrics["max_flag_excess"] == pytest.approx(0.0)
+    assert res.metrics["flag_rate_excess.max"] == pytest.approx(0.0)
 
 
 def test_a_small_lift_that_crosses_the_threshold_fails_on_flag_excess_not_on_gap():

@@ -1,0 +1,81 @@
+"""Identity-term masking as part of the model: the same text transform in training and at inference.
+
+A model trained with ``identity.mask`` (``training/counterfactual.py``, issue 31, docs/identity.md)
+never saw an identity word (an ethnicity, nationality, skin-colour or body word used as identity, a
+language) in fine-tuning: each was replaced by ``placeholder``. It must be served the same way, or it
+meets words at inference it never learnt to weigh. So the transform lives here, below training and
+serve: the artifact records it (``adrisk.json`` ``identity_mask``: the term list's version, the
+placeholder and every surface form), ``TextEncoder`` applies it before tokenising and ``Predictor``
+before the TF-IDF blend, so ``adrisk predict``, ``adrisk score``, the batch job and the server all
+mask alike. The record carries the forms themselves, so a later edit of the term list never changes
+what an existing model is served. Artifacts without the record (every model trained before this, or
+without masking) are served unchanged.
+
+Matching (``word_pattern``): whole words, any case, a space and a hyphen interchangeable, longest
+form first ("african american" before "african"). Masking is idempotent: the placeholder names no term.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_PLACEHOLDER = "[MASK]"
+
+
+@lru_cache(maxsize=32)
+def _pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    alts = {re.escape(f).replace(r"\ ", r"[\s-]").replace(r"\-", r"[\s-]") for f in forms}
+    ordered = sorted(alts, key=lambda a: (-len(a), a))  # longest first: "african american" wins
+    return re.compile(r"(?<!\w)(?:" + "|".join(ordered) + r")(?!\w)", re.IGNORECASE)
+
+
+def word_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    """One compiled regex matching any of ``words`` as a whole word (any case; a space and a hyphen
+    match each other; longer words win). Cached per word tuple.
+
+    Raises:
+        ValueError: no words, or an empty word.
+    """
+    forms = tuple(w.lower() for w in words)
+    if not forms or not all(f.strip() for f in forms):
+        raise ValueError("word_pattern needs at least one non-empty word")
+    return _pattern(forms)
+
+
+class IdentityMask(BaseModel):
+    """``adrisk.json`` ``identity_mask``: what the model's texts had masked in training, and so at inference.
+
+    Attributes:
+        terms_version: the identity term list's version (``training/identity_terms.py``), for people.
+        placeholder: what each form is replaced by (default the BERT mask token ``[MASK]``).
+        forms: lower-case surface forms, matched as whole words (see module docstring).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    terms_version: str = ""
+    placeholder: str = DEFAULT_PLACEHOLDER
+    forms: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _placeholder_is_no_term(self) -> IdentityMask:
+        if not self.placeholder.strip():
+            raise ValueError("identity_mask.placeholder must not be blank")
+        if word_pattern(self.forms).search(self.placeholder):
+            raise ValueError(
+                "identity_mask.placeholder names an identity term (masking would not be idempotent)"
+            )
+        return self
+
+    def apply_one(self, text: str) -> str:
+        """``text`` with every form replaced by the placeholder."""
+        return word_pattern(self.forms).sub(self.placeholder, text)
+
+    def apply(self, texts: Sequence[str]) -> list[str]:
+        """``[apply_one(t) for t in texts]``, in order (same length)."""
+        p = word_pattern(self.forms)
+        return [p.sub(self.placeholder, t) for t in texts]
