@@ -208,8 +208,8 @@ class GateConfig(_Strict):
     identity_flag_rate_tolerance: float | None = Field(
         0.02,
         ge=0,
-        description="per identity term, the challenger's benign-template flag rate may exceed the "
-        "champion's by at most this; null: not gated",
+        description="per identity term, the challenger's benign-template flag rate in excess of the neutral "
+        "fillers' may exceed the champion's excess by at most this; null: not gated",
     )
 
 

@@ -161,33 +161,34 @@ def apply_gate(
 def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: GateConfig) -> list[GateRow]:
     """The identity rules (issue 31, docs/identity.md), one row per term and rule, slice ``identity``.
 
-    Per identity term of the challenger's audit (``identity.term.<t>.gap`` and ``.flag_rate``, from
-    ``training/identity_audit.py`` on the benign templates): its counterfactual gap (Garg et al. 2019)
-    may exceed the champion's by at most ``g.identity_gap_tolerance``, and its any-label flag rate the
-    champion's by at most ``g.identity_flag_rate_tolerance``. A None tolerance turns that rule off. A
-    term the champion has no figure for (an older champion, a term added to the list) is held to
-    no gap, and to the challenger's own neutral-filler flag rate (``identity.filler.flag_rate``).
-    A challenger without identity metrics yields no rows (nothing to compare).
+    Per identity term ``t`` of the challenger's audit on the benign templates (``training/identity_audit.py``):
+
+    - ``gap``: its counterfactual gap (``identity.term.<t>.gap``, Garg et al. 2019) may exceed the
+      champion's by at most ``g.identity_gap_tolerance``;
+    - ``flag_excess``: its benign-template flag rate above the neutral fillers' (``identity.term.<t>.
+      flag_excess``: the lawful ads flagged *because* they name ``t``) may exceed the champion's by at
+      most ``g.identity_flag_rate_tolerance``. The excess, not the raw rate: a challenger whose
+      thresholds flag more benign ads whatever they name is the AP and recall rules' business, not
+      an identity bias.
+
+    A None tolerance turns that rule off. A term the champion has no figure for (an older champion,
+    a term added to the list) is held to a gap and an excess of 0. A challenger without identity
+    metrics yields no rows.
 
     Args:
-        challenger / champion: metric dicts with the ``identity.`` prefix (others are ignored).
+        challenger / champion: metric dicts with the ``identity.`` prefix (other keys are ignored).
     """
     rows: list[GateRow] = []
     terms = sorted(
         {k.split(".")[2] for k in challenger if k.startswith("identity.term.") and k.count(".") == 3}
     )
-    for metric, tol in (("gap", g.identity_gap_tolerance), ("flag_rate", g.identity_flag_rate_tolerance)):
+    for metric, tol in (("gap", g.identity_gap_tolerance), ("flag_excess", g.identity_flag_rate_tolerance)):
         if tol is None:
             continue
         for t in terms:
             k = f"identity.term.{t}.{metric}"
             new, old = _num(challenger.get(k)), _num(champion.get(k))
-            ref = old
-            if ref is None:  # no champion figure: no gap, or the fillers' flag rate
-                ref = (
-                    _num(challenger.get("identity.filler.flag_rate")) if metric == "flag_rate" else None
-                ) or 0.0
-            passed = new is not None and new <= ref + tol
+            passed = new is not None and new <= (old or 0.0) + tol
             rows.append(GateRow("identity", t, metric, old, new, f"<= champion + {tol}", passed))
     return rows
 

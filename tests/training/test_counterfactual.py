@@ -135,11 +135,11 @@ def test_identity_config_switches():
     assert cfg.gate.identity_gap_tolerance is None and cfg.gate.identity_flag_rate_tolerance == 0.02
 
 
-def _audit(gap: dict[str, float], flag: dict[str, float], filler: float = 0.0) -> dict[str, float]:
+def _audit(gap: dict[str, float], excess: dict[str, float]) -> dict[str, float]:
     """Synthetic identity-audit metrics as the gate reads them."""
-    out = {"identity.filler.flag_rate": filler, "gate.macro.ap": 0.9}
+    out = {"identity.filler.flag_rate": 0.1, "gate.macro.ap": 0.9}
     for t in gap:
-        out |= {f"identity.term.{t}.gap": gap[t], f"identity.term.{t}.flag_rate": flag[t]}
+        out |= {f"identity.term.{t}.gap": gap[t], f"identity.term.{t}.flag_excess": excess[t]}
     return out
 
 
@@ -152,12 +152,16 @@ def test_gate_rejects_a_challenger_worse_than_the_champion_per_term_beyond_toler
     champ = _audit({"asian": 0.05, "thai": 0.02}, {"asian": 0.10, "thai": 0.0})
     chall = _audit({"asian": 0.07, "thai": 0.09}, {"asian": 0.11, "thai": 0.05})
     rows = _identity_rows(chall, champ, g)
-    assert rows[("asian", "gap")].passed and rows[("asian", "flag_rate")].passed  # within tolerance
-    assert rows[("thai", "gap")].passed is False and rows[("thai", "flag_rate")].passed is False
+    assert rows[("asian", "gap")].passed and rows[("asian", "flag_excess")].passed  # within tolerance
+    assert rows[("thai", "gap")].passed is False and rows[("thai", "flag_excess")].passed is False
     assert rows[("thai", "gap")].champion == 0.02 and rows[("thai", "gap")].challenger == 0.09
-    # a term the champion was never audited on: held to no gap and to the fillers' flag rate
-    rows = _identity_rows(_audit({"asian": 0.07}, {"asian": 0.11}, filler=0.1), {"gate.macro.ap": 0.9}, g)
-    assert rows[("asian", "gap")].passed is False and rows[("asian", "flag_rate")].passed is True
+    assert "thai" in " ".join(
+        f"{r.label}/{r.metric}" for r in apply_gate(chall, champ, (), g) if r.passed is False
+    )
+    # a term the champion was never audited on: held to no gap and no excess
+    rows = _identity_rows(_audit({"asian": 0.07}, {"asian": 0.01}), {"gate.macro.ap": 0.9}, g)
+    assert rows[("asian", "gap")].passed is False and rows[("asian", "flag_excess")].passed is True
+    assert rows[("asian", "gap")].champion is None
 
 
 def test_gate_identity_rules_are_off_for_a_first_model_or_a_null_tolerance():
@@ -165,4 +169,5 @@ def test_gate_identity_rules_are_off_for_a_first_model_or_a_null_tolerance():
     g = GateConfig(identity_gap_tolerance=None, identity_flag_rate_tolerance=0.02)
     assert not _identity_rows(chall, None, g)  # a first model: floors only
     rows = _identity_rows(chall, _audit({"asian": 0.0}, {"asian": 0.0}), g)
-    assert [(k, r.passed) for k, r in rows.items()] == [(("asian", "flag_rate"), False)]
+    assert [(k, r.passed) for k, r in rows.items()] == [(("asian", "flag_excess"), False)]
+    assert not _identity_rows({"gate.macro.ap": 0.9}, _audit({"asian": 0.0}, {"asian": 0.0}), GateConfig())
