@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_PLACEHOLDER = "[MASK]"
 
@@ -61,6 +61,11 @@ class IdentityMask(BaseModel):
     placeholder: str = DEFAULT_PLACEHOLDER
     forms: tuple[str, ...] = Field(min_length=1)
 
+    @field_validator("forms")
+    @classmethod
+    def _lower_case(cls, forms: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f.lower() for f in forms)
+
     @model_validator(mode="after")
     def _placeholder_is_no_term(self) -> IdentityMask:
         if not self.placeholder.strip():
@@ -71,11 +76,16 @@ class IdentityMask(BaseModel):
             )
         return self
 
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """The compiled ``word_pattern`` of ``forms`` (compiled once per form list)."""
+        return word_pattern(self.forms)
+
     def apply_one(self, text: str) -> str:
         """``text`` with every form replaced by the placeholder."""
-        return word_pattern(self.forms).sub(self.placeholder, text)
+        return self.pattern.sub(self.placeholder, text)
 
     def apply(self, texts: Sequence[str]) -> list[str]:
         """``[apply_one(t) for t in texts]``, in order (same length)."""
-        p = word_pattern(self.forms)
-        return [p.sub(self.placeholder, t) for t in texts]
+        p, r = self.pattern, self.placeholder
+        return [p.sub(r, t) for t in texts]

@@ -87,7 +87,7 @@ def evaluate_model(
                     config.identity if config else IdentityConfig()
                 ).templates_per_category,
             )
-            metrics |= ident.prefixed()
+            metrics |= ident.logged()  # the per-term, per-label figures are in the table
             table += "\n\n" + ident.table
             identity_report = {
                 "terms_version": TERMS_VERSION,

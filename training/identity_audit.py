@@ -164,8 +164,17 @@ class IdentityAuditResult:
     notes: list[str] = field(default_factory=list)
 
     def prefixed(self, prefix: str = "identity.") -> dict[str, float]:
-        """Metrics with ``prefix`` (for MLflow)."""
+        """Every metric with ``prefix`` (the JSON artifact, the gate)."""
         return {f"{prefix}{k}": v for k, v in self.metrics.items()}
+
+    def logged(self, prefix: str = "identity.") -> dict[str, float]:
+        """The metrics logged to MLflow: ``prefixed`` less the per-term, per-label ones
+        (``term.<t>.<label>.*``, about 700 keys), which stay in the JSON artifact and the table."""
+        return {
+            f"{prefix}{k}": v
+            for k, v in self.metrics.items()
+            if not (k.startswith("term.") and k.count(".") == 3)
+        }
 
 
 def _flag(p: np.ndarray, thr: np.ndarray, flaggable: np.ndarray) -> np.ndarray:

@@ -286,7 +286,7 @@ def _identity_audit(
     )
     for note in res.notes:
         logger.warning("%s", note)
-    return res, res.prefixed()
+    return res, res.logged()
 
 
 def identity_report(res: IdentityAuditResult) -> dict:

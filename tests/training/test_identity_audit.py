@@ -191,6 +191,8 @@ def test_every_train_run_logs_the_identity_audit(trained_tiny_model):
     with open(client.download_artifacts(m.run_id, "identity_audit.json")) as f:
         report = json.load(f)
     assert report["terms_version"] == TERMS_VERSION and "identity.gap.max" in report["metrics"]
+    per_label = "identity.term.asian.adult_services.gap"  # in the JSON and the table, not in MLflow's metrics
+    assert per_label in report["metrics"] and per_label not in run.data.metrics
     assert json.loads((m.artifact_dir / "adrisk.json").read_text())["identity_mask"] is None  # not masked
 
 
