@@ -171,3 +171,27 @@ def test_gate_identity_rules_are_off_for_a_first_model_or_a_null_tolerance():
     rows = _identity_rows(chall, _audit({"asian": 0.0}, {"asian": 0.0}), g)
     assert [(k, r.passed) for k, r in rows.items()] == [(("asian", "flag_excess"), False)]
     assert not _identity_rows({"gate.macro.ap": 0.9}, _audit({"asian": 0.0}, {"asian": 0.0}), GateConfig())
+
+
+def test_a_mask_trained_artifact_records_its_mask_and_serves_masked_texts(tmp_path, tiny_artifact):
+    """The pipeline's save phase writes the mask ``prepare_bundle`` returned into ``adrisk.json``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from model.predictor import Predictor
+    from training.pipeline import Calibrated, _save_model
+
+    cfg = load_config(CONFIGS / "tiny.yaml", ["identity.mask=true"])
+    splits = [
+        _split(n, ["Thai massage", "sofa"], [[1, 0, 0], [0, 0, 0]]) for n in ("train", "validation", "test")
+    ]
+    _, mask = prepare_bundle(cfg, DataBundle(*splits, report={}))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_artifact))
+    tok = AutoTokenizer.from_pretrained(str(tiny_artifact))
+    cal = Calibrated(None, [1.0] * 3, [0.5] * 3, {}, {}, {})
+    art = tmp_path / "model"
+    _save_model(cfg, art, model, tok, "tiny", None, DataBundle(*splits), cal, {}, mask)
+    p = Predictor.load(art)
+    assert p.meta.identity_mask == mask and p.encoder.identity_mask == mask
+    np.testing.assert_allclose(
+        p.predict_proba(["Thai massage"]), p.predict_proba(["Korean massage"]), atol=1e-6
+    )
