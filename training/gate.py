@@ -194,8 +194,13 @@ def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: G
 
 
 def format_gate_table(rows: list[GateRow]) -> str:
-    """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result."""
+    """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result.
+
+    The identity rows (two per term, ``identity_rows``) are shown only where they fail; one line
+    counts the passing ones (every row stays in the decision's ``gate/report.json``)."""
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    quiet = [r for r in rows if r.slice == "identity" and r.passed is not False]
+    rows = [r for r in rows if not (r.slice == "identity" and r.passed is not False)]
     body = [
         [
             r.slice,
@@ -212,4 +217,7 @@ def format_gate_table(rows: list[GateRow]) -> str:
     header = ["slice", "label", "metric", "champion", "challenger", "delta", "rule", "result"]
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
     line = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
+    out = [line(header), line(["-" * w for w in widths]), *(line(b) for b in body)]
+    if quiet:
+        out.append(f"identity: {len(quiet)} more rows pass (per term, gap and flag excess vs the champion's)")
+    return "\n".join(out)

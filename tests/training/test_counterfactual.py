@@ -20,7 +20,7 @@ from training.counterfactual import (
     prepare_bundle,
 )
 from training.data import DataBundle, Split
-from training.gate import apply_gate
+from training.gate import apply_gate, format_gate_table
 from training.identity_terms import NEUTRAL_FILLERS, TERMS, mentions, mitigation_terms
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -158,6 +158,8 @@ def test_gate_rejects_a_challenger_worse_than_the_champion_per_term_beyond_toler
     assert "thai" in " ".join(
         f"{r.label}/{r.metric}" for r in apply_gate(chall, champ, (), g) if r.passed is False
     )
+    table = format_gate_table(apply_gate(chall, champ, (), g))
+    assert "thai" in table and "asian" not in table and "identity: 2 more rows pass" in table
     # a term the champion was never audited on: held to no gap and no excess
     rows = _identity_rows(_audit({"asian": 0.07}, {"asian": 0.01}), {"gate.macro.ap": 0.9}, g)
     assert rows[("asian", "gap")].passed is False and rows[("asian", "flag_excess")].passed is True
