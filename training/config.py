@@ -260,10 +260,14 @@ class IdentityConfig(_Strict):
     )
     mask: bool = Field(
         False,
-        description="replace identity terms by mask_placeholder in training and, recorded in the artifact, "
+        description="delete identity terms (or replace them by mask_placeholder) in training and, recorded in the artifact, "
         "at inference (model/identity_mask.py)",
     )
-    mask_placeholder: str = Field("[MASK]", min_length=1, description="mask: what each identity term becomes")
+    mask_placeholder: str = Field(
+        "",
+        description="mask: what each identity term becomes; empty (default): deleted, so no token is left "
+        "to learn as the terms' evidence; e.g. '\"[MASK]\"' (quoted: YAML) keeps a mark",
+    )
 
     @model_validator(mode="after")
     def _one_mitigation(self) -> IdentityConfig:

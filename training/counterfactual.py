@@ -17,7 +17,9 @@ audit, which so measures whether a mitigation generalises beyond its word list.
   touched that way, so a share ``cda_insert_fraction`` of them also gains one appended copy with an
   identity term inserted (``INSERT_FRAMES``), so that every term is seen on benign rows too.
   Seeded: the same rows, seed and config give the same texts.
-- ``mask``: every identity term of the train, validation and test splits becomes the placeholder;
+- ``mask``: every identity term of the train, validation and test splits is deleted (or becomes
+  ``identity.mask_placeholder``: a fixed token would itself become the terms' evidence, since most
+  rows naming a term are escort ads);
   the model artifact records the mask (``model/identity_mask.py``) and applies it at inference, so
   ``adrisk predict``, ``adrisk score`` and the server transform texts exactly as training did.
 

@@ -26,7 +26,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def mask() -> IdentityMask:
-    m = identity_mask(IdentityConfig(mask=True))
+    m = identity_mask(IdentityConfig(mask=True, mask_placeholder="[MASK]"))
     assert m is not None
     return m
 
@@ -37,6 +37,8 @@ def test_mask_matches_whole_words_any_case_and_is_idempotent(mask):
     assert out[1] == "[MASK]-owned day spa, [MASK]"
     assert out[2:4] == ["2 bedroom apartment", "Asianfusion grill"] and out[4] == "[MASK] owned"
     assert mask.apply(out) == out
+    deleting = identity_mask(IdentityConfig(mask=True))  # the default: deleted
+    assert deleting is not None and deleting.apply(TEXTS[:1]) == ["Relaxing massage by  therapist"]
     with pytest.raises(ValidationError):
         IdentityMask(forms=("asian",), placeholder="Asian")  # the placeholder would be masked again
     with pytest.raises(ValueError):

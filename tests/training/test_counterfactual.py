@@ -100,7 +100,7 @@ def test_cda_split_keeps_targets_and_columns_aligned():
 
 
 def test_prepare_bundle_masks_every_split_and_returns_the_mask_for_the_artifact():
-    cfg = load_config(CONFIGS / "tiny.yaml", ["identity.mask=true"])
+    cfg = load_config(CONFIGS / "tiny.yaml", ["identity.mask=true", 'identity.mask_placeholder="[MASK]"'])
     splits = [
         _split(
             n,
@@ -182,7 +182,7 @@ def test_a_mask_trained_artifact_records_its_mask_and_serves_masked_texts(tmp_pa
     from model.predictor import Predictor
     from training.pipeline import Calibrated, _save_model
 
-    cfg = load_config(CONFIGS / "tiny.yaml", ["identity.mask=true"])
+    cfg = load_config(CONFIGS / "tiny.yaml", ["identity.mask=true", 'identity.mask_placeholder="[MASK]"'])
     splits = [
         _split(n, ["Thai massage", "sofa"], [[1, 0, 0], [0, 0, 0]]) for n in ("train", "validation", "test")
     ]
