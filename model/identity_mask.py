@@ -24,8 +24,8 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Deletion: any fixed token put where identity words were would itself be learnt as their evidence
-# (in risky-ads-v1's train split ~60% of the rows naming a term are escort ads, against a 16% base rate).
+# Deletion: where most rows naming a term are escort ads, any fixed token put in the terms' place
+# would itself be learnt as their evidence (docs/identity.md).
 DEFAULT_PLACEHOLDER = ""
 
 
