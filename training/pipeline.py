@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,10 +271,12 @@ def _identity_audit(
 ) -> tuple[IdentityAuditResult | None, dict[str, float]]:
     """The identity-term audit (``identity.audit``; ``training/identity_audit.py``): the benign templates
     through ``score`` (the model as served), and Borkan subgroups of the test rows. ``raw_test``: the
-    test split before any mask, so the rows that name a term are found."""
+    test split before any mask, so the rows that name a term are found. Metrics: ``IdentityAuditResult.
+    logged`` and ``identity.seconds``, the audit's wall time."""
     if not cfg.identity.audit:
         return None, {}
     schema = cfg.label_schema
+    start = time.perf_counter()
     res = run_identity_audit(
         schema.labels,
         cal.thresholds,
@@ -286,7 +289,7 @@ def _identity_audit(
     )
     for note in res.notes:
         logger.warning("%s", note)
-    return res, res.logged()
+    return res, res.logged() | {"identity.seconds": time.perf_counter() - start}  # its cost per run
 
 
 def identity_report(res: IdentityAuditResult) -> dict:

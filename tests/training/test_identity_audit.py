@@ -181,6 +181,7 @@ def test_every_train_run_logs_the_identity_audit(trained_tiny_model):
         "held_out.gap.max",
         "term.asian.gap",
         "passed",
+        "seconds",
     ):
         assert f"identity.{key}" in run.data.metrics, key
     assert run.data.tags["adrisk.identity.terms_version"] == TERMS_VERSION
