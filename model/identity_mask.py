@@ -1,6 +1,6 @@
 """Identity-term masking as part of the model: the same text transform in training and at inference.
 
-A model trained with ``identity.mask`` (``training/counterfactual.py``, issue 31, docs/identity.md)
+A model trained with ``identity.mask`` (``training/counterfactual.py``, docs/identity.md)
 never saw an identity word (an ethnicity, nationality, skin-colour or body word used as identity, a
 language) in fine-tuning: each was deleted (``placeholder`` "", the default) or replaced by a fixed
 placeholder such as ``[MASK]``. It must be served the same way, or it

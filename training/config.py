@@ -234,7 +234,7 @@ class GeneralisationConfig(_Strict):
 
 
 class IdentityConfig(_Strict):
-    """Flag the offer, not the person (issue 31, docs/identity.md): the identity-term audit and two
+    """Flag the offer, not the person (docs/identity.md): the identity-term audit and two
     mitigations, both off by default (``--set identity.cda=true`` / ``--set identity.mask=true``)."""
 
     audit: bool = Field(

@@ -1,5 +1,5 @@
 """Training that does not learn identity words as evidence: two data transforms of the training rows
-(issue 31, docs/identity.md), both off by default, switched by ``identity.cda`` / ``identity.mask``.
+(docs/identity.md), both off by default, switched by ``identity.cda`` / ``identity.mask``.
 
 Both act on the splits before anything is fitted (``prepare_bundle``), so the fine-tuning rows (and
 their style-stripped views), the TF-IDF baseline and its blend all see the same text. Only the terms

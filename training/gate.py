@@ -159,7 +159,7 @@ def apply_gate(
 
 
 def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: GateConfig) -> list[GateRow]:
-    """The identity rules (issue 31, docs/identity.md), one row per term and rule, slice ``identity``.
+    """The identity rules (docs/identity.md), one row per term and rule, slice ``identity``.
 
     Per identity term ``t`` of the challenger's audit on the benign templates (``training/identity_audit.py``):
 
