@@ -824,7 +824,8 @@ def _add_training_parsers(sub, threads_help: str) -> None:
         "--no-audit",
         action="store_true",
         help="skip the shortcut audit (audit.*: source/length-only "
-        "models and style-stripped views; docs/generalisation.md)",
+        "models and style-stripped views; docs/generalisation.md) and the identity-term audit "
+        "(identity.*: benign templates, subgroup AUCs; docs/identity.md)",
     )
     p.add_argument(
         "--explain-report",
