@@ -16,7 +16,8 @@ representation or random one per cluster as the cold start, BADGE seeded from th
 
 ``--validate`` is the protocol the method was chosen by: a third of the pool's ``group``s (seeded;
 risky-ads-v1's split unit) are held out and evaluated on, the rest is the pool, and the site's test
-rows are not read.
+rows are not read. ``--site-weight W`` weighs each labelled new-site row W times in the learner, in
+every arm (random too): a learner change, not a selection one.
 
 The learner is cheap on purpose: fine-tuning MiniLM per budget per seed takes hours on a shared
 2-core machine, so the model here is a logistic-regression head (scikit-learn) on frozen
@@ -114,8 +115,9 @@ def cached_embeddings(frames: dict[str, pd.DataFrame], cache: Path) -> dict[str,
     return out
 
 
-def fit(x: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
-    return LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed).fit(x, y)
+def fit(x: np.ndarray, y: np.ndarray, seed: int, weight: np.ndarray | None = None) -> LogisticRegression:
+    model = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed)
+    return model.fit(x, y, sample_weight=weight)
 
 
 def recall_at_precision(y: np.ndarray, p: np.ndarray, target: float = TARGET_PRECISION) -> float:
@@ -277,6 +279,12 @@ def main() -> None:
         "--search", type=float, default=0.5, help="badge-search: the share of each batch taken by search"
     )
     ap.add_argument(
+        "--site-weight",
+        type=float,
+        default=1.0,
+        help="the learner's weight on each labelled new-site row (every arm, random too; 1: plain)",
+    )
+    ap.add_argument(
         "--validate",
         action="store_true",
         help="choose, never report: a third of the pool's groups are held out and evaluated on, "
@@ -313,7 +321,8 @@ def main() -> None:
 
     def model_with(rows: np.ndarray, seed: int) -> LogisticRegression:
         x = np.concatenate([emb["base_train"], emb["pool"][rows]])
-        return fit(x, np.concatenate([y["base_train"], y["pool"][rows]]), seed)
+        w = np.concatenate([np.ones(len(emb["base_train"])), np.full(len(rows), args.site_weight)])
+        return fit(x, np.concatenate([y["base_train"], y["pool"][rows]]), seed, w)
 
     def queue(rows: np.ndarray, n: int, seed: int, method: str) -> np.ndarray:
         """``n`` more picks by the model trained with ``rows`` labelled, as ``adrisk review-queue``
@@ -394,7 +403,8 @@ def main() -> None:
         f"seeds {seeds.start}-{seeds.stop - 1}"
     )
     print(
-        "learner: logistic regression on frozen MiniLM embeddings; each model's threshold: precision 0.9 on the other sources' validation"
+        f"learner: logistic regression on frozen MiniLM embeddings, labelled new-site rows weighted {args.site_weight:g} "
+        "(every arm); each model's threshold: precision 0.9 on the other sources' validation"
     )
     print(
         f"before onboarding (0 labels): AP {average_precision_score(y['site_test'], p0):.3f}, recall@P90 {recall_at_precision(y['site_test'], p0):.3f}"
