@@ -830,7 +830,8 @@ def _add_training_parsers(sub, threads_help: str) -> None:
         "--no-audit",
         action="store_true",
         help="skip the shortcut audit (audit.*: source/length-only "
-        "models and style-stripped views; docs/generalisation.md)",
+        "models and style-stripped views; docs/generalisation.md) and the identity-term audit "
+        "(identity.*: benign templates, subgroup AUCs; docs/identity.md)",
     )
     p.add_argument(
         "--explain-report",
@@ -1002,9 +1003,9 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
         "--on-bad-row",
         choices=("error", "mark"),
         default="error",
-        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
-        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
-        "not_an_object and goes on",
+        help="a JSON Lines line that is not one JSON object, or a CSV row with more fields than the header: "
+        "error (default) stops the job naming its line (finished chunks are kept for --resume); mark keeps "
+        "it as a row with error=invalid_json, not_an_object or wrong_field_count and goes on",
     )
     p.add_argument(
         "--engine",
