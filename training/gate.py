@@ -173,7 +173,9 @@ def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: G
 
     A None tolerance turns that rule off. A term the champion has no figure for (an older champion,
     a term added to the list) is held to a gap and an excess of 0. A challenger without identity
-    metrics yields no rows.
+    metrics yields no rows. A flag rate over ``n`` templates (``identity.templates``) moves in steps
+    of ``1/n``: where one template is coarser than the tolerance, a single flagged template is noise
+    beside it, so the flag rule reports (``passed`` None) instead of deciding.
 
     Args:
         challenger / champion: metric dicts with the ``identity.`` prefix (other keys are ignored).
@@ -185,9 +187,17 @@ def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: G
     for metric, tol in (("gap", g.identity_gap_tolerance), ("flag_excess", g.identity_flag_rate_tolerance)):
         if tol is None:
             continue
+        n = min(
+            _num(challenger.get("identity.templates")) or 0, _num(champion.get("identity.templates")) or 0
+        )
+        coarse = metric == "flag_excess" and n and 1 / n > tol
         for t in terms:
             k = f"identity.term.{t}.{metric}"
             new, old = _num(challenger.get(k)), _num(champion.get(k))
+            if coarse:
+                rule = f"report: 1 template of {n:.0f} is {1 / n:.3f} > tolerance {tol}"
+                rows.append(GateRow("identity", t, metric, old, new, rule, None))
+                continue
             passed = new is not None and new <= (old or 0.0) + tol
             rows.append(GateRow("identity", t, metric, old, new, f"<= champion + {tol}", passed))
     return rows

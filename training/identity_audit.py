@@ -336,6 +336,7 @@ def run_identity_audit(
     """
     templates = benign_templates(templates_per_category)
     m = template_metrics(score, labels, thresholds, terms, flaggable=flaggable, templates=templates)
+    m["templates"] = float(len(templates))  # a flag rate's resolution is 1 / templates (the gate reads it)
     m |= _summary(m, terms, "")
     m |= _summary(m, [t for t in terms if t.held_out], "held_out.")
     failing = failing_terms(m, terms)

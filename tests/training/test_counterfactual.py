@@ -197,3 +197,20 @@ def test_a_mask_trained_artifact_records_its_mask_and_serves_masked_texts(tmp_pa
     np.testing.assert_allclose(
         p.predict_proba(["Thai massage"]), p.predict_proba(["Korean massage"]), atol=1e-6
     )
+
+
+def test_gate_flag_rule_only_decides_where_one_template_is_finer_than_its_tolerance():
+    """A flag rate over n templates moves in steps of 1/n: with 10 templates one flagged template is
+    10 points, noise beside a 2-point tolerance, so the rule reports instead of rejecting; with 150
+    it decides."""
+    g = GateConfig(identity_gap_tolerance=0.03, identity_flag_rate_tolerance=0.02)
+    champ = _audit({"asian": 0.0}, {"asian": 0.0})
+    chall = _audit({"asian": 0.0}, {"asian": 0.1})
+    coarse = _identity_rows(chall | {"identity.templates": 10}, champ | {"identity.templates": 10}, g)
+    assert (
+        coarse[("asian", "flag_excess")].passed is None
+        and "1 template" in coarse[("asian", "flag_excess")].rule
+    )
+    assert coarse[("asian", "gap")].passed is True
+    fine = _identity_rows(chall | {"identity.templates": 150}, champ | {"identity.templates": 150}, g)
+    assert fine[("asian", "flag_excess")].passed is False
