@@ -92,7 +92,15 @@ def setup() -> Dist:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://", timeout=timeout)
+        backend = "nccl" if cuda else "gloo"
+        store = _attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        else:
+            rank, world = int(os.environ["RANK"]), env_world_size()
+            dist.init_process_group(
+                backend=backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
     _current = Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
     logger.info(
         "distributed: rank %d of %d (%s, %s)",
@@ -102,6 +110,26 @@ def setup() -> Dist:
         device,
     )
     return _current
+
+
+def _attempt_store(timeout: datetime.timedelta) -> Any:
+    """Under torchrun (torchelastic), the launcher's store with a prefix per restart attempt, else None
+    (``env://``). Without it, the workers that ``torchrun --max-restarts`` starts again read the
+    previous attempt's gloo addresses from the shared store and fail to connect (torch 2.13)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ:
+        return None
+    import torch.distributed as dist
+
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        env_world_size(),
+        is_master=int(os.environ["RANK"]) == 0 and not agent_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"adrisk/attempt_{attempt}", store)
 
 
 def current() -> Dist:
