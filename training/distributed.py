@@ -208,5 +208,7 @@ def wrap(model: Any, d: Dist) -> Any:
     ids = [d.local_rank] if d.device.startswith("cuda") else None
     # torch >= 2.13 renames broadcast_buffers (and warns on the old name)
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    sync: dict[str, Any] = {
+        "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False
+    }
     return DistributedDataParallel(model, device_ids=ids, **sync)
