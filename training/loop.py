@@ -388,7 +388,7 @@ class FineTuner:
             unit="step",
             mininterval=2.0 if sys.stderr.isatty() else 60.0,
             dynamic_ncols=True,
-            disable=True if not d.is_main else None,
+            disable=not d.is_main,  # torchrun: one bar, rank 0's
         )  # a log file gets a line a minute
         stopped_early = False
         ema: float | None = None
