@@ -381,6 +381,8 @@ class FineTuner:
         self.bf16 = self.autocast is torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast is torch.float16 else None
         model.train()
+        # torchrun: rank 0's bar only; nothing passed on rank 0, so TQDM_DISABLE still applies
+        bar_off: dict[str, Any] = {} if d.is_main else {"disable": True}
         bar = tqdm(
             total=total_steps,
             initial=state["global_step"],
@@ -388,7 +390,7 @@ class FineTuner:
             unit="step",
             mininterval=2.0 if sys.stderr.isatty() else 60.0,
             dynamic_ncols=True,
-            disable=not d.is_main,  # torchrun: one bar, rank 0's
+            **bar_off,
         )  # a log file gets a line a minute
         stopped_early = False
         ema: float | None = None
