@@ -1,8 +1,10 @@
-"""``adrisk train`` under ``torchrun --standalone --nproc-per-node 2`` (training/distributed.py): the
-same validation metrics as the one-process run (the session's tiny model) at the same global batch
-and seed, one MLflow run, one registered version, one artifact; a worker SIGKILLed after the first
-checkpoint and the job relaunched with ``--resume`` finishes from that checkpoint. Plus the sharding
-and the single-process defaults, in process."""
+"""``adrisk train`` under ``torchrun --standalone --nproc-per-node 2`` (training/distributed.py), one
+launch shared by the two slow tests (a torchrun launch costs ~35 s on 2 busy cores): rank 1 is
+SIGKILLed after the first checkpoint (mid-epoch), ``--max-restarts 1`` starts the workers again and
+they finish from that checkpoint; the finished job has the one-process run's validation metrics (the
+session's tiny model, same global batch and seed; a resume is exact, so the kill changes nothing),
+one MLflow run, one registered version, one artifact. Plus the sharding and the single-process
+defaults, in process."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,32 +82,6 @@ def test_one_process_touches_no_process_group(monkeypatch):
     assert distributed.broadcast(5, distributed.SINGLE) == 5
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tmp_path, trained_tiny_model, mlflow_store_template):
-    env = _store(tmp_path, mlflow_store_template)
-    out = tmp_path / "out"
-    proc = subprocess.run(_command(out), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("model URI:") == 1  # rank 0 alone prints (and saves, logs, registers)
-    client, runs = _runs(env["MLFLOW_TRACKING_URI"])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.tags["adrisk.train.world_size"] == "2"
-    versions = client.search_model_versions("name='risky-ads-tiny'")
-    assert [str(v.version) for v in versions] == ["1"]
-    assert (out / "model" / "adrisk.json").is_file()
-    assert sorted(p.name for p in out.iterdir() if (p / "adrisk.json").is_file()) == ["model"]
-
-    one_client, _ = _runs(trained_tiny_model.tracking_uri)
-    one = one_client.get_run(trained_tiny_model.run_id).data.metrics
-    two = run.data.metrics
-    assert two["train.steps"] == one["train.steps"]  # the same global batches
-    assert abs(two["validation.macro.ap"] - one["validation.macro.ap"]) <= 0.005
-    np.testing.assert_allclose(
-        _epoch_aps(client, run.info.run_id), _epoch_aps(one_client, trained_tiny_model.run_id), atol=0.005
-    )
-
-
 def _worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of the torchrun workers under the launcher process (from /proc)."""
     children = []
@@ -123,37 +100,76 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return ranks
 
 
-@pytest.mark.slow
-def test_a_killed_worker_and_the_restarted_job_finishes_from_the_checkpoint(tmp_path, mlflow_store_template):
-    """SIGKILL rank 1 after the first checkpoint (mid-epoch); ``torchrun --max-restarts 1`` starts the
-    workers again (the same command) and they resume from that checkpoint, in the same MLflow run.
-    (A relaunch with ``--resume`` takes the same path: rank 0 reads the checkpoint, every rank gets it.)"""
-    env = _store(tmp_path, mlflow_store_template)
-    out = tmp_path / "out"
-    cmd = _command(out, "--set", "tracking.register_model=false")  # registration is the test above's
+@dataclass(frozen=True)
+class Job:
+    out: Path
+    tracking_uri: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def restarted_job(tmp_path_factory, mlflow_store_template) -> Job:
+    """``torchrun --standalone --nproc-per-node 2 --max-restarts 1 -m adrisk train`` on the tiny
+    config, rank 1 SIGKILLed as soon as the first checkpoint exists (step 5 of 15 in epoch 1)."""
+    root = tmp_path_factory.mktemp("torchrun")
+    env = _store(root, mlflow_store_template)
+    out = root / "out"
+    cmd = _command(out)
     cmd.insert(cmd.index("-m", 3), "--max-restarts=1")
-    log = (tmp_path / "stdout", tmp_path / "stderr")  # files: a full pipe would stall the workers
+    log = (root / "stdout", root / "stderr")  # files: a full pipe would stall the workers
     with log[0].open("w") as o, log[1].open("w") as e:
-        launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=o, stderr=e)
+        launcher = subprocess.Popen(cmd, cwd=root, env=env, stdout=o, stderr=e)
     try:
         ckpt = out / "checkpoints" / "last.pt"
         deadline = time.time() + 300
         while not ckpt.exists() and time.time() < deadline and launcher.poll() is None:
             time.sleep(0.01)
         workers = _worker_pids(launcher.pid)
-        assert set(workers) == {0, 1}, workers
+        assert set(workers) == {0, 1}, f"no worker to kill: {workers}, {log[1].read_text()[-3000:]}"
         os.kill(workers[1], signal.SIGKILL)
         launcher.wait(timeout=600)
     finally:
         if launcher.poll() is None:  # torchrun passes SIGTERM on to its workers
             launcher.terminate()
             launcher.wait(timeout=60)
-    stdout, stderr = log[0].read_text(), log[1].read_text()
-    assert launcher.returncode == 0, stderr[-3000:]
-    assert "torchrun restarted the workers: resuming" in stderr
-    assert "[rank 1] training.loop: resumed at epoch 0, batch" in stderr  # mid-epoch (15 batches an epoch)
-    assert stdout.count("model artifact:") == 1
-    _, runs = _runs(env["MLFLOW_TRACKING_URI"])
-    assert len(runs) == 1  # the killed attempt's run, continued
-    assert runs[0].data.metrics["train.steps"] == 30  # 2 epochs of 15 global batches
-    assert (out / "model" / "adrisk.json").is_file()
+    return Job(out, env["MLFLOW_TRACKING_URI"], launcher.returncode, log[0].read_text(), log[1].read_text())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(restarted_job, trained_tiny_model):
+    job = restarted_job
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stdout.count("model URI:") == 1  # rank 0 alone prints (and saves, logs, registers)
+    client, runs = _runs(job.tracking_uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["adrisk.train.world_size"] == "2"
+    versions = client.search_model_versions("name='risky-ads-tiny'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert (job.out / "model" / "adrisk.json").is_file()
+    assert sorted(p.name for p in job.out.iterdir() if (p / "adrisk.json").is_file()) == ["model"]
+
+    one_client, _ = _runs(trained_tiny_model.tracking_uri)
+    one = one_client.get_run(trained_tiny_model.run_id).data.metrics
+    two = run.data.metrics
+    assert two["train.steps"] == one["train.steps"] == 30  # the same 2 x 15 global batches
+    assert abs(two["validation.macro.ap"] - one["validation.macro.ap"]) <= 0.005
+    np.testing.assert_allclose(
+        _epoch_aps(client, run.info.run_id), _epoch_aps(one_client, trained_tiny_model.run_id), atol=0.005
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_worker_and_the_restarted_job_finishes_from_the_checkpoint(restarted_job):
+    """torchrun started the workers again (the same command) and they resumed mid-epoch from the first
+    checkpoint, in the killed attempt's MLflow run. (A relaunch with ``--resume`` takes the same
+    path: rank 0 reads the checkpoint and every rank gets it.)"""
+    job = restarted_job
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "torchrun restarted the workers: resuming" in job.stderr
+    assert "[rank 1] training.loop: resumed at epoch 0, batch" in job.stderr  # mid-epoch: 15 batches an epoch
+    _, runs = _runs(job.tracking_uri)
+    assert len(runs) == 1 and runs[0].data.metrics["train.steps"] == 30
+    assert (job.out / "model" / "adrisk.json").is_file()
