@@ -215,7 +215,12 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     _check_writable(args.uri_file, "--uri-file")
-    res = run_training(cfg, resume=args.resume)
+    try:
+        res = run_training(cfg, resume=args.resume)  # under torchrun, on every rank (training/distributed.py)
+    finally:
+        _leave_process_group()
+    if res.worker:  # a torchrun rank other than 0: rank 0 prints and saves
+        return EXIT_OK
     print(res.table)
     print(f"\nmodel artifact: {res.artifact_dir}")
     print(f"MLflow run:     {res.run_id}")
@@ -223,6 +228,14 @@ def _train(args) -> int:
     if args.uri_file:
         Path(args.uri_file).write_text(res.model_uri + "\n")
     return EXIT_OK
+
+
+def _leave_process_group() -> None:
+    """End of ``train``/``retrain`` under torchrun: leave the process group (nothing otherwise)."""
+    if "torch.distributed" in sys.modules:
+        from training.distributed import shutdown
+
+        shutdown()
 
 
 def _evaluate(args) -> int:
@@ -279,7 +292,12 @@ def _retrain(args) -> int:
         verdict = _stale_verdict(args.when_stale, cfg)
         if verdict is None:
             return EXIT_NOT_STALE
-    result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force, verdict=verdict)
+    try:
+        result = retrain(cfg, dry_run=args.dry_run, wait_seconds=args.wait, force=args.force, verdict=verdict)
+    finally:
+        _leave_process_group()
+    if result.worker:  # a torchrun rank other than 0: rank 0 prints and decides
+        return EXIT_OK
     if result.training_table:
         print(result.training_table + "\n")
     if result.table:
@@ -1232,9 +1250,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
+    rank = f"[rank {os.environ.get('RANK', '0')}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     for noisy in ("httpx", "urllib3", "alembic", "mlflow.store", "transformers"):

@@ -5,6 +5,13 @@ linear warm-up/decay; validation macro average precision each epoch; early stopp
 kept; a checkpoint every N steps so a killed run resumes exactly where it stopped (model, optimizer,
 scheduler, torch RNG and position in the epoch's deterministic batch order).
 
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop runs data-parallel (``training/distributed.py``):
+each rank trains on its share of every global batch through ``DistributedDataParallel``, validation
+is sharded and gathered, and rank 0 alone writes checkpoints. On CUDA (one GPU per process, or the
+one GPU of a single process) batches come from pinned memory and forward/backward run under bf16
+autocast (fp16 with a gradient scaler where the GPU has no bf16); the model returns to the CPU after
+the loop.
+
 ``FineTuner.compute_loss`` is the loop's one extension point, as in the HF ``Trainer``: a subclass
 that changes the objective (``training.experiments.distill.DistillationFineTuner``) overrides it and
 nothing else.
@@ -29,7 +36,9 @@ from tqdm.auto import tqdm
 
 from model.encoding import TextEncoder, length_sorted_batches
 from model.schema import LabelSchema, ProblemType
+from training import distributed
 from training.config import TrainConfig
+from training.distributed import Dist
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ class FitResult:
     stopped_early: bool = False
     global_step: int = 0
     bf16: bool = False  # whether forward/backward ran under bf16 autocast (train.bf16 and the CPU)
+    world_size: int = 1  # processes that trained (torchrun); the global batch is train.batch_size
 
 
 class FitData(NamedTuple):
@@ -103,16 +113,18 @@ def _loss_targets(schema: LabelSchema, y: np.ndarray) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size: int) -> np.ndarray:
-    """(n, L) float32 logits for tokenised rows, length-sorted batches, eval mode."""
+    """(n, L) float32 logits for tokenised rows, length-sorted batches, eval mode (on the model's device)."""
     was_training = model.training
     model.eval()
+    dev = getattr(model, "device", None)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     for idx in length_sorted_batches(lengths, batch_size):
         x, m = encoder.pad([ids[i] for i in idx])
-        out[idx] = (
-            model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.float().numpy()
-        )
+        xt, mt = torch.from_numpy(x), torch.from_numpy(m)
+        if dev is not None and dev.type != "cpu":
+            xt, mt = xt.to(dev), mt.to(dev)
+        out[idx] = model(input_ids=xt, attention_mask=mt).logits.float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -206,7 +218,7 @@ def _read_checkpoint(last: Path, config_digest: str) -> dict[str, Any]:
     if not last.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {last}")
     try:
-        ck = torch.load(last, weights_only=True)
+        ck = torch.load(last, weights_only=True, map_location="cpu")
         if not isinstance(ck, dict) or "config_digest" not in ck:
             raise ValueError("not an adrisk checkpoint")
     except Exception as e:  # truncated / garbage file: torch's own message misleads (weights_only=False)
@@ -217,6 +229,25 @@ def _read_checkpoint(last: Path, config_digest: str) -> dict[str, Any]:
     if ck["config_digest"] != config_digest:
         raise CheckpointError(f"--resume: {last} was written under a different config")
     return ck
+
+
+def training_device(d: Dist) -> str:
+    """Where the loop trains: the rank's GPU under NCCL, else the GPU when CUDA is present, else the CPU."""
+    if d.active:
+        return d.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _autocast_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
+    """The autocast dtype of forward/backward (None: fp32). CPU: bf16 per ``_use_bf16``. CUDA: unless
+    ``train.bf16`` is false, bf16 where the GPU has it, else fp16 (with a gradient scaler)."""
+    if not device.startswith("cuda"):
+        return torch.bfloat16 if _use_bf16(cfg) else None
+    if cfg.bf16 is False:
+        return None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    logger.info("forward/backward in %s autocast on %s", dtype, device)
+    return dtype
 
 
 def _use_bf16(cfg: TrainConfig) -> bool:
@@ -250,16 +281,18 @@ class FineTuner:
         self.loss_fn = loss_function(data.schema, data.train_y, cfg)
 
     def compute_loss(self, logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """The scalar loss of one batch.
+        """The scalar loss of one batch (the mean over its rows: under torchrun the loop weights each
+        rank's loss by its share of the global batch).
 
         Args:
-            logits: (B, L) the model's logits for the batch (bf16 under autocast).
+            logits: (B, L) the model's logits for the batch (bf16 under autocast; on the training device).
             rows: (B,) int indices of the batch's rows in ``data.train_ids`` / ``data.train_y``.
 
         Returns:
             A scalar tensor; the loop backpropagates it and logs its moving average as ``train.loss``.
         """
-        return self.loss_fn(logits.float(), _loss_targets(self.data.schema, self.data.train_y[rows]))
+        y = _loss_targets(self.data.schema, self.data.train_y[rows]).to(logits.device)
+        return self.loss_fn(logits.float(), y)
 
     def fit(
         self,
@@ -268,19 +301,28 @@ class FineTuner:
         *,
         resume: bool = False,
         on_metrics: Callable[[dict, int], object] | None = None,
+        dist: Dist | None = None,
     ) -> FitResult:
-        """Train, then load the best validation weights into the model (eval mode).
+        """Train, then load the best validation weights into the model (eval mode, on the CPU).
 
         Args:
             checkpoint_dir: where ``last.pt`` and ``best.safetensors`` live.
             config_digest: written into checkpoints; resuming under another config is refused.
             resume: continue from ``checkpoint_dir/last.pt``.
             on_metrics: called with (metrics dict, step) for per-step loss and per-epoch validation.
+            dist: this process's place in a ``torchrun`` job (``training.distributed.setup()``); None
+                or one process: the single-process loop. Every rank calls ``fit``; rank 0 alone
+                writes checkpoints and ends with the best weights (the others keep their last ones).
 
         Raises:
             CheckpointError: ``resume`` without a usable checkpoint.
         """
         cfg, model, data = self.cfg, self.model, self.data
+        d = self.dist = dist or distributed.SINGLE
+        self.device = training_device(d)
+        if self.device != "cpu":
+            model.to(self.device)
+            self.loss_fn.to(self.device)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         lengths = np.fromiter((len(x) for x in data.train_ids), dtype=np.int64, count=len(data.train_ids))
         steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.length_group_size, self.seed))
@@ -297,11 +339,14 @@ class FineTuner:
         last = checkpoint_dir / LAST_CHECKPOINT
         state = _new_state()
         if resume:
-            ck = _read_checkpoint(last, config_digest)
+            ck = self._load_checkpoint(last, config_digest)
             model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
-            torch.set_rng_state(ck["torch_rng"])
+            rngs = ck.get("torch_rng_ranks")  # one per rank, from a run on as many processes
+            torch.set_rng_state(rngs[d.rank] if rngs and len(rngs) == d.world_size else ck["torch_rng"])
+            if "cuda_rng" in ck and self.device.startswith("cuda"):
+                torch.cuda.set_rng_state(ck["cuda_rng"])
             state = ck["state"]
             logger.info(
                 "resumed at epoch %d, batch %d (step %d)",
@@ -310,23 +355,34 @@ class FineTuner:
                 state["global_step"],
             )
         else:
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.seed + d.rank)  # each rank its own dropout draws
+            if d.active and d.is_main:  # a stale checkpoint must not be taken for this run's on a restart
+                last.unlink(missing_ok=True)
 
         def save_checkpoint() -> None:
-            _atomic_torch_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                    "config_digest": config_digest,
-                },
-                last,
-            )
+            rngs = distributed.gather(torch.get_rng_state(), d)  # every rank, rank 0 writes
+            if not d.is_main:
+                return
+            ck = {
+                "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": rngs[0],
+                "state": state,
+                "config_digest": config_digest,
+            }
+            if d.active:
+                ck["torch_rng_ranks"] = rngs
+            if self.device.startswith("cuda"):
+                ck["cuda_rng"] = torch.cuda.get_rng_state()
+            _atomic_torch_save(ck, last)
 
-        self.bf16 = _use_bf16(cfg)
+        self.autocast = _autocast_dtype(cfg, self.device)
+        self.bf16 = self.autocast is torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast is torch.float16 else None
         model.train()
+        # torchrun: rank 0's bar only; nothing passed on rank 0, so TQDM_DISABLE still applies
+        bar_off: dict[str, Any] = {} if d.is_main else {"disable": True}
         bar = tqdm(
             total=total_steps,
             initial=state["global_step"],
@@ -334,11 +390,13 @@ class FineTuner:
             unit="step",
             mininterval=2.0 if sys.stderr.isatty() else 60.0,
             dynamic_ncols=True,
+            **bar_off,
         )  # a log file gets a line a minute
         stopped_early = False
         ema: float | None = None
         try:
             freeze_encoder(model, state["global_step"] < cfg.linear_probe_steps)
+            self.net = distributed.wrap(model, d)  # DDP over the parameters that train now
             while (
                 state["epoch"] < cfg.epochs
                 and state["global_step"] < total_steps
@@ -353,6 +411,7 @@ class FineTuner:
                     state["batch"] = b + 1
                     if state["global_step"] == cfg.linear_probe_steps:  # LP-FT: the probe phase ends
                         freeze_encoder(model, False)
+                        self.net = distributed.wrap(model, d)
                     ema = loss if ema is None else 0.95 * ema + 0.05 * loss
                     lr = self.scheduler.get_last_lr()[0]
                     bar.update(1)
@@ -374,7 +433,11 @@ class FineTuner:
             bar.close()
         finally:
             freeze_encoder(model, False)
-        model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
+            self.net = model
+        if d.is_main:  # the other ranks' models are not used after the loop
+            model.load_state_dict(load_file(str(checkpoint_dir / BEST_WEIGHTS)))
+        if self.device != "cpu":
+            model.to("cpu")
         model.eval()
         return FitResult(
             state["best_score"],
@@ -383,17 +446,54 @@ class FineTuner:
             stopped_early,
             state["global_step"],
             self.bf16,
+            d.world_size,
         )
 
-    def _step(self, rows: np.ndarray) -> float:
-        """One optimizer step on the train rows ``rows``; returns the batch's loss."""
+    def _load_checkpoint(self, last: Path, config_digest: str) -> dict[str, Any]:
+        """``_read_checkpoint`` on rank 0, sent to every rank (other machines need no copy of it)."""
+        d = self.dist
+        ck: dict[str, Any] | str | None = None
+        if d.is_main:
+            try:
+                ck = _read_checkpoint(last, config_digest)
+            except CheckpointError as e:
+                ck = str(e)  # every rank raises it
+        ck = distributed.broadcast(ck, d)
+        if isinstance(ck, str) or ck is None:
+            raise CheckpointError(ck or f"--resume: no checkpoint at {last}")
+        return ck
+
+    def _step(self, batch: np.ndarray) -> float:
+        """One optimizer step on the global batch ``batch`` (train row indices); returns the loss of
+        this process's rows (under torchrun: this rank's share, weighted so that DDP's average of the
+        ranks' gradients is the gradient of the whole batch's mean loss)."""
+        d, dev = self.dist, self.device
+        rows, weight = batch, 1.0
+        if d.active:
+            rows = distributed.shard(batch, d)
+            weight = len(rows) * d.world_size / len(batch)
+            if not len(rows):  # a last batch smaller than the world: a zero-weight row keeps DDP in step
+                rows = batch[:1]
         x, m = self.data.encoder.pad([self.data.train_ids[i] for i in rows])  # (B, T) int64
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # logits: (B, L)
-            logits = self.model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits
+        xt, mt = torch.from_numpy(x), torch.from_numpy(m)
+        if dev != "cpu":
+            xt = xt.pin_memory().to(dev, non_blocking=True)
+            mt = mt.pin_memory().to(dev, non_blocking=True)
+        dtype = self.autocast or torch.bfloat16  # (ignored when disabled)
+        with torch.autocast(dev.split(":")[0], dtype=dtype, enabled=self.autocast is not None):
+            logits = self.net(input_ids=xt, attention_mask=mt).logits  # (B, L)
         loss = self.compute_loss(logits, rows)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), self.cfg.grad_clip)
-        self.optimizer.step()
+        scaled = loss * weight if weight != 1.0 else loss
+        if self.scaler is not None:  # fp16 on a GPU without bf16
+            self.scaler.scale(scaled).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            scaled.backward()
+            torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), self.cfg.grad_clip)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.item())
@@ -406,10 +506,20 @@ class FineTuner:
         on_metrics: Callable[[dict, int], object] | None,
     ) -> bool:
         """Validate, save the weights if they are the best so far, advance the epoch; True to stop early."""
-        data = self.data
-        score = macro_ap(
-            predict_logits(self.model, data.encoder, data.val_ids, self.cfg.eval_batch_size), data.val_y
-        )
+        data, d = self.data, self.dist
+        if d.active:  # each rank scores its share of validation; every rank gets the same score
+            parts = distributed.gather(
+                predict_logits(
+                    self.model, data.encoder, data.val_ids[d.rank :: d.world_size], self.cfg.eval_batch_size
+                ),
+                d,
+            )
+            val_logits = np.zeros((len(data.val_ids), data.val_y.shape[1]), dtype=np.float32)
+            for r, part in enumerate(parts):
+                val_logits[r :: d.world_size] = part
+        else:
+            val_logits = predict_logits(self.model, data.encoder, data.val_ids, self.cfg.eval_batch_size)
+        score = macro_ap(val_logits, data.val_y)
         epoch = state["epoch"] + 1
         state["history"].append(
             {"validation.macro_ap": score, "train.loss_ema": float(ema or 0.0), "epoch": epoch}
@@ -419,10 +529,11 @@ class FineTuner:
             on_metrics({"epoch.validation.macro_ap": score}, epoch)
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            save_file(
-                {k: v.contiguous() for k, v in self.model.state_dict().items()},
-                str(checkpoint_dir / BEST_WEIGHTS),
-            )
+            if d.is_main:
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                    str(checkpoint_dir / BEST_WEIGHTS),
+                )
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -443,8 +554,9 @@ def fit(
     *,
     resume: bool = False,
     on_metrics: Callable[[dict, int], object] | None = None,
+    dist: Dist | None = None,
 ) -> FitResult:
     """Fine-tune ``model`` in place with the plain objective (``FineTuner``; see ``FineTuner.fit``)."""
     return FineTuner(model, data, cfg, seed).fit(
-        checkpoint_dir, config_digest, resume=resume, on_metrics=on_metrics
+        checkpoint_dir, config_digest, resume=resume, on_metrics=on_metrics, dist=dist
     )

@@ -1,6 +1,11 @@
 """``adrisk train``: one linear run, in phases (``run_training`` reads top to bottom): seed, data,
 base model, MLflow run, baseline, fine-tune, TF-IDF blend, calibration and thresholds, evaluation,
-artifact, plots and tables, register. Each phase is a function below with explicit inputs and outputs."""
+artifact, plots and tables, register. Each phase is a function below with explicit inputs and outputs.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``, ``training/distributed.py``) every rank loads and tokenises
+the data and runs the fine-tune data-parallel; rank 0 alone opens the MLflow run, fits the baseline,
+writes checkpoints, calibrates, evaluates, saves and registers the artifact. The other ranks return
+after the loop (``TrainResult.worker``)."""
 
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ from model.encoding import TextEncoder
 from model.identity_mask import IdentityMask
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
 from model.schema import ProblemType
+from training import distributed
 from training.audit import AuditResult, run_audit
-from training.base_model import base_depth, build_model, load_tokenizer, resolve_base_model
+from training.base_model import BaseModel, base_depth, build_model, load_tokenizer, resolve_base_model
 from training.baseline import TfidfBaseline
 from training.blend import blend_from_baseline, fit_blend
-from training.config import Config
+from training.config import Config, ConfigError
 from training.counterfactual import prepare_bundle
 from training.data import DataBundle, Split, load_data
 from training.eval_sets import (
@@ -58,6 +64,7 @@ class TrainResult:
     run_id: str
     registered: RegisteredModel | None
     table: str
+    worker: bool = False  # a torchrun rank other than 0: it trained, rank 0 holds the results
 
     @property
     def model_uri(self) -> str:
@@ -123,8 +130,10 @@ class Calibrated:
     metrics: dict[str, float]  # blend.* decisions
 
 
-def _start(cfg: Config, resume: bool) -> tuple[Path, str]:
-    """Seeds, threads, the output directory and the tracking store; returns (output dir, tracking URI).
+def _start(cfg: Config, resume: bool, dist: distributed.Dist) -> tuple[Path, str, bool]:
+    """Seeds, threads, the output directory and the tracking store; returns (output dir, tracking URI,
+    resume). Under torchrun, rank 0 alone checks the checkpoint and touches MLflow, and a worker
+    that ``torchrun --max-restarts`` restarted resumes from the last checkpoint when there is one.
 
     Raises:
         CheckpointError: ``resume`` without a checkpoint (before any work is done).
@@ -137,12 +146,21 @@ def _start(cfg: Config, resume: bool) -> tuple[Path, str]:
         torch.set_num_threads(cfg.train.threads)
     out_dir = Path(cfg.output_dir)
     last = out_dir / "checkpoints" / LAST_CHECKPOINT
-    if resume and not last.is_file():  # before any work: no MLflow run, no baseline for nothing
+    if dist.active:
+        if cfg.adapt.active:
+            raise ConfigError("adapt: adaptation runs on one process; launch it without torchrun")
+        if dist.is_main and not resume and distributed.elastic_restart() and last.is_file():
+            logger.info("torchrun restarted the workers: resuming from %s", last)
+            resume = True
+        resume = bool(distributed.broadcast(resume, dist))
+    if resume and dist.is_main and not last.is_file():  # before any work: no MLflow run, no baseline
         raise CheckpointError(f"--resume: no checkpoint at {last} (run without --resume to start over)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not dist.is_main:
+        return out_dir, "", resume
     tracking_uri = configure_tracking(cfg.tracking.tracking_uri)
     mlflow.set_experiment(cfg.tracking.experiment)
-    return out_dir, tracking_uri
+    return out_dir, tracking_uri, resume
 
 
 def _log_run_inputs(
@@ -400,8 +418,9 @@ def run_training(
     """
     import mlflow
 
-    # --- seed, threads, tracking -------------------------------------------------------------
-    out_dir, tracking_uri = _start(cfg, resume)
+    # --- seed, threads, tracking; under torchrun, the process group -----------------------------
+    dist = distributed.setup()
+    out_dir, tracking_uri, resume = _start(cfg, resume, dist)
     schema = cfg.label_schema
     labels = schema.labels
 
@@ -438,6 +457,18 @@ def run_training(
     def logits_of(texts: list[str]) -> np.ndarray:
         return predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)
 
+    data = FitData(
+        encoder,
+        enc["train"].input_ids,
+        rows.targets,
+        enc["validation"].input_ids,
+        bundle.validation.targets,
+        schema,
+    )
+    if not dist.is_main:  # a torchrun worker: its share of the fine-tune, nothing else
+        _fit_worker(cfg, base, len(tokenizer), data, out_dir, resume, dist)
+        return TrainResult(out_dir / "model", {}, "", None, "", worker=True)
+
     # --- the MLflow run (reused on --resume) --------------------------------------------------
     run_id_file = out_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if resume and run_id_file.is_file() else None
@@ -456,14 +487,6 @@ def run_training(
         if adaptation is not None:  # continued MLM pretraining on the unlabelled texts
             adaptation.pretrain(model, tokenizer, cfg.train.max_length, cfg.seed, resuming=resume)
             mlflow.log_metrics(adaptation.metrics)  # now: a resumed run skips MLM and keeps these
-        data = FitData(
-            encoder,
-            enc["train"].input_ids,
-            rows.targets,
-            enc["validation"].input_ids,
-            bundle.validation.targets,
-            schema,
-        )
         result: FitResult = fit(
             model,
             data,
@@ -473,7 +496,10 @@ def run_training(
             cfg.digest(),
             resume=resume,
             on_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
+            dist=dist,
         )
+        if dist.active:
+            mlflow.set_tag("adrisk.train.world_size", str(dist.world_size))
 
         if adaptation is not None:  # self-training on the unlabelled texts; the student if it passes
             from training.adapt import self_train_in_run
@@ -554,3 +580,18 @@ def run_training(
             input_example=["2 bedroom apartment for rent", "call me now 24/7 incall"],
         )
     return TrainResult(art, metrics, run.info.run_id, registered, table)
+
+
+def _fit_worker(
+    cfg: Config,
+    base: BaseModel,
+    vocab_size: int,
+    data: FitData,
+    out_dir: Path,
+    resume: bool,
+    dist: distributed.Dist,
+) -> None:
+    """A torchrun rank other than 0: the same model (DDP copies rank 0's weights), its share of every
+    batch; no MLflow, no checkpoint written, nothing after the loop."""
+    model = build_model(base, cfg.base_model, cfg.label_schema, vocab_size)
+    fit(model, data, cfg.train, cfg.seed, out_dir / "checkpoints", cfg.digest(), resume=resume, dist=dist)

@@ -6,6 +6,9 @@ promote (dry run), rejected, busy (another retrain holds the lock), unchanged (s
 
 The decision, the side-by-side table and every rule are recorded on the challenger's MLflow run
 (tags ``adrisk.gate.*``, artifacts ``gate/report.json`` and ``gate/table.txt``) and printed.
+
+Under ``torchrun`` rank 0 does all of the above and tells the other ranks whether to train; they
+join the challenger's fine-tune (``training.pipeline.run_training``) and return (``worker``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from filelock import FileLock, Timeout
 from model.predictor import Predictor
 from model.registry import configure_tracking, get_alias, resolve_tracking_uris, set_alias
 from model.uri import resolve_model
+from training import distributed
 from training.config import Config
 from training.data import Split, load_data, prepare_frame, read_table
 from training.eval_sets import EvalSet, evaluate_eval_set, load_eval_set
@@ -53,6 +57,7 @@ class RetrainResult:
     table: str = ""
     training_table: str = ""  # the challenger's metrics table (as ``adrisk train`` prints it)
     challenger_uri: str | None = None  # models:/NAME/VERSION of the challenger, when one was registered
+    worker: bool = False  # a torchrun rank other than 0 (its outcome means nothing: rank 0 decides)
 
 
 def golden_sets(cfg: Config) -> list[tuple[pd.DataFrame, np.ndarray]]:
@@ -139,6 +144,42 @@ def retrain(
             --when-stale``): recorded on the challenger's run (``monitor/verdict.json``, tags
             ``adrisk.monitor.*``).
     """
+    dist = distributed.setup()
+    if not dist.is_main:
+        return _retrain_worker(cfg, dist)
+    told = False  # whether the other ranks know if they train (they wait for it)
+
+    def tell(train: bool) -> None:
+        nonlocal told
+        if dist.active and not told:
+            distributed.broadcast(train, dist)
+        told = True
+
+    try:
+        return _retrain_main(cfg, dry_run, wait_seconds, force, verdict, tell)
+    finally:
+        tell(False)  # an early outcome (busy, unchanged) or an error: the workers stop too
+
+
+def _retrain_worker(cfg: Config, dist: distributed.Dist) -> RetrainResult:
+    """A torchrun rank other than 0: wait for rank 0's go, then train the challenger with it."""
+    from training.pipeline import run_training
+
+    if not distributed.broadcast(None, dist):
+        return RetrainResult(Outcome.UNCHANGED, worker=True)
+    golden = golden_sets(cfg)  # the same rows as rank 0's (the same exclusions)
+    bundle = load_data(
+        cfg.data,
+        cfg.label_schema,
+        cfg.seed,
+        exclude_texts=[t for fr, _ in golden for t in fr["text"].tolist()],
+    )
+    run_training(cfg, bundle=bundle)
+    return RetrainResult(Outcome.WOULD_PROMOTE, worker=True)
+
+
+def _retrain_main(cfg, dry_run, wait_seconds, force, verdict, tell) -> RetrainResult:
+    """``retrain`` itself (rank 0 under torchrun); ``tell(True)`` just before the challenger's training."""
     import mlflow
 
     from training.adapt import unlabelled_fingerprint
@@ -182,6 +223,7 @@ def retrain(
             raise ValueError(
                 "retrain needs tracking.register_model: true (the challenger must be a model version)"
             )
+        tell(True)
         result = run_training(cfg, bundle=bundle)
         if result.registered is None:  # register_model was checked above
             raise RuntimeError("the challenger was not registered")

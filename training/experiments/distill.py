@@ -175,7 +175,7 @@ class DistillationFineTuner(FineTuner):
         hard = super().compute_loss(logits, rows)
         soft = distillation_loss(
             logits.float(),
-            torch.from_numpy(self.teacher_logits[rows]),
+            torch.from_numpy(self.teacher_logits[rows]).to(logits.device),
             self.temperature,
             self.data.schema.problem_type is ProblemType.MULTI_CLASS,
         )
