@@ -173,7 +173,7 @@ def _split_fn(bound: int):
             pdf["is_text"].to_numpy(dtype=bool),
             bound,
         )
-        split = [None] * len(rows)
+        split: list[str | None] = [None] * len(rows)
         if splits:
             (s,) = splits
             split[0] = json.dumps({**s, "component": int(rows[0])})
@@ -205,7 +205,7 @@ def star_components(edges, *, max_rounds: int = 100):
         .localCheckpoint(eager=False)
     )
     seen = fingerprint(e)  # the first action materialises the checkpoint
-    for _ in range(max_rounds):
+    for rounds in range(1, max_rounds + 1):
         # large star: every node links its strictly larger neighbours to its smallest neighbour (or itself)
         both = e.select(F.col("u").alias("x"), F.col("v").alias("y")).unionAll(
             e.select(F.col("v").alias("x"), F.col("u").alias("y"))
@@ -230,6 +230,7 @@ def star_components(edges, *, max_rounds: int = 100):
         now = fingerprint(small)  # (edges, xor of their 64-bit hashes): unchanged = converged
         e = small
         if now == seen:
+            logger.info("spark link: components converged in %d rounds", rounds)
             break
         seen = now
     else:
@@ -240,15 +241,6 @@ def star_components(edges, *, max_rounds: int = 100):
         .groupBy("node")
         .agg(F.min("label").alias("label"))
     )
-
-
-def _labels_array(n: int, comp) -> np.ndarray:
-    """Label per row (own row number where ``comp``, a ``(node, label)`` DataFrame, has none)."""
-    labels = np.arange(n, dtype=np.int64)
-    got = comp.toPandas()
-    if len(got):
-        labels[got["node"].to_numpy(dtype=np.int64)] = got["label"].to_numpy(dtype=np.int64)
-    return labels
 
 
 # -- the driver ---------------------------------------------------------------------------------------

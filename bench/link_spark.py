@@ -17,6 +17,8 @@ precision / recall of Spark's personas and template clusters against the local o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing as mp
 import os
 import sys
 import threading
@@ -33,14 +35,101 @@ from bench.persona_agreement import pair_counts  # noqa: E402
 EMOJI = list("💋🌹🔥💦😘✨💎🍒👄💕🌸⭐😍🎀💯")
 _SPELLED = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _KEYCAP = "\ufe0f\u20e3"
-_WORDS = (
-    "sweet discreet upscale companion available all night long generous gentlemen only no rush ever "
-    "new in town hot young petite sexy fun friendly incall outcall special tonight real pics no games "
-    "looking for a hard working warehouse associate to join our team full time position with benefits "
-    "apply today room for rent cheap quiet clean near campus utilities included pet friendly parking "
-    "car for sale low miles one owner runs great must see cash only serious buyers call text anytime "
-    "visiting this week only ask about specials massage relax body treat yourself satisfaction"
-).split()
+_WORDS = [
+    "sweet",
+    "discreet",
+    "upscale",
+    "companion",
+    "available",
+    "all",
+    "night",
+    "long",
+    "generous",
+    "gentlemen",
+    "only",
+    "no",
+    "rush",
+    "ever",
+    "new",
+    "in",
+    "town",
+    "hot",
+    "young",
+    "petite",
+    "sexy",
+    "fun",
+    "friendly",
+    "incall",
+    "outcall",
+    "special",
+    "tonight",
+    "real",
+    "pics",
+    "no",
+    "games",
+    "looking",
+    "for",
+    "a",
+    "hard",
+    "working",
+    "warehouse",
+    "associate",
+    "to",
+    "join",
+    "our",
+    "team",
+    "full",
+    "time",
+    "position",
+    "with",
+    "benefits",
+    "apply",
+    "today",
+    "room",
+    "for",
+    "rent",
+    "cheap",
+    "quiet",
+    "clean",
+    "near",
+    "campus",
+    "utilities",
+    "included",
+    "pet",
+    "friendly",
+    "parking",
+    "car",
+    "for",
+    "sale",
+    "low",
+    "miles",
+    "one",
+    "owner",
+    "runs",
+    "great",
+    "must",
+    "see",
+    "cash",
+    "only",
+    "serious",
+    "buyers",
+    "call",
+    "text",
+    "anytime",
+    "visiting",
+    "this",
+    "week",
+    "only",
+    "ask",
+    "about",
+    "specials",
+    "massage",
+    "relax",
+    "body",
+    "treat",
+    "yourself",
+    "satisfaction",
+]
 
 
 def _obfuscate_phone(digits: str, rng: np.random.Generator) -> str:
@@ -152,10 +241,8 @@ class PeakMemory:
 
         kids = 0
         for c in self._proc.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 kids += c.memory_info().rss
-            except psutil.Error:
-                pass
         own = self._proc.memory_info().rss
         self.peak = max(self.peak, own + kids)
         self.peak_children = max(self.peak_children, kids)
@@ -176,6 +263,10 @@ class PeakMemory:
         self._sample()
 
 
+def _build(rows: int, seed: int, path: str) -> None:
+    synthetic_ads(rows, seed).to_parquet(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     from batch.spark import get_spark
     from batch.spark_link import link_chunks_spark
@@ -193,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / f"ads-{args.rows}-{args.seed}.parquet"
-    if not corpus.exists():
+    if not corpus.exists():  # built in a child process: its memory is not the linkers'
         t0 = time.perf_counter()
-        synthetic_ads(args.rows, args.seed).to_parquet(corpus)
+        p = mp.get_context("spawn").Process(target=_build, args=(args.rows, args.seed, str(corpus)))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            print("corpus build failed", file=sys.stderr)
+            return 1
         print(f"corpus: {args.rows} ads in {time.perf_counter() - t0:.0f}s (not counted)", flush=True)
     cfg = LinkConfig(workers=args.workers)
     with PeakMemory() as mem_local:

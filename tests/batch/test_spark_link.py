@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("pyspark", reason='the Spark engine is the optional extra: pip install "adrisk[spark]"')
 
+from batch.spark import get_spark  # noqa: E402
 from bench.link_spark import synthetic_ads  # noqa: E402
 from bench.persona_agreement import pair_counts  # noqa: E402
-from batch.spark import get_spark  # noqa: E402
 
 LINK = ["contacts", "persona_id", "template_id", "template_size"]
 
