@@ -8,7 +8,8 @@ swaps, replacements and emoji; plus null and empty texts. Then links the same Pa
 ``signals.linking.link_chunks`` (``--workers`` processes, default 2) and with
 ``batch.spark_link.link_chunks_spark`` on ``local[2]``, and prints for each side the wall time,
 rows/s and peak memory (local: this process + its worker processes; Spark: the driver's Python
-process + the JVM + its Python workers, sampled with psutil every 0.2 s), and the pairwise
+process + the JVM + its Python workers: summed RSS of the process tree sampled every 0.2 s with
+psutil, or from /proc where psutil is not installed), and the pairwise
 precision / recall of Spark's personas and template clusters against the local ones.
 
     nice -n 10 .venv/bin/python bench/link_spark.py [--rows 1000000] [--work /tmp/adrisk-linkspark]
@@ -223,27 +224,54 @@ def synthetic_ads(n: int, seed: int = 7) -> pd.DataFrame:
     )
 
 
+def _rss_tree(pid: int) -> tuple[int, int]:
+    """(RSS of ``pid``, summed RSS of all its descendants) in bytes: psutil when installed, else /proc."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        proc = psutil.Process(pid)
+        kids = 0
+        for c in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                kids += c.memory_info().rss
+        return proc.memory_info().rss, kids
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{d}/stat").read_text()
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(p: int) -> int:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            return int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+        return 0
+
+    todo, kids = [pid], 0
+    while todo:
+        p = todo.pop()
+        for c, pp in parent.items():
+            if pp == p:
+                kids += rss(c)
+                todo.append(c)
+    return rss(pid), kids
+
+
 class PeakMemory:
     """Peak summed RSS of this process and its descendants (the JVM, Spark's Python workers, pool
     workers), sampled every ``interval`` seconds on a thread; also the peak of the descendants alone."""
 
     def __init__(self, interval: float = 0.2) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
         self.interval = interval
         self.peak = self.peak_children = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        import psutil
-
-        kids = 0
-        for c in self._proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                kids += c.memory_info().rss
-        own = self._proc.memory_info().rss
+        own, kids = _rss_tree(os.getpid())
         self.peak = max(self.peak, own + kids)
         self.peak_children = max(self.peak_children, kids)
 

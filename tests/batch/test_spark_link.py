@@ -82,3 +82,27 @@ def test_rows_without_text_keep_their_row_and_error(linked):
         assert out.loc[row, "template_size"] == 1 and json.loads(out.loc[row, "contacts"]) == []
     assert out.loc[[3, 1700], "error"].tolist() == ["missing_text", "missing_text"]
     assert out["id"].tolist() == df["id"].tolist()
+
+
+def test_score_link_engine_spark_links_with_the_spark_linker(tmp_path, monkeypatch):
+    """`score --link --engine spark` hands the link pass to `link_chunks_spark` with the master
+    (checked without a JVM: the Spark linker is replaced by the local one, which it equals)."""
+    import batch.spark_link
+    from adrisk.cli import _link, build_parser
+    from signals.linking import link_chunks
+
+    calls = []
+
+    def fake(make_chunks, config, *, master=None, **_):
+        calls.append(master)
+        return link_chunks(make_chunks, config)
+
+    monkeypatch.setattr(batch.spark_link, "link_chunks_spark", fake)
+    out = tmp_path / "scored.parquet"
+    _corpus().head(50).to_parquet(out)
+    args = build_parser().parse_args(
+        ["score", "--model", "m", "--input", "in.csv", "--output", str(out), "--link", "--engine", "spark",
+         "--master", "local[3]"]
+    )  # fmt: skip
+    _link(args)
+    assert calls == ["local[3]"] and "persona_id" in pd.read_parquet(out).columns
