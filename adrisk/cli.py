@@ -1001,9 +1001,9 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
         "--on-bad-row",
         choices=("error", "mark"),
         default="error",
-        help="a JSON Lines line that is not one JSON object: error (default) stops the job naming its line "
-        "(finished chunks are kept for --resume); mark keeps it as a row with error=invalid_json or "
-        "not_an_object and goes on",
+        help="a JSON Lines line that is not one JSON object, or a CSV row with more fields than the header: "
+        "error (default) stops the job naming its line (finished chunks are kept for --resume); mark keeps "
+        "it as a row with error=invalid_json, not_an_object or wrong_field_count and goes on",
     )
     p.add_argument(
         "--engine",

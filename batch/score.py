@@ -16,7 +16,8 @@ Output rows: the input columns in input order, plus ``flagged`` (nullable bool),
 per label (calibrated probability, null when not scored), ``model_version`` and ``error``
 (``missing_text`` for a null/absent text, ``not_text`` for a non-string value, else null; with
 ``on_bad_row="mark"``, ``invalid_json`` / ``not_an_object`` for a JSON Lines line that is not one JSON
-object, kept as a row whose input columns are null).
+object and ``wrong_field_count`` for a CSV row with more fields than the header, kept as a row whose
+input columns are null).
 
 A JSON Lines input is resumed by position: the manifest records how many bytes and lines the
 finished chunks cover and their sha256, and a resume checks those bytes and continues after them. A
@@ -105,7 +106,7 @@ def score_frame(
     with ``explain``, also ``explanations``: a JSON string ``{label: [{start, end, score}]}`` of the flagged
     labels' top spans (``model.explain``; null for rows that were not scored).
 
-    Rows read from a bad JSON Lines line (``BAD_ROW_COLUMN`` set, ``on_bad_row="mark"``) are not scored
+    Rows read from a bad JSON Lines line or CSV row (``BAD_ROW_COLUMN`` set, ``on_bad_row="mark"``) are not scored
     and get that column's value as ``error``; the column itself is dropped.
 
     Raises:
@@ -208,9 +209,10 @@ def run_score(
             1, intra-op threads); None means 1 (see ``DEFAULT_WORKERS``). More than 1 needs a model
             directory: with ``predictor``, its ``directory``.
         torch_threads: the deprecated name of ``threads``.
-        on_bad_row: a JSON Lines line that is not one JSON object: ``error`` stops the job naming its
-            file line and byte offset (chunks before it are finished and kept for ``resume``);
-            ``mark`` keeps it as a row with ``error`` ``invalid_json`` / ``not_an_object``.
+        on_bad_row: a JSON Lines line that is not one JSON object, or a CSV row with more fields than
+            the header: ``error`` stops the job naming its file line (and byte offset for JSON Lines;
+            chunks before it are finished and kept for ``resume``); ``mark`` keeps it as a row with
+            ``error`` ``invalid_json`` / ``not_an_object`` / ``wrong_field_count``.
 
     Returns:
         The totals over the whole file.

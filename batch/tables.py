@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,9 +24,11 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "pa
 ON_BAD_ROW = ("error", "mark")  # what a JSON Lines line that is not one JSON object does
 INVALID_JSON = "invalid_json"  # the ``error`` value of a marked line that is not JSON (or not UTF-8)
 NOT_AN_OBJECT = "not_an_object"  # ... of a marked line holding an array, a string, a number or null
-BAD_ROW_ERRORS = (INVALID_JSON, NOT_AN_OBJECT)
+WRONG_FIELD_COUNT = "wrong_field_count"  # ... of a marked CSV row with more fields than the header
+BAD_ROW_ERRORS = (INVALID_JSON, NOT_AN_OBJECT, WRONG_FIELD_COUNT)
 # the column a marked line's error travels in from the reader to ``batch.score.score_frame`` (dropped there)
 BAD_ROW_COLUMN = "__adrisk_bad_row__"
+_BAD_CSV_ROW = "\x00adrisk-bad-csv-row"  # what the CSV reader puts in the first field of a too-long row
 _BAD_LINES_LOGGED = 10
 
 
@@ -63,9 +66,10 @@ def iter_chunks(path: Path, chunk_size: int, *, on_bad_row: str = "error") -> It
     (an empty field is missing); JSONL values keep their JSON types; Parquet keeps its schema.
 
     Args:
-        on_bad_row: for JSON Lines, ``error`` (a line that is not one JSON object stops the read with
-            its line number and byte offset) or ``mark`` (the line becomes a row whose
-            ``BAD_ROW_COLUMN`` holds ``invalid_json`` or ``not_an_object``; see ``iter_jsonl_chunks``).
+        on_bad_row: ``error``: a JSON Lines line that is not one JSON object, or a CSV row with more
+            fields than the header, stops the read naming its file line; ``mark``: it becomes a row
+            whose ``BAD_ROW_COLUMN`` holds ``invalid_json``, ``not_an_object`` or
+            ``wrong_field_count`` (see ``iter_jsonl_chunks``).
 
     Raises:
         ScoreError: a row that cannot be parsed (its file line, never its content).
@@ -79,12 +83,39 @@ def iter_chunks(path: Path, chunk_size: int, *, on_bad_row: str = "error") -> It
         for df, _ in iter_jsonl_chunks(path, chunk_size, on_bad_row=on_bad_row):
             yield df
         return
+    yield from _csv_chunks(path, chunk_size, on_bad_row)
+
+
+def _csv_chunks(path: Path, chunk_size: int, on_bad_row: str) -> Iterator[pd.DataFrame]:
+    """CSV chunks. A row with more fields than the header stops the read (pandas names its file
+    line) or, with ``mark``, becomes a row with only ``BAD_ROW_COLUMN`` set, so row ``k`` of the
+    output is still data row ``k``."""
+    options: dict = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+    if on_bad_row == "mark":
+        try:
+            width = len(pd.read_csv(path, nrows=0).columns)
+        except (ValueError, TypeError) as e:
+            raise ScoreError(f"{path}: not valid CSV: {type(e).__name__}: {e}") from None
+        # the python engine hands a too-long row to this callable (the C engine cannot keep it)
+        marker = [_BAD_CSV_ROW] + [None] * (width - 1)
+        options.update(engine="python", index_col=False, on_bad_lines=lambda fields: list(marker))
     try:
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
-        with reader:
-            yield from _checked_chunks(reader, path, fmt)
+        with pd.read_csv(path, chunksize=chunk_size, **options) as reader:
+            for chunk in _checked_chunks(reader, path, "csv"):
+                if on_bad_row == "mark":
+                    bad = (chunk.iloc[:, 0] == _BAD_CSV_ROW).to_numpy()
+                    if bad.any():
+                        logger.warning(
+                            "%s: %d rows with more fields than the header, kept with an error",
+                            path,
+                            bad.sum(),
+                        )
+                        chunk.loc[bad, :] = None
+                        chunk[BAD_ROW_COLUMN] = np.where(bad, WRONG_FIELD_COUNT, None)
+                yield chunk
     except (ValueError, TypeError) as e:  # pandas' parse errors give file lines, never the content
-        raise ScoreError(f"{path}: not valid CSV: {type(e).__name__}: {e}") from None
+        hint = "" if on_bad_row == "mark" else "; pass --on-bad-row mark to keep such rows with an error"
+        raise ScoreError(f"{path}: not valid CSV: {type(e).__name__}: {e}{hint}") from None
 
 
 def iter_jsonl_chunks(

@@ -119,3 +119,28 @@ def test_bad_line_with_workers_finishes_every_chunk_before_it(tmp_path, tiny_art
     with pytest.raises(ScoreError, match=f"line {BAD_LINE}"):
         run_score(str(tiny_artifact), src, dst, chunk_size=4, workers=2, threads=1, progress=False)
     assert _chunks_done(dst) == (BAD_LINE - 1) // 4
+
+
+def _csv_backlog(path: Path) -> Path:
+    rows = [f'{i},"ad {i}: sweet girl incall"' for i in range(N)]
+    rows[BAD_LINE - 1] = f"{BAD_LINE - 1},{SECRET},an unquoted comma"  # one field too many
+    path.write_text("id,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bad_csv_row_names_its_line_and_mark_keeps_it(tmp_path, tiny_predictor):
+    src = _csv_backlog(tmp_path / "in.csv")
+    with pytest.raises(ScoreError) as e:
+        run_score("tiny", src, tmp_path / "o.csv", chunk_size=CHUNK, predictor=tiny_predictor, progress=False)
+    msg = str(e.value)
+    assert (
+        f"line {BAD_LINE + 1}" in msg and "--on-bad-row mark" in msg and SECRET not in msg
+    )  # +1: the header
+    dst = tmp_path / "marked.csv"
+    run_score("tiny", src, dst, chunk_size=CHUNK, predictor=tiny_predictor, progress=False, on_bad_row="mark")
+    out = pd.read_csv(dst, dtype=str, keep_default_na=False, na_values=[""])
+    assert len(out) == N and out["id"].tolist()[: BAD_LINE - 1] == [str(i) for i in range(BAD_LINE - 1)]
+    bad = out.iloc[BAD_LINE - 1]
+    assert bad["error"] == "wrong_field_count" and pd.isna(bad["text"]) and pd.isna(bad["score_scam"])
+    assert out["error"].value_counts().to_dict() == {"wrong_field_count": 1}
+    assert SECRET not in dst.read_text()
