@@ -192,6 +192,7 @@ def star_components(edges, *, max_rounds: int = 100):
         A DataFrame ``(node, label)`` for every node of an edge, ``label`` the smallest node of its
         component (nodes on no edge are their own component and are not listed).
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     def fingerprint(df) -> tuple:
@@ -210,20 +211,25 @@ def star_components(edges, *, max_rounds: int = 100):
         both = e.select(F.col("u").alias("x"), F.col("v").alias("y")).unionAll(
             e.select(F.col("v").alias("x"), F.col("u").alias("y"))
         )
-        m = both.groupBy("x").agg(F.min("y").alias("m"))
         large = (
-            both.where(F.col("y") > F.col("x"))
-            .join(m, "x")
+            both.withColumn("m", F.min("y").over(Window.partitionBy("x")))
+            .where(F.col("y") > F.col("x"))
             .select(F.least("m", "x").alias("u"), F.col("y").alias("v"))
             .distinct()
         )
         # small star: every node links itself and its smaller neighbours to its smallest neighbour
-        m2 = large.groupBy("v").agg(F.min("u").alias("m"))
         small = (
-            large.join(m2, "v")
-            .where(F.col("u") != F.col("m"))
-            .select(F.col("m").alias("u"), F.col("u").alias("v"))
-            .unionAll(m2.select(F.col("m").alias("u"), F.col("v")))
+            large.withColumn("m", F.min("u").over(Window.partitionBy("v")))
+            .select(
+                F.explode(
+                    F.array(
+                        F.struct(F.col("m").alias("u"), F.col("u").alias("v")),
+                        F.struct(F.col("m").alias("u"), F.col("v").alias("v")),
+                    )
+                ).alias("e")
+            )
+            .select("e.u", "e.v")
+            .where(F.col("u") != F.col("v"))
             .distinct()
             .localCheckpoint(eager=False)
         )
@@ -512,6 +518,7 @@ def link_chunks_spark(
             lab = lab.localCheckpoint(eager=False)
             clusters = _cluster_table(lab, staged.select("row", "score", "flag", "t", "place"), contact_pairs)
         phase("cluster_risk")
+        tpl: dict[int, tuple[str, str]] = {}
         if len(clusters) and (clusters["kind"] == "template").any():
             from pyspark.sql import Window
 
@@ -532,6 +539,7 @@ def link_chunks_spark(
                 int(c): (t, s)
                 for c, t, s in zip(sample["c"], sample["template"], sample["segments"], strict=True)
             }
+        if len(clusters):  # both columns whenever there are clusters, as the local pass writes them
             clusters["template"] = [
                 tpl.get(c, (None, None))[0] if k == "template" else None
                 for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)

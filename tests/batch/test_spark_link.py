@@ -36,7 +36,15 @@ def _corpus() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def linked(tmp_path_factory):
+def spark():
+    session = get_spark("local[2]")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def linked(spark, tmp_path_factory):
     """The same scored file linked by `adrisk link` and by `adrisk link --engine spark`."""
     from adrisk.cli import main
 
@@ -45,13 +53,8 @@ def linked(tmp_path_factory):
     local, spark_out = work / "local.parquet", work / "spark.parquet"
     df.to_parquet(local)
     df.to_parquet(spark_out)
-    session = get_spark("local[2]")
-    session.sparkContext.setLogLevel("ERROR")
-    try:
-        assert main(["link", str(local)]) == 0
-        assert main(["link", str(spark_out), "--engine", "spark", "--master", "local[2]"]) == 0
-    finally:
-        session.stop()
+    assert main(["link", str(local)]) == 0
+    assert main(["link", str(spark_out), "--engine", "spark", "--master", "local[2]"]) == 0
     return work, df
 
 
@@ -82,6 +85,20 @@ def test_rows_without_text_keep_their_row_and_error(linked):
         assert out.loc[row, "template_size"] == 1 and json.loads(out.loc[row, "contacts"]) == []
     assert out.loc[[3, 1700], "error"].tolist() == ["missing_text", "missing_text"]
     assert out["id"].tolist() == df["id"].tolist()
+
+
+def test_persona_only_clusters_and_rows_without_text(spark):
+    """No template cluster at all (the table still gets its template columns) and text-less rows."""
+    from batch.spark_link import link_chunks_spark
+    from signals.linking import LinkConfig, link_frame
+
+    df = pd.DataFrame({"text": ["call 415-555-0101 now", "call 415 555 0101 please", None, "", 42]})
+    local = link_frame(df, LinkConfig())
+    out = link_chunks_spark(lambda: iter([df]), LinkConfig(), spark=spark)
+    assert out.persona_id.tolist() == local.persona_id.tolist() == [0, 0, 2, 3, 4]
+    assert out.template_id.tolist() == local.template_id.tolist() and out.contacts == local.contacts
+    pd.testing.assert_frame_equal(out.clusters, local.clusters, check_dtype=False)
+    assert out.report["ads_without_text"] == local.report["ads_without_text"] == 3
 
 
 def test_score_link_engine_spark_links_with_the_spark_linker(tmp_path, monkeypatch):
