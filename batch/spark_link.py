@@ -91,7 +91,7 @@ def _ads_fn(cfg: LinkConfig, bands: int, rows: int, mult: np.ndarray):
 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
-            texts = [t if isinstance(t, str) else None for t in pdf["text"].tolist()]
+            texts = [_decode(t) for t in pdf["text"].tolist()]
             n = len(texts)
             out = _process_texts(texts, 0, cfg)
             keys: list[list[int]] = [[] for _ in range(n)]
@@ -132,7 +132,7 @@ def _ads_fn(cfg: LinkConfig, bands: int, rows: int, mult: np.ndarray):
 
 
 def _masked_fn(cfg: LinkConfig):
-    """mapInPandas: (c, row, text) -> (c, row, masked text), as the local pass masks template members."""
+    """mapInPandas: (c, row, text bytes) -> (c, row, masked text), as the local pass masks template members."""
 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from signals.linking import _worker_state
@@ -140,7 +140,8 @@ def _masked_fn(cfg: LinkConfig):
         extractor, _ = _worker_state(cfg)
         for pdf in batches:
             pdf = pdf.copy()
-            pdf["masked"] = [mask_text(t, extractor.extract(t)) for t in pdf["text"].tolist()]
+            texts = [_decode(t) or "" for t in pdf["text"].tolist()]
+            pdf["masked"] = [mask_text(t, extractor.extract(t)) for t in texts]
             yield pdf[["c", "row", "masked"]]
 
     return fn
@@ -250,6 +251,14 @@ def star_components(edges, *, max_rounds: int = 100):
 
 
 # -- the driver ---------------------------------------------------------------------------------------
+def _encode(text) -> bytes | None:
+    return text.encode("utf-8", "surrogatepass") if isinstance(text, str) else None
+
+
+def _decode(raw) -> str | None:
+    return None if raw is None else bytes(raw).decode("utf-8", "surrogatepass")
+
+
 def _stage(make_chunks: Callable[[], Iterable[pd.DataFrame]], linker: Linker, path: Path) -> int:
     """Stream the chunks into ``path`` (Parquet) as (row, text, score, flag, t, place); returns rows."""
     import pyarrow as pa
@@ -258,7 +267,7 @@ def _stage(make_chunks: Callable[[], Iterable[pd.DataFrame]], linker: Linker, pa
     schema = pa.schema(
         [
             ("row", pa.int64()),
-            ("text", pa.string()),
+            ("text", pa.binary()),  # UTF-8 with surrogatepass: a lone surrogate survives, as locally
             ("score", pa.float32()),
             ("flag", pa.float32()),
             ("t", pa.int64()),
@@ -276,7 +285,7 @@ def _stage(make_chunks: Callable[[], Iterable[pd.DataFrame]], linker: Linker, pa
             table = pa.table(
                 {
                     "row": np.arange(base, base + m, dtype=np.int64),
-                    "text": pa.array([t if isinstance(t, str) else None for t in texts], pa.string()),
+                    "text": pa.array([_encode(t) for t in texts], pa.binary()),
                     "score": pa.array(score, pa.float32(), mask=np.isnan(score)),
                     "flag": pa.array(flag, pa.float32(), mask=np.isnan(flag)),
                     "t": pa.array(tim, pa.int64(), mask=tim == _INT64_MIN),

@@ -92,7 +92,9 @@ def test_persona_only_clusters_and_rows_without_text(spark):
     from batch.spark_link import link_chunks_spark
     from signals.linking import LinkConfig, link_frame
 
-    df = pd.DataFrame({"text": ["call 415-555-0101 now", "call 415 555 0101 please", None, "", 42]})
+    df = pd.DataFrame(
+        {"text": ["call 415-555-0101 now", "call 415 555 0101 please \ud83d", None, "", 42]}
+    )  # a lone surrogate (a cut emoji) links like any text
     local = link_frame(df, LinkConfig())
     out = link_chunks_spark(lambda: iter([df]), LinkConfig(), spark=spark)
     assert out.persona_id.tolist() == local.persona_id.tolist() == [0, 0, 2, 3, 4]
