@@ -416,7 +416,13 @@ def _review_queue(args) -> int:
 
     predictor, _ = _load_predictor(args)
     report = build_review_queue(
-        predictor, Path(args.input), Path(args.output), args.budget, args.text_column, args.seed
+        predictor,
+        Path(args.input),
+        Path(args.output),
+        args.budget,
+        args.text_column,
+        args.seed,
+        Path(args.labelled) if args.labelled else None,
     )
     print(report.summary())
     return EXIT_OK
@@ -834,7 +840,8 @@ def _add_training_parsers(sub, threads_help: str) -> None:
         "--no-audit",
         action="store_true",
         help="skip the shortcut audit (audit.*: source/length-only "
-        "models and style-stripped views; docs/generalisation.md)",
+        "models and style-stripped views; docs/generalisation.md) and the identity-term audit "
+        "(identity.*: benign templates, subgroup AUCs; docs/identity.md)",
     )
     p.add_argument(
         "--explain-report",
@@ -971,6 +978,11 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
     p.add_argument("--budget", required=True, type=int, help="how many ads to queue")
     p.add_argument("--text-column", default="text")
     p.add_argument("--seed", type=int, default=0, help="k-means++ sampling seed (default 0)")
+    p.add_argument(
+        "--labelled",
+        help="ads already labelled (earlier queues filled in, or an adrisk feedback export; same formats): "
+        "their template clusters are not queued again and the picks are drawn away from them",
+    )
     p.set_defaults(func=_review_queue)
 
     p = sub.add_parser("predict", help="score texts; prints one JSON line per text")

@@ -53,6 +53,8 @@ class QueueReport:
 
     rows: int = 0
     without_text: list[int] = field(default_factory=list)
+    labelled: int = 0  # ads already labelled (--labelled) with text
+    already_labelled: int = 0  # input ads in a template cluster with an already labelled ad: not queued
     clusters: int = 0
     picked: int = 0
     budget: int = 0
@@ -69,15 +71,24 @@ class QueueReport:
             parts.append(
                 f"{len(self.without_text)} ad(s) without text cannot be judged and were not queued (rows {shown})"
             )
+        if self.already_labelled:
+            parts.append(
+                f"{self.already_labelled} ad(s) share a template cluster with one of the {self.labelled} "
+                "ads already labelled and were not queued"
+            )
         if self.picked < self.budget:
             parts.append(
-                f"only {self.clusters} template cluster(s) among the ads with text: one ad represents each"
+                f"only {self.clusters} template cluster(s) without a labelled ad among the ads with text: "
+                "one ad represents each"
             )
         return "; ".join(parts)
 
 
 def gradient_embeddings(
-    logits: np.ndarray, thresholds: np.ndarray, hidden: np.ndarray, multi_class: bool = False
+    logits: np.ndarray,
+    thresholds: np.ndarray,
+    hidden: np.ndarray,
+    multi_class: bool = False,
 ) -> np.ndarray:
     """BADGE gradient embeddings: sigmoid outputs (multi-label / binary) re-centred on the thresholds,
     or softmax outputs (``multi_class``, thresholds unused) at the predicted class.
@@ -103,7 +114,12 @@ def gradient_embeddings(
 
 
 def badge_select(
-    embeddings: np.ndarray, clusters: np.ndarray, budget: int, seed: int = 0
+    embeddings: np.ndarray,
+    clusters: np.ndarray,
+    budget: int,
+    seed: int = 0,
+    start: list[int] | None = None,
+    labelled: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
     """k-means++ seeding over gradient embeddings, at most one row per cluster (BADGE, Ash et al. 2020).
 
@@ -114,6 +130,12 @@ def badge_select(
 
     Args:
         embeddings: (n, D). clusters: (n,) cluster id of each row. budget: most picks (>= 0).
+        start: rows already picked (e.g. by ``search_select``): they count towards the budget, come
+            first in the result (distance inf) and are the seeding's first centres (the bench's
+            variants use it).
+        labelled: (m, D) gradient embeddings of ads already labelled (not among the rows): centres the
+            seeding starts from, so that the first pick too is drawn by its distance to them (the
+            bench's "badge-labelled"; not used by ``adrisk review-queue``: it did not earn its keep).
 
     Returns:
         [(row, distance to the nearest earlier pick)], in pick order; ``min(budget, distinct clusters)``
@@ -126,10 +148,27 @@ def badge_select(
     emb = np.asarray(embeddings, dtype=np.float64)
     clusters = np.asarray(clusters)
     open_ = np.ones(n, dtype=bool)
-    first = int(np.argmax(np.einsum("ij,ij->i", emb, emb)))
-    picks = [(first, float("inf"))]
-    open_ &= clusters != clusters[first]
-    d2 = np.einsum("ij,ij->i", emb - emb[first], emb - emb[first])
+    sq = np.einsum("ij,ij->i", emb, emb)
+    d2 = np.full(n, np.inf)
+    if labelled is not None and len(labelled):
+        lab = np.asarray(labelled, dtype=np.float64)
+        lsq = np.einsum("ij,ij->i", lab, lab)
+        for s in range(0, n, 1024):
+            d2[s : s + 1024] = np.maximum(
+                (sq[s : s + 1024, None] + lsq[None, :] - 2.0 * emb[s : s + 1024] @ lab.T).min(axis=1), 0.0
+            )
+        first = list(dict.fromkeys(start or []))[:budget]
+        picks = [(int(i), float("inf")) for i in first]
+        if not first:
+            total = d2.sum()
+            first = [int(rng.choice(n, p=d2 / total)) if total > 0 else 0]
+            picks = [(first[0], float(np.sqrt(d2[first[0]])))]
+    else:
+        first = list(dict.fromkeys(start or []))[:budget] or [int(np.argmax(sq))]
+        picks = [(int(i), float("inf")) for i in first]
+    for i in first:
+        open_ &= clusters != clusters[i]
+        d2 = np.minimum(d2, np.einsum("ij,ij->i", emb - emb[i], emb - emb[i]))
     while len(picks) < budget and open_.any():
         w = np.where(open_, d2, 0.0)
         total = w.sum()
@@ -220,6 +259,19 @@ def pooled_representation(directory: Path, encoder, texts: list[str], batch_size
     return out
 
 
+def _labelled_texts(path: Path, text_column: str) -> list[str]:
+    """The non-blank texts of a file of ads already labelled (CSV / JSONL / Parquet)."""
+    file_format(path)
+    if not path.is_file():
+        raise ScoreError(f"labelled file not found: {path}")
+    df = _read_all(path) if path.stat().st_size else pd.DataFrame()
+    if not len(df):
+        return []
+    if text_column not in df.columns:
+        raise ScoreError(f"text column {text_column!r} not found in the labelled file")
+    return [v for v in df[text_column] if not is_missing(v) and isinstance(v, str) and v.strip()]
+
+
 def _read_all(path: Path) -> pd.DataFrame:
     chunks = list(iter_chunks(path, 50_000))
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
@@ -246,6 +298,7 @@ def build_review_queue(
     budget: int,
     text_column: str = "text",
     seed: int = 0,
+    labelled_path: Path | None = None,
 ) -> QueueReport:
     """Pick ``budget`` ads of ``input_path`` for moderators and write them to ``output_path``.
 
@@ -253,13 +306,16 @@ def build_review_queue(
         predictor: a loaded ``model.predictor.Predictor`` (its directory holds torch weights).
         input_path, output_path: CSV / JSONL / Parquet (by extension); the output is written atomically.
         budget: most ads to queue (>= 1).
+        labelled_path: ads already labelled (earlier rounds' filled-in queues, an ``adrisk feedback
+            export``; same formats, ``text_column``): no input ad in a template cluster with one of them
+            is queued (the next round of the loop: queue, label, retrain, queue again).
 
     Returns:
         QueueReport (see ``summary``).
 
     Raises:
-        ScoreError: a bad budget, unknown format, unreadable input, no ``text_column``, an output
-            path equal to the input.
+        ScoreError: a bad budget, unknown format, unreadable input (or labelled file), no
+            ``text_column``, an output path equal to the input.
     """
     from signals.linking import LinkConfig, link_frame
 
@@ -271,8 +327,9 @@ def build_review_queue(
         raise ScoreError(f"input file not found: {input_path}")
     if input_path.resolve() == output_path.resolve():
         raise ScoreError("--output must differ from --input")
+    done_texts = _labelled_texts(labelled_path, text_column) if labelled_path is not None else []
     df = _read_all(input_path) if input_path.stat().st_size else pd.DataFrame()
-    report = QueueReport(rows=len(df), budget=budget)
+    report = QueueReport(rows=len(df), budget=budget, labelled=len(done_texts))
     labels = predictor.labels
     extra = ["queue_rank", "row", "reason", *[f"score.{n}" for n in labels], "template_id", "template_size"]
     if len(df) and text_column not in df.columns:
@@ -293,14 +350,23 @@ def build_review_queue(
         probs = scores.probabilities
         thr = np.asarray(predictor.meta.threshold_vector(), dtype=np.float64)
         z = np.asarray(scores.logits, dtype=np.float64) / np.asarray(predictor.meta.temperatures)[None, :]
-        linked = link_frame(pd.DataFrame({"text": texts}), LinkConfig(text_column="text"))
-        clusters = cluster_ids(texts, linked.template_id)
-        size = np.bincount(clusters, minlength=len(texts))[clusters]
+        every = texts + done_texts  # the labelled ads join the linking, so their templates are known
+        linked = link_frame(pd.DataFrame({"text": every}), LinkConfig(text_column="text"))
+        every_cluster = cluster_ids(every, linked.template_id)
+        clusters = every_cluster[: len(texts)]
+        done = np.isin(clusters, every_cluster[len(texts) :])
+        report.already_labelled = int(done.sum())
+        size = np.bincount(clusters, minlength=len(every))[clusters]
         template = clusters
-        report.clusters = len(np.unique(clusters))
+        report.clusters = len(np.unique(clusters[~done]))
         hidden = pooled_representation(predictor.directory, predictor.encoder, texts)
         multi_class = predictor.meta.label_schema.problem_type.value == "multi_class"
-        chosen = badge_select(gradient_embeddings(z, thr, hidden, multi_class), clusters, budget, seed)
+        grad = gradient_embeddings(z, thr, hidden, multi_class)
+        open_rows = np.flatnonzero(~done)  # BADGE among the clusters nobody has labelled yet
+        chosen = [
+            (int(open_rows[i]), d)
+            for i, d in badge_select(grad[open_rows], clusters[open_rows], budget, seed)
+        ]
         picks = queue_reasons(chosen, probs, thr, z, labels, size)
     report.picked = len(picks)
     idx = [p.row for p in picks]

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,7 +110,7 @@ def _csv_chunks(path: Path, chunk_size: int, on_bad_row: str) -> Iterator[pd.Dat
                             bad.sum(),
                         )
                         chunk.loc[bad, :] = None
-                        chunk[BAD_ROW_COLUMN] = np.where(bad, WRONG_FIELD_COUNT, None)
+                        chunk[BAD_ROW_COLUMN] = [WRONG_FIELD_COUNT if b else None for b in bad]
                 yield chunk
     except (ValueError, TypeError) as e:  # pandas' parse errors give file lines, never the content
         hint = "" if on_bad_row == "mark" else "; pass --on-bad-row mark to keep such rows with an error"

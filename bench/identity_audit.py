@@ -5,11 +5,11 @@ read as the mitigation's effect; ``auto`` is what each model serves).
 
 The identity-term audit (training/identity_audit.py) of two models side by side: WITHOUT_MODEL is
 what a user gets at the defaults (``configs/demo.yaml`` as shipped, no identity mitigation), WITH_MODEL
-the same config trained with a mitigation (``identity.mitigation``). Prints, in one run:
+the same config trained with a mitigation (``--set identity.cda=true`` or ``--set identity.mask=true``). Prints, in one run:
 
 1. per identity term: the counterfactual gap on the benign templates and the share of templates
    flagged (any label), minus the neutral fillers' share, for both models;
-2. the summary the done-when of docs/fairness.md reads: mean and largest gap, largest flag excess,
+2. the summary the done-when of docs/identity.md reads: mean and largest gap, largest flag excess,
    the held-out terms' figures, and the audit's verdict;
    with the audit's wall time on this host (what it adds to every train and evaluate);
 3. test AP per label overall and within every source where the label has both classes (the
@@ -97,11 +97,11 @@ def main() -> None:
     )
     print(f"{'summary':<34} {'without':>8} {'with':>8}  target")
     for key, name, bound, pts in (
-        ("mean_gap", "mean gap per term", MAX_MEAN_GAP, False),
-        ("max_gap", "largest gap", MAX_TERM_GAP, False),
-        ("max_flag_excess", "largest flag excess (pts)", MAX_FLAG_EXCESS, True),
-        ("held_out.mean_gap", "held-out terms: mean gap", None, False),
-        ("held_out.max_gap", "held-out terms: largest gap", None, False),
+        ("gap.mean", "mean gap per term", MAX_MEAN_GAP, False),
+        ("gap.max", "largest gap", MAX_TERM_GAP, False),
+        ("flag_rate_excess.max", "largest flag excess (pts)", MAX_FLAG_EXCESS, True),
+        ("held_out.gap.mean", "held-out terms: mean gap", None, False),
+        ("held_out.gap.max", "held-out terms: largest gap", None, False),
     ):
         f = 100.0 if pts else 1.0
         print(

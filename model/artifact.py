@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from model.identity_mask import IdentityMask
 from model.normalize import NORMALIZATION_VERSION
 from model.schema import LabelSchema
 
@@ -204,6 +205,11 @@ class ArtifactMeta(BaseModel):
     )
     blend: BlendRecord | None = Field(
         default=None, description="optional TF-IDF blend (model/blend.py); written as {} when absent"
+    )
+    identity_mask: IdentityMask | None = Field(
+        default=None,
+        description="identity terms masked in training and so at inference (model/identity_mask.py); "
+        "absent: texts are served unchanged",
     )
 
     @field_validator("blend", mode="before")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.identity_mask import IdentityMask
 from model.normalize import normalize_text
 
 # Text longer than this many characters per model position is cut before tokenising (the part cut
@@ -36,19 +37,23 @@ class TextEncoder:
         tokenizer: a Hugging Face fast tokenizer (``PreTrainedTokenizerFast``-like; needs ``encodings``).
         max_length: model window in tokens, special tokens included; a longer text keeps its head
             (only its first ``max_length * CHARS_PER_TOKEN_CAP`` characters are ever read).
+        identity_mask: the artifact's identity-term mask (``model/identity_mask.py``), applied to
+            every text before normalising; None: texts unchanged.
     """
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, identity_mask: IdentityMask | None = None):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.identity_mask = identity_mask
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         """Encode ``texts`` (a sequence of str). Raises TypeError on a non-str item."""
         cap = self.max_length * CHARS_PER_TOKEN_CAP
         cleaned, cut = [], []
+        mask = self.identity_mask
         for t in texts:
-            n = normalize_text(t)
+            n = normalize_text(mask.apply_one(t) if mask is not None else t)
             cut.append(len(n) > cap)
             cleaned.append(n[:cap])
         if not cleaned:

@@ -88,6 +88,10 @@ class Predictor:
         meta: the artifact's ``ArtifactMeta``.
         batch_size: most texts per forward pass.
         max_tokens: most padded tokens per forward pass.
+
+    Raises:
+        ValueError: non-positive batch settings, or an encoder whose identity mask is not ``meta``'s
+            (``model/identity_mask.py``: train and serve must transform texts alike).
     """
 
     def __init__(
@@ -101,6 +105,11 @@ class Predictor:
     ):
         if batch_size < 1 or max_tokens < 1:
             raise ValueError("batch_size and max_tokens must be positive")
+        if getattr(encoder, "identity_mask", None) != meta.identity_mask:
+            # a model trained on masked texts served unmasked ones (or the reverse) would score other text
+            raise ValueError(
+                "the encoder's identity mask differs from the artifact's (adrisk.json identity_mask)"
+            )
         self.blend = blend
         self._encoder_pool: ThreadPoolExecutor | None = None
         self._encoder_pool_pid = 0
@@ -156,7 +165,7 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:  # a corrupt tokenizer file fails deep inside transformers/tokenizers
             raise ArtifactError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
-        encoder = TextEncoder(tokenizer, meta.max_length)
+        encoder = TextEncoder(tokenizer, meta.max_length, meta.identity_mask)
         rt = select_runtime(directory, meta, runtime, num_threads)
         blend = TfidfBlend.load(directory, meta.blend) if meta.blend else None
         predictor = cls(encoder, rt, meta, batch_size=batch_size, max_tokens=max_tokens, blend=blend)
@@ -203,7 +212,9 @@ class Predictor:
                 # The TF-IDF features (Python, holding the GIL) are computed while the runtime's
                 # threads (which release it) run the encoder (docs/generalisation.md §6 measures the gain).
                 pending = self._encoder_thread().submit(self._logits, enc)
-                tfidf = self.blend.tfidf_logits(texts)
+                # the encoder masks identity terms itself; the blend's features see the same text
+                mask = self.meta.identity_mask
+                tfidf = self.blend.tfidf_logits(mask.apply(texts) if mask is not None else texts)
                 logits = self.blend.apply(pending.result(), tfidf)
             else:
                 logits = self._logits(enc)

@@ -199,6 +199,18 @@ class GateConfig(_Strict):
     )
     champion_alias: str = "champion"
     previous_alias: str = "previous"
+    identity_gap_tolerance: float | None = Field(
+        0.03,
+        ge=0,
+        description="per identity term, the challenger's counterfactual gap on the audit's benign templates "
+        "may exceed the champion's by at most this (docs/identity.md); null: not gated",
+    )
+    identity_flag_rate_tolerance: float | None = Field(
+        0.02,
+        ge=0,
+        description="per identity term, the challenger's benign-template flag rate in excess of the neutral "
+        "fillers' may exceed the champion's excess by at most this; null: not gated",
+    )
 
 
 class GeneralisationConfig(_Strict):
@@ -218,6 +230,51 @@ class GeneralisationConfig(_Strict):
         unknown = sorted(set(self.augment_views) - set(VIEWS))
         if unknown:
             raise ValueError(f"augment_views: unknown views {unknown}; known: {sorted(VIEWS)}")
+        return self
+
+
+class IdentityConfig(_Strict):
+    """Flag the offer, not the person (docs/identity.md): the identity-term audit and two
+    mitigations, both off by default (``--set identity.cda=true`` / ``--set identity.mask=true``)."""
+
+    audit: bool = Field(
+        True, description="identity-term audit (training/identity_audit.py; printed, logged as identity.*)"
+    )
+    templates_per_category: int = Field(
+        10, ge=1, le=30, description="benign templates per category the audit scores (fewer: faster, coarser)"
+    )
+    cda: bool = Field(
+        False,
+        description="counterfactual data augmentation of the train split (training/counterfactual.py): "
+        "identity terms and neutral fillers swapped in rows of every label, terms inserted into benign rows",
+    )
+    cda_substitution: float = Field(
+        1.0, ge=0, le=1, description="cda: share of rows naming a term or filler replaced by a counterfactual"
+    )
+    cda_copies: int = Field(0, ge=0, le=10, description="cda: counterfactual copies appended per such row")
+    cda_insert_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="cda: share of benign rows naming no term that gain a copy with an identity term inserted",
+    )
+    mask: bool = Field(
+        False,
+        description="delete identity terms (or replace them by mask_placeholder) in training and, recorded in the artifact, "
+        "at inference (model/identity_mask.py)",
+    )
+    mask_placeholder: str = Field(
+        "",
+        description="mask: what each identity term becomes; empty (default): deleted, so no token is left "
+        "to learn as the terms' evidence; e.g. '\"[MASK]\"' (quoted: YAML) keeps a mark",
+    )
+
+    @model_validator(mode="after")
+    def _one_mitigation(self) -> IdentityConfig:
+        if self.cda and self.mask:
+            raise ValueError(
+                "identity.cda and identity.mask exclude each other (masking erases the swapped terms)"
+            )
         return self
 
 
@@ -274,6 +331,7 @@ class Config(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     generalisation: GeneralisationConfig = Field(default_factory=GeneralisationConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     eval_sets: dict[str, EvalSetConfig] = Field(
         default_factory=dict, description="extra evaluation sets, name -> file; logged as eval.<name>.*"
     )

@@ -9,9 +9,11 @@ import numpy as np
 from model.predictor import Predictor
 from model.uri import ModelRef
 from training.audit import run_audit
-from training.config import Config, DataConfig
+from training.config import Config, DataConfig, IdentityConfig
 from training.data import Split, load_data, prepare_frame, read_table
 from training.eval_sets import evaluate_eval_set, format_eval_sets, load_eval_set
+from training.identity_audit import run_identity_audit
+from training.identity_terms import TERMS_VERSION
 from training.metrics import evaluate_scores, format_table
 
 
@@ -38,8 +40,11 @@ def evaluate_model(
 
     With ``audit``, the shortcut audit (``training.audit``; keys ``audit.*``) runs on the file: its
     one-feature models are fitted on the evaluated rows themselves (in-sample; a lookup table of a
-    few values barely overfits). With ``config``, its ``eval_sets`` are scored too (``eval.<name>.*``;
-    ``negatives_from_test`` reads the config's test split).
+    few values barely overfits); so does the identity-term audit (``training.identity_audit``; keys
+    ``identity.*``, in the report under ``identity_audit``: benign templates at the model's thresholds,
+    and Borkan subgroup AUCs on the file's rows; ``config.identity`` sets its size). With ``config``,
+    its ``eval_sets`` are scored too (``eval.<name>.*``; ``negatives_from_test`` reads the config's
+    test split).
 
     Raises:
         training.data.DataError: unreadable file, missing text/label columns, unknown labels (rows named,
@@ -51,6 +56,7 @@ def evaluate_model(
     thr = predictor.meta.threshold_vector()
     metrics = evaluate_scores(probs, y, predictor.labels, thr, split, sources)
     table = format_table(metrics, predictor.labels, split)
+    identity_report: dict | None = None
     if audit:
         texts = frame["text"].tolist()
         res = run_audit(
@@ -67,6 +73,27 @@ def evaluate_model(
         )
         metrics |= res.prefixed()
         table += "\n\n" + res.table
+        if config is None or config.identity.audit:
+            schema = predictor.meta.label_schema
+            ident = run_identity_audit(
+                predictor.labels,
+                thr,
+                predictor.predict_proba,  # the model as served (an artifact's identity mask included)
+                texts,
+                y,
+                probs,
+                [n != schema.benign_label for n in predictor.labels],
+                templates_per_category=(
+                    config.identity if config else IdentityConfig()
+                ).templates_per_category,
+            )
+            metrics |= ident.logged()  # the per-term, per-label figures are in the table
+            table += "\n\n" + ident.table
+            identity_report = {
+                "terms_version": TERMS_VERSION,
+                "passed": ident.passed,
+                "failing": ident.failing,
+            }
     if config is not None and config.eval_sets:
         test: Split | None = None
         if any(e.negatives_from_test for e in config.eval_sets.values()):
@@ -83,4 +110,6 @@ def evaluate_model(
         "rows": int(len(y)),
         "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
     }
+    if identity_report is not None:
+        report["identity_audit"] = identity_report
     return Evaluation(metrics, table, report)

@@ -63,7 +63,8 @@ def apply_gate(
 ) -> list[GateRow]:
     """Evaluate the gate rules. ``champion`` None means a first model: absolute floors apply.
 
-    Returns every compared row (per label overall, per source slice, macro AP), each with its rule.
+    Returns every compared row (per label overall, per source slice, macro AP, extra-set floors and,
+    against a champion, the identity rules of ``identity_rows``), each with its rule.
     """
     rows: list[GateRow] = []
     key = lambda lab, m, src=None: f"{GATE_SPLIT}.{'source.' + src + '.' if src else ''}{lab}.{m}"  # noqa: E731
@@ -152,12 +153,54 @@ def apply_gate(
             f"{'<=' if ceiling else '>='} {bound} (eval floor)",
             lambda new, _, b=bound, c=ceiling: new <= b if c else new >= b,
         )
+    if champion is not None:
+        rows += identity_rows(challenger, champion, g)
+    return rows
+
+
+def identity_rows(challenger: dict[str, float], champion: dict[str, float], g: GateConfig) -> list[GateRow]:
+    """The identity rules (docs/identity.md), one row per term and rule, slice ``identity``.
+
+    Per identity term ``t`` of the challenger's audit on the benign templates (``training/identity_audit.py``):
+
+    - ``gap``: its counterfactual gap (``identity.term.<t>.gap``, Garg et al. 2019) may exceed the
+      champion's by at most ``g.identity_gap_tolerance``;
+    - ``flag_excess``: its benign-template flag rate above the neutral fillers' (``identity.term.<t>.
+      flag_excess``: the lawful ads flagged *because* they name ``t``) may exceed the champion's by at
+      most ``g.identity_flag_rate_tolerance``. The excess, not the raw rate: a challenger whose
+      thresholds flag more benign ads whatever they name is the AP and recall rules' business, not
+      an identity bias.
+
+    A None tolerance turns that rule off. A term the champion has no figure for (an older champion,
+    a term added to the list) is held to a gap and an excess of 0. A challenger without identity
+    metrics yields no rows.
+
+    Args:
+        challenger / champion: metric dicts with the ``identity.`` prefix (other keys are ignored).
+    """
+    rows: list[GateRow] = []
+    terms = sorted(
+        {k.split(".")[2] for k in challenger if k.startswith("identity.term.") and k.count(".") == 3}
+    )
+    for metric, tol in (("gap", g.identity_gap_tolerance), ("flag_excess", g.identity_flag_rate_tolerance)):
+        if tol is None:
+            continue
+        for t in terms:
+            k = f"identity.term.{t}.{metric}"
+            new, old = _num(challenger.get(k)), _num(champion.get(k))
+            passed = new is not None and new <= (old or 0.0) + tol
+            rows.append(GateRow("identity", t, metric, old, new, f"<= champion + {tol}", passed))
     return rows
 
 
 def format_gate_table(rows: list[GateRow]) -> str:
-    """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result."""
+    """Plain-text side-by-side table: slice, label, metric, champion, challenger, delta, rule, result.
+
+    The identity rows (two per term, ``identity_rows``) are shown only where they fail; one line
+    counts the passing ones (every row stays in the decision's ``gate/report.json``)."""
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    quiet = [r for r in rows if r.slice == "identity" and r.passed is not False]
+    rows = [r for r in rows if not (r.slice == "identity" and r.passed is not False)]
     body = [
         [
             r.slice,
@@ -174,4 +217,7 @@ def format_gate_table(rows: list[GateRow]) -> str:
     header = ["slice", "label", "metric", "champion", "challenger", "delta", "rule", "result"]
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
     line = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
+    out = [line(header), line(["-" * w for w in widths]), *(line(b) for b in body)]
+    if quiet:
+        out.append(f"identity: {len(quiet)} more rows pass (per term, gap and flag excess vs the champion's)")
+    return "\n".join(out)

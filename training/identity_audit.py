@@ -32,8 +32,8 @@ Printed and logged by every ``adrisk train`` and ``adrisk evaluate`` beside the 
 
 Metric keys (``identity.`` prefix added by ``prefixed``): ``term.<t>.<label>.{mean_prob,flag_rate,
 gap,shift}``, ``term.<t>.{gap,flag_rate,flag_excess}``, ``filler.<label>.{mean_prob,flag_rate}``,
-``filler.flag_rate``, ``category.<c>.filler_flag_rate``, ``{mean_gap,max_gap,max_flag_excess}`` over
-every term and ``held_out.{mean_gap,max_gap,max_flag_excess}`` over the audit-only ones (which no
+``filler.flag_rate``, ``category.<c>.filler_flag_rate``, ``gap.mean``, ``gap.max`` and
+``flag_rate_excess.max`` over every term and the same under ``held_out.`` over the audit-only ones (which no
 mitigation sees), ``passed`` (0/1), ``subgroup.<t>.n`` and ``subgroup.<t>.<label>.{auc,bpsn_auc,bnsp_auc}``.
 """
 
@@ -164,8 +164,17 @@ class IdentityAuditResult:
     notes: list[str] = field(default_factory=list)
 
     def prefixed(self, prefix: str = "identity.") -> dict[str, float]:
-        """Metrics with ``prefix`` (for MLflow)."""
+        """Every metric with ``prefix`` (the JSON artifact, the gate)."""
         return {f"{prefix}{k}": v for k, v in self.metrics.items()}
+
+    def logged(self, prefix: str = "identity.") -> dict[str, float]:
+        """The metrics logged to MLflow: ``prefixed`` less the per-term, per-label ones
+        (``term.<t>.<label>.*``, about 700 keys), which stay in the JSON artifact and the table."""
+        return {
+            f"{prefix}{k}": v
+            for k, v in self.metrics.items()
+            if not (k.startswith("term.") and k.count(".") == 3)
+        }
 
 
 def _flag(p: np.ndarray, thr: np.ndarray, flaggable: np.ndarray) -> np.ndarray:
@@ -287,9 +296,9 @@ def _summary(m: dict[str, float], terms: Sequence[IdentityTerm], prefix: str) ->
     gaps = [m[f"term.{t.key}.gap"] for t in terms]
     excess = [m[f"term.{t.key}.flag_excess"] for t in terms]
     return {
-        f"{prefix}mean_gap": float(np.mean(gaps)),
-        f"{prefix}max_gap": float(np.max(gaps)),
-        f"{prefix}max_flag_excess": float(np.max(excess)),
+        f"{prefix}gap.mean": float(np.mean(gaps)),
+        f"{prefix}gap.max": float(np.max(gaps)),
+        f"{prefix}flag_rate_excess.max": float(np.max(excess)),
     }
 
 
@@ -330,7 +339,7 @@ def run_identity_audit(
     m |= _summary(m, terms, "")
     m |= _summary(m, [t for t in terms if t.held_out], "held_out.")
     failing = failing_terms(m, terms)
-    passed = not failing and m.get("mean_gap", 0.0) <= MAX_MEAN_GAP
+    passed = not failing and m.get("gap.mean", 0.0) <= MAX_MEAN_GAP
     m["passed"] = float(passed)
     if eval_texts is not None and eval_targets is not None and eval_probs is not None:
         m |= subgroup_metrics(eval_texts, eval_targets, eval_probs, labels, terms)
@@ -339,7 +348,7 @@ def run_identity_audit(
         notes.append(
             f"identity audit: {len(failing)} term(s) move a benign ad's score by more than {MAX_TERM_GAP:.2f} "
             f"or flag more than {MAX_FLAG_EXCESS:.0%} more benign ads than a neutral word: {', '.join(failing)}. "
-            "The model treats naming who someone is as evidence; see docs/fairness.md for the mitigations."
+            "The model treats naming who someone is as evidence; see docs/identity.md for the mitigations."
         )
     res = IdentityAuditResult(m, failing, passed, notes=notes)
     res.table = format_identity_table(res, labels, terms, len(templates))
@@ -385,10 +394,10 @@ def format_identity_table(
         + " ".join(f"{_f(m[f'filler.{lab}.mean_prob']):>10}" for lab in labels)
     )
     lines.append(
-        f"mean gap {_f(m.get('mean_gap'))} (bound {MAX_MEAN_GAP}), largest {_f(m.get('max_gap'))} "
-        f"(bound {MAX_TERM_GAP}), largest flag excess {100 * m.get('max_flag_excess', 0.0):+.1f} pts "
-        f"(bound {100 * MAX_FLAG_EXCESS:+.1f}); held-out terms: mean gap {_f(m.get('held_out.mean_gap'))}, "
-        f"largest {_f(m.get('held_out.max_gap'))}: {'PASS' if res.passed else 'FAIL'}"
+        f"mean gap {_f(m.get('gap.mean'))} (bound {MAX_MEAN_GAP}), largest {_f(m.get('gap.max'))} "
+        f"(bound {MAX_TERM_GAP}), largest flag excess {100 * m.get('flag_rate_excess.max', 0.0):+.1f} pts "
+        f"(bound {100 * MAX_FLAG_EXCESS:+.1f}); held-out terms: mean gap {_f(m.get('held_out.gap.mean'))}, "
+        f"largest {_f(m.get('held_out.gap.max'))}: {'PASS' if res.passed else 'FAIL'}"
     )
     sub = []
     for t in terms:

@@ -17,7 +17,7 @@ and the surface forms matched in ad text (whole words, any case). Groups:
 the audit's reference slot, and the pool the counterfactual augmentation draws from beside the terms.
 
 What the list leaves out on purpose (the trafficking label's real signals stay learnable, see
-docs/fairness.md): youth words (young, teen, fresh, new, girl, petite, barely legal), movement words
+docs/identity.md): youth words (young, teen, fresh, new, girl, petite, barely legal), movement words
 (new in town, just arrived, visiting, travelling, passing through), control words (daddy,
 management, must be, no independent), and offer euphemisms (exotic). "Petite" is a body word but also
 a youth signal in trafficking indicator lists, so it is not an identity term here.
@@ -36,7 +36,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+
+from model.identity_mask import word_pattern
 
 TERMS_VERSION = "identity-terms-1"
 GROUPS = ("ethnicity", "nationality", "skin_colour", "body", "language")
@@ -150,17 +151,11 @@ def mitigation_terms(terms: Sequence[IdentityTerm] = TERMS) -> list[IdentityTerm
     return [t for t in terms if not t.held_out]
 
 
-@lru_cache(maxsize=16)
-def _pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
-    # longest form first, so "african american" wins over "african"; spaces and hyphens interchangeable
-    alts = sorted({re.escape(f).replace(r"\ ", r"[\s-]").replace(r"\-", r"[\s-]") for f in forms}, key=len)
-    return re.compile(r"(?<!\w)(?:" + "|".join(reversed(alts)) + r")(?!\w)", re.IGNORECASE)
-
-
 def term_pattern(words: Sequence[str]) -> re.Pattern[str]:
     """One compiled regex matching any of ``words`` as a whole word (any case; a space and a hyphen
-    match each other; longer words win). Cached per word tuple."""
-    return _pattern(tuple(w.lower() for w in words))
+    match each other; longer words win). Cached per word tuple. The same matcher as the served mask
+    (``model.identity_mask.word_pattern``), so training and inference find the same words."""
+    return word_pattern(words)
 
 
 def forms_of(terms: Sequence[IdentityTerm]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from model.artifact import ArtifactMeta, Runtimes, ThresholdInfo, load_meta, sav
 from model.blend import TfidfBlend
 from model.calibration import calibrated_probabilities, fit_temperatures, select_thresholds
 from model.encoding import TextEncoder
+from model.identity_mask import IdentityMask
 from model.registry import RegisteredModel, configure_tracking, log_pyfunc_model
 from model.schema import ProblemType
 from training.audit import AuditResult, run_audit
@@ -24,6 +26,7 @@ from training.base_model import base_depth, build_model, load_tokenizer, resolve
 from training.baseline import TfidfBaseline
 from training.blend import blend_from_baseline, fit_blend
 from training.config import Config
+from training.counterfactual import prepare_bundle
 from training.data import DataBundle, Split, load_data
 from training.eval_sets import (
     EvalSet,
@@ -32,6 +35,8 @@ from training.eval_sets import (
     format_eval_sets,
     load_eval_set,
 )
+from training.identity_audit import IdentityAuditResult, run_identity_audit
+from training.identity_terms import TERMS_VERSION
 from training.loop import LAST_CHECKPOINT, CheckpointError, FitData, FitResult, fit, predict_logits
 from training.metrics import evaluate_scores, format_table
 from training.plots import pr_curves, reliability_diagram
@@ -261,6 +266,43 @@ def _audit(
     return audit, metrics
 
 
+def _identity_audit(
+    cfg: Config, raw_test: Split, cal: Calibrated, score: Callable[[list[str]], np.ndarray]
+) -> tuple[IdentityAuditResult | None, dict[str, float]]:
+    """The identity-term audit (``identity.audit``; ``training/identity_audit.py``): the benign templates
+    through ``score`` (the model as served), and Borkan subgroups of the test rows. ``raw_test``: the
+    test split before any mask, so the rows that name a term are found. Metrics: ``IdentityAuditResult.
+    logged`` and ``identity.seconds``, the audit's wall time."""
+    if not cfg.identity.audit:
+        return None, {}
+    schema = cfg.label_schema
+    start = time.perf_counter()
+    res = run_identity_audit(
+        schema.labels,
+        cal.thresholds,
+        score,
+        raw_test.texts,
+        raw_test.targets,
+        cal.probs["test"],
+        [n != schema.benign_label for n in schema.labels],
+        templates_per_category=cfg.identity.templates_per_category,
+    )
+    for note in res.notes:
+        logger.warning("%s", note)
+    return res, res.logged() | {"identity.seconds": time.perf_counter() - start}  # its cost per run
+
+
+def identity_report(res: IdentityAuditResult) -> dict:
+    """The identity audit as the JSON artifact ``identity_audit.json``: term list version, verdict,
+    failing terms (metric-key slugs) and every ``identity.*`` metric. Never ad text."""
+    return {
+        "terms_version": TERMS_VERSION,
+        "passed": res.passed,
+        "failing": res.failing,
+        "metrics": {k: (None if np.isnan(v) else v) for k, v in res.prefixed().items()},
+    }
+
+
 def _save_model(
     cfg: Config,
     art: Path,
@@ -271,8 +313,10 @@ def _save_model(
     bundle: DataBundle,
     cal: Calibrated,
     metrics: dict[str, float],
+    identity_mask: IdentityMask | None = None,
 ) -> None:
-    """Write the artifact (``model.artifact``): weights, tokenizer, ``adrisk.json`` and the blend."""
+    """Write the artifact (``model.artifact``): weights, tokenizer, ``adrisk.json`` (with the identity
+    mask the texts were trained with, ``model/identity_mask.py``) and the blend."""
     if art.exists():
         shutil.rmtree(art)
     labels = cfg.label_schema.labels
@@ -287,6 +331,7 @@ def _save_model(
         base_model_sha256=base_sha,
         data_fingerprint={s.name: s.fingerprint for s in bundle.splits()},
         metrics={k: v for k, v in metrics.items() if k.startswith("test.") and ".source." not in k},
+        identity_mask=identity_mask,
     )
     save_artifact(art, model, tokenizer, meta)
     if cal.blend is not None:
@@ -302,6 +347,7 @@ def _plots_and_tables(
     metrics: dict[str, float],
     audit: AuditResult | None,
     extra_sets: list[EvalSet],
+    identity: IdentityAuditResult | None = None,
 ) -> str:
     """PR curves and the reliability diagram of test, and the printed tables; all logged to MLflow."""
     import mlflow
@@ -321,6 +367,12 @@ def _plots_and_tables(
     if audit is not None:
         mlflow.log_text(audit.table, "audit_table.txt")
         table += "\n\n" + audit.table
+    if identity is not None:
+        mlflow.log_text(identity.table, "identity_audit_table.txt")
+        mlflow.log_dict(identity_report(identity), "identity_audit.json")
+        mlflow.set_tag("adrisk.identity.terms_version", TERMS_VERSION)
+        mlflow.set_tag("adrisk.identity.passed", str(identity.passed).lower())
+        table += "\n\n" + identity.table
     if extra_sets:
         es_table = format_eval_sets(metrics, [es.name for es in extra_sets], labels)
         mlflow.log_text(es_table, "eval_sets_table.txt")
@@ -362,6 +414,10 @@ def run_training(
         from training.adapt import Adaptation
 
         adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
+    # identity mitigations (training/counterfactual.py): the splits the model is fitted on; the raw
+    # test split stays for the identity audit's subgroups and the logged datasets
+    raw = bundle
+    bundle, id_mask = prepare_bundle(cfg, raw)
     gen = cfg.generalisation
     rows: TrainingRows = training_rows(
         bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
@@ -375,7 +431,7 @@ def run_training(
         from training.experiments.distill import check_layers
 
         check_layers(cfg.distill.layers, base_depth(base, cfg.base_model))
-    encoder = TextEncoder(tokenizer, cfg.train.max_length)
+    encoder = TextEncoder(tokenizer, cfg.train.max_length, id_mask)  # masks as the artifact will
     enc = {s.name: encoder.encode(rows.texts if s is bundle.train else s.texts) for s in bundle.splits()}
     truncated = {k: float(np.mean(v.truncated)) if v.truncated else 0.0 for k, v in enc.items()}
 
@@ -388,7 +444,7 @@ def run_training(
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.run_name) as run:
         run_id_file.write_text(run.info.run_id)
         if not run_id:
-            _log_run_inputs(cfg, bundle, base.ref, base.sha256, tracking_uri, truncated)
+            _log_run_inputs(cfg, raw, base.ref, base.sha256, tracking_uri, truncated)
             if adaptation is not None:  # retrain's "unchanged data" check covers the unlabelled ads too
                 mlflow.set_tag("adrisk.data.unlabelled.fingerprint", adaptation.fingerprint)
 
@@ -458,12 +514,14 @@ def run_training(
 
         def score(texts: list[str]) -> np.ndarray:
             z = logits_of(texts)
-            if cal.blend is not None:
-                z = cal.blend.blend(z, texts)
+            if cal.blend is not None:  # the blend's TF-IDF features see the texts as the encoder does
+                z = cal.blend.blend(z, id_mask.apply(texts) if id_mask is not None else texts)
             return calibrated_probabilities(z, cal.temperatures, schema.problem_type)
 
         audit, audit_metrics = _audit(cfg, bundle, cal, score)
         metrics |= audit_metrics
+        identity, identity_metrics = _identity_audit(cfg, raw.test, cal, score)
+        metrics |= identity_metrics
         for es in extra_sets:  # extra evaluation sets: eval.<name>.*
             metrics |= evaluate_eval_set(es, score(es.split.texts), labels, cal.thresholds)
         mlflow.log_metrics(metrics)
@@ -473,7 +531,7 @@ def run_training(
 
         # --- the artifact, its experiments and its runtime variants --------------------------------
         art = out_dir / "model"
-        _save_model(cfg, art, model, tokenizer, base.ref, base.sha256, bundle, cal, metrics)
+        _save_model(cfg, art, model, tokenizer, base.ref, base.sha256, bundle, cal, metrics, id_mask)
         if cfg.distill.enabled:  # a shallower student, served as an ONNX variant if it passes the gate
             from training.experiments.distill import add_student
 
@@ -487,7 +545,7 @@ def run_training(
             mlflow.set_tag("adrisk.runtime.default", runtimes.default)
 
         # --- plots and tables ---------------------------------------------------------------------
-        table = _plots_and_tables(cfg, out_dir, bundle, cal, base_probs, metrics, audit, extra_sets)
+        table = _plots_and_tables(cfg, out_dir, bundle, cal, base_probs, metrics, audit, extra_sets, identity)
 
         # --- log the pyfunc model and register it -------------------------------------------------
         registered = log_pyfunc_model(

@@ -28,6 +28,7 @@ from training.config import Config
 from training.data import Split, load_data, prepare_frame, read_table
 from training.eval_sets import EvalSet, evaluate_eval_set, load_eval_set
 from training.gate import GATE_SPLIT, GateDecision, apply_gate, format_gate_table
+from training.identity_audit import run_identity_audit
 from training.metrics import evaluate_scores
 
 logger = logging.getLogger(__name__)
@@ -74,15 +75,29 @@ def gate_set(cfg: Config, test: Split, golden: list[tuple[pd.DataFrame, np.ndarr
 
 
 def gate_metrics(
-    predictor: Predictor, gate: Split, extra_sets: list[EvalSet] | None = None
+    predictor: Predictor,
+    gate: Split,
+    extra_sets: list[EvalSet] | None = None,
+    identity_templates: int | None = None,
 ) -> dict[str, float]:
     """Metrics of one model on the gate set at that model's own thresholds (keys ``gate.*``), plus the
-    configured extra evaluation sets (keys ``eval.<name>.*``, for ``gate.eval_floors``)."""
+    configured extra evaluation sets (keys ``eval.<name>.*``, for ``gate.eval_floors``) and, with
+    ``identity_templates`` (benign templates per category), the identity audit's template metrics
+    (``identity.*``, for ``gate.identity_*``), both models scored the same way as served."""
     probs = predictor.predict_proba(gate.texts)
     thr = predictor.meta.threshold_vector()
     out = evaluate_scores(probs, gate.targets, predictor.labels, thr, GATE_SPLIT, gate.sources)
     for es in extra_sets or []:
         out |= evaluate_eval_set(es, predictor.predict_proba(es.split.texts), predictor.labels, thr)
+    if identity_templates:
+        benign = predictor.meta.label_schema.benign_label
+        out |= run_identity_audit(
+            predictor.labels,
+            thr,
+            predictor.predict_proba,
+            flaggable=[n != benign for n in predictor.labels],
+            templates_per_category=identity_templates,
+        ).prefixed()
     return out
 
 
@@ -171,11 +186,13 @@ def retrain(
         if result.registered is None:  # register_model was checked above
             raise RuntimeError("the challenger was not registered")
         challenger_version = result.registered.version
-        challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets)
+        identity_rules = g.identity_gap_tolerance is not None or g.identity_flag_rate_tolerance is not None
+        templates = cfg.identity.templates_per_category if champion_version and identity_rules else None
+        challenger = gate_metrics(Predictor.load(result.artifact_dir), gate, extra_sets, templates)
         champion = None
         if champion_version:
             ref = resolve_model(f"models:/{cfg.model_name}/{champion_version}")
-            champion = gate_metrics(Predictor.load(ref.directory), gate, extra_sets)
+            champion = gate_metrics(Predictor.load(ref.directory), gate, extra_sets, templates)
         rows = apply_gate(challenger, champion, cfg.label_schema.labels, g)
         failed = [r for r in rows if r.passed is False]
         promoted = not failed and not dry_run and challenger_version is not None

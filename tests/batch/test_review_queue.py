@@ -21,7 +21,7 @@ DISTINCT = [
 ]
 
 
-def _run(tmp_path, rows, budget, suffix=".jsonl", model=None):
+def _run(tmp_path, rows, budget, suffix=".jsonl", model=None, extra=()):
     from adrisk.cli import main
 
     src = tmp_path / f"in{suffix}"
@@ -42,6 +42,7 @@ def _run(tmp_path, rows, budget, suffix=".jsonl", model=None):
             str(out),
             "--budget",
             str(budget),
+            *extra,
         ]
     )
     return rc, (pd.read_json(out, lines=True) if out.stat().st_size else pd.DataFrame())
@@ -101,6 +102,21 @@ def test_ads_without_text_are_reported_not_queued(tmp_path, tiny_artifact, capsy
     assert "2 ad(s) without text cannot be judged and were not queued (rows 1, 2)" in out
 
 
+def test_ads_already_labelled_are_not_queued_again(tmp_path, tiny_artifact, capsys):
+    done = tmp_path / "labelled.csv"  # an earlier round's filled-in queue
+    pd.DataFrame({"text": [DISTINCT[0].upper(), None], "labels": ["[]", "[]"]}).to_csv(done, index=False)
+    rc, q = _run(tmp_path, DISTINCT, budget=50, model=tiny_artifact, extra=["--labelled", str(done)])
+    assert rc == 0 and sorted(q["row"]) == list(range(1, len(DISTINCT)))  # row 0: same text, labelled
+    assert q["reason"].str.contains("least sure of").all()
+    assert (
+        "1 ad(s) share a template cluster with one of the 1 ads already labelled" in capsys.readouterr().out
+    )
+    rc, _ = _run(
+        tmp_path, DISTINCT, budget=5, model=tiny_artifact, extra=["--labelled", str(tmp_path / "no.csv")]
+    )
+    assert rc == 1 and "labelled file not found" in capsys.readouterr().err
+
+
 def test_bad_budget_and_same_output_are_one_line_errors(tmp_path, tiny_artifact, capsys):
     from adrisk.cli import main
 
@@ -151,6 +167,15 @@ def test_badge_prefers_uncertain_then_distant_rows():
     assert picks[1][0] in (2, 3)  # row 1 is certain: its gradient embedding is near zero
     clustered = badge_select(g, np.array([0, 0, 0, 1]), budget=4, seed=0)
     assert [r for r, _ in clustered] == [0, 3]  # one per cluster, however large the budget
+
+
+def test_badge_goes_on_from_labelled_centres_and_start_picks():
+    g = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.0, 0.0]])
+    # a labelled ad at row 0's embedding: rows 0 and 1 are near it, row 2 is the farthest
+    picks = badge_select(g, np.arange(4), budget=1, seed=0, labelled=np.array([[1.0, 0.0]]))
+    assert picks[0][0] in (2, 3) and np.isfinite(picks[0][1])
+    started = badge_select(g, np.arange(4), budget=3, seed=0, start=[3])
+    assert started[0] == (3, float("inf")) and len({r for r, _ in started}) == 3
 
 
 def test_identical_texts_share_a_cluster():

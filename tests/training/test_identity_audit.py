@@ -20,7 +20,7 @@ from training.identity_audit import (
     subgroup_metrics,
     template_metrics,
 )
-from training.identity_terms import GROUPS, NEUTRAL_FILLERS, TERMS, mentions, mitigation_terms
+from training.identity_terms import GROUPS, NEUTRAL_FILLERS, TERMS, TERMS_VERSION, mentions, mitigation_terms
 
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 THRESHOLDS = (0.79, 0.5, 0.5)
@@ -52,7 +52,7 @@ def test_audit_flags_a_model_that_keys_on_one_identity_term():
     assert res.metrics["term.korean.flag_rate"] == 1.0 and res.metrics["filler.flag_rate"] == 0.0
     assert res.metrics["term.korean.adult_services.shift"] == pytest.approx(0.6)
     assert res.metrics["term.asian.gap"] == pytest.approx(0.0)
-    assert res.metrics["max_gap"] == pytest.approx(0.6)
+    assert res.metrics["gap.max"] == pytest.approx(0.6)
     assert "korean" in res.notes[0] and " !" in next(
         r for r in res.table.splitlines() if r.startswith("Korean")
     )
@@ -63,9 +63,9 @@ def test_audit_passes_a_model_that_ignores_identity_terms():
         LABELS, THRESHOLDS, keyed_on("massage", base=0.2, lift=0.7), templates_per_category=3
     )
     assert res.failing == [] and res.passed and res.metrics["passed"] == 1.0
-    assert res.metrics["max_gap"] == pytest.approx(0.0)
+    assert res.metrics["gap.max"] == pytest.approx(0.0)
     assert res.metrics["filler.flag_rate"] > 0  # the offer is flagged, for every word alike
-    assert res.metrics["max_flag_excess"] == pytest.approx(0.0)
+    assert res.metrics["flag_rate_excess.max"] == pytest.approx(0.0)
 
 
 def test_a_small_lift_that_crosses_the_threshold_fails_on_flag_excess_not_on_gap():
@@ -164,3 +164,65 @@ def test_audit_with_rows_adds_subgroups_and_a_table_section():
     res = run_identity_audit(LABELS, THRESHOLDS, keyed_on(None), texts, y, p, templates_per_category=1)
     assert "identity.subgroup.korean.adult_services.bpsn_auc" in res.prefixed()
     assert "Borkan" in res.table and all(math.isfinite(v) for v in res.metrics.values())
+
+
+def test_every_train_run_logs_the_identity_audit(trained_tiny_model):
+    import json
+
+    import mlflow
+
+    m = trained_tiny_model
+    mlflow.set_tracking_uri(m.tracking_uri)
+    run = mlflow.get_run(m.run_id)
+    for key in (
+        "gap.mean",
+        "gap.max",
+        "flag_rate_excess.max",
+        "held_out.gap.max",
+        "term.asian.gap",
+        "passed",
+        "seconds",
+    ):
+        assert f"identity.{key}" in run.data.metrics, key
+    assert run.data.tags["adrisk.identity.terms_version"] == TERMS_VERSION
+    client = mlflow.MlflowClient()
+    assert {"identity_audit.json", "identity_audit_table.txt"} <= {
+        a.path for a in client.list_artifacts(m.run_id)
+    }
+    with open(client.download_artifacts(m.run_id, "identity_audit.json")) as f:
+        report = json.load(f)
+    assert report["terms_version"] == TERMS_VERSION and "identity.gap.max" in report["metrics"]
+    per_label = "identity.term.asian.adult_services.gap"  # in the JSON and the table, not in MLflow's metrics
+    assert per_label in report["metrics"] and per_label not in run.data.metrics
+    assert json.loads((m.artifact_dir / "adrisk.json").read_text())["identity_mask"] is None  # not masked
+
+
+def test_evaluate_prints_and_reports_the_identity_audit(tmp_path, tiny_artifact, capsys):
+    import json
+
+    from adrisk.cli import main
+    from tests.conftest import TINY_CONFIG
+
+    rows = [{"text": f"Korean spa {i}", "labels": ["adult_services"] if i % 2 else []} for i in range(12)]
+    data, rep = tmp_path / "d.jsonl", tmp_path / "r.json"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_artifact),
+                "--data",
+                str(data),
+                "--report",
+                str(rep),
+                "--config",
+                str(TINY_CONFIG),
+            ]
+        )
+        == 0
+    )
+    assert f"identity audit ({TERMS_VERSION}" in capsys.readouterr().out
+    report = json.loads(rep.read_text())
+    assert report["identity_audit"]["terms_version"] == TERMS_VERSION
+    assert "identity.gap.max" in report["metrics"] and "identity.subgroup.korean.n" in report["metrics"]
