@@ -570,6 +570,7 @@ def _link_only_resume(args) -> bool:
 
 def _link(args) -> None:
     from batch.link import link_output
+    from batch.tables import ScoreError
     from signals.linking import LinkConfig, LinkError, summary
 
     key = os.environ.get("ADRISK_CONTACT_HASH_KEY") if args.hash_contacts else None
@@ -584,9 +585,18 @@ def _link(args) -> None:
         hash_key=key,
         workers=args.link_workers,
     )
+    linker = None
+    if getattr(args, "engine", "local") == "spark":
+        from functools import partial
+
+        from batch.spark_link import link_chunks_spark
+
+        linker = partial(link_chunks_spark, master=args.master)
     try:
-        result, clusters, report = link_output(args.output, cfg)
+        result, clusters, report = link_output(args.output, cfg, linker=linker)
     except LinkError as e:
+        raise CLIError(str(e)) from None
+    except ScoreError as e:  # pyspark or Java missing
         raise CLIError(str(e)) from None
     print(f"{summary(result)}\nwrote {clusters} and {report}", file=sys.stderr)
 
@@ -1029,8 +1039,8 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
         "--engine",
         choices=("local", "spark"),
         default="local",
-        help="local: this process (default); spark: the texts are scored by Spark tasks, same output "
-        '(needs pip install "adrisk[spark]" and Java 17; docs/spark.md)',
+        help="local: this process (default); spark: the texts are scored by Spark tasks (with --link, "
+        'linked on Spark too), same output (needs pip install "adrisk[spark]" and Java 17; docs/spark.md)',
     )
     p.add_argument(
         "--master",
@@ -1078,6 +1088,19 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
     p.add_argument("output", help="a file written by adrisk score (.csv, .jsonl, .parquet)")
     p.add_argument("--text-column", default="text", help="column holding the ad text (default: text)")
     _add_link_args(p, prefix="")
+    p.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local: this machine's processes (default); spark: contacts, signatures, components and "
+        "cluster risk on Spark, same output (docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--master",
+        default=None,
+        help="with --engine spark: the Spark master for a new session (default: the active session, "
+        "else local[*])",
+    )
     p.set_defaults(func=_link_verb)
 
     p = sub.add_parser(

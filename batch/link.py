@@ -3,6 +3,7 @@ and HTML report beside it. The linking itself is ``signals.linking``; this modul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,12 @@ def _side_paths(output: Path) -> tuple[Path, Path]:
 
 
 def link_output(
-    output: str | Path, config: LinkConfig | None = None, *, chunk_size: int = 50_000, top: int = 50
+    output: str | Path,
+    config: LinkConfig | None = None,
+    *,
+    chunk_size: int = 50_000,
+    top: int = 50,
+    linker: Callable[..., LinkResult] | None = None,
 ) -> tuple[LinkResult, Path, Path]:
     """The ``adrisk score --link`` pass over a finished scoring output (CSV / JSONL / Parquet).
 
@@ -29,7 +35,8 @@ def link_output(
     linked), writes the cluster table ``<stem>.clusters<ext>`` (same format) and the HTML report
     ``<output>.report.html``. Link columns already present (a re-run after a kill) are recomputed,
     so running it again is safe and gives the same ids. Scores for cluster risk are the output's own
-    ``score_<label>`` / ``flagged`` columns.
+    ``score_<label>`` / ``flagged`` columns. ``linker``: the pass itself, ``link_chunks`` (default) or
+    one with the same signature and result (``batch.spark_link.link_chunks_spark``).
 
     Returns:
         (result, cluster table path, report path).
@@ -50,7 +57,7 @@ def link_output(
             yield df.drop(columns=[c for c in LINK_COLUMNS if c in df.columns])
 
     try:
-        result = link_chunks(chunks, config)
+        result = (linker or link_chunks)(chunks, config)
         tmp = output.with_name(f".{output.name}.link.tmp")
         tmp.unlink(missing_ok=True)
         writer, row = None, 0
