@@ -409,16 +409,7 @@ def link_chunks_spark(
             .mapInPandas(_ads_fn(cfg, linker.bands, linker.rows, linker._band_mult), schema=_ADS_SCHEMA)
             .localCheckpoint(eager=False)  # materialised by the first action below, then reused
         )
-        totals = ads.agg(
-            F.sum(F.col("no_text").cast("long")).alias("no_text"),
-            F.sum(F.col("over_cap").cast("long")).alias("over_cap"),
-            F.sum("n_contacts").alias("contacts"),
-            F.sum((~F.col("no_text") & F.col("sig").isNull()).cast("long")).alias("too_short"),
-        ).first()
-        stats["ads_without_text"] = int(totals["no_text"] or 0)
-        stats["ads_over_contact_cap"] = int(totals["over_cap"] or 0)
-        stats["contacts"] = int(totals["contacts"] or 0)
-        stats["ads_too_short_for_templates"] = int(totals["too_short"] or 0)
+        stats |= _per_ad_stats(ads)
         phase("per_ad")
 
         # -- persona graph: (row, key) pairs, the hub cap, each usable key joining its ads to its first
@@ -445,29 +436,7 @@ def link_chunks_spark(
         first = use.groupBy("key").agg(F.min("row").alias("first"))
         p_edges = use.join(first, "key").select(F.col("first").alias("src"), F.col("row").alias("dst"))
 
-        # -- template graph: ads sharing a band key with the bucket's first ad, verified by their signatures
-        signed = ads.where(F.col("sig").isNotNull()).select("row", "sig", "bands")
-        buckets = signed.select("row", F.posexplode("bands").alias("b", "bk"))
-        heads = buckets.groupBy("b", "bk").agg(F.min("row").alias("first"))
-        cand = (
-            buckets.join(heads, ["b", "bk"])
-            .where(F.col("row") != F.col("first"))
-            .select(F.col("first").alias("src"), F.col("row").alias("dst"))
-            .distinct()
-        )
-        sig_a = signed.select(F.col("row").alias("src"), F.col("sig").alias("sa"))
-        sig_b = signed.select(F.col("row").alias("dst"), F.col("sig").alias("sb"))
-        equal = F.aggregate(
-            F.zip_with("sa", "sb", lambda x, y: F.when(x == y, 1).otherwise(0)),
-            F.lit(0),
-            lambda acc, x: acc + x,
-        )
-        verified = (
-            cand.join(sig_a, "src")
-            .join(sig_b, "dst")
-            .where(equal / F.lit(float(cfg.num_perm)) >= F.lit(float(cfg.similarity)))
-            .select("src", "dst")
-        )
+        verified = _template_edges(ads, cfg)
         phase("graphs")
 
         # -- both graphs' components in one run: template nodes are rows + n (disjoint from personas')
@@ -487,20 +456,7 @@ def link_chunks_spark(
 
         # -- persona components above the bound: the local size-constrained single linkage, one per task
         p_sizes = np.bincount(persona, minlength=n) if n else np.zeros(0, np.int64)
-        big_rows = np.flatnonzero(p_sizes[persona] > cfg.max_persona)
-        splits: list[dict] = []
-        if len(big_rows):
-            big = session.createDataFrame(
-                pd.DataFrame({"row": big_rows, "label": persona[big_rows]}), schema="row long, label long"
-            )
-            sp = (
-                use.join(big, "row")
-                .groupBy("label")
-                .applyInPandas(_split_fn(cfg.max_persona), schema="row long, persona long, split string")
-                .toPandas()
-            )
-            persona[sp["row"].to_numpy(dtype=np.int64)] = sp["persona"].to_numpy(dtype=np.int64)
-            splits = [json.loads(x) for x in sp["split"].dropna()]
+        splits = _bound_personas(session, use, persona, p_sizes, cfg.max_persona)
         stats["max_persona"] = cfg.max_persona
         stats["personas_split"] = len(splits)
         stats["persona_split_ads"] = int(sum(x["ads"] for x in splits))
@@ -514,13 +470,7 @@ def link_chunks_spark(
         contacts = contacts_pdf["contacts"].tolist()
         if len(contacts) != n:
             raise LinkError(f"spark returned {len(contacts)} linked rows for {n}")
-        members = []
-        for kind, labels in (("persona", persona), ("template", template)):
-            rows = (
-                np.flatnonzero(np.bincount(labels, minlength=n)[labels] >= 2) if n else np.zeros(0, np.int64)
-            )
-            members.append(pd.DataFrame({"kind": kind, "row": rows.astype(np.int64), "c": labels[rows]}))
-        member_pdf = pd.concat(members, ignore_index=True)
+        member_pdf = _members(persona, template)
         clusters = pd.DataFrame(columns=list(_cols()))
         if len(member_pdf):
             lab = session.createDataFrame(member_pdf, schema="kind string, row long, c long")
@@ -529,39 +479,9 @@ def link_chunks_spark(
         phase("cluster_risk")
         tpl: dict[int, tuple[str, str]] = {}
         if len(clusters) and (clusters["kind"] == "template").any():
-            from pyspark.sql import Window
-
-            w = Window.partitionBy("c").orderBy("row")
-            sample = (
-                lab.where(F.col("kind") == "template")
-                .join(staged.select("row", "text"), "row")
-                .where(F.col("text").isNotNull())
-                .withColumn("i", F.row_number().over(w))
-                .where(F.col("i") <= cfg.template_sample + 1)
-                .select("c", "row", "text")
-                .mapInPandas(_masked_fn(cfg), schema="c long, row long, masked string")
-                .groupBy("c")
-                .applyInPandas(_template_fn, schema="c long, template string, segments string")
-                .toPandas()
-            )
-            tpl = {
-                int(c): (t, s)
-                for c, t, s in zip(sample["c"], sample["template"], sample["segments"], strict=True)
-            }
-        if len(clusters):  # both columns whenever there are clusters, as the local pass writes them
-            clusters["template"] = [
-                tpl.get(c, (None, None))[0] if k == "template" else None
-                for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
-            ]
-            clusters["template_segments"] = [
-                tpl[c][1] if k == "template" and c in tpl else None
-                for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
-            ]
+            tpl = _template_texts(lab, staged, cfg)
+        clusters = _ranked_clusters(clusters, tpl)
         phase("template_text")
-        clusters = clusters.sort_values(
-            ["priority", "size", "cluster_id"], ascending=[False, False, True], kind="stable"
-        ).reset_index(drop=True)
-        clusters.insert(0, "rank", np.arange(1, len(clusters) + 1))
         stats["personas_multi"] = int((clusters["kind"] == "persona").sum()) if len(clusters) else 0
         stats["templates_multi"] = int((clusters["kind"] == "template").sum()) if len(clusters) else 0
     finally:
@@ -580,6 +500,131 @@ def link_chunks_spark(
         stats["hub_contacts_cut"],
     )
     return result
+
+
+def _members(persona: np.ndarray, template: np.ndarray) -> pd.DataFrame:
+    """``(kind, row, c)`` for every ad in a persona or template cluster of two or more ads."""
+    n = len(persona)
+    members = []
+    for kind, labels in (("persona", persona), ("template", template)):
+        rows = np.flatnonzero(np.bincount(labels, minlength=n)[labels] >= 2) if n else np.zeros(0, np.int64)
+        members.append(pd.DataFrame({"kind": kind, "row": rows.astype(np.int64), "c": labels[rows]}))
+    return pd.concat(members, ignore_index=True)
+
+
+def _per_ad_stats(ads) -> dict[str, int]:
+    """The per-ad counts the local pass reports: ads without text, over the contact cap, contacts,
+    and ads too short for a template signature."""
+    from pyspark.sql import functions as F
+
+    totals = ads.agg(
+        F.sum(F.col("no_text").cast("long")).alias("no_text"),
+        F.sum(F.col("over_cap").cast("long")).alias("over_cap"),
+        F.sum("n_contacts").alias("contacts"),
+        F.sum((~F.col("no_text") & F.col("sig").isNull()).cast("long")).alias("too_short"),
+    ).first()
+    return {
+        "ads_without_text": int(totals["no_text"] or 0),
+        "ads_over_contact_cap": int(totals["over_cap"] or 0),
+        "contacts": int(totals["contacts"] or 0),
+        "ads_too_short_for_templates": int(totals["too_short"] or 0),
+    }
+
+
+def _ranked_clusters(clusters: pd.DataFrame, tpl: dict[int, tuple[str, str]]) -> pd.DataFrame:
+    """The cluster table as the local pass writes it: template text columns whenever there are
+    clusters, ranked by priority, size, then id (``rank`` from 1)."""
+    if len(clusters):
+        clusters["template"] = [
+            tpl.get(c, (None, None))[0] if k == "template" else None
+            for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
+        ]
+        clusters["template_segments"] = [
+            tpl[c][1] if k == "template" and c in tpl else None
+            for k, c in zip(clusters["kind"], clusters["cluster_id"], strict=True)
+        ]
+    clusters = clusters.sort_values(
+        ["priority", "size", "cluster_id"], ascending=[False, False, True], kind="stable"
+    ).reset_index(drop=True)
+    clusters.insert(0, "rank", np.arange(1, len(clusters) + 1))
+    return clusters
+
+
+def _template_edges(ads, cfg):
+    """Template graph edges ``(src, dst)``: ads sharing an LSH band key with the bucket's first ad,
+    kept where their MinHash signatures agree on at least ``cfg.similarity`` of the permutations
+    (the local linker's verification rule)."""
+    from pyspark.sql import functions as F
+
+    signed = ads.where(F.col("sig").isNotNull()).select("row", "sig", "bands")
+    buckets = signed.select("row", F.posexplode("bands").alias("b", "bk"))
+    heads = buckets.groupBy("b", "bk").agg(F.min("row").alias("first"))
+    cand = (
+        buckets.join(heads, ["b", "bk"])
+        .where(F.col("row") != F.col("first"))
+        .select(F.col("first").alias("src"), F.col("row").alias("dst"))
+        .distinct()
+    )
+    sig_a = signed.select(F.col("row").alias("src"), F.col("sig").alias("sa"))
+    sig_b = signed.select(F.col("row").alias("dst"), F.col("sig").alias("sb"))
+    equal = F.aggregate(
+        F.zip_with("sa", "sb", lambda x, y: F.when(x == y, 1).otherwise(0)),
+        F.lit(0),
+        lambda acc, x: acc + x,
+    )
+    return (
+        cand.join(sig_a, "src")
+        .join(sig_b, "dst")
+        .where(equal / F.lit(float(cfg.num_perm)) >= F.lit(float(cfg.similarity)))
+        .select("src", "dst")
+    )
+
+
+def _bound_personas(session, use, persona: np.ndarray, p_sizes: np.ndarray, max_persona: int) -> list[dict]:
+    """Split every persona component above ``max_persona`` ads with the local size-constrained single
+    linkage, one component per task; ``persona`` (row -> persona id) is updated in place.
+
+    Returns:
+        One record per split component (its ads, parts and component id), as the local pass reports.
+    """
+    big_rows = np.flatnonzero(p_sizes[persona] > max_persona)
+    if not len(big_rows):
+        return []
+    big = session.createDataFrame(
+        pd.DataFrame({"row": big_rows, "label": persona[big_rows]}), schema="row long, label long"
+    )
+    sp = (
+        use.join(big, "row")
+        .groupBy("label")
+        .applyInPandas(_split_fn(max_persona), schema="row long, persona long, split string")
+        .toPandas()
+    )
+    persona[sp["row"].to_numpy(dtype=np.int64)] = sp["persona"].to_numpy(dtype=np.int64)
+    return [json.loads(x) for x in sp["split"].dropna()]
+
+
+def _template_texts(lab, staged, cfg) -> dict[int, tuple[str, str]]:
+    """``{template cluster id: (template, segments JSON)}`` from up to ``cfg.template_sample + 1``
+    member texts per cluster (first rows first), masked and aligned as the local pass does."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("c").orderBy("row")
+    sample = (
+        lab.where(F.col("kind") == "template")
+        .join(staged.select("row", "text"), "row")
+        .where(F.col("text").isNotNull())
+        .withColumn("i", F.row_number().over(w))
+        .where(F.col("i") <= cfg.template_sample + 1)
+        .select("c", "row", "text")
+        .mapInPandas(_masked_fn(cfg), schema="c long, row long, masked string")
+        .groupBy("c")
+        .applyInPandas(_template_fn, schema="c long, template string, segments string")
+        .toPandas()
+    )
+    return {
+        int(c): (t, s) for c, t, s in zip(sample["c"], sample["template"], sample["segments"], strict=True)
+    }
 
 
 def _cols() -> tuple[str, ...]:
