@@ -398,6 +398,64 @@ def _plots_and_tables(
     return table
 
 
+def _evaluate_all(
+    cfg: Config, bundle: DataBundle, raw: DataBundle, cal, score, extra_sets, result: FitResult
+):
+    """The evaluation phase of ``run_training``: ``(shortcut audit, identity audit, metrics)``.
+
+    Metrics: validation and test at the calibrated thresholds, the temperatures and thresholds, the
+    fine-tune's best epoch / steps / bf16, the shortcut audit (``audit.*``), the identity-term audit
+    on the raw test split (``identity.*``) and the extra evaluation sets (``eval.<name>.*``);
+    ``score`` maps texts to (n, L) calibrated probabilities as the artifact will serve them.
+    """
+    labels = cfg.label_schema.labels
+    metrics: dict[str, float] = {}
+    for split in (bundle.validation, bundle.test):
+        metrics |= _evaluate(cal.probs[split.name], split, labels, cal.thresholds)
+    metrics |= {f"calibration.{n}.temperature": t for n, t in zip(labels, cal.temperatures, strict=True)}
+    metrics |= {f"threshold.{n}": t for n, t in zip(labels, cal.thresholds, strict=True)}
+    metrics |= {
+        "train.best_epoch": result.best_epoch,
+        "train.steps": result.global_step,
+        "train.bf16_autocast": float(result.bf16),  # what train.bf16 (auto by default) resolved to here
+    }
+    audit, audit_metrics = _audit(cfg, bundle, cal, score)
+    identity, identity_metrics = _identity_audit(cfg, raw.test, cal, score)
+    metrics |= audit_metrics | identity_metrics
+    for es in extra_sets:
+        metrics |= evaluate_eval_set(es, score(es.split.texts), labels, cal.thresholds)
+    return audit, identity, metrics
+
+
+def _prepare_data(cfg: Config, bundle: DataBundle | None, exclude_texts: list[str] | None):
+    """The data phase of ``run_training``: ``(raw, bundle, id_mask, rows, extra_sets, adaptation)``.
+
+    ``raw`` is the bundle as loaded (the identity audit's subgroups and the logged datasets read
+    it), ``bundle`` the splits the model is fitted on after the identity mitigation
+    (``training/counterfactual.py``; ``id_mask`` the mask the artifact records, or None), ``rows``
+    the training rows with their style views, ``extra_sets`` the evaluation sets and ``adaptation``
+    a new site's unlabelled ads (``training/adapt.py``) or None. Bad files fail here, before any
+    training.
+    """
+    schema = cfg.label_schema
+    if bundle is None:
+        bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
+    extra_sets = [load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()]
+    adaptation = None
+    if cfg.adapt.active:
+        from training.adapt import Adaptation
+
+        adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
+    raw = bundle
+    bundle, id_mask = prepare_bundle(cfg, raw)
+    gen = cfg.generalisation
+    rows: TrainingRows = training_rows(
+        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
+    )
+    bundle.report["training_rows"] = rows.report
+    return raw, bundle, id_mask, rows, extra_sets, adaptation
+
+
 def run_training(
     cfg: Config,
     resume: bool = False,
@@ -422,26 +480,9 @@ def run_training(
     dist = distributed.setup()
     out_dir, tracking_uri, resume = _start(cfg, resume, dist)
     schema = cfg.label_schema
-    labels = schema.labels
 
     # --- data: splits, extra evaluation sets (bad files fail now), training rows with views ---
-    if bundle is None:
-        bundle = load_data(cfg.data, schema, cfg.seed, exclude_texts=exclude_texts)
-    extra_sets = [load_eval_set(n, e, schema, bundle.test) for n, e in cfg.eval_sets.items()]
-    adaptation = None
-    if cfg.adapt.active:  # a new site's unlabelled ads (training/adapt.py); bad files fail now
-        from training.adapt import Adaptation
-
-        adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
-    # identity mitigations (training/counterfactual.py): the splits the model is fitted on; the raw
-    # test split stays for the identity audit's subgroups and the logged datasets
-    raw = bundle
-    bundle, id_mask = prepare_bundle(cfg, raw)
-    gen = cfg.generalisation
-    rows: TrainingRows = training_rows(
-        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
-    )
-    bundle.report["training_rows"] = rows.report
+    raw, bundle, id_mask, rows, extra_sets, adaptation = _prepare_data(cfg, bundle, exclude_texts)
 
     # --- base model and tokenizer; every split tokenised once ---------------------------------
     base = resolve_base_model(cfg.base_model)
@@ -528,28 +569,14 @@ def run_training(
         metrics |= cal.metrics  # blend.* decisions
 
         # --- evaluation: validation and test, the shortcut audit, extra evaluation sets -----------
-        for split in (bundle.validation, bundle.test):
-            metrics |= _evaluate(cal.probs[split.name], split, labels, cal.thresholds)
-        metrics |= {f"calibration.{n}.temperature": t for n, t in zip(labels, cal.temperatures, strict=True)}
-        metrics |= {f"threshold.{n}": t for n, t in zip(labels, cal.thresholds, strict=True)}
-        metrics |= {
-            "train.best_epoch": result.best_epoch,
-            "train.steps": result.global_step,
-            "train.bf16_autocast": float(result.bf16),  # what train.bf16 (auto by default) resolved to here
-        }
-
         def score(texts: list[str]) -> np.ndarray:
             z = logits_of(texts)
             if cal.blend is not None:  # the blend's TF-IDF features see the texts as the encoder does
                 z = cal.blend.blend(z, id_mask.apply(texts) if id_mask is not None else texts)
             return calibrated_probabilities(z, cal.temperatures, schema.problem_type)
 
-        audit, audit_metrics = _audit(cfg, bundle, cal, score)
-        metrics |= audit_metrics
-        identity, identity_metrics = _identity_audit(cfg, raw.test, cal, score)
-        metrics |= identity_metrics
-        for es in extra_sets:  # extra evaluation sets: eval.<name>.*
-            metrics |= evaluate_eval_set(es, score(es.split.texts), labels, cal.thresholds)
+        audit, identity, eval_metrics = _evaluate_all(cfg, bundle, raw, cal, score, extra_sets, result)
+        metrics |= eval_metrics
         mlflow.log_metrics(metrics)
         if audit is not None:
             mlflow.set_tag("adrisk.audit.source_confounded", ",".join(audit.confounded) or "none")
