@@ -26,12 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.serve_load import wait_until_ready  # noqa: E402
+
 HOST = "127.0.0.1"
 CONTACT_KEY = "bench contact key"
 AUDIT_KEY = "bench audit key"
@@ -108,18 +109,7 @@ def start(model: str, policy: Path, db: str | None, threads: int, log: Path) -> 
     }
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"server not ready after 180 s; see {log}")
+    return proc, wait_until_ready(proc, base, log)
 
 
 class Connection:

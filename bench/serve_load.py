@@ -76,6 +76,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 180) -> str:
+    """``base`` once ``GET {base}/readyz`` answers 200; SystemExit naming ``log`` if the server
+    exits first or is not ready within ``timeout_s`` seconds (it is then killed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"server not ready after {timeout_s:.0f} s; see {log}")
+
+
 def _start(
     model: str, max_batch: int, max_wait_ms: float, threads: int, log: Path
 ) -> tuple[subprocess.Popen, str]:
@@ -101,18 +118,7 @@ def _start(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"server not ready after 180 s; see {log}")
+    return proc, wait_until_ready(proc, base, log)
 
 
 class _RawConnection:
