@@ -385,6 +385,38 @@ class _WorkerPool:
         self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
 
 
+def _resume_from(
+    manifest_path: Path, identity: dict, by_position: bool, summary: ScoreSummary
+) -> tuple[int, ReadPosition | None]:
+    """``(chunks done, input position after them)`` from a work directory's manifest, with its
+    totals restored into ``summary``.
+
+    Raises:
+        ScoreError: the input, model or settings changed since the run started, or a JSON Lines run
+            recorded no input position.
+    """
+    work = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    changed = [k for k, v in identity.items() if manifest.get("identity", {}).get(k) != v]
+    if changed:
+        raise ScoreError(
+            f"cannot resume {work}: {', '.join(changed)} changed since it started; delete it to start over"
+        )
+    done = int(manifest["chunks_done"])
+    start = None
+    if by_position and done:
+        if "input_position" not in manifest:
+            raise ScoreError(f"cannot resume {work}: it records no input position; delete it to start over")
+        start = ReadPosition(**manifest["input_position"])
+    saved = manifest["summary"]
+    summary.rows, summary.missing, summary.flagged = saved["rows"], saved["missing"], saved["flagged"]
+    summary.bad_rows = saved.get("bad_rows", 0)
+    summary.flagged_per_label.update(saved["flagged_per_label"])
+    summary.seconds = saved["seconds"]
+    logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
+    return done, start
+
+
 def _score_chunks(
     src: Path,
     dst: Path,
@@ -426,29 +458,9 @@ def _score_chunks(
 
     manifest_path = work / MANIFEST
     summary = ScoreSummary(flagged_per_label=dict.fromkeys(labels, 0), model_version=version, output=str(dst))
-    done = 0
-    start: ReadPosition | None = None
+    done, start = 0, None
     if resume and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        changed = [k for k, v in identity.items() if manifest.get("identity", {}).get(k) != v]
-        if changed:
-            raise ScoreError(
-                f"cannot resume {work}: {', '.join(changed)} changed since it started; "
-                "delete it to start over"
-            )
-        done = int(manifest["chunks_done"])
-        if by_position and done:
-            if "input_position" not in manifest:
-                raise ScoreError(
-                    f"cannot resume {work}: it records no input position; delete it to start over"
-                )
-            start = ReadPosition(**manifest["input_position"])
-        saved = manifest["summary"]
-        summary.rows, summary.missing, summary.flagged = saved["rows"], saved["missing"], saved["flagged"]
-        summary.bad_rows = saved.get("bad_rows", 0)
-        summary.flagged_per_label.update(saved["flagged_per_label"])
-        summary.seconds = saved["seconds"]
-        logger.info("resuming %s after %d chunks (%d rows)", work, done, summary.rows)
+        done, start = _resume_from(manifest_path, identity, by_position, summary)
     work.mkdir(parents=True, exist_ok=True)
     for stale in dst.parent.glob(
         f".{glob.escape(dst.name)}.tmp-*"
