@@ -1,8 +1,13 @@
 """The monitor's shift suite: does ``adrisk monitor`` fire on injected shifts, stay quiet on unshifted
 traffic, and estimate precision / recall without labels?
 
-Reference: the validation split (what the model was calibrated on). Windows of ``--window`` ads drawn
-from the test split (labelled, so every label-free estimate is checked against the realised figure):
+Reference: the validation split (what the model was calibrated on). Windows of ``--window-size`` ads
+drawn from the test split (labelled, so every label-free estimate is checked against the realised
+figure), without replacement up to the split's size (3,285 ads) and with replacement (a seeded
+bootstrap of the split) above it or with ``--bootstrap``: a 10,000-ad window, the production size
+``bench/monitor_cost.py`` uses, holds each test ad about three times over, so its realised figures
+vary around the test split's own as a fresh 10,000-ad sample of the same traffic would (the drift
+tests keep the copies of one ad in one group: they are never split between folds or permutations).
 
 * no shift: ``--no-shift`` random draws;
 * prevalence: each label's positives re-weighted to x1.5 / x3 and x0.6 / x0.3 of the test prevalence
@@ -21,6 +26,7 @@ precision and recall taken to hold). Prints one row per window and the summary; 
 every number.
 
     .venv/bin/python bench/shift_suite.py --model models:/risky-ads@champion
+    .venv/bin/python bench/shift_suite.py --model models:/risky-ads@champion --window-size 10000
 """
 
 from __future__ import annotations
@@ -106,21 +112,32 @@ def transformed(w: Window, texts: list[str]) -> Window:
     return Window(ids=w.ids, texts=texts, probs=w.probs, labels=w.labels, sources=w.sources)
 
 
-def prevalence_draw(y: np.ndarray, share: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Row indices: round(share * n) positives of ``y`` (n,) 0/1, the rest negatives (capped at what
-    exists)."""
+def draw(pool: np.ndarray | int, k: int, rng: np.random.Generator, replace: bool) -> np.ndarray:
+    """``k`` row indices from ``pool`` (indices, or ``range(pool)``): with replacement when ``replace``,
+    else without (``k`` capped at the pool's size)."""
+    pool = np.arange(pool) if isinstance(pool, int) else np.asarray(pool)
+    return rng.choice(pool, k if replace else min(k, len(pool)), replace=replace)
+
+
+def prevalence_draw(
+    y: np.ndarray, share: float, n: int, rng: np.random.Generator, replace: bool = False
+) -> np.ndarray:
+    """Row indices: round(share * n) positives of ``y`` (n,) 0/1, the rest negatives (without
+    replacement: capped at what exists)."""
     pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y <= 0.5)
-    k = min(len(pos), max(0, round(share * n)))
-    return np.r_[rng.choice(pos, k, replace=False), rng.choice(neg, min(len(neg), n - k), replace=False)]
+    k = max(0, round(share * n)) if replace else min(len(pos), max(0, round(share * n)))
+    return np.r_[draw(pos, k, rng, replace), draw(neg, n - k, rng, replace)]
 
 
 def source_draw(
-    sources: list[str], source: str, share: float, n: int, rng: np.random.Generator
+    sources: list[str], source: str, share: float, n: int, rng: np.random.Generator, replace: bool = False
 ) -> np.ndarray:
+    """Row indices: round(share * n) rows of ``source`` (without replacement: capped at what exists),
+    the rest from the other sources."""
     s = np.asarray(sources)
     inside, outside = np.flatnonzero(s == source), np.flatnonzero(s != source)
-    k = min(len(inside), round(share * n))
-    return np.r_[rng.choice(inside, k, replace=False), rng.choice(outside, n - k, replace=False)]
+    k = round(share * n) if replace else min(len(inside), round(share * n))
+    return np.r_[draw(inside, k, rng, replace), draw(outside, n - k, rng, replace)]
 
 
 def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str, str, Window, Window]]:
@@ -128,16 +145,16 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
     from training.views import apply_view
 
     rng = np.random.default_rng(args.seed)
-    n, labels = args.window, predictor.labels
+    n, labels, rep = args.window, predictor.labels, args.bootstrap
     out = []
     for i in range(args.no_shift):
-        out.append(("no shift", f"draw {i}", ref, test.take(rng.choice(len(test), n, replace=False))))
+        out.append(("no shift", f"draw {i}", ref, test.take(draw(len(test), n, rng, rep))))
     # the whole split: the estimates' bias with the least sampling noise in the realised figures
     out.append(("whole test split", f"{len(test)} ads", ref, test))
     for j, name in enumerate(labels):
         base = float(test.labels[:, j].mean())
         for k in (1.5, 3.0, 0.6, 0.3):
-            idx = prevalence_draw(test.labels[:, j], k * base, n, rng)
+            idx = prevalence_draw(test.labels[:, j], k * base, n, rng, rep)
             out.append((f"prevalence {name}", f"x{k}", ref, test.take(idx)))
 
     def rescore(w: Window, texts: list[str]) -> Window:
@@ -148,13 +165,13 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
     keep = np.flatnonzero(np.asarray(ref.sources) != "emscad_jobs_subset")
     for strength, share in (("5% (natural)", None), ("15%", 0.15)):
         idx = (
-            rng.choice(len(test), n, replace=False)
+            draw(len(test), n, rng, rep)
             if share is None
-            else source_draw(test.sources, "emscad_jobs_subset", share, n, rng)
+            else source_draw(test.sources, "emscad_jobs_subset", share, n, rng, rep)
         )
         out.append(("source the reference lacks (job posts)", strength, ref.take(keep), test.take(idx)))
     for share in (0.25, 0.45):
-        idx = source_draw(test.sources, "uci_sms_spam", share, n, rng)
+        idx = source_draw(test.sources, "uci_sms_spam", share, n, rng, rep)
         out.append(("source over-represented (SMS)", f"{share:.0%}", ref, test.take(idx)))
     styles = {
         "view short": lambda t, r: apply_view("short", [t])[0],
@@ -163,12 +180,12 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
     }
     for kind, fn in styles.items():
         for share in (0.3, 1.0):
-            w = test.take(rng.choice(len(test), n, replace=False))
+            w = test.take(draw(len(test), n, rng, rep))
             hit = rng.random(n) < share
             texts = [fn(t, rng) if h else t for t, h in zip(w.texts, hit, strict=True)]
             out.append((kind, f"{share:.0%} of ads", ref, rescore(w, texts)))
     for rate in (0.05, 0.2):
-        w = test.take(rng.choice(len(test), n, replace=False))
+        w = test.take(draw(len(test), n, rng, rep))
         out.append(
             (
                 "character noise",
@@ -178,7 +195,7 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
             )
         )
     for share in (0.1, 0.4):
-        w = test.take(rng.choice(len(test), n, replace=False))
+        w = test.take(draw(len(test), n, rng, rep))
         hit = np.flatnonzero(rng.random(n) < share)
         texts = list(w.texts)
         for i in hit:
@@ -262,7 +279,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="models:/risky-ads@champion")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "risky-ads-v1"))
-    p.add_argument("--window", type=int, default=1000, help="ads per window (default 1000)")
+    p.add_argument(
+        "--window-size",
+        "--window",
+        dest="window",
+        type=int,
+        default=1000,
+        help="ads per window (default 1000); above the test split's size windows are bootstrap draws",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="draw windows with replacement (implied when --window-size exceeds the test split)",
+    )
     p.add_argument("--no-shift", type=int, default=25, help="unshifted windows (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -296,6 +325,13 @@ def main() -> int:
         file=sys.stderr,
     )
 
+    args.bootstrap = args.bootstrap or args.window > len(test)
+    print(
+        f"shift suite: model {args.model}; reference {len(ref)} validation ads; windows of {args.window} ads "
+        f"drawn from {len(test)} test ads "
+        + ("with replacement (bootstrap)" if args.bootstrap else "without replacement")
+        + f"; seed {args.seed}"
+    )
     settings = MonitorSettings(seed=args.seed)
     ref_perf = {}
     for j, name in enumerate(labels):
