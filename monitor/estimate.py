@@ -1,9 +1,15 @@
 """Label-free estimates of prevalence and of precision / recall at the model's thresholds.
 
 * Calibration on the reference: where the reference has labels, each label's probabilities are
-  recalibrated on it by isotonic regression (scikit-learn), as NannyML's CBPE does, so that the
-  reference's expected confusion matrix equals its realised one; without labels the model's own
-  calibrated probabilities are used as they are.
+  recalibrated on it, as NannyML's CBPE does, so that the reference's expected confusion matrix
+  matches its realised one: by isotonic regression (scikit-learn) where the reference flags enough
+  ads of the label, else by Platt scaling (a logistic regression on the probability's logit; Platt,
+  "Probabilistic Outputs for Support Vector Machines", 1999). Isotonic regression overfits a small
+  calibration set (Niculescu-Mizil & Caruana, "Predicting Good Probabilities With Supervised
+  Learning", ICML 2005): above the threshold its blocks rest on the few flagged reference ads, and
+  when those are all positives it maps every flagged ad to 1, an expected precision of exactly 1.
+  Platt's two parameters are fitted on every reference ad. Without labels the model's own calibrated
+  probabilities are used as they are.
 * Prevalence: the mean calibrated probability, and the EM re-estimation of the priors of Saerens,
   Latinne & Decaestecker, "Adjusting the Outputs of a Classifier to New a Priori Probabilities: A
   Simple Procedure" (Neural Computation, 2002), one label at a time (one-vs-rest), with a bootstrap
@@ -30,29 +36,62 @@ logger = logging.getLogger(__name__)
 
 # A label is recalibrated on the reference only with at least this many positives and negatives there.
 MIN_CALIBRATION_CLASS = 20
+# Isotonic regression only where the reference flags at least this many ads of the label (else Platt).
+MIN_ISOTONIC_FLAGGED = 50
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+class PlattScaling:
+    """A logistic regression of the target on ``logit(p)`` (Platt 1999), unregularised.
+
+    Args:
+        p: (n,) probabilities.
+        y: (n,) 0/1 targets with both classes present.
+    """
+
+    def __init__(self, p: np.ndarray, y: np.ndarray):
+        from sklearn.linear_model import LogisticRegression
+
+        self.model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(p)[:, None], np.asarray(y) > 0.5)
+
+    def predict(self, p: np.ndarray) -> np.ndarray:
+        """(n,) probabilities -> (n,) recalibrated probabilities."""
+        return self.model.predict_proba(_logit(p)[:, None])[:, 1]
 
 
 class ReferenceCalibration:
-    """Per-label isotonic recalibration fitted on labelled reference probabilities (identity for a
-    label without enough labels, or without reference labels).
+    """Per-label recalibration fitted on labelled reference probabilities: isotonic where the
+    reference flags at least ``MIN_ISOTONIC_FLAGGED`` ads of the label at its threshold (or no
+    thresholds are given), else Platt scaling; identity for a label with fewer than
+    ``MIN_CALIBRATION_CLASS`` positives or negatives, or without reference labels.
 
     Args:
         probs: (n, L) reference calibrated probabilities.
         labels: (n, L) 0/1 reference targets, or None.
+        thresholds: (L,) the labels' decision thresholds, or None (isotonic wherever labels suffice).
     """
 
-    def __init__(self, probs: np.ndarray, labels: np.ndarray | None):
+    def __init__(self, probs: np.ndarray, labels: np.ndarray | None, thresholds: np.ndarray | None = None):
         from sklearn.isotonic import IsotonicRegression
 
         self.models: list = []
+        self.methods: list[str | None] = []
         for j in range(probs.shape[1]):
             y = None if labels is None else labels[:, j]
             if y is None or min(y.sum(), len(y) - y.sum()) < MIN_CALIBRATION_CLASS:
                 self.models.append(None)
-                continue
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-            iso.fit(probs[:, j], y)
-            self.models.append(iso)
+                self.methods.append(None)
+            elif thresholds is not None and (probs[:, j] >= thresholds[j]).sum() < MIN_ISOTONIC_FLAGGED:
+                self.models.append(PlattScaling(probs[:, j], y))
+                self.methods.append("platt")
+            else:
+                iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+                self.models.append(iso.fit(probs[:, j], y))
+                self.methods.append("isotonic")
 
     @property
     def fitted(self) -> list[bool]:
@@ -122,6 +161,7 @@ def prevalence(
     *,
     draws: int = 200,
     seed: int = 0,
+    thresholds: np.ndarray | None = None,
 ) -> tuple[dict[str, dict], ReferenceCalibration, np.ndarray]:
     """Label-free prevalence of each label in the current window, against the reference's.
 
@@ -132,13 +172,14 @@ def prevalence(
     Args:
         p_ref, p_cur: (n_ref, L) and (n, L) the model's calibrated probabilities.
         y_ref: (n_ref, L) reference targets, or None.
+        thresholds: (L,) decision thresholds: choose each label's recalibration (``ReferenceCalibration``).
 
     Returns:
-        ({label: {mean_probability, em, em_interval, ratio, ratio_interval}}, the reference
+        ({label: {mean_probability, em, em_interval, ratio, ratio_interval, calibration}}, the reference
         calibration, (L,) reference priors the recalibrated posteriors are calibrated under);
         intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference prior.
     """
-    cal = ReferenceCalibration(p_ref, y_ref)
+    cal = ReferenceCalibration(p_ref, y_ref, thresholds)
     q_ref, q_cur = cal(p_ref), cal(p_cur)
     base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
     rng = np.random.default_rng(seed)
@@ -147,7 +188,7 @@ def prevalence(
     for b in range(draws):
         i_ref = rng.integers(0, len(p_ref), len(p_ref))
         i_cur = rng.integers(0, len(p_cur), len(p_cur))
-        cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref])
+        cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref], thresholds)
         base_b[b] = np.clip(cal_b(p_ref[i_ref]).mean(axis=0), 1e-4, 1 - 1e-4)
         q_b = cal_b(p_cur[i_cur])
         em_b[b] = [em_prior(q_b[:, j], float(base_b[b, j])) for j in range(len(labels))]
@@ -161,6 +202,7 @@ def prevalence(
             "em_interval": [round(float(v), 4) for v in np.quantile(em_b[:, j], [0.025, 0.975])],
             "ratio": round(max(em, 1e-6) / float(base[j]), 4),
             "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
+            "calibration": cal.methods[j],
         }
     return out, cal, base
 

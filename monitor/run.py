@@ -209,6 +209,7 @@ def assess(
             labels,
             draws=settings.bootstrap,
             seed=settings.seed,
+            thresholds=np.asarray(thresholds, dtype=np.float64),
         )
         q_ref, q_cur = cal(reference.probs), cal(current.probs)
         for j, name in enumerate(labels):

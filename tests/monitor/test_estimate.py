@@ -77,6 +77,33 @@ def test_reference_calibration_reproduces_the_reference_realised_precision():
     assert ReferenceCalibration(p[:, None], None).fitted == [False]
 
 
+def _rare(n: int, rng, prior: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posteriors of a rare label (classes 2.5 standard deviations apart) and its 0/1 targets."""
+    y = rng.random(n) < prior
+    s = np.where(y, rng.normal(2.5, 1, n), rng.normal(0, 1, n))
+    lr = np.exp(2.5 * s - 3.125)
+    return prior * lr / (prior * lr + 1 - prior), y.astype(float)
+
+
+def test_few_flagged_reference_ads_get_platt_scaling_not_an_isotonic_precision_of_one():
+    rng = np.random.default_rng(4)
+    p_ref, y_ref = _rare(2000, rng)  # flags 17 ads at 0.9, every one a positive
+    p_cur, y_cur = _rare(50_000, rng)
+    thr = np.array([0.9])
+    assert (p_ref >= 0.9).sum() < 50 and y_ref[p_ref >= 0.9].all()
+    iso = ReferenceCalibration(p_ref[:, None], y_ref[:, None])
+    platt = ReferenceCalibration(p_ref[:, None], y_ref[:, None], thr)
+    assert iso.methods == ["isotonic"] and platt.methods == ["platt"]
+    flagged = p_cur >= 0.9
+    truth = realised(y_cur, flagged)["precision"]
+    assert truth < 0.97
+    assert cbpe(iso(p_cur[:, None])[:, 0], flagged, draws=10)["precision"] > 0.99  # every flagged ad -> 1
+    assert cbpe(platt(p_cur[:, None])[:, 0], flagged, draws=10)["precision"] == pytest.approx(truth, abs=0.02)
+    # a reference that flags enough ads keeps isotonic regression
+    p_big, y_big = _rare(20_000, rng)
+    assert ReferenceCalibration(p_big[:, None], y_big[:, None], thr).methods == ["isotonic"]
+
+
 def test_feedback_is_matched_by_normalised_text(tmp_path):
     path = tmp_path / "fb.jsonl"
     rows = [
