@@ -46,21 +46,31 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 class PlattScaling:
-    """A logistic regression of the target on ``logit(p)`` (Platt 1999), unregularised.
+    """A logistic regression of the target on ``logit(p)`` (Platt 1999): ``sigmoid(a + b logit(p))``,
+    fitted by Newton's method on the log-likelihood (a tiny ridge keeps separable data finite).
 
     Args:
         p: (n,) probabilities.
-        y: (n,) 0/1 targets with both classes present.
+        y: (n,) 0/1 targets.
     """
 
-    def __init__(self, p: np.ndarray, y: np.ndarray):
-        from sklearn.linear_model import LogisticRegression
-
-        self.model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(p)[:, None], np.asarray(y) > 0.5)
+    def __init__(self, p: np.ndarray, y: np.ndarray, iterations: int = 50):
+        x = np.column_stack([np.ones(len(p)), _logit(p)])  # (n, 2)
+        t = (np.asarray(y) > 0.5).astype(np.float64)
+        w = np.zeros(2)
+        for _ in range(iterations):
+            m = 1 / (1 + np.exp(-(x @ w)))
+            grad = x.T @ (t - m) - 1e-6 * w
+            hess = (x * (m * (1 - m))[:, None]).T @ x + 1e-6 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            w = w + step
+            if np.abs(step).max() < 1e-10:
+                break
+        self.coef = w
 
     def predict(self, p: np.ndarray) -> np.ndarray:
         """(n,) probabilities -> (n,) recalibrated probabilities."""
-        return self.model.predict_proba(_logit(p)[:, None])[:, 1]
+        return 1 / (1 + np.exp(-(self.coef[0] + self.coef[1] * _logit(p))))
 
 
 class ReferenceCalibration:
