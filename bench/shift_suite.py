@@ -87,6 +87,9 @@ OTHER_LANGUAGE = [
 ]
 # The stronger strength of each injected shift (all must fire).
 STRONG = {"x3.0", "x0.3", "15%", "45%", "100% of ads", "20% of letters", "40% of ads"}
+# Window kinds (--only): unshifted draws, the whole split, prevalence, sources, style / obfuscation /
+# character noise (re-scored), hand-written other-language rows (re-scored).
+KINDS = ("no-shift", "whole", "prevalence", "source", "style", "language")
 LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "$", "t": "7"})
 
 
@@ -147,17 +150,20 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
     from training.views import apply_view
 
     rng = np.random.default_rng(args.seed)
-    n, labels, rep = args.window, predictor.labels, args.bootstrap
+    n, labels, rep, only = args.window, predictor.labels, args.bootstrap, set(args.only.split(","))
     out = []
-    for i in range(args.no_shift):
+    for i in range(args.no_shift if "no-shift" in only else 0):
         out.append(("no shift", f"draw {i}", ref, test.take(draw(len(test), n, rng, rep))))
     # the whole split: the estimates' bias with the least sampling noise in the realised figures
-    out.append(("whole test split", f"{len(test)} ads", ref, test))
-    for j, name in enumerate(labels):
+    if "whole" in only:
+        out.append(("whole test split", f"{len(test)} ads", ref, test))
+    for j, name in enumerate(labels if "prevalence" in only else ()):
         base = float(test.labels[:, j].mean())
         for k in (1.5, 3.0, 0.6, 0.3):
             idx = prevalence_draw(test.labels[:, j], k * base, n, rng, rep)
             out.append((f"prevalence {name}", f"x{k}", ref, test.take(idx)))
+    if not only & {"source", "style", "language"}:
+        return out
 
     def rescore(w: Window, texts: list[str]) -> Window:
         w2 = transformed(w, texts)
@@ -165,14 +171,14 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
         return w2
 
     keep = np.flatnonzero(np.asarray(ref.sources) != "emscad_jobs_subset")
-    for strength, share in (("5% (natural)", None), ("15%", 0.15)):
+    for strength, share in (("5% (natural)", None), ("15%", 0.15)) if "source" in only else ():
         idx = (
             draw(len(test), n, rng, rep)
             if share is None
             else source_draw(test.sources, "emscad_jobs_subset", share, n, rng, rep)
         )
         out.append(("source the reference lacks (job posts)", strength, ref.take(keep), test.take(idx)))
-    for share in (0.25, 0.45):
+    for share in (0.25, 0.45) if "source" in only else ():
         idx = source_draw(test.sources, "uci_sms_spam", share, n, rng, rep)
         out.append(("source over-represented (SMS)", f"{share:.0%}", ref, test.take(idx)))
     styles = {
@@ -180,13 +186,13 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
         "view plain": lambda t, r: apply_view("plain", [t])[0],
         "obfuscated": obfuscate,
     }
-    for kind, fn in styles.items():
+    for kind, fn in styles.items() if "style" in only else ():
         for share in (0.3, 1.0):
             w = test.take(draw(len(test), n, rng, rep))
             hit = rng.random(n) < share
             texts = [fn(t, rng) if h else t for t, h in zip(w.texts, hit, strict=True)]
             out.append((kind, f"{share:.0%} of ads", ref, rescore(w, texts)))
-    for rate in (0.05, 0.2):
+    for rate in (0.05, 0.2) if "style" in only else ():
         w = test.take(draw(len(test), n, rng, rep))
         out.append(
             (
@@ -196,7 +202,7 @@ def build_windows(ref: Window, test: Window, args, predictor) -> list[tuple[str,
                 rescore(w, [char_noise(t, rate, rng) for t in w.texts]),
             )
         )
-    for share in (0.1, 0.4):
+    for share in (0.1, 0.4) if "language" in only else ():
         w = test.take(draw(len(test), n, rng, rep))
         hit = np.flatnonzero(rng.random(n) < share)
         texts = list(w.texts)
@@ -295,6 +301,12 @@ def main() -> int:
         help="draw windows with replacement (implied when --window-size exceeds the test split)",
     )
     p.add_argument("--no-shift", type=int, default=25, help="unshifted windows (default 25)")
+    p.add_argument(
+        "--only",
+        default=",".join(KINDS),
+        help=f"comma-separated window kinds to run, of {','.join(KINDS)} (default all; a skipped kind "
+        "changes the draws of the kinds after it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="write every window's numbers here")
@@ -305,6 +317,8 @@ def main() -> int:
         help="skip the Evidently-rule column (run on no-shift windows drawn without replacement)",
     )
     args = p.parse_args()
+    if not set(args.only.split(",")) <= set(KINDS):
+        p.error(f"--only: give some of {','.join(KINDS)}")
 
     from model.embeddings import SentenceEmbedder
     from model.predictor import Predictor
@@ -332,7 +346,7 @@ def main() -> int:
         f"shift suite: model {args.model}; reference {len(ref)} validation ads; windows of {args.window} ads "
         f"drawn from {len(test)} test ads "
         + ("with replacement (bootstrap)" if args.bootstrap else "without replacement")
-        + f"; seed {args.seed}"
+        + f"; seed {args.seed}; windows: {args.only}"
     )
     settings = MonitorSettings(seed=args.seed)
     ref_perf = {}
