@@ -312,6 +312,7 @@ def select_pseudo_labels(
     model_thresholds: Sequence[float],
     cfg: SelfTrainingConfig,
     all_labels: bool = False,
+    negative_probs: np.ndarray | None = None,
 ) -> PseudoLabels:
     """Per-label, class-balanced choice of pseudo-labels (Lee 2013, "Pseudo-Label"; CBST, Zou et al.
     2018; fixed confidence thresholds as FixMatch, Sohn et al. 2020, but chosen on validation).
@@ -329,6 +330,8 @@ def select_pseudo_labels(
         probs: (n, L) the teacher's calibrated (prior-adjusted) probabilities on the unlabelled rows.
         thresholds: ``pseudo_thresholds`` on validation; ``positive`` nan: no pseudo-positives for it.
         model_thresholds: (L,) the teacher's decision thresholds.
+        negative_probs: (n, L) the probabilities the pseudo-negative rule (and its ranking) reads;
+            default ``probs``.
 
     Returns:
         PseudoLabels sorted by row; ``report``: ``qualified`` (rows confident on at least one label
@@ -336,10 +339,11 @@ def select_pseudo_labels(
         ``positive.<j>`` / ``negative.<j>`` per label index, and ``rows``.
     """
     p = np.asarray(probs, dtype=np.float64)
+    q = p if negative_probs is None else np.asarray(negative_probs, dtype=np.float64)
     n, n_labels = p.shape
     pos_thr = np.where(np.isnan(thresholds.positive), np.inf, thresholds.positive)
     is_pos = p >= pos_thr[None, :]  # (n, L)
-    is_neg = p < thresholds.negative[None, :]
+    is_neg = q < thresholds.negative[None, :]
     flagged = p >= np.asarray(model_thresholds, dtype=np.float64)[None, :]
     lists: list[np.ndarray] = []
     for j in range(n_labels):
@@ -348,7 +352,7 @@ def select_pseudo_labels(
         pos = pos[np.argsort(-p[pos, j], kind="stable")][
             : math.floor(cfg.class_fraction * flagged[:, j].sum())
         ]
-        neg = neg[np.argsort(p[neg, j], kind="stable")][
+        neg = neg[np.argsort(q[neg, j], kind="stable")][
             : math.floor(cfg.class_fraction * (~flagged[:, j]).sum())
         ]
         lists += [pos, neg]
@@ -586,7 +590,11 @@ class Adaptation:
             priors, pool_p = prior_adjusted(probs[2], data.val_y, data.schema)
             self.metrics |= {f"{key}.prior.{n}": float(q) for n, q in zip(labels, priors, strict=True)}
             multi_class = data.schema.problem_type.value == "multi_class"
-            chosen = select_pseudo_labels(pool_p, pt, thr, st, all_labels=multi_class)
+            # the thresholds' precision and miss rate hold for validation-calibrated probabilities: a
+            # pseudo-label must hold under both validation's prior and the pool's estimated one (the EM
+            # can run to a bound where the shift is not a label shift; it did for trafficking)
+            lo, hi = np.minimum(probs[2], pool_p), np.maximum(probs[2], pool_p)
+            chosen = select_pseudo_labels(lo, pt, thr, st, all_labels=multi_class, negative_probs=hi)
             logger.info(
                 "self-training round %d: %d rows, %d pseudo-positive and %d pseudo-negative labels (%d qualified)",
                 r,

@@ -127,6 +127,9 @@ def test_pseudo_labels_are_per_label_and_masked():
     assert got.targets.tolist() == [[1, 0], [0, 0], [1, 0]]
     assert got.report["positive"] == 2 and got.report["negative"] == 2
     assert select_pseudo_labels(p, t, [0.6, 0.6], cfg, all_labels=True).index.tolist() == [2]
+    hi = p.copy()
+    hi[1, 0] = 0.2  # under the other prior, row 1 is no longer surely not label 0
+    assert select_pseudo_labels(p, t, [0.6, 0.6], cfg, negative_probs=hi).index.tolist() == [0, 2]
 
 
 def test_masked_loss_ignores_masked_labels():
