@@ -293,6 +293,7 @@ def smooth_activations(
     token_ids: Sequence[Sequence[int]],
     *,
     alpha: float = SMOOTH_ALPHA,
+    kinds: Sequence[str] = ("attention.qkv", "attention.out", "ffn.in", "ffn.out"),
 ) -> Path:
     """SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for
     Large Language Models", ICML 2023, arXiv 2211.10438) on an fp32 ONNX graph: an equivalent fp32
@@ -314,6 +315,9 @@ def smooth_activations(
         src, dst: the fp32 graph and where to write the smoothed one.
         token_ids: calibration texts as unpadded token id sequences.
         alpha: migration strength, 0 (none) to 1 (all of the activation's range into the weight).
+        kinds: the sublayers whose inputs are smoothed (``quantizable_groups``' names without the
+            ``layer.<i>/``); the paper's placement, the LayerNorm-fed ones, is ``("attention.qkv",
+            "ffn.in")``.
 
     Returns:
         ``dst``.
@@ -327,10 +331,11 @@ def smooth_activations(
 
     if not token_ids:
         raise ValueError("smoothing needs calibration texts")
+    groups = quantizable_groups(src, gathers=False)
     names = {
         n
-        for g, nodes in quantizable_groups(src, gathers=False).items()
-        if g.startswith("layer.")
+        for g, nodes in groups.items()
+        if g.startswith("layer.") and g.split("/", 1)[1] in kinds
         for n in nodes
     }
     model = onnx.load(str(src))
