@@ -44,6 +44,8 @@ Methods and sources:
   per tensor (Bondarenko et al., "Understanding and Overcoming the Challenges of Efficient
   Transformer Quantization", EMNLP 2021).
   See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
+- SmoothQuant (``smooth_activations``) is not part of the export: on the make-demo model it did not
+  bring static int8 inside the gate (``bench/smoothquant.py``; docs/performance.md).
 """
 
 from __future__ import annotations
