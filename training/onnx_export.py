@@ -44,8 +44,6 @@ Methods and sources:
   per tensor (Bondarenko et al., "Understanding and Overcoming the Challenges of Efficient
   Transformer Quantization", EMNLP 2021).
   See https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
-- SmoothQuant (``smooth_activations``) is not part of the export: on the make-demo model it did not
-  bring static int8 inside the gate (``bench/smoothquant.py``; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -100,8 +98,6 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 # Static int8: texts (spread over the gate texts) whose activation ranges set the scales.
 CALIBRATION_TEXTS = 256
-# SmoothQuant's migration strength (``smooth_activations``).
-SMOOTH_ALPHA = 0.5
 # Sensitivity-guided mixed precision: texts used to measure each group's error, most groups kept fp32.
 SENSITIVITY_TEXTS = 256
 MAX_FP32_GROUPS = 6
@@ -286,119 +282,6 @@ def quantize_int8_static(
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"MatMulConstBOnly": True},  # attention's QK^T and AV stay fp32
         )
-    return Path(dst)
-
-
-def smooth_activations(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    token_ids: Sequence[Sequence[int]],
-    *,
-    alpha: float = SMOOTH_ALPHA,
-    kinds: Sequence[str] = ("attention.qkv", "attention.out", "ffn.in", "ffn.out"),
-) -> Path:
-    """SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for
-    Large Language Models", ICML 2023, arXiv 2211.10438) on an fp32 ONNX graph: an equivalent fp32
-    graph whose MatMul inputs have smaller per-channel outliers, so that one activation scale per
-    tensor (``quantize_int8_static``) loses less.
-
-    For each input tensor X (..., K) of the encoder's MatMuls with a constant weight W (K, N)
-    (``quantizable_groups``' ``layer.*`` groups; Q, K and V share theirs), with max|X_j| measured on
-    ``token_ids`` (one text per call) and max|W_j| over row j of every weight that reads X:
-
-        s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)        (K,)
-        X W = (X / s) (s W)                                 a Mul by 1/s before, rows of W times s
-
-    The paper folds 1/s into the preceding LayerNorm; BERT is post-LN, where the LayerNorm's output
-    is also the residual, so here 1/s is an explicit Mul (one per distinct input tensor, elementwise
-    and cheap next to the MatMul) that static quantisation then sees as the activation.
-
-    Args:
-        src, dst: the fp32 graph and where to write the smoothed one.
-        token_ids: calibration texts as unpadded token id sequences.
-        alpha: migration strength, 0 (none) to 1 (all of the activation's range into the weight).
-        kinds: the sublayers whose inputs are smoothed (``quantizable_groups``' names without the
-            ``layer.<i>/``); the paper's placement, the LayerNorm-fed ones, is ``("attention.qkv",
-            "ffn.in")``.
-
-    Returns:
-        ``dst``.
-
-    Raises:
-        ValueError: no calibration texts.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    if not token_ids:
-        raise ValueError("smoothing needs calibration texts")
-    groups = quantizable_groups(src, gathers=False)
-    names = {
-        n
-        for g, nodes in groups.items()
-        if g.startswith("layer.") and g.split("/", 1)[1] in kinds
-        for n in nodes
-    }
-    model = onnx.load(str(src))
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    targets = [
-        n for n in g.node if n.name in names and n.op_type == "MatMul" and len(inits[n.input[1]].dims) == 2
-    ]
-    inputs = list(dict.fromkeys(n.input[0] for n in targets))
-    target_names = {n.name for n in targets}
-
-    # 1. max |X_j| per input channel on the calibration texts (the inputs made graph outputs)
-    probe = onnx.load(str(src))
-    probe.graph.output.extend(helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in inputs)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors
-    opts.intra_op_num_threads = default_num_threads()
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    amax: dict[str, np.ndarray] = {}
-    for row in token_ids:
-        ids = np.asarray(row, dtype=np.int64)[None, :]  # (1, T)
-        outs = sess.run(inputs, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
-        for x, a in zip(inputs, outs, strict=True):
-            m = np.abs(a).reshape(-1, a.shape[-1]).max(axis=0)  # (K,)
-            amax[x] = np.maximum(amax[x], m) if x in amax else m
-    del sess, probe
-
-    # 2. s per input tensor, from the activations and every weight that reads it
-    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in targets}
-    wmax: dict[str, np.ndarray] = {}
-    for n in targets:
-        m = np.abs(weights[n.name]).max(axis=1)  # (K,)
-        wmax[n.input[0]] = np.maximum(wmax[n.input[0]], m) if n.input[0] in wmax else m
-    scale = {}
-    for x in inputs:
-        s = np.power(np.maximum(amax[x], 1e-5), alpha) / np.power(np.maximum(wmax[x], 1e-5), 1 - alpha)
-        scale[x] = np.where(amax[x] > 0, np.clip(s, 1e-5, 1e5), 1.0).astype(np.float32)
-
-    # 3. rewrite: one Mul by 1/s per input (before its first reader), rows of each W times s
-    new_inits, nodes, done = [], [], set()
-    for node in g.node:
-        if node.name in target_names:
-            x = node.input[0]
-            if x not in done:
-                new_inits.append(
-                    numpy_helper.from_array((1.0 / scale[x]).astype(np.float32), f"sq/{x}/inv_s")
-                )
-                nodes.append(helper.make_node("Mul", [x, f"sq/{x}/inv_s"], [f"sq/{x}"], name=f"sq/{x}/Mul"))
-                done.add(x)
-            w = f"sq/{node.name}/W"
-            new_inits.append(numpy_helper.from_array(weights[node.name] * scale[x][:, None], w))
-            node.input[0], node.input[1] = f"sq/{x}", w
-        nodes.append(node)
-    still_read = {i for n in nodes for i in n.input}
-    del g.node[:]
-    g.node.extend(nodes)
-    kept = [t for t in g.initializer if t.name in still_read]
-    del g.initializer[:]
-    g.initializer.extend(kept + new_inits)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
     return Path(dst)
 
 

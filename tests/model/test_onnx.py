@@ -386,30 +386,3 @@ def test_per_token_int8_is_token_wise_quantisation(tmp_path):
     np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())  # close to fp32
     np.testing.assert_array_equal(session.run(None, {"x": x[1:2]})[0], y[1:2])  # batch-mates do not matter
     assert "MatMulInteger" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}
-
-
-def test_smoothquant_graph_is_equivalent(tiny_artifact, tmp_path):
-    """SmoothQuant (``smooth_activations``) moves activation range into the weights with a Mul by 1/s
-    before each smoothed MatMul and W's rows times s: the same function as the fp32 graph (padded
-    batch included)."""
-    import onnx
-    import onnxruntime as ort
-
-    from training.onnx_export import export_fp32, smooth_activations
-
-    rng = np.random.default_rng(0)
-    export_fp32(tiny_artifact, tmp_path / "fp32.onnx")
-    calibration = [list(rng.integers(1000, 29000, size=int(rng.integers(3, 30)))) for _ in range(8)]
-    smooth_activations(tmp_path / "fp32.onnx", tmp_path / "smooth.onnx", calibration, alpha=0.5)
-    ids = rng.integers(1000, 29000, size=(3, 20))  # (B, T)
-    mask = np.ones_like(ids)
-    mask[1, 7:] = 0
-    fp32, smooth = (
-        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(
-            None, {"input_ids": ids, "attention_mask": mask}
-        )[0]
-        for f in ("fp32.onnx", "smooth.onnx")
-    )
-    np.testing.assert_allclose(smooth, fp32, rtol=0, atol=1e-5)
-    muls = [n for n in onnx.load(tmp_path / "smooth.onnx").graph.node if n.name.startswith("sq/")]
-    assert len(muls) == 2 * 4  # per layer: q/k/v's shared input, attention output, FFN in, FFN out
