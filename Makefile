@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO_CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test`: most of the suite waits on subprocesses, servers, a JVM and
+# sqlite, so two processes on two cores finish sooner than one (docs/testing.md); 0 runs in this process
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -48,10 +51,10 @@ lint: venv  ## style, formatting, package boundaries, types
 	$(BIN)/mypy
 
 test: lint  ## the suite in random order (seed printed), without the minutes-long fresh-virtualenv test
-	$(BIN)/python -m pytest -q -m "not venv" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not venv" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: lint  ## everything, the fresh-virtualenv build of a registered model included
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs .pytest_cache

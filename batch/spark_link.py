@@ -492,13 +492,8 @@ def link_chunks_spark(
     result.report["config"] = {k: v for k, v in asdict(cfg).items() if k != "hash_key"}
     result.report["engine"] = "spark"
     result.report["spark_seconds"] = phases
-    logger.info(
-        "linked %d ads on spark: %d personas and %d template clusters of 2+ ads; %d hub contacts cut",
-        stats["ads"],
-        stats["personas_multi"],
-        stats["templates_multi"],
-        stats["hub_contacts_cut"],
-    )
+    counts = [stats[k] for k in ("ads", "personas_multi", "templates_multi", "hub_contacts_cut")]
+    logger.info("linked %d ads on spark: %d personas and %d template clusters of 2+ ads; %d hub contacts cut", *counts)  # fmt: skip
     return result
 
 

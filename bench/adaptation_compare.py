@@ -4,7 +4,9 @@ Reads two finished training runs from their MLflow stores (copied to a temporary
 so the stores are never written): the run without adaptation (what ``make demo`` trains) and the
 same config with ``adapt.unlabelled_files`` set. The adapted run also logged its teacher, the model
 after continued MLM pretraining and fine-tuning but before self-training (``adapt.teacher.*``), so
-the table has three columns: no adaptation, MLM only, MLM + self-training (the model the run kept).
+the table has three columns: no adaptation, MLM only, MLM + self-training (the model the run kept);
+a fourth, the round-1 student whether the keep rule kept it or not, where the run logged it
+(``adapt.self_training.round1.student.*``).
 
     .venv/bin/python bench/adaptation_compare.py \\
         --baseline /work/demo-base/mlflow.db --baseline-run demo \\
@@ -24,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 CROSS = "eval.cross_site"
+STUDENT = "adapt.self_training.round1.student."
 TASKS = [  # (source, label): the within-source tasks of risky-ads-v1 (README "Known traps")
     ("backpage_escort_ca_2018", "trafficking_indicators"),
     ("uci_sms_spam", "scam"),
@@ -51,7 +54,8 @@ def run_metrics(db: str, run_name: str) -> dict[str, float]:
 
 
 def rows(m: dict[str, float], prefix: str = "") -> dict[str, float | None]:
-    """The compared figures of one model; ``prefix`` = ``adapt.teacher.`` for the teacher."""
+    """The compared figures of one model; ``prefix`` = ``adapt.teacher.`` for the teacher,
+    ``adapt.self_training.round1.student.`` for the round-1 student."""
 
     def g(k: str) -> float | None:
         return m.get(prefix + k)
@@ -81,14 +85,18 @@ def main() -> None:
     base = run_metrics(args.baseline, args.baseline_run)
     adapted = run_metrics(args.adapted, args.adapted_run)
     cols = [rows(base), rows(adapted, "adapt.teacher."), rows(adapted)]
+    header = "| | no adaptation (make demo) | MLM only (teacher) | MLM + self-training (kept) |"
+    if any(k.startswith(STUDENT) for k in adapted):
+        cols.append(rows(adapted, STUDENT))
+        header += " self-training student, round 1 (kept or not) |"
     targets = {
         "cross-site adult recall at threshold": ">= 0.85",
         "cross-site benign titles flagged (share of 13)": "<= 2/13 = 0.154",
         "test Craigslist rows flagged as adult": "<= 0.005",
     }
     base_ap = cols[0]
-    print("| | no adaptation (make demo) | MLM only (teacher) | MLM + self-training (kept) | target |")
-    print("|---|---|---|---|---|")
+    print(header + " target |")
+    print("|---" * (len(cols) + 2) + "|")
     for k in cols[0]:
         vals = " | ".join("n/a" if c[k] is None else f"{c[k]:.4f}" for c in cols)
         tgt = targets.get(k, "")
@@ -113,6 +121,17 @@ def main() -> None:
             if k in st
         )
     )
+    per_label = {
+        k.removeprefix("adapt.self_training.round1."): v
+        for k, v in adapted.items()
+        if k.startswith(
+            ("adapt.self_training.round1.pseudo_positive.", "adapt.self_training.round1.pseudo_negative.")
+        )
+        or k.startswith(("adapt.self_training.round1.teacher_ap.", "adapt.self_training.round1.student_ap."))
+        or k == "adapt.self_training.round1.pseudo_rows"
+    }
+    if per_label:
+        print("per label: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(per_label.items())))
     mlm = {k: v for k, v in adapted.items() if k.startswith("adapt.mlm.")}
     print("MLM: " + ", ".join(f"{k.split('.')[-1]} {v:.4g}" for k, v in sorted(mlm.items())))
 

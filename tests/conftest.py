@@ -362,6 +362,17 @@ def probe_rows(probes: list[dict], where: str) -> list[dict]:
     return [r for r in probes if where in r["where"].split(",")]
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``), the files that hold a ``slow`` test come first, so its
+    workers start the long files first and finish together (longest-first scheduling); the order
+    stays random within each group. A plain ``pytest`` run keeps pytest-randomly's order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the random-order seed even under ``-q`` (pytest-randomly puts it only in the header)."""
     if config.pluginmanager.has_plugin("randomly"):

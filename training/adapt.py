@@ -14,12 +14,15 @@ literature use them, both unattended (nothing here is chosen by reading the unla
    unlabelled rows' own class prior (``prior_adjusted``, Saerens et al. 2002); a student (by
    default the teacher's weights, trained one more short epoch; or a fresh model from the adapted
    encoder, the noisy student proper) is fine-tuned on training rows plus those pseudo-labelled rows
-   (dropout and the training rows' style views are its noise). Safeguards: confidence thresholds
-   chosen on the validation split and its short style views (``pseudo_thresholds``), class-balanced
-   selection (Zou et al. 2018, "Unsupervised Domain Adaptation for Semantic Segmentation via
-   Class-Balanced Self-Training": at most a share of each predicted class, most confident first), a
-   cap on pseudo-labelled rows, and a keep rule on validation (the student replaces the teacher only
-   if validation macro AP and short-view macro AP do not fall).
+   (dropout and the training rows' style views are its noise). Pseudo-labels are per label (Lee
+   2013, "Pseudo-Label"): a row teaches only the labels it is confident about, the others are masked
+   out of the student's loss (``MaskedFineTuner``). Safeguards: confidence thresholds chosen on the
+   validation split and its short style views (``pseudo_thresholds``; fixed thresholds as in
+   FixMatch, Sohn et al. 2020), class-balanced selection per label (Zou et al. 2018, "Unsupervised
+   Domain Adaptation for Semantic Segmentation via Class-Balanced Self-Training": at most a share of
+   each predicted class, most confident first), a cap on pseudo-labelled rows, and a keep rule on
+   validation (the student replaces the teacher only if no label's validation AP, nor its short-view
+   AP, falls).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from model.schema import LabelSchema
 from training.adapt_config import AdaptConfig, MlmConfig, SelfTrainingConfig
 from training.config import TrainConfig
 from training.data import DataError, read_table
-from training.loop import FitData, fit, macro_ap, predict_logits
+from training.loop import FineTuner, FitData, macro_ap, predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +212,9 @@ def pseudo_thresholds(
     ``cfg.pseudo_precision`` (``model.calibration.select_threshold``'s target-precision rule), never
     below the model's own threshold (``nan`` where the precision is unreachable or the label has no
     positives); ``negative`` is the ``cfg.max_missed_positives`` quantile of the positives'
-    probabilities (``0``: no pseudo-negatives where there are no positives to bound the miss rate).
+    probabilities (``0``: no pseudo-negatives where there are no positives to bound the miss rate, or
+    where the rows below it are negatives at less than ``cfg.pseudo_precision``, the same confidence
+    asked of a pseudo-positive).
 
     Args:
         probs, targets: (n, L) calibrated probabilities and 0/1 targets.
@@ -228,6 +233,9 @@ def pseudo_thresholds(
         neg[j] = float(np.quantile(probs[y == 1, j], cfg.max_missed_positives, method="lower"))
         if not np.isnan(pos[j]):
             neg[j] = min(neg[j], pos[j])
+        below = probs[:, j] < neg[j]
+        if below.any() and 1.0 - y[below].mean() < cfg.pseudo_precision:  # negatives as sure as positives
+            neg[j] = 0.0
     return PseudoThresholds(pos, neg)
 
 
@@ -276,11 +284,26 @@ def prior_adjusted(
 
 @dataclass
 class PseudoLabels:
-    """Rows of the unlabelled set chosen as training rows: ``index`` into it, (k, L) ``targets``."""
+    """Rows of the unlabelled set chosen as training rows: ``index`` into it, (k, L) 0/1 ``targets``
+    and (k, L) 0/1 ``mask`` (1 where the row is pseudo-labelled for that label; the loss ignores the
+    other entries)."""
 
     index: np.ndarray
     targets: np.ndarray
+    mask: np.ndarray
     report: dict = field(default_factory=dict)
+
+
+def _shrink(lists: list[np.ndarray], max_rows: int) -> list[np.ndarray]:
+    """Cut every ranked list (most confident first) by one common factor until their union holds at
+    most ``max_rows`` rows (the same share of every label and class, as CBST's proportions)."""
+    keep = list(lists)
+    n = len(np.unique(np.concatenate(keep))) if keep else 0
+    while n > max_rows:
+        scale = max_rows / n
+        keep = [x[: math.floor(len(x) * scale)] for x in keep]
+        n = len(np.unique(np.concatenate(keep)))
+    return keep
 
 
 def select_pseudo_labels(
@@ -288,42 +311,130 @@ def select_pseudo_labels(
     thresholds: PseudoThresholds,
     model_thresholds: Sequence[float],
     cfg: SelfTrainingConfig,
+    all_labels: bool = False,
+    negative_probs: np.ndarray | None = None,
 ) -> PseudoLabels:
-    """Class-balanced choice of pseudo-labelled rows (CBST, Zou et al. 2018).
+    """Per-label, class-balanced choice of pseudo-labels (Lee 2013, "Pseudo-Label"; CBST, Zou et al.
+    2018; fixed confidence thresholds as FixMatch, Sohn et al. 2020, but chosen on validation).
 
-    A row qualifies when every label is confident (``p >= positive`` or ``p < negative``); its target
-    is 1 for the labels at or above ``positive``. The two classes are the rows the model flags (any
-    label at its threshold) and the rows it does not: of each, at most ``cfg.class_fraction`` become
-    pseudo-labelled, most confident first (flagged: highest top probability; not flagged: lowest),
-    then both are cut by the same factor to at most ``cfg.max_rows`` in all.
+    Per label ``j``: a row is a pseudo-positive for ``j`` where ``p >= positive[j]`` and a
+    pseudo-negative where ``p < negative[j]``; other labels of the row stay unlabelled (masked out of
+    the student's loss), so a title can teach "not adult" while its trafficking score is unsure. The
+    two classes of label ``j`` are the rows the model flags for it (``p >= model_thresholds[j]``) and
+    the rest: of each, at most ``cfg.class_fraction`` become pseudo-labelled, most confident first
+    (highest / lowest ``p``). Then every label's lists are cut by one factor until at most
+    ``cfg.max_rows`` rows carry a pseudo-label. ``all_labels`` (multi_class schemas, whose softmax
+    loss cannot skip a label): keep only rows pseudo-labelled for every label, as before.
 
     Args:
-        probs: (n, L) the teacher's calibrated probabilities on the unlabelled rows.
+        probs: (n, L) the teacher's calibrated (prior-adjusted) probabilities on the unlabelled rows.
+        thresholds: ``pseudo_thresholds`` on validation; ``positive`` nan: no pseudo-positives for it.
         model_thresholds: (L,) the teacher's decision thresholds.
+        negative_probs: (n, L) the probabilities the pseudo-negative rule (and its ranking) reads;
+            default ``probs``.
 
     Returns:
-        PseudoLabels; ``report`` counts ``qualified``, ``positive``, ``negative`` rows.
+        PseudoLabels sorted by row; ``report``: ``qualified`` (rows confident on at least one label
+        before balance and cap), ``positive`` / ``negative`` (pseudo-labelled entries, rows x labels),
+        ``positive.<j>`` / ``negative.<j>`` per label index, and ``rows``.
     """
     p = np.asarray(probs, dtype=np.float64)
+    q = p if negative_probs is None else np.asarray(negative_probs, dtype=np.float64)
+    n, n_labels = p.shape
     pos_thr = np.where(np.isnan(thresholds.positive), np.inf, thresholds.positive)
-    is_pos = p >= pos_thr[None, :]
-    is_neg = p < thresholds.negative[None, :]
-    qualified = (is_pos | is_neg).all(axis=1)
-    flagged = (p >= np.asarray(model_thresholds)[None, :]).any(axis=1)
-    pos_rows = np.flatnonzero(qualified & is_pos.any(axis=1))
-    neg_rows = np.flatnonzero(qualified & ~is_pos.any(axis=1))
-    top = p.max(axis=1)
-    pos_rows = pos_rows[np.argsort(-top[pos_rows], kind="stable")]
-    neg_rows = neg_rows[np.argsort(top[neg_rows], kind="stable")]
-    n_pos = min(len(pos_rows), math.floor(cfg.class_fraction * int(flagged.sum())))
-    n_neg = min(len(neg_rows), math.floor(cfg.class_fraction * int((~flagged).sum())))
-    if n_pos + n_neg > cfg.max_rows:
-        scale = cfg.max_rows / (n_pos + n_neg)
-        n_pos, n_neg = math.floor(n_pos * scale), math.floor(n_neg * scale)
-    index = np.concatenate([pos_rows[:n_pos], neg_rows[:n_neg]]).astype(np.int64)
-    targets = is_pos[index].astype(np.float32)
-    report = {"qualified": int(qualified.sum()), "positive": int(n_pos), "negative": int(n_neg)}
-    return PseudoLabels(index, targets, report)
+    is_pos = p >= pos_thr[None, :]  # (n, L)
+    is_neg = q < thresholds.negative[None, :]
+    flagged = p >= np.asarray(model_thresholds, dtype=np.float64)[None, :]
+    lists: list[np.ndarray] = []
+    for j in range(n_labels):
+        pos = np.flatnonzero(is_pos[:, j])
+        neg = np.flatnonzero(is_neg[:, j])
+        pos = pos[np.argsort(-p[pos, j], kind="stable")][
+            : math.floor(cfg.class_fraction * flagged[:, j].sum())
+        ]
+        neg = neg[np.argsort(q[neg, j], kind="stable")][
+            : math.floor(cfg.class_fraction * (~flagged[:, j]).sum())
+        ]
+        lists += [pos, neg]
+    lists = _shrink(lists, cfg.max_rows)
+    targets = np.zeros((n, n_labels), dtype=np.float32)
+    mask = np.zeros((n, n_labels), dtype=np.float32)
+    for j in range(n_labels):
+        targets[lists[2 * j], j] = 1.0
+        mask[lists[2 * j], j] = 1.0
+        mask[lists[2 * j + 1], j] = 1.0
+    rows = mask.all(axis=1) if all_labels else mask.any(axis=1)
+    index = np.flatnonzero(rows).astype(np.int64)
+    targets, mask = targets[index], mask[index]
+    report = {
+        "qualified": int((is_pos | is_neg).any(axis=1).sum()),
+        "positive": int((mask * targets).sum()),
+        "negative": int((mask * (1 - targets)).sum()),
+        "rows": len(index),
+    }
+    for j in range(n_labels):
+        report[f"positive.{j}"] = int((mask[:, j] * targets[:, j]).sum())
+        report[f"negative.{j}"] = int((mask[:, j] * (1 - targets[:, j])).sum())
+    return PseudoLabels(index, targets, mask, report)
+
+
+class MaskedFineTuner(FineTuner):
+    """The fine-tuning loop with a per-entry mask on the BCE loss: an entry (row, label) with mask 0
+    contributes nothing (a pseudo-labelled row's unsure labels). ``pos_weight`` per label is
+    ``neg/pos`` over the unmasked entries, clipped as ``training.loop.loss_function``; the loss is the
+    masked sum over the batch divided by ``B * L``, the plain loss's scale where nothing is masked.
+
+    Args:
+        model, data, cfg, seed: as ``FineTuner``.
+        mask: (n, L) 0/1, one row per ``data.train_ids``.
+
+    Raises:
+        ValueError: ``mask`` is not ``data.train_y``'s shape, or the schema is multi_class.
+    """
+
+    progress_label = "self-training"
+
+    def __init__(self, model, data: FitData, cfg: TrainConfig, seed: int, mask: np.ndarray):
+        if mask.shape != data.train_y.shape:
+            raise ValueError(f"mask of shape {mask.shape} for targets of shape {data.train_y.shape}")
+        if data.schema.problem_type.value == "multi_class":
+            raise ValueError("a masked loss needs independent labels (multi_label or binary)")
+        super().__init__(model, data, cfg, seed)
+        self.mask = mask.astype(np.float32)
+        y = data.train_y
+        pos, neg = (self.mask * y).sum(axis=0), (self.mask * (1 - y)).sum(axis=0)
+        pw = (
+            np.clip(neg / np.maximum(pos, 1), 1.0, cfg.max_pos_weight)
+            if cfg.class_weighting
+            else np.ones_like(pos)
+        )
+        self.pos_weight = pw.astype(np.float32)  # (L,)
+
+    def compute_loss(self, logits, rows: np.ndarray):
+        import torch
+
+        dev = logits.device
+        y = torch.from_numpy(self.data.train_y[rows]).float().to(dev)  # (B, L)
+        m = torch.from_numpy(self.mask[rows]).to(dev)  # (B, L)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), y, pos_weight=torch.from_numpy(self.pos_weight).to(dev), reduction="none"
+        )
+        return (bce * m).sum() / bce.numel()
+
+
+def label_aps(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(L,) average precision per label of (n, L) scores against (n, L) 0/1 targets; nan where a
+    label lacks a class (rank-based: logits or probabilities give the same)."""
+    from sklearn.metrics import average_precision_score
+
+    return np.array(
+        [
+            average_precision_score(targets[:, j], logits[:, j])
+            if 0 < targets[:, j].sum() < len(targets)
+            else np.nan
+            for j in range(targets.shape[1])
+        ]
+    )
 
 
 def _prefixed(on_metrics: Callable[[dict, int], object] | None, prefix: str):
@@ -395,7 +506,8 @@ class Adaptation:
     def _student(
         self, teacher, make_student, data: StudentData, pool_ids, chosen: PseudoLabels, train_cfg, seed
     ):
-        """The student, its training rows and its loop settings (``self_training.student``)."""
+        """The student, its training rows, their (n, L) targets and loss mask (training rows: all ones;
+        pseudo rows: ``chosen.mask``), and its loop settings (``self_training.student``)."""
         st = self.cfg.self_training
         pseudo_ids = [pool_ids[i] for i in chosen.index.tolist()]
         if st.student == "fresh":  # noisy student: a new model from the adapted encoder, all rows
@@ -403,17 +515,19 @@ class Adaptation:
             if self.adapted_state is not None:
                 student.load_state_dict(self.adapted_state, strict=False)
             ids, y = data.train_ids + pseudo_ids, np.concatenate([data.train_y, chosen.targets])
-            return student, ids, y.astype(np.float32), train_cfg
+            mask = np.concatenate([np.ones_like(data.train_y, dtype=np.float32), chosen.mask])
+            return student, ids, y.astype(np.float32), mask, train_cfg
         # continue: the teacher's weights, one short epoch over the pseudo rows and a replay sample
         student = copy.deepcopy(teacher)
         n_replay = min(len(data.train_ids), st.replay_ratio * len(pseudo_ids))
         replay = np.sort(np.random.default_rng(seed).choice(len(data.train_ids), n_replay, replace=False))
         ids = [data.train_ids[i] for i in replay.tolist()] + pseudo_ids
         y = np.concatenate([data.train_y[replay], chosen.targets]).astype(np.float32)
+        mask = np.concatenate([np.ones((n_replay, y.shape[1]), dtype=np.float32), chosen.mask])
         cfg = train_cfg.model_copy(
             update={"epochs": 1, "learning_rate": train_cfg.learning_rate * st.learning_rate_scale}
         )
-        return student, ids, y, cfg
+        return student, ids, y, mask, cfg
 
     def self_train(
         self,
@@ -427,20 +541,27 @@ class Adaptation:
         config_digest: str,
         resume: bool = False,
         on_metrics: Callable[[dict, int], object] | None = None,
-        teacher_report: Callable[[object, list[float], list[float]], dict[str, float]] | None = None,
+        report: Callable[[object, list[float], list[float]], dict[str, float]] | None = None,
     ):
         """Self-training rounds (``self_training.rounds``); returns the model to keep.
 
         Each round: calibrate the teacher on validation (temperature scaling, thresholds by
         ``calibration`` = (target precisions, max flag rates)), choose pseudo-label thresholds on
-        validation plus its short views, pseudo-label the unlabelled texts, fine-tune a fresh student
-        (``make_student()``, then the MLM-adapted encoder loaded) on training + pseudo rows, and keep
-        it only if it passes the keep rule (see ``SelfTrainingConfig.keep_tolerance``).
-        ``teacher_report(model, temperatures, thresholds)``, if given, reports the first teacher
-        (before any self-training) as ``adapt.teacher.*`` metrics: evaluation only, never a choice.
+        validation plus its short views, pseudo-label the unlabelled texts per label
+        (``select_pseudo_labels``), fine-tune the student on training + pseudo rows with the unsure
+        labels masked out of the loss (``MaskedFineTuner``), and keep it only if it passes the keep
+        rule: no label's validation AP, nor its AP on the short views, more than
+        ``SelfTrainingConfig.keep_tolerance`` below the teacher's (so that the adult label's gain
+        cannot be paid for by the trafficking label).
+        ``report(model, temperatures, thresholds)``, if given, reports the first teacher (before any
+        self-training) as ``adapt.teacher.*`` and each round's student, kept or not (calibrated on
+        validation as the teacher), as ``adapt.self_training.round<r>.student.*``: evaluation only,
+        never a choice.
 
-        Metrics: ``adapt.self_training.round<r>.{pseudo_positive,pseudo_negative,qualified,
-        teacher_macro_ap,student_macro_ap,teacher_view_macro_ap,student_view_macro_ap,kept}``.
+        Metrics: ``adapt.self_training.round<r>.{pseudo_positive,pseudo_negative (entries: rows x
+        labels), pseudo_rows, qualified, pseudo_positive.<label>, pseudo_negative.<label>,
+        teacher_macro_ap, student_macro_ap, teacher_view_macro_ap, student_view_macro_ap,
+        teacher_ap.<label>, student_ap.<label>, kept}``.
         """
         st = self.cfg.self_training
         if not (self.cfg.active and st.enabled):
@@ -463,56 +584,80 @@ class Adaptation:
             ]
             info = select_thresholds(probs[0], data.val_y, labels, targets_p, rates)
             thr = [info[n].threshold for n in labels]
-            if r == 1 and teacher_report is not None:
-                self.metrics |= {
-                    f"adapt.teacher.{k}": v for k, v in teacher_report(model, temps, thr).items()
-                }
+            if r == 1 and report is not None:
+                self.metrics |= {f"adapt.teacher.{k}": v for k, v in report(model, temps, thr).items()}
             pt = pseudo_thresholds(np.concatenate(probs[:2]), both_y, thr, st)
             priors, pool_p = prior_adjusted(probs[2], data.val_y, data.schema)
             self.metrics |= {f"{key}.prior.{n}": float(q) for n, q in zip(labels, priors, strict=True)}
-            chosen = select_pseudo_labels(pool_p, pt, thr, st)
+            multi_class = data.schema.problem_type.value == "multi_class"
+            # the thresholds' precision and miss rate hold for validation-calibrated probabilities: a
+            # pseudo-label must hold under both validation's prior and the pool's estimated one (the EM
+            # can run to a bound where the shift is not a label shift; it did for trafficking)
+            lo, hi = np.minimum(probs[2], pool_p), np.maximum(probs[2], pool_p)
+            chosen = select_pseudo_labels(lo, pt, thr, st, all_labels=multi_class, negative_probs=hi)
             logger.info(
-                "self-training round %d: %d pseudo-positive, %d pseudo-negative rows (%d qualified)",
+                "self-training round %d: %d rows, %d pseudo-positive and %d pseudo-negative labels (%d qualified)",
                 r,
+                chosen.report["rows"],
                 chosen.report["positive"],
                 chosen.report["negative"],
                 chosen.report["qualified"],
             )
-            self.metrics |= {
-                f"{key}.pseudo_{k}" if k != "qualified" else f"{key}.qualified": float(v)
-                for k, v in chosen.report.items()
-            }
+            for k, v in chosen.report.items():
+                name, _, j = k.partition(".")
+                name = name if name == "qualified" else f"pseudo_{name}"
+                self.metrics[f"{key}.{name}" + (f".{labels[int(j)]}" if j else "")] = float(v)
             self.metrics |= {
                 f"{key}.pseudo_threshold.{n}": float(t) for n, t in zip(labels, pt.positive, strict=True)
             }
             if len(chosen.index) == 0:
                 self.metrics[f"{key}.kept"] = 0.0
                 break
-            student, rows_ids, rows_y, student_cfg = self._student(
+            student, rows_ids, rows_y, rows_mask, student_cfg = self._student(
                 model, make_student, data, pool_ids, chosen, train_cfg, seed + r
             )
             ckpt = checkpoint_dir / f"self-training-{r}"
-            fit(
-                student,
-                FitData(data.encoder, rows_ids, rows_y, data.val_ids, data.val_y, data.schema),
-                student_cfg,
-                seed + r,
+            fit_data = FitData(data.encoder, rows_ids, rows_y, data.val_ids, data.val_y, data.schema)
+            tuner = (
+                FineTuner(student, fit_data, student_cfg, seed + r)
+                if multi_class  # rows confident on every label: nothing to mask
+                else MaskedFineTuner(student, fit_data, student_cfg, seed + r, rows_mask)
+            )
+            tuner.fit(
                 ckpt,
                 config_digest,
                 resume=resume and (ckpt / "last.pt").is_file(),
                 on_metrics=_prefixed(on_metrics, key),
             )
+            zs_val, zs_view = logits_of(student, data.val_ids), logits_of(student, data.view_ids)
             scores = {
                 "teacher_macro_ap": macro_ap(z_val, data.val_y),
                 "teacher_view_macro_ap": macro_ap(z_view, data.val_y),
-                "student_macro_ap": macro_ap(logits_of(student, data.val_ids), data.val_y),
-                "student_view_macro_ap": macro_ap(logits_of(student, data.view_ids), data.val_y),
+                "student_macro_ap": macro_ap(zs_val, data.val_y),
+                "student_view_macro_ap": macro_ap(zs_view, data.val_y),
             }
-            keep = (
-                scores["student_macro_ap"] >= scores["teacher_macro_ap"] - st.keep_tolerance
-                and scores["student_view_macro_ap"] >= scores["teacher_view_macro_ap"] - st.keep_tolerance
+            ap_t, ap_s = label_aps(z_val, data.val_y), label_aps(zs_val, data.val_y)
+            view_t, view_s = label_aps(z_view, data.val_y), label_aps(zs_view, data.val_y)
+            keep = bool(
+                np.all(np.nan_to_num(ap_s - ap_t + st.keep_tolerance, nan=0.0) >= 0)
+                and np.all(np.nan_to_num(view_s - view_t + st.keep_tolerance, nan=0.0) >= 0)
             )
-            self.metrics |= {f"{key}.{k}": float(v) for k, v in scores.items()} | {f"{key}.kept": float(keep)}
+            for j, n in enumerate(labels):
+                scores[f"teacher_ap.{n}"], scores[f"student_ap.{n}"] = ap_t[j], ap_s[j]
+                scores[f"teacher_view_ap.{n}"], scores[f"student_view_ap.{n}"] = view_t[j], view_s[j]
+            self.metrics |= {f"{key}.{k}": float(v) for k, v in scores.items() if np.isfinite(v)}
+            self.metrics[f"{key}.kept"] = float(keep)
+            if report is not None:  # evaluation only: the student calibrated on validation as the teacher
+                s_temps = fit_temperatures(zs_val, data.val_y, data.schema.problem_type)
+                s_info = select_thresholds(
+                    calibrated_probabilities(zs_val, s_temps, data.schema.problem_type),
+                    data.val_y,
+                    labels,
+                    targets_p,
+                    rates,
+                )
+                s_thr = [s_info[n].threshold for n in labels]
+                self.metrics |= {f"{key}.student.{k}": v for k, v in report(student, s_temps, s_thr).items()}
             logger.info(
                 "self-training round %d: validation macro AP %.4f -> %.4f, short view %.4f -> %.4f: %s",
                 r,
@@ -546,8 +691,9 @@ def self_train_in_run(
     Args:
         train_ids, train_y: the loop's training rows (views included), tokenised, and their targets.
         bundle: the run's ``DataBundle``; cfg: its ``Config``.
-        extra_sets: the run's loaded ``eval_sets``: the teacher's metrics on them and on the test split
-            are logged as ``adapt.teacher.*`` (evaluation only: nothing is chosen on them).
+        extra_sets: the run's loaded ``eval_sets``: the teacher's and each student's metrics on them
+            and on the test split are logged as ``adapt.teacher.*`` and
+            ``adapt.self_training.round<r>.student.*`` (evaluation only: nothing is chosen on them).
     """
     from training.eval_sets import evaluate_eval_set, flagged_negatives
     from training.metrics import evaluate_scores
@@ -557,7 +703,7 @@ def self_train_in_run(
     labels = list(schema.labels)
     val = bundle.validation
 
-    def teacher_report(model, temps, thr) -> dict[str, float]:
+    def report(model, temps, thr) -> dict[str, float]:
         def probs(texts):
             z = predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)
             return calibrated_probabilities(z, temps, schema.problem_type)
@@ -589,5 +735,5 @@ def self_train_in_run(
         cfg.digest(),
         resume=resume,
         on_metrics=on_metrics,
-        teacher_report=teacher_report,
+        report=report,
     )

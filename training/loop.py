@@ -337,24 +337,10 @@ class FineTuner:
             self.optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
         )
         last = checkpoint_dir / LAST_CHECKPOINT
-        state = _new_state()
         if resume:
-            ck = self._load_checkpoint(last, config_digest)
-            model.load_state_dict(ck["model"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-            self.scheduler.load_state_dict(ck["scheduler"])
-            rngs = ck.get("torch_rng_ranks")  # one per rank, from a run on as many processes
-            torch.set_rng_state(rngs[d.rank] if rngs and len(rngs) == d.world_size else ck["torch_rng"])
-            if "cuda_rng" in ck and self.device.startswith("cuda"):
-                torch.cuda.set_rng_state(ck["cuda_rng"])
-            state = ck["state"]
-            logger.info(
-                "resumed at epoch %d, batch %d (step %d)",
-                state["epoch"],
-                state["batch"],
-                state["global_step"],
-            )
+            state = self._resume(last, config_digest)
         else:
+            state = _new_state()
             torch.manual_seed(self.seed + d.rank)  # each rank its own dropout draws
             if d.active and d.is_main:  # a stale checkpoint must not be taken for this run's on a restart
                 last.unlink(missing_ok=True)
@@ -448,6 +434,24 @@ class FineTuner:
             self.bf16,
             d.world_size,
         )
+
+    def _resume(self, last: Path, config_digest: str) -> dict[str, Any]:
+        """Load ``last`` into the model, optimizer, scheduler and RNGs (this rank's generator where the
+        run had as many processes); returns the loop state it was saved with."""
+        d = self.dist
+        ck = self._load_checkpoint(last, config_digest)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        rngs = ck.get("torch_rng_ranks")  # one per rank, from a run on as many processes
+        torch.set_rng_state(rngs[d.rank] if rngs and len(rngs) == d.world_size else ck["torch_rng"])
+        if "cuda_rng" in ck and self.device.startswith("cuda"):
+            torch.cuda.set_rng_state(ck["cuda_rng"])
+        state: dict[str, Any] = ck["state"]
+        logger.info(
+            "resumed at epoch %d, batch %d (step %d)", state["epoch"], state["batch"], state["global_step"]
+        )
+        return state
 
     def _load_checkpoint(self, last: Path, config_digest: str) -> dict[str, Any]:
         """``_read_checkpoint`` on rank 0, sent to every rank (other machines need no copy of it)."""

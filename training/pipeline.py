@@ -498,14 +498,8 @@ def run_training(
     def logits_of(texts: list[str]) -> np.ndarray:
         return predict_logits(model, encoder, encoder.encode(texts).input_ids, cfg.train.eval_batch_size)
 
-    data = FitData(
-        encoder,
-        enc["train"].input_ids,
-        rows.targets,
-        enc["validation"].input_ids,
-        bundle.validation.targets,
-        schema,
-    )
+    train_ids, val_ids = enc["train"].input_ids, enc["validation"].input_ids
+    data = FitData(encoder, train_ids, rows.targets, val_ids, bundle.validation.targets, schema)
     if not dist.is_main:  # a torchrun worker: its share of the fine-tune, nothing else
         _fit_worker(cfg, base, len(tokenizer), data, out_dir, resume, dist)
         return TrainResult(out_dir / "model", {}, "", None, "", worker=True)
@@ -550,7 +544,7 @@ def run_training(
                 model,
                 lambda: build_model(base, cfg.base_model, schema, len(tokenizer)),
                 encoder,
-                enc["train"].input_ids,
+                train_ids,
                 rows.targets,
                 bundle,
                 cfg,

@@ -81,6 +81,7 @@ def test_workers_argument_checks(tmp_path, tiny_artifact, tiny_predictor):
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.slow
 def test_killed_two_worker_job_resumes_to_the_bytes_of_one_worker(tmp_path, tiny_artifact, capsys):
     """One test for both promises (each CLI start and worker spawn costs seconds): an ``adrisk score
     --workers 2`` process, SIGKILLed after some chunks, and its resume (the entry point in process,

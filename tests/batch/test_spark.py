@@ -27,6 +27,7 @@ from batch.spark import (  # noqa: E402
     score_spark_dataframe,
 )
 
+pytestmark = pytest.mark.slow  # a JVM and Spark jobs: seconds each
 DATA = DATA_DIR / "test.jsonl"
 SCORES = ["score_adult_services", "score_trafficking_indicators", "score_scam"]
 

@@ -15,6 +15,8 @@ from batch.spark import get_spark  # noqa: E402
 from bench.link_spark import synthetic_ads  # noqa: E402
 from bench.persona_agreement import pair_counts  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a JVM and Spark jobs: seconds each
+
 LINK = ["contacts", "persona_id", "template_id", "template_size"]
 
 

@@ -107,11 +107,55 @@ def test_pseudo_labels_are_class_balanced_and_capped():
     p = np.concatenate([np.linspace(0.95, 1.0, 100), np.linspace(0.0, 0.05, 100), np.full(50, 0.5)])[:, None]
     t = PseudoThresholds(np.array([0.9]), np.array([0.1]))
     got = select_pseudo_labels(p, t, [0.6], SelfTrainingConfig(class_fraction=0.5, max_rows=1000))
-    assert got.report == {"qualified": 200, "positive": 50, "negative": 75}  # half of 100 flagged, of 150 not
-    assert got.targets[:50].all() and not got.targets[50:].any()
-    assert p[got.index[:50], 0].min() >= p[got.index[0], 0] - 0.05  # most confident first
+    assert (got.report["qualified"], got.report["positive"], got.report["negative"]) == (200, 50, 75)
+    assert got.mask.all() and np.all(got.targets[:, 0] == (p[got.index, 0] >= 0.9))
+    top = np.sort(p[got.index[got.targets[:, 0] == 1], 0])
+    assert top[0] >= np.sort(p[:100, 0])[50] - 1e-12  # most confident first: the top half of the 100
     capped = select_pseudo_labels(p, t, [0.6], SelfTrainingConfig(class_fraction=0.5, max_rows=50))
     assert len(capped.index) <= 50 and capped.report["positive"] == 20 and capped.report["negative"] == 30
+
+
+def test_pseudo_labels_are_per_label_and_masked():
+    """A row confident on one label only is kept for that label, its other labels masked out; the
+    row-level rule (``all_labels``, multi_class) would drop it."""
+    p = np.array([[0.99, 0.5], [0.01, 0.5], [0.99, 0.01], [0.5, 0.5]])
+    t = PseudoThresholds(np.array([0.9, 0.9]), np.array([0.05, 0.05]))
+    cfg = SelfTrainingConfig(class_fraction=1.0, max_rows=100)
+    got = select_pseudo_labels(p, t, [0.6, 0.6], cfg)
+    assert got.index.tolist() == [0, 1, 2]
+    assert got.mask.tolist() == [[1, 0], [1, 0], [1, 1]]
+    assert got.targets.tolist() == [[1, 0], [0, 0], [1, 0]]
+    assert got.report["positive"] == 2 and got.report["negative"] == 2
+    assert select_pseudo_labels(p, t, [0.6, 0.6], cfg, all_labels=True).index.tolist() == [2]
+    hi = p.copy()
+    hi[1, 0] = 0.2  # under the other prior, row 1 is no longer surely not label 0
+    assert select_pseudo_labels(p, t, [0.6, 0.6], cfg, negative_probs=hi).index.tolist() == [0, 2]
+
+
+def test_masked_loss_ignores_masked_labels():
+    """Masked entries give no gradient; unmasked ones the plain BCE's (no class weighting)."""
+    import torch
+
+    from model.schema import LabelSchema
+    from training.adapt import MaskedFineTuner
+    from training.config import TrainConfig
+    from training.loop import FitData
+
+    y = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    mask = np.array([[1, 0], [1, 1], [0, 0]], dtype=np.float32)
+    data = FitData(None, [[1], [2], [3]], y, [], np.zeros((0, 2)), LabelSchema(labels=("a", "b")))
+    cfg = TrainConfig(class_weighting=False)
+    tuner = MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask)
+    logits = torch.tensor([[0.3, -2.0], [1.5, 0.2], [9.0, -9.0]], requires_grad=True)
+    loss = tuner.compute_loss(logits, np.arange(3))
+    loss.backward()
+    assert torch.all(logits.grad[mask == 0] == 0) and torch.all(logits.grad[mask == 1] != 0)
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.from_numpy(y), reduction="none"
+    )
+    assert torch.isclose(loss, (plain * torch.from_numpy(mask)).sum() / 6)
+    with pytest.raises(ValueError, match="shape"):
+        MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask[:2])
 
 
 def test_adapt_config_rejects_unknown_keys():
@@ -142,6 +186,8 @@ def test_tiny_run_with_adaptation_logs_both_methods(tmp_path):
     m = run_training(load_config(TINY_CONFIG, overrides)).metrics
     assert m["adapt.unlabelled.kept"] == 40 and m["adapt.mlm.steps"] >= 1
     assert "adapt.self_training.round1.kept" in m and "adapt.teacher.test.scam.ap" in m
+    if m.get("adapt.self_training.round1.pseudo_rows", 0) > 0:  # a student was trained and reported
+        assert "adapt.self_training.round1.student.test.scam.ap" in m
 
 
 def test_unlabelled_fingerprint_changes_with_the_ads(tmp_path):

@@ -87,6 +87,7 @@ def _golden_and_feedback(workdir) -> tuple[str, str]:
     return f"gate.golden_files=[{golden}]", f"data.extra_train_files=[{fb}]"
 
 
+@pytest.mark.slow
 def test_gate_lifecycle(workdir):
     # 1. first model: no champion -> absolute floors; a weak (2-step) model passes the 0.0 floor. A golden
     # set joins the gate set, and feedback rows that repeat a gate text (test split or golden) are

@@ -107,6 +107,7 @@ def test_distillation_pulls_the_student_to_the_teacher(tmp_path):
     assert after < 0.5 * before
 
 
+@pytest.mark.slow
 def test_a_training_run_serves_the_student_only_where_it_passes_the_gate(tmp_path):
     from model.artifact import load_meta
     from model.predictor import Predictor
