@@ -509,7 +509,7 @@ def add_onnx_variants(
     Args:
         artifact_dir: a model artifact directory (``model.artifact``).
         texts: labelled texts, e.g. the validation split (a few thousand: the gate's AP needs
-            positives of every label; speed is measured on the same pass; the static scales are
+            positives of every label; the same pass gives the speed; the static scales are
             calibrated on ``CALIBRATION_TEXTS`` of them).
         targets: (n, L) 0/1 array, columns in the artifact's label order.
         quantize: also make the int8 variants.
