@@ -46,31 +46,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 class PlattScaling:
-    """A logistic regression of the target on ``logit(p)`` (Platt 1999): ``sigmoid(a + b logit(p))``,
-    fitted by Newton's method on the log-likelihood (a tiny ridge keeps separable data finite).
+    """Platt scaling (Platt 1999): ``sigmoid(a + b logit(p))``, a logistic regression of the target on
+    the probability's logit (scikit-learn; ``C=1e6``, a ridge just large enough to keep separable data
+    finite).
 
     Args:
         p: (n,) probabilities.
-        y: (n,) 0/1 targets.
+        y: (n,) 0/1 targets, both classes present (else scikit-learn raises ValueError).
     """
 
-    def __init__(self, p: np.ndarray, y: np.ndarray, iterations: int = 50):
-        x = np.column_stack([np.ones(len(p)), _logit(p)])  # (n, 2)
-        t = (np.asarray(y) > 0.5).astype(np.float64)
-        w = np.zeros(2)
-        for _ in range(iterations):
-            m = 1 / (1 + np.exp(-(x @ w)))
-            grad = x.T @ (t - m) - 1e-6 * w
-            hess = (x * (m * (1 - m))[:, None]).T @ x + 1e-6 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            w = w + step
-            if np.abs(step).max() < 1e-10:
-                break
-        self.coef = w
+    def __init__(self, p: np.ndarray, y: np.ndarray):
+        from sklearn.linear_model import LogisticRegression
+
+        t = (np.asarray(y) > 0.5).astype(np.int64)
+        self.model = LogisticRegression(C=1e6, tol=1e-10, max_iter=200).fit(_logit(p)[:, None], t)
 
     def predict(self, p: np.ndarray) -> np.ndarray:
         """(n,) probabilities -> (n,) recalibrated probabilities."""
-        return 1 / (1 + np.exp(-(self.coef[0] + self.coef[1] * _logit(p))))
+        return self.model.predict_proba(_logit(p)[:, None])[:, 1]
 
 
 class ReferenceCalibration:
