@@ -292,13 +292,12 @@ def test_logs_never_contain_ad_text(server):
     bad = b'{"input": "' + markers[2].encode() + b'"'  # unterminated JSON
     r = httpx.post(f"{server.base}/v1/classify", content=bad, headers={"content-type": "application/json"})
     assert r.status_code == 400
+    lines = ("POST /v1/classify 200", "POST /v1/classify 422", "POST /v1/classify 400")
     deadline = time.monotonic() + 10
-    while "POST /v1/classify 200" not in server.logs() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the access line is written after the response
+    while not all(x in server.logs() for x in lines) and time.monotonic() < deadline:
+        time.sleep(0.1)  # each access line is written after its response: wait for all three
     logs = server.logs()
-    assert (
-        "POST /v1/classify 200" in logs and "POST /v1/classify 400" in logs
-    )  # the request lines are there...
+    assert all(x in logs for x in lines)  # the request lines are there...
     sent = [
         *markers,
         "Sweet new girl",
