@@ -43,7 +43,7 @@ from model.schema import LabelSchema
 from training.adapt_config import AdaptConfig, MlmConfig, SelfTrainingConfig
 from training.config import TrainConfig
 from training.data import DataError, read_table
-from training.loop import FineTuner, FitData, macro_ap, predict_logits
+from training.loop import FineTuner, FitData, label_aps, macro_ap, pos_weight, predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -381,8 +381,8 @@ def select_pseudo_labels(
 class MaskedFineTuner(FineTuner):
     """The fine-tuning loop with a per-entry mask on the BCE loss: an entry (row, label) with mask 0
     contributes nothing (a pseudo-labelled row's unsure labels). ``pos_weight`` per label is
-    ``neg/pos`` over the unmasked entries, clipped as ``training.loop.loss_function``; the loss is the
-    masked sum over the batch divided by ``B * L``, the plain loss's scale where nothing is masked.
+    ``training.loop.pos_weight`` of the unmasked entries' counts; the loss is the masked sum over the
+    batch divided by ``B * L``, the plain loss's scale where nothing is masked.
 
     Args:
         model, data, cfg, seed: as ``FineTuner``.
@@ -403,12 +403,7 @@ class MaskedFineTuner(FineTuner):
         self.mask = mask.astype(np.float32)
         y = data.train_y
         pos, neg = (self.mask * y).sum(axis=0), (self.mask * (1 - y)).sum(axis=0)
-        pw = (
-            np.clip(neg / np.maximum(pos, 1), 1.0, cfg.max_pos_weight)
-            if cfg.class_weighting
-            else np.ones_like(pos)
-        )
-        self.pos_weight = pw.astype(np.float32)  # (L,)
+        self.pos_weight = pos_weight(pos, neg, cfg) if cfg.class_weighting else np.ones_like(pos, np.float32)
 
     def compute_loss(self, logits, rows: np.ndarray):
         import torch
@@ -420,21 +415,6 @@ class MaskedFineTuner(FineTuner):
             logits.float(), y, pos_weight=torch.from_numpy(self.pos_weight).to(dev), reduction="none"
         )
         return (bce * m).sum() / bce.numel()
-
-
-def label_aps(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(L,) average precision per label of (n, L) scores against (n, L) 0/1 targets; nan where a
-    label lacks a class (rank-based: logits or probabilities give the same)."""
-    from sklearn.metrics import average_precision_score
-
-    return np.array(
-        [
-            average_precision_score(targets[:, j], logits[:, j])
-            if 0 < targets[:, j].sum() < len(targets)
-            else np.nan
-            for j in range(targets.shape[1])
-        ]
-    )
 
 
 def _prefixed(on_metrics: Callable[[dict, int], object] | None, prefix: str):

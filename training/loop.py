@@ -100,9 +100,14 @@ def loss_function(schema: LabelSchema, targets: np.ndarray, cfg: TrainConfig) ->
         return torch.nn.CrossEntropyLoss(weight=w)
     pw = None
     if cfg.class_weighting:
-        neg = len(targets) - pos
-        pw = torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, cfg.max_pos_weight), dtype=torch.float32)
+        pw = torch.from_numpy(pos_weight(pos, len(targets) - pos, cfg))
     return torch.nn.BCEWithLogitsLoss(pos_weight=pw)
+
+
+def pos_weight(pos: np.ndarray, neg: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """(L,) float32 BCE ``pos_weight``: ``neg/pos`` per label from (L,) counts, clipped to
+    [1, ``cfg.max_pos_weight``]."""
+    return np.clip(neg / np.maximum(pos, 1), 1.0, cfg.max_pos_weight).astype(np.float32)
 
 
 def _loss_targets(schema: LabelSchema, y: np.ndarray) -> torch.Tensor:
@@ -129,14 +134,24 @@ def predict_logits(model, encoder: TextEncoder, ids: list[list[int]], batch_size
     return out
 
 
+def label_aps(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(L,) average precision per label of (n, L) scores against (n, L) 0/1 targets (scikit-learn);
+    nan where a label lacks a class (rank-based: logits or probabilities give the same)."""
+    return np.array(
+        [
+            average_precision_score(targets[:, j], logits[:, j])
+            if 0 < targets[:, j].sum() < len(targets)
+            else np.nan
+            for j in range(targets.shape[1])
+        ]
+    )
+
+
 def macro_ap(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean average precision over labels that have both classes (rank-based: no calibration needed)."""
-    aps = [
-        average_precision_score(targets[:, j], logits[:, j])
-        for j in range(targets.shape[1])
-        if 0 < targets[:, j].sum() < len(targets)
-    ]
-    return float(np.mean(aps)) if aps else float("nan")
+    aps = label_aps(logits, targets)
+    aps = aps[~np.isnan(aps)]
+    return float(np.mean(aps)) if len(aps) else float("nan")
 
 
 HEAD_PREFIXES = ("classifier", "bert.pooler", "pooler")  # parameters not in the base checkpoint's encoder
