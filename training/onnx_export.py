@@ -298,7 +298,9 @@ def quantize_int8_per_token(
         x_q = round(x / s) + 128                              (..., K)   uint8, zero point 128
         y = MatMulInteger(x_q, W_q) * s * s_w                 (..., N)   W_q int8 per output channel
 
-    (standard ONNX ops: Abs, ReduceMax, Div, Round, Cast, MatMulInteger, Mul). Each token's scale
+    (Abs and ReduceMax for the scales; QuantizeLinear with a per-axis scale over the (tokens, K) rows;
+    onnxruntime's contrib ``MatMulIntegerToFloat``, the u8s8 kernel its dynamic int8 uses, for the
+    product and the weight scales; one Mul for the token scales). Each token's scale
     depends on that token alone, so a text's score does not depend on its batch-mates or its
     padding, and the graph runs batched; a token's outlier features cost that token's resolution
     only, where a per-tensor scale (dynamic or calibrated) spends every token's. Token-wise
@@ -329,9 +331,13 @@ def quantize_int8_per_token(
     shared = [
         helper.make_tensor("pt/eps", TensorProto.FLOAT, [], [1e-12]),
         helper.make_tensor("pt/qmax", TensorProto.FLOAT, [], [127.0]),
-        helper.make_tensor("pt/zero_f", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("pt/one", TensorProto.FLOAT, [], [1.0]),
         helper.make_tensor("pt/zero_u8", TensorProto.UINT8, [], [128]),
+        helper.make_tensor("pt/axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("pt/start0", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("pt/end_last", TensorProto.INT64, [1], [-1]),
     ]
+    zero_u8_1d = helper.make_tensor("zero_u8", TensorProto.UINT8, [1], [128])
     nodes: list[Any] = []
     replaced = {}
     for k, node in enumerate(targets):
@@ -343,19 +349,34 @@ def quantize_int8_per_token(
             numpy_helper.from_array(w_q, p + "w_q"),
             numpy_helper.from_array(s_w.astype(np.float32), p + "s_w"),
         ]
+        # (..., K) -> (M, K) rows, one per token; QuantizeLinear's per-axis scale and zero point
+        # quantise each row with its own scale in one pass; MatMulIntegerToFloat (onnxruntime's
+        # contrib op, the kernel its dynamic int8 uses) multiplies and applies the weight scales.
         replaced[node.name] = [
-            helper.make_node("Abs", [x], [p + "abs"]),
-            helper.make_node("ReduceMax", [p + "abs"], [p + "amax"], axes=[-1], keepdims=1),
+            helper.make_node("Shape", [x], [p + "x_shape"]),
+            helper.make_node("Reshape", [x, p + "rows_shape"], [p + "x2"]),
+            helper.make_node("Abs", [p + "x2"], [p + "abs"]),
+            helper.make_node("ReduceMax", [p + "abs"], [p + "amax"], axes=[1], keepdims=0),
             helper.make_node("Max", [p + "amax", "pt/eps"], [p + "amax_eps"]),
             helper.make_node("Div", [p + "amax_eps", "pt/qmax"], [p + "s"]),
-            helper.make_node("Div", [x, p + "s"], [p + "x_s"]),
-            helper.make_node("Round", [p + "x_s"], [p + "x_r"]),
-            helper.make_node("Add", [p + "x_r", "pt/zero_f"], [p + "x_z"]),
-            helper.make_node("Cast", [p + "x_z"], [p + "x_q"], to=TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [p + "x_q", p + "w_q", "pt/zero_u8"], [p + "y_i"]),
-            helper.make_node("Cast", [p + "y_i"], [p + "y_f"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [p + "y_f", p + "s"], [p + "y_s"]),
-            helper.make_node("Mul", [p + "y_s", p + "s_w"], [y], name=node.name + "/int8-per-token"),
+            helper.make_node("Shape", [p + "s"], [p + "s_shape"]),
+            helper.make_node("ConstantOfShape", [p + "s_shape"], [p + "zp"], value=zero_u8_1d),
+            helper.make_node("QuantizeLinear", [p + "x2", p + "s", p + "zp"], [p + "x_q"], axis=0),
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [p + "x_q", p + "w_q", "pt/one", p + "s_w", "pt/zero_u8"],
+                [p + "y_w"],
+                domain="com.microsoft",
+            ),
+            helper.make_node("Unsqueeze", [p + "s", "pt/axis1"], [p + "s_col"]),
+            helper.make_node("Mul", [p + "y_w", p + "s_col"], [p + "y2"]),
+            helper.make_node("Slice", [p + "x_shape", "pt/start0", "pt/end_last"], [p + "lead"]),
+            helper.make_node("Concat", [p + "lead", p + "n"], [p + "y_shape"], axis=0),
+            helper.make_node("Reshape", [p + "y2", p + "y_shape"], [y], name=node.name + "/int8-per-token"),
+        ]
+        shared += [
+            numpy_helper.from_array(np.array([-1, w.shape[0]], dtype=np.int64), p + "rows_shape"),
+            numpy_helper.from_array(np.array([w.shape[1]], dtype=np.int64), p + "n"),
         ]
     for node in g.node:
         nodes.extend(replaced.get(node.name, [node]))
@@ -365,6 +386,8 @@ def quantize_int8_per_token(
     g.node.extend(nodes)
     del g.initializer[:]
     g.initializer.extend(kept_inits + shared)
+    if targets and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return Path(dst)

@@ -175,6 +175,22 @@ def test_onnx_fp32_and_int8_match_torch_on_probes(onnx_artifact, probes):
         alone = np.vstack([p.predict_proba([t]) for t in texts])
         np.testing.assert_allclose(together, alone, atol=atol, rtol=0)
     assert [p.truncated for p in fp32.predict(texts)] == [p.truncated for p in ref.predict(texts)]
+    # on two threads a batch runs as two row chunks at once, each cut to its own longest row: the
+    # same logits as the whole batch on one thread
+    one = Predictor.load(d, runtime=INT8_TOKEN_VARIANT, num_threads=1)
+    two = Predictor.load(d, runtime=INT8_TOKEN_VARIANT, num_threads=2)
+    ids, mask = two.encoder.pad(two.encoder.encode(texts).input_ids)
+    order = np.argsort(mask.sum(axis=1), kind="stable")
+    ids, mask = ids[order], mask[order]
+    assert mask[0].sum() < mask.shape[1]  # the shortest row has padding to drop
+    calls = []
+    run = two.runtime._run
+    two.runtime._run = lambda i, m: calls.append(i.shape) or run(i, m)
+    np.testing.assert_allclose(
+        two.runtime.logits(ids, mask), one.runtime.logits(ids, mask), atol=STATIC_BATCH_ATOL, rtol=0
+    )
+    assert sorted(rows for rows, _ in calls) == [len(ids) // 2, len(ids) - len(ids) // 2]
+    assert min(width for _, width in calls) < ids.shape[1]
 
 
 @pytest.mark.parametrize("default", [FP32_VARIANT, INT8_VARIANT, INT8_TOKEN_VARIANT, "torch"])
@@ -385,4 +401,4 @@ def test_per_token_int8_is_token_wise_quantisation(tmp_path):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y, x @ w, atol=0.05 * np.abs(x @ w).max())  # close to fp32
     np.testing.assert_array_equal(session.run(None, {"x": x[1:2]})[0], y[1:2])  # batch-mates do not matter
-    assert "MatMulInteger" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}
+    assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}
