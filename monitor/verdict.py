@@ -61,7 +61,11 @@ class MonitorSettings(BaseModel):
         description="most ads per side the input-drift tests read (linked, classified; embeddings: a subsample)",
     )
     psi_limit: float = Field(0.25, gt=0, description="score PSI above which a label's scores drifted")
-    prevalence_ratio: float = Field(2.0, gt=1, description="EM prevalence change factor that counts as drift")
+    prevalence_ratio: float = Field(
+        1.5,
+        gt=1,
+        description="EM prevalence change factor that counts as drift (the shift suite's weaker strength)",
+    )
     performance_drop: float = Field(
         0.05, gt=0, le=1, description="least drop of estimated precision/recall that alerts"
     )

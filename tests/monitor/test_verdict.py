@@ -71,6 +71,10 @@ def test_prevalence_change_needs_the_interval_and_the_factor():
     assert not prevalence_changed(1.6, [1.1, 2.3], 2.0)  # significant but small
     assert not prevalence_changed(3.0, [0.5, 6.0], 2.0)  # large but within noise
     assert prevalence_changed(0.0, [0.0, 0.05], 2.0)  # a label that vanished
+    # the default factor: a weak label's EM ratio of 0.51 (its prevalence cut to x0.3) is a change
+    limit = MonitorSettings().prevalence_ratio
+    assert prevalence_changed(0.51, [0.32, 0.75], limit)
+    assert not prevalence_changed(1.36, [1.07, 1.75], limit)  # unshifted traffic's largest ratio
 
 
 def _verdict(status: Status, version="3", name="risky-ads") -> Verdict:
