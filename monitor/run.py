@@ -221,7 +221,7 @@ def assess(
                 p["reference_labelled"] = round(float(reference.labels[:, j].mean()), 4)
             if current.labels is not None:
                 p["realised"] = round(float(current.labels[:, j].mean()), 4)
-            p["changed"] = prevalence_changed(p["ratio"], p["ratio_interval"], settings.prevalence_ratio)
+            p["changed"] = prevalence_changed(p["ratio_interval"], settings.prevalence_ratio)
         # posteriors move to the EM prior only where it differs significantly from the reference's (the
         # ratio's interval excludes 1): an uninformative label's EM prior wanders, and must not move estimates
         q_adj = np.column_stack(

@@ -13,8 +13,8 @@ labels_needed  11     drift fired and more than ``novel_share_limit`` of the cur
 
 Signals (each configurable in ``MonitorSettings``): the text domain classifier's AUC above its
 threshold; the embedding MMD's p-value below ``mmd_alpha``; a label's score PSI above ``psi_limit``;
-a label's EM prevalence whose ratio to the reference's has a 95% interval excluding 1 and is
-beyond the factor ``prevalence_ratio``; an estimated precision or recall below the reference's by
+a label's EM prevalence whose ratio to the reference's has its whole 95% interval beyond the factor
+``prevalence_ratio`` either way; an estimated precision or recall below the reference's by
 more than ``max(performance_drop, 3 sd)`` (NannyML's 3-sigma alert band, sd of the realised value
 at this window size).
 """
@@ -22,7 +22,6 @@ at this window size).
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -62,9 +61,9 @@ class MonitorSettings(BaseModel):
     )
     psi_limit: float = Field(0.25, gt=0, description="score PSI above which a label's scores drifted")
     prevalence_ratio: float = Field(
-        1.5,
+        1.25,
         gt=1,
-        description="EM prevalence change factor that counts as drift (the shift suite's weaker strength)",
+        description="factor beyond which the whole 95% interval of the EM prevalence ratio must lie",
     )
     performance_drop: float = Field(
         0.05, gt=0, le=1, description="least drop of estimated precision/recall that alerts"
@@ -145,11 +144,11 @@ def decide(
     return Status.RETRAIN, reasons
 
 
-def prevalence_changed(ratio: float, ratio_interval: list[float], limit: float) -> bool:
-    """The EM prevalence moved: the 95% interval of its ratio to the reference's excludes 1, and the
-    ratio itself is beyond the factor ``limit`` either way."""
+def prevalence_changed(ratio_interval: list[float], limit: float) -> bool:
+    """The EM prevalence moved by at least the factor ``limit``, with 95% confidence: the whole
+    interval of its ratio to the reference's lies beyond ``limit`` either way."""
     lo, hi = ratio_interval
-    return bool((lo > 1 or hi < 1) and abs(math.log(max(ratio, 1e-6))) > math.log(limit))
+    return bool(lo > limit or hi < 1 / limit)
 
 
 def write_verdict(path: str | Path, verdict: Verdict) -> None:

@@ -66,15 +66,18 @@ def test_decide(drift, prev, perf, status):
     assert EXIT_CODES[got] == {Status.STABLE: 0, Status.RETRAIN: 10, Status.LABELS_NEEDED: 11}[status]
 
 
-def test_prevalence_change_needs_the_interval_and_the_factor():
-    assert prevalence_changed(3.0, [2.5, 3.5], 2.0)
-    assert not prevalence_changed(1.6, [1.1, 2.3], 2.0)  # significant but small
-    assert not prevalence_changed(3.0, [0.5, 6.0], 2.0)  # large but within noise
-    assert prevalence_changed(0.0, [0.0, 0.05], 2.0)  # a label that vanished
-    # the default factor: a weak label's EM ratio of 0.51 (its prevalence cut to x0.3) is a change
+def test_prevalence_change_needs_the_whole_interval_beyond_the_factor():
+    assert prevalence_changed([2.5, 3.5], 2.0)
+    assert prevalence_changed([0.2, 0.45], 2.0)  # downwards too
+    assert not prevalence_changed([1.9, 3.0], 2.0)  # large, but the interval reaches inside
+    assert not prevalence_changed([0.5, 6.0], 2.0)  # large but within noise
+    assert prevalence_changed([0.0, 0.05], 2.0)  # a label that vanished
+    # the default factor, on what the shift suite's windows gave: a weak label's prevalence cut to
+    # x0.3 (EM ratio 0.51) is a change; unshifted windows (their widest ratios) are not
     limit = MonitorSettings().prevalence_ratio
-    assert prevalence_changed(0.51, [0.32, 0.75], limit)
-    assert not prevalence_changed(1.36, [1.07, 1.75], limit)  # unshifted traffic's largest ratio
+    assert prevalence_changed([0.32, 0.75], limit)
+    assert not prevalence_changed([1.07, 1.75], limit)
+    assert not prevalence_changed([1.02, 2.32], limit)
 
 
 def _verdict(status: Status, version="3", name="risky-ads") -> Verdict:
