@@ -165,7 +165,7 @@ def prevalence(
     draws: int = 200,
     seed: int = 0,
     thresholds: np.ndarray | None = None,
-) -> tuple[dict[str, dict], ReferenceCalibration, np.ndarray]:
+) -> tuple[dict[str, dict], ReferenceCalibration, np.ndarray, list[ReferenceCalibration]]:
     """Label-free prevalence of each label in the current window, against the reference's.
 
     The interval is a bootstrap over both windows: each draw resamples the reference's ads (and refits
@@ -179,7 +179,8 @@ def prevalence(
 
     Returns:
         ({label: {mean_probability, em, em_interval, ratio, ratio_interval, calibration}}, the reference
-        calibration, (L,) reference priors the recalibrated posteriors are calibrated under);
+        calibration, (L,) reference priors the recalibrated posteriors are calibrated under, the
+        ``draws`` recalibrations refitted on resampled references (for ``cbpe``'s ``q_draws``));
         intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference prior.
     """
     cal = ReferenceCalibration(p_ref, y_ref, thresholds)
@@ -188,10 +189,12 @@ def prevalence(
     rng = np.random.default_rng(seed)
     em_b = np.zeros((draws, len(labels)))
     base_b = np.zeros((draws, len(labels)))
+    cals = []
     for b in range(draws):
         i_ref = rng.integers(0, len(p_ref), len(p_ref))
         i_cur = rng.integers(0, len(p_cur), len(p_cur))
         cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref], thresholds)
+        cals.append(cal_b)
         base_b[b] = np.clip(cal_b(p_ref[i_ref]).mean(axis=0), 1e-4, 1 - 1e-4)
         q_b = cal_b(p_cur[i_cur])
         em_b[b] = [em_prior(q_b[:, j], float(base_b[b, j])) for j in range(len(labels))]
@@ -207,19 +210,30 @@ def prevalence(
             "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
             "calibration": cal.methods[j],
         }
-    return out, cal, base
+    return out, cal, base, cals
 
 
-def cbpe(q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+def cbpe(
+    q: np.ndarray,
+    flagged: np.ndarray,
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+    q_draws: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Expected precision and recall of one label at its threshold (CBPE).
 
     Args:
         q: (n,) posteriors that the label applies (calibrated for this window).
         flagged: (n,) bool, the model's decision at the label's threshold.
+        q_draws: optional (B, n) posteriors from recalibrations refitted on resampled references; the
+            simulated labels of draw d come from row d mod B, so the interval also holds the
+            recalibration's own error (a parametric bootstrap with parameter uncertainty), not only
+            the window's Bernoulli sampling.
 
     Returns:
         ``precision`` / ``recall`` (None where undefined: nothing flagged, no expected positive),
-        their 5-95% intervals of the realised value under Bernoulli(q) labels, and ``flagged``.
+        their 5-95% intervals of the realised value under Bernoulli labels, and ``flagged``.
     """
     flagged = np.asarray(flagged, dtype=bool)
     tp = float(q[flagged].sum())
@@ -231,9 +245,14 @@ def cbpe(q: np.ndarray, flagged: np.ndarray, *, draws: int = 1000, seed: int = 0
         "flagged": nf,
     }
     rng = np.random.default_rng(seed)
-    y = rng.random((draws, len(q))) < q[None, :]  # (draws, n) simulated labels
-    tps = y[:, flagged].sum(1)
-    pos = y.sum(1)
+    source = q[None, :] if q_draws is None else np.asarray(q_draws, dtype=np.float64)
+    step = min(draws, 1000) if q_draws is None else len(source)  # simulated label rows at a time
+    tps, pos = np.zeros(draws), np.zeros(draws)
+    for start in range(0, draws, step):
+        k = min(step, draws - start)
+        y = rng.random((k, len(q))) < source[np.arange(start, start + k) % len(source)]  # (k, n) labels
+        tps[start : start + k] = y[:, flagged].sum(1)
+        pos[start : start + k] = y.sum(1)
     prec = tps / nf if nf else None
     with np.errstate(invalid="ignore", divide="ignore"):
         rec = np.where(pos > 0, tps / np.maximum(pos, 1), np.nan)

@@ -116,9 +116,11 @@ def _performance(
     flaggable: list[bool],
     settings: MonitorSettings,
     feedback: dict[str, set[str]] | None,
+    q_draws: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Per flaggable label: precision and recall at the threshold, reference vs estimated (CBPE on the
-    EM-adjusted posteriors) vs realised (window labels, moderator feedback)."""
+    EM-adjusted posteriors; ``q_draws`` (B, n, L), the window's posteriors under the bootstrap
+    recalibrations, widen its interval by their error) vs realised (window labels, moderator feedback)."""
     flag_ref = reference.probs >= np.asarray(thresholds)[None, :]
     flag_cur = current.probs >= np.asarray(thresholds)[None, :]
     fb = feedback_precision(current.texts, flag_cur, feedback, labels) if feedback else {}
@@ -128,7 +130,12 @@ def _performance(
             continue
         ref_est = cbpe(q_ref[:, j], flag_ref[:, j], seed=settings.seed)
         ref_real = realised(reference.labels[:, j], flag_ref[:, j]) if reference.labels is not None else None
-        est = cbpe(q_adj[:, j], flag_cur[:, j], seed=settings.seed)
+        est = cbpe(
+            q_adj[:, j],
+            flag_cur[:, j],
+            seed=settings.seed,
+            q_draws=None if q_draws is None else q_draws[:, :, j],
+        )
         got = realised(current.labels[:, j], flag_cur[:, j]) if current.labels is not None else None
         entry: dict[str, Any] = {"threshold": thresholds[j], "flagged": int(flag_cur[:, j].sum())}
         for metric in ("precision", "recall"):
@@ -202,7 +209,7 @@ def assess(
     with _timed(timings, "scores"):
         scores = drift_mod.score_drift(reference.probs, current.probs, labels, thresholds, settings.psi_limit)
     with _timed(timings, "estimates"):
-        prev, cal, base = prevalence(
+        prev, cal, base, cal_draws = prevalence(
             reference.probs,
             reference.labels,
             current.probs,
@@ -223,17 +230,18 @@ def assess(
                 p["realised"] = round(float(current.labels[:, j].mean()), 4)
             p["changed"] = prevalence_changed(p["ratio_interval"], settings.prevalence_ratio)
         # posteriors move to the EM prior only where it differs significantly from the reference's (the
-        # ratio's interval excludes 1): an uninformative label's EM prior wanders, and must not move estimates
-        q_adj = np.column_stack(
-            [
-                adjust_posteriors(q_cur[:, j], base[j], prev[name]["em"])
-                if not prev[name]["ratio_interval"][0] <= 1 <= prev[name]["ratio_interval"][1]
-                else q_cur[:, j]
-                for j, name in enumerate(labels)
-            ]
-        )
+        # ratio's interval excludes 1): an uninformative label's EM prior wanders, and must not move
+        # estimates. The same move on each bootstrap recalibration: the intervals then hold its error.
+        moved = [not prev[n]["ratio_interval"][0] <= 1 <= prev[n]["ratio_interval"][1] for n in labels]
+        q_adj = q_cur.copy()
+        q_draws = np.stack([c(current.probs) for c in cal_draws]) if any(cal.fitted) else None  # (B, n, L)
+        for j, name in enumerate(labels):
+            if moved[j]:
+                q_adj[:, j] = adjust_posteriors(q_cur[:, j], base[j], prev[name]["em"])
+                if q_draws is not None:
+                    q_draws[:, :, j] = adjust_posteriors(q_draws[:, :, j], base[j], prev[name]["em"])
         perf = _performance(
-            reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback
+            reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback, q_draws
         )
     drift = {"text": text, "embedding": emb, "scores": scores}
     status, reasons = decide(drift, prev, perf, settings)

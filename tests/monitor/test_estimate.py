@@ -65,6 +65,24 @@ def test_cbpe_expected_confusion_matrix_and_interval():
     assert cbpe(q, np.zeros(5, bool))["precision"] is None
 
 
+def test_cbpe_interval_holds_the_recalibrations_error():
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0.5, 1.0, 2000)
+    flagged = q > 0.7
+    plain = cbpe(q, flagged, seed=0)
+
+    def width(est):
+        lo, hi = est["precision_interval"]
+        return hi - lo
+
+    shifted = np.clip(q[None, :] + np.linspace(-0.1, 0.1, 50)[:, None], 0, 1)  # (B, n) recalibrations
+    wide = cbpe(q, flagged, seed=0, q_draws=shifted)
+    assert wide["precision"] == plain["precision"]  # the estimate itself is q's
+    assert width(wide) > 2 * width(plain) and wide["precision_sd"] > 2 * plain["precision_sd"]
+    same = cbpe(q, flagged, seed=0, q_draws=np.repeat(q[None, :], 50, axis=0))
+    assert width(same) == pytest.approx(width(plain), rel=0.25)  # no recalibration error: Bernoulli only
+
+
 def test_reference_calibration_reproduces_the_reference_realised_precision():
     rng = np.random.default_rng(4)
     p = rng.random(3000)
