@@ -173,7 +173,7 @@ class OnnxRuntime:
         so = ort.SessionOptions()
         # One intra-op thread per session.run; ``num_threads`` runs go at once (rows, or a batch's
         # row chunks): on 2 cores two 1-thread runs of half a batch beat one 2-thread run of all of
-        # it (docs/performance.md, "Concurrent chunks").
+        # it (docs/performance.md, "Row chunks").
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -102,11 +102,16 @@ class ReferenceCalibration:
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         """(n, L) probabilities -> (n, L) recalibrated probabilities."""
-        out = np.array(probs, dtype=np.float64, copy=True)
-        for j, m in enumerate(self.models):
-            if m is not None:
-                out[:, j] = m.predict(probs[:, j])
-        return out
+        return np.column_stack([self.column(probs[:, j], j) for j in range(len(self.models))])
+
+    def column(self, p: np.ndarray, j: int) -> np.ndarray:
+        """(n,) probabilities of label ``j`` -> (n,) recalibrated (float64)."""
+        m = self.models[j]
+        return (
+            np.array(p, dtype=np.float64, copy=True)
+            if m is None
+            else np.asarray(m.predict(p), dtype=np.float64)
+        )
 
 
 def adjust_posteriors(q: np.ndarray, base: float | np.ndarray, prior: float | np.ndarray) -> np.ndarray:

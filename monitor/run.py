@@ -116,11 +116,11 @@ def _performance(
     flaggable: list[bool],
     settings: MonitorSettings,
     feedback: dict[str, set[str]] | None,
-    q_draws: np.ndarray | None = None,
+    q_draws: Callable[[int], np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Per flaggable label: precision and recall at the threshold, reference vs estimated (CBPE on the
-    EM-adjusted posteriors; ``q_draws`` (B, n, L), the window's posteriors under the bootstrap
-    recalibrations, widen its interval by their error) vs realised (window labels, moderator feedback)."""
+    EM-adjusted posteriors; ``q_draws(j)``, label j's (B, n) posteriors under the bootstrap
+    recalibrations, widens its interval by their error) vs realised (window labels, moderator feedback)."""
     flag_ref = reference.probs >= np.asarray(thresholds)[None, :]
     flag_cur = current.probs >= np.asarray(thresholds)[None, :]
     fb = feedback_precision(current.texts, flag_cur, feedback, labels) if feedback else {}
@@ -134,7 +134,7 @@ def _performance(
             q_adj[:, j],
             flag_cur[:, j],
             seed=settings.seed,
-            q_draws=None if q_draws is None else q_draws[:, :, j],
+            q_draws=None if q_draws is None else q_draws(j),
         )
         got = realised(current.labels[:, j], flag_cur[:, j]) if current.labels is not None else None
         entry: dict[str, Any] = {"threshold": thresholds[j], "flagged": int(flag_cur[:, j].sum())}
@@ -234,12 +234,17 @@ def assess(
         # estimates. The same move on each bootstrap recalibration: the intervals then hold its error.
         moved = [not prev[n]["ratio_interval"][0] <= 1 <= prev[n]["ratio_interval"][1] for n in labels]
         q_adj = q_cur.copy()
-        q_draws = np.stack([c(current.probs) for c in cal_draws]) if any(cal.fitted) else None  # (B, n, L)
         for j, name in enumerate(labels):
             if moved[j]:
                 q_adj[:, j] = adjust_posteriors(q_cur[:, j], base[j], prev[name]["em"])
-                if q_draws is not None:
-                    q_draws[:, :, j] = adjust_posteriors(q_draws[:, :, j], base[j], prev[name]["em"])
+
+        def q_draws(j: int) -> np.ndarray | None:
+            """(B, n) label j's window posteriors under each bootstrap recalibration, moved alike."""
+            if not cal.fitted[j]:
+                return None
+            q = np.stack([c.column(current.probs[:, j], j) for c in cal_draws])
+            return adjust_posteriors(q, base[j], prev[labels[j]]["em"]) if moved[j] else q
+
         perf = _performance(
             reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback, q_draws
         )
