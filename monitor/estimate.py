@@ -255,7 +255,7 @@ def cbpe(
     tps, pos = np.zeros(draws), np.zeros(draws)
     for start in range(0, draws, step):
         k = min(step, draws - start)
-        y = rng.random((k, len(q))) < source[np.arange(start, start + k) % len(source)]  # (k, n) labels
+        y = rng.random((k, len(q))) < source[:k]  # (k, n) labels; source: one row, or rows start.. of q_draws
         tps[start : start + k] = y[:, flagged].sum(1)
         pos[start : start + k] = y.sum(1)
     prec = tps / nf if nf else None

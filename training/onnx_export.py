@@ -348,6 +348,8 @@ def quantize_int8_per_token(
         shared += [
             numpy_helper.from_array(w_q, p + "w_q"),
             numpy_helper.from_array(s_w.astype(np.float32), p + "s_w"),
+            numpy_helper.from_array(np.array([-1, w.shape[0]], dtype=np.int64), p + "rows_shape"),
+            numpy_helper.from_array(np.array([w.shape[1]], dtype=np.int64), p + "n"),
         ]
         # (..., K) -> (M, K) rows, one per token; QuantizeLinear's per-axis scale and zero point
         # quantise each row with its own scale in one pass; MatMulIntegerToFloat (onnxruntime's
@@ -373,10 +375,6 @@ def quantize_int8_per_token(
             helper.make_node("Slice", [p + "x_shape", "pt/start0", "pt/end_last"], [p + "lead"]),
             helper.make_node("Concat", [p + "lead", p + "n"], [p + "y_shape"], axis=0),
             helper.make_node("Reshape", [p + "y2", p + "y_shape"], [y], name=node.name + "/int8-per-token"),
-        ]
-        shared += [
-            numpy_helper.from_array(np.array([-1, w.shape[0]], dtype=np.int64), p + "rows_shape"),
-            numpy_helper.from_array(np.array([w.shape[1]], dtype=np.int64), p + "n"),
         ]
     for node in g.node:
         nodes.extend(replaced.get(node.name, [node]))
