@@ -380,27 +380,44 @@ def select_pseudo_labels(
 
 class MaskedFineTuner(FineTuner):
     """The fine-tuning loop with a per-entry mask on the BCE loss: an entry (row, label) with mask 0
-    contributes nothing (a pseudo-labelled row's unsure labels). ``pos_weight`` per label is
+    gets no hard target (a pseudo-labelled row's unsure labels). ``pos_weight`` per label is
     ``training.loop.pos_weight`` of the unmasked entries' counts; the loss is the masked sum over the
-    batch divided by ``B * L``, the plain loss's scale where nothing is masked.
+    batch divided by ``B * L``, the plain loss's scale where nothing is masked. With ``soft`` and
+    ``soft_weight`` > 0, a masked entry instead adds ``soft_weight`` times the BCE against the
+    teacher's probability there (knowledge distillation, Hinton et al. 2015, on the entries without a
+    label: learning without forgetting, Li and Hoiem 2016).
 
     Args:
         model, data, cfg, seed: as ``FineTuner``.
         mask: (n, L) 0/1, one row per ``data.train_ids``.
+        soft: (n, L) teacher probabilities in [0, 1], read where ``mask`` is 0; None: no distillation.
+        soft_weight: the distillation term's weight (>= 0).
 
     Raises:
-        ValueError: ``mask`` is not ``data.train_y``'s shape, or the schema is multi_class.
+        ValueError: ``mask`` or ``soft`` is not ``data.train_y``'s shape, or the schema is multi_class.
     """
 
     progress_label = "self-training"
 
-    def __init__(self, model, data: FitData, cfg: TrainConfig, seed: int, mask: np.ndarray):
-        if mask.shape != data.train_y.shape:
-            raise ValueError(f"mask of shape {mask.shape} for targets of shape {data.train_y.shape}")
+    def __init__(
+        self,
+        model,
+        data: FitData,
+        cfg: TrainConfig,
+        seed: int,
+        mask: np.ndarray,
+        soft: np.ndarray | None = None,
+        soft_weight: float = 0.0,
+    ):
+        for name, a in (("mask", mask), ("soft", soft)):
+            if a is not None and a.shape != data.train_y.shape:
+                raise ValueError(f"{name} of shape {a.shape} for targets of shape {data.train_y.shape}")
         if data.schema.problem_type.value == "multi_class":
             raise ValueError("a masked loss needs independent labels (multi_label or binary)")
         super().__init__(model, data, cfg, seed)
         self.mask = mask.astype(np.float32)
+        self.soft = None if soft is None or soft_weight <= 0 else soft.astype(np.float32)
+        self.soft_weight = float(soft_weight)
         y = data.train_y
         pos, neg = (self.mask * y).sum(axis=0), (self.mask * (1 - y)).sum(axis=0)
         self.pos_weight = pos_weight(pos, neg, cfg) if cfg.class_weighting else np.ones_like(pos, np.float32)
@@ -414,7 +431,12 @@ class MaskedFineTuner(FineTuner):
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), y, pos_weight=torch.from_numpy(self.pos_weight).to(dev), reduction="none"
         )
-        return (bce * m).sum() / bce.numel()
+        loss = (bce * m).sum()
+        if self.soft is not None:
+            q = torch.from_numpy(self.soft[rows]).to(dev)  # (B, L) the teacher's probabilities
+            kd = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), q, reduction="none")
+            loss = loss + self.soft_weight * (kd * (1 - m)).sum()
+        return loss / bce.numel()
 
 
 def _prefixed(on_metrics: Callable[[dict, int], object] | None, prefix: str):
@@ -598,11 +620,18 @@ class Adaptation:
             )
             ckpt = checkpoint_dir / f"self-training-{r}"
             fit_data = FitData(data.encoder, rows_ids, rows_y, data.val_ids, data.val_y, data.schema)
-            tuner = (
-                FineTuner(student, fit_data, student_cfg, seed + r)
-                if multi_class  # rows confident on every label: nothing to mask
-                else MaskedFineTuner(student, fit_data, student_cfg, seed + r, rows_mask)
-            )
+            if multi_class:  # rows confident on every label: nothing to mask
+                tuner = FineTuner(student, fit_data, student_cfg, seed + r)
+            else:
+                # the teacher's probabilities where the pseudo-labels are unsure (distill_unsure)
+                soft = (
+                    1 / (1 + np.exp(-logits_of(model, rows_ids).astype(np.float64)))
+                    if st.distill_unsure > 0
+                    else None
+                )
+                tuner = MaskedFineTuner(
+                    student, fit_data, student_cfg, seed + r, rows_mask, soft, st.distill_unsure
+                )
             tuner.fit(
                 ckpt,
                 config_digest,

@@ -73,8 +73,16 @@ class SelfTrainingConfig(_Strict):
     keep_tolerance: float = Field(
         0.005,
         ge=0,
-        description="the student replaces the teacher unless its validation macro AP, or its macro AP on "
-        "the validation rows' short views, falls more than this below the teacher's",
+        description="the student replaces the teacher unless a label's validation AP, or its AP on the "
+        "validation rows' short views, falls more than this below the teacher's",
+    )
+    distill_unsure: float = Field(
+        1.0,
+        ge=0,
+        description="weight of a distillation loss on the entries a pseudo-labelled row leaves out (its "
+        "unsure labels): there the student matches the teacher's probability, so a label with few or no "
+        "pseudo-labels does not drift through the shared encoder (learning without forgetting, Li and "
+        "Hoiem 2016); 0 leaves those entries out of the loss",
     )
 
 

@@ -157,6 +157,23 @@ def test_masked_loss_ignores_masked_labels():
     with pytest.raises(ValueError, match="shape"):
         MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask[:2])
 
+    # distillation: a masked entry matches the teacher's probability, weighted; the others unchanged
+    soft = np.array([[0.9, 0.2], [0.5, 0.5], [0.7, 0.1]], dtype=np.float32)
+    with pytest.raises(ValueError, match="soft of shape"):
+        MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask, soft[:2], 0.5)
+    tuner = MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask, soft, 0.5)
+    logits = torch.tensor([[0.3, -2.0], [1.5, 0.2], [9.0, -9.0]], requires_grad=True)
+    loss = tuner.compute_loss(logits, np.arange(3))
+    kd = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.from_numpy(soft), reduction="none"
+    )
+    m = torch.from_numpy(mask)
+    assert torch.isclose(loss, ((plain * m).sum() + 0.5 * (kd * (1 - m)).sum()) / 6)
+    loss.backward()
+    assert torch.all(logits.grad != 0)  # every entry now has a target
+    off = MaskedFineTuner(torch.nn.Linear(1, 1), data, cfg, 0, mask, soft, 0.0)
+    assert torch.isclose(off.compute_loss(logits, np.arange(3)), (plain * m).sum() / 6)
+
 
 def test_adapt_config_rejects_unknown_keys():
     from pydantic import ValidationError
@@ -179,6 +196,7 @@ def test_tiny_run_with_adaptation_logs_both_methods(tmp_path):
         f"adapt.unlabelled_files=[{f}]",
         "adapt.mlm.epochs=1",
         "adapt.self_training.pseudo_precision=0.5",
+        "adapt.self_training.distill_unsure=1.0",
         "train.max_steps=4",
         "baseline.enabled=false",
         "tracking.register_model=false",
