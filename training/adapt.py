@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from model.calibration import calibrated_probabilities, fit_temperatures, select_threshold, select_thresholds
 from model.encoding import TextEncoder
@@ -624,11 +625,7 @@ class Adaptation:
                 tuner = FineTuner(student, fit_data, student_cfg, seed + r)
             else:
                 # the teacher's probabilities where the pseudo-labels are unsure (distill_unsure)
-                soft = (
-                    1 / (1 + np.exp(-logits_of(model, rows_ids).astype(np.float64)))
-                    if st.distill_unsure > 0
-                    else None
-                )
+                soft = expit(logits_of(model, rows_ids)) if st.distill_unsure > 0 else None
                 tuner = MaskedFineTuner(
                     student, fit_data, student_cfg, seed + r, rows_mask, soft, st.distill_unsure
                 )
