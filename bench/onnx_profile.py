@@ -38,14 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.inference import cpu_info, encoder_config  # noqa: E402
+
 INT8_PRODUCTS = ("MatMulIntegerToFloat", "MatMulInteger")
-
-
-def cpu_mhz() -> float:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            return float(line.split(":")[1])
-    return float("nan")
 
 
 def session(model, *, profile_dir: str | None = None):
@@ -136,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             ids, mask = p.encoder.pad([enc.input_ids[i] for i in part])
             batches.append({"input_ids": ids, "attention_mask": mask})
 
-    mhz = cpu_mhz()
+    mhz = cpu_info()["mhz"] or float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         s = session(str(path), profile_dir=tmp)
         for b in batches[:2]:
@@ -171,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\nthe kernel alone (MatMulIntegerToFloat, one thread, best of 3): GOPS (ops/cycle)")
     print("| K x N | " + " | ".join(f"{m} rows" for m in (32, 256, 1024, 4096)) + " |\n|---|" + "---:|" * 4)
-    cfg = json.loads((Path(args.model) / "config.json").read_text())
+    cfg = encoder_config(args.model, p.runtime.name)
     h, i = cfg["hidden_size"], cfg["intermediate_size"]
     for k, n in ((h, h), (h, i), (i, h)):
         cells = []
