@@ -229,10 +229,10 @@ def assess(
             if current.labels is not None:
                 p["realised"] = round(float(current.labels[:, j].mean()), 4)
             p["changed"] = prevalence_changed(p["ratio_interval"], settings.prevalence_ratio)
-        # posteriors move to the EM prior only where it differs significantly from the reference's (the
-        # ratio's interval excludes 1): an uninformative label's EM prior wanders, and must not move
-        # estimates. The same move on each bootstrap recalibration: the intervals then hold its error.
-        moved = [not prev[n]["ratio_interval"][0] <= 1 <= prev[n]["ratio_interval"][1] for n in labels]
+        # posteriors move to the EM prior only where the prevalence signal fired (``changed``): an
+        # uninformative label's EM prior wanders, and must not move estimates. The same move on each
+        # bootstrap recalibration: the intervals then hold its error.
+        moved = [prev[n]["changed"] for n in labels]
         q_adj = q_cur.copy()
         for j, name in enumerate(labels):
             if moved[j]:

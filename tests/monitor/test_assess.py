@@ -62,3 +62,22 @@ def test_ads_unlike_the_reference_need_labels(pool):
     assert a.drift["embedding"]["novel_share"] > 0.8 and a.drift["text"]["drifted"]
     assert a.status is Status.LABELS_NEEDED and any("unlike any reference ad" in r for r in a.reasons)
     assert any(w.startswith("input drift") for w in a.warnings)
+
+
+def test_estimates_move_to_the_em_prior_only_when_the_prevalence_signal_fires(pool):
+    """The same 5% -> 20% window read with the default prevalence rule (x1.25: fires) and with a rule
+    it cannot meet (x10): the estimates take the EM prior only where the verdict reports the change."""
+    from monitor.verdict import MonitorSettings
+
+    rng = np.random.default_rng(0)
+    scam = pool[pool.labels.apply(lambda x: "scam" in x)]
+    other = pool[~pool.index.isin(scam.index)]
+    ref = _window(pd.concat([scam[:25], other[:475]]), rng)
+    cur = _window(pd.concat([scam[25:50], other[475:575]]), rng)
+    fired = assess(ref, cur, ("scam",), [0.5])
+    quiet = assess(ref, cur, ("scam",), [0.5], settings=MonitorSettings(prevalence_ratio=10.0))
+    lo, _ = quiet.prevalence["scam"]["ratio_interval"]
+    assert fired.prevalence["scam"]["changed"] and not quiet.prevalence["scam"]["changed"] and lo > 1
+    moved, kept = fired.performance["scam"]["recall"], quiet.performance["scam"]["recall"]
+    assert moved["estimated"] != kept["estimated"]
+    assert abs(moved["estimated"] - moved["realised"]) < abs(kept["estimated"] - kept["realised"])
