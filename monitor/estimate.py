@@ -15,6 +15,15 @@
   Simple Procedure" (Neural Computation, 2002), one label at a time (one-vs-rest), with a bootstrap
   interval over the window's ads. Under a pure prevalence (label) shift the posteriors adjusted to
   the new priors are calibrated again.
+* Nested labels: where every reference positive of a label also carries another label (trafficking
+  indicators are only ever found in adult-service ads), its prior is estimated *within* that parent:
+  its conditional posterior ``p(label | parent, x)`` is its recalibrated posterior over the parent's,
+  its EM prior is the prior among the parent's ads (each window ad weighted by its parent posterior),
+  and its posterior under a new prior is the parent's (moved or not) times the moved conditional.
+  A change in the parent's prevalence then leaves the conditional alone, as it should when the
+  parent's share moved and the label's share within it did not (the prevalence of each label is a
+  label shift of the *root* of its hierarchy; an EM on the nested label's own marginal would read
+  more adult ads as more trafficking evidence).
 * Precision and recall: confidence-based performance estimation (CBPE, NannyML): the expected
   confusion matrix at each label's threshold from the adjusted posteriors, ``E[TP] = sum over
   flagged ads of q``, ``E[FP] = sum over flagged of 1 - q``, ``E[FN] = sum over unflagged of q``. Its
@@ -95,10 +104,30 @@ class ReferenceCalibration:
                 iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
                 self.models.append(iso.fit(probs[:, j], y))
                 self.methods.append("isotonic")
+        # the label each is nested in (its prior is then estimated within that parent's ads)
+        self.parents: list[int | None] = (
+            [None] * probs.shape[1]
+            if labels is None
+            else [
+                k if k is not None and self.models[j] and self.models[k] else None
+                for j, k in enumerate(nested_parents(labels))
+            ]
+        )
 
     @property
     def fitted(self) -> list[bool]:
         return [m is not None for m in self.models]
+
+    @property
+    def order(self) -> list[int]:
+        """Label indices, every parent before the labels nested in it."""
+        depth = []
+        for j in range(len(self.models)):
+            d, k = 0, self.parents[j]
+            while k is not None:
+                d, k = d + 1, self.parents[k]
+            depth.append(d)
+        return sorted(range(len(self.models)), key=lambda j: depth[j])
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         """(n, L) probabilities -> (n, L) recalibrated probabilities."""
@@ -114,6 +143,30 @@ class ReferenceCalibration:
         )
 
 
+def conditional(q: np.ndarray, j: int, k: int) -> np.ndarray:
+    """(n,) label ``j``'s posterior within its parent ``k``'s ads from (n, L) posteriors ``q``:
+    ``min(1, q_j / q_k)`` (0 where ``q_k`` is 0)."""
+    return np.clip(q[:, j] / np.maximum(q[:, k], 1e-12), 0.0, 1.0) * (q[:, k] > 0)
+
+
+def nested_parents(labels: np.ndarray) -> list[int | None]:
+    """For each label of (n, L) 0/1 reference ``labels``, the label it is nested in, or None: the label
+    with the fewest positives among those that every one of its positives also carries and that have
+    more positives than it. Needs ``MIN_CALIBRATION_CLASS`` positives of the label."""
+    y = np.asarray(labels) > 0.5
+    counts = y.sum(axis=0)
+    out: list[int | None] = []
+    for j in range(y.shape[1]):
+        pos = y[:, j]
+        cands = [
+            k
+            for k in range(y.shape[1])
+            if k != j and counts[j] >= MIN_CALIBRATION_CLASS and counts[k] > counts[j] and y[pos, k].all()
+        ]
+        out.append(min(cands, key=lambda k: counts[k]) if cands else None)
+    return out
+
+
 def adjust_posteriors(q: np.ndarray, base: float | np.ndarray, prior: float | np.ndarray) -> np.ndarray:
     """Binary posteriors ``q`` (made under prior ``base``) adjusted to prior ``prior`` (Saerens et al.
     2002, eq. 2.4): ``r q / (r q + s (1 - q))`` with ``r = prior / base``, ``s = (1 - prior) / (1 - base)``.
@@ -125,7 +178,7 @@ def adjust_posteriors(q: np.ndarray, base: float | np.ndarray, prior: float | np
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), q)
 
 
-def em_prior(q: np.ndarray, base: float) -> np.ndarray:
+def em_prior(q: np.ndarray, base: float, weights: np.ndarray | None = None) -> np.ndarray:
     """The EM re-estimate of a binary label's prior on new data (Saerens et al. 2002).
 
     EM's fixed point ``prior = mean(adjust_posteriors(q, base, prior))`` is the maximum-likelihood
@@ -137,19 +190,26 @@ def em_prior(q: np.ndarray, base: float) -> np.ndarray:
         q: (n,) or (B, n) posteriors calibrated under prior ``base`` (0 < base < 1); rows of a 2-D
             array are independent problems (bootstrap resamples).
         base: the prior under which ``q`` is calibrated.
+        weights: optional, shaped like ``q``: each ad's weight in the likelihood (a nested label's
+            ads weighted by their parent posterior: the prior among the parent's ads).
 
     Returns:
         () or (B,) priors in [0, 1].
     """
     q = np.asarray(q, dtype=np.float64)
+    w = (
+        np.ones_like(q)
+        if weights is None
+        else np.broadcast_to(np.asarray(weights, dtype=np.float64), q.shape)
+    )
     if not 0 < base < 1:
-        return q.mean(axis=-1)
+        return np.sum(w * q, axis=-1) / np.maximum(np.sum(w, axis=-1), 1e-300)
     a = q / base  # likelihood ratio terms: p(x|y=1) and p(x|y=0) up to a common factor
     b = (1 - q) / (1 - base)
 
     def slope(prior: np.ndarray) -> np.ndarray:  # d/d prior of the log-likelihood
         den = prior * a + (1 - prior) * b
-        return np.sum((a - b) / np.maximum(den, 1e-300), axis=-1, keepdims=True)
+        return np.sum(w * (a - b) / np.maximum(den, 1e-300), axis=-1, keepdims=True)
 
     lo = np.zeros(q.shape[:-1] + (1,))
     hi = np.ones_like(lo)
@@ -159,6 +219,43 @@ def em_prior(q: np.ndarray, base: float) -> np.ndarray:
         lo = np.where(up, mid, lo)
         hi = np.where(up, hi, mid)
     return ((lo + hi) / 2)[..., 0]
+
+
+def _em(cal: ReferenceCalibration, p_ref: np.ndarray, p_cur: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference priors and the window's EM priors of every label under one recalibration: ``base``,
+    ``em`` (L,), and for nested labels ``within_base``, ``within_em`` (L,; NaN elsewhere), the prior
+    among the parent's ads. A root label's EM adjusts its own posterior; a nested label's runs on its
+    conditional posteriors weighted by the parent's adjusted posteriors, and its prevalence is the
+    mean of the parent's adjusted posterior times its adjusted conditional."""
+    n_labels = p_ref.shape[1]
+    q_ref, q_cur = cal(p_ref), cal(p_cur)
+    base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
+    em = np.zeros(n_labels)
+    within_base, within_em = np.full(n_labels, np.nan), np.full(n_labels, np.nan)
+    post = np.zeros_like(q_cur)  # each label's posteriors moved to its EM prior
+    for j in cal.order:
+        k = cal.parents[j]
+        if k is None:
+            em[j] = em_prior(q_cur[:, j], float(base[j]))
+            post[:, j] = adjust_posteriors(q_cur[:, j], float(base[j]), em[j])
+            continue
+        c_ref, c_cur = conditional(q_ref, j, k), conditional(q_cur, j, k)
+        w_ref = q_ref[:, k]
+        within_base[j] = np.clip(np.sum(w_ref * c_ref) / max(np.sum(w_ref), 1e-12), 1e-4, 1 - 1e-4)
+        within_em[j] = em_prior(c_cur, float(within_base[j]), weights=post[:, k])
+        post[:, j] = post[:, k] * adjust_posteriors(c_cur, float(within_base[j]), within_em[j])
+        em[j] = post[:, j].mean()
+    return {"base": base, "em": em, "within_base": within_base, "within_em": within_em}
+
+
+def _summary(em: float, base: float, em_b: np.ndarray, base_b: np.ndarray) -> dict[str, Any]:
+    ratio_b = np.maximum(em_b, 1e-6) / base_b
+    return {
+        "em": round(float(em), 4),
+        "em_interval": [round(float(v), 4) for v in np.quantile(em_b, [0.025, 0.975])],
+        "ratio": round(max(float(em), 1e-6) / float(base), 4),
+        "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
+    }
 
 
 def prevalence(
@@ -183,39 +280,75 @@ def prevalence(
         thresholds: (L,) decision thresholds: choose each label's recalibration (``ReferenceCalibration``).
 
     Returns:
-        ({label: {mean_probability, em, em_interval, ratio, ratio_interval, calibration}}, the reference
-        calibration, (L,) reference priors the recalibrated posteriors are calibrated under, the
-        ``draws`` recalibrations refitted on resampled references (for ``cbpe``'s ``q_draws``));
-        intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference prior.
+        ({label: {mean_probability, em, em_interval, ratio, ratio_interval, calibration[, within]}},
+        the reference calibration, (L,) reference priors the recalibrated posteriors are calibrated
+        under, the ``draws`` recalibrations refitted on resampled references (for ``cbpe``'s
+        ``q_draws``)); intervals are 2.5-97.5% bootstrap percentiles, ``ratio`` is EM prior / reference
+        prior. A nested label's ``within`` holds ``parent`` and the same figures for its prior among
+        the parent's ads (``reference``: the reference's).
     """
     cal = ReferenceCalibration(p_ref, y_ref, thresholds)
-    q_ref, q_cur = cal(p_ref), cal(p_cur)
-    base = np.clip(q_ref.mean(axis=0), 1e-4, 1 - 1e-4)
+    point = _em(cal, p_ref, p_cur)
     rng = np.random.default_rng(seed)
-    em_b = np.zeros((draws, len(labels)))
-    base_b = np.zeros((draws, len(labels)))
+    boot: dict[str, list[np.ndarray]] = {k: [] for k in point}
     cals = []
-    for b in range(draws):
+    for _ in range(draws):
         i_ref = rng.integers(0, len(p_ref), len(p_ref))
         i_cur = rng.integers(0, len(p_cur), len(p_cur))
         cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref], thresholds)
         cals.append(cal_b)
-        base_b[b] = np.clip(cal_b(p_ref[i_ref]).mean(axis=0), 1e-4, 1 - 1e-4)
-        q_b = cal_b(p_cur[i_cur])
-        em_b[b] = [em_prior(q_b[:, j], float(base_b[b, j])) for j in range(len(labels))]
+        for k, v in _em(cal_b, p_ref[i_ref], p_cur[i_cur]).items():
+            boot[k].append(v)
+    b = {k: np.array(v).reshape(draws, len(labels)) for k, v in boot.items()}
+    q_cur = cal(p_cur)
     out = {}
     for j, name in enumerate(labels):
-        em = float(em_prior(q_cur[:, j], float(base[j])))
-        ratio_b = np.maximum(em_b[:, j], 1e-6) / base_b[:, j]
         out[name] = {
             "mean_probability": round(float(q_cur[:, j].mean()), 4),
-            "em": round(em, 4),
-            "em_interval": [round(float(v), 4) for v in np.quantile(em_b[:, j], [0.025, 0.975])],
-            "ratio": round(max(em, 1e-6) / float(base[j]), 4),
-            "ratio_interval": [round(float(v), 4) for v in np.quantile(ratio_b, [0.025, 0.975])],
+            **_summary(point["em"][j], point["base"][j], b["em"][:, j], b["base"][:, j]),
             "calibration": cal.methods[j],
         }
-    return out, cal, base, cals
+        k = cal.parents[j]
+        if k is not None:
+            ok = np.isfinite(b["within_em"][:, j])  # a resample can leave too few positives to nest
+            out[name]["within"] = {
+                "parent": labels[k],
+                "reference": round(float(point["within_base"][j]), 4),
+                **_summary(
+                    point["within_em"][j],
+                    point["within_base"][j],
+                    b["within_em"][ok, j],
+                    b["within_base"][ok, j],
+                ),
+            }
+    return out, cal, point["base"], cals
+
+
+def moved_posteriors(
+    cal: ReferenceCalibration,
+    probs: np.ndarray,
+    base: np.ndarray,
+    prev: dict[str, dict],
+    labels: tuple[str, ...],
+    moved: dict[str, bool],
+) -> np.ndarray:
+    """(n, L) posteriors of ``probs`` under ``cal``, each label moved to its EM prior where ``moved``
+    says so (a nested label: its conditional to its prior within the parent, ``prev[name]["within"]``;
+    its posterior is the parent's, moved or not, times that). ``base``, ``prev``: from ``prevalence``."""
+    q = cal(probs)
+    out = q.copy()
+    for j in cal.order:
+        name, k = labels[j], cal.parents[j]
+        within = prev[name].get("within")
+        if k is None or within is None:
+            if moved[name]:
+                out[:, j] = adjust_posteriors(q[:, j], float(base[j]), prev[name]["em"])
+            continue
+        c = conditional(q, j, k)
+        if moved[name]:
+            c = adjust_posteriors(c, within["reference"], within["em"])
+        out[:, j] = out[:, k] * c
+    return out
 
 
 def cbpe(

@@ -20,9 +20,9 @@ import numpy as np
 
 from monitor import drift as drift_mod
 from monitor.estimate import (
-    adjust_posteriors,
     cbpe,
     feedback_precision,
+    moved_posteriors,
     prevalence,
     realised,
 )
@@ -218,7 +218,7 @@ def assess(
             seed=settings.seed,
             thresholds=np.asarray(thresholds, dtype=np.float64),
         )
-        q_ref, q_cur = cal(reference.probs), cal(current.probs)
+        q_ref = cal(reference.probs)
         for j, name in enumerate(labels):
             p = prev[name]
             # on the posteriors' scale: the reference's labelled prevalence where its labels recalibrated
@@ -229,21 +229,30 @@ def assess(
             if current.labels is not None:
                 p["realised"] = round(float(current.labels[:, j].mean()), 4)
             p["changed"] = prevalence_changed(p["ratio_interval"], settings.prevalence_ratio)
-        # posteriors move to the EM prior only where the prevalence signal fired (``changed``): an
-        # uninformative label's EM prior wanders, and must not move estimates. The same move on each
-        # bootstrap recalibration: the intervals then hold its error.
-        moved = [prev[n]["changed"] for n in labels]
-        q_adj = q_cur.copy()
-        for j, name in enumerate(labels):
-            if moved[j]:
-                q_adj[:, j] = adjust_posteriors(q_cur[:, j], base[j], prev[name]["em"])
+        # posteriors move to the EM prior only where the prevalence signal fired (``changed``; for a
+        # nested label, its prior within the parent's ads): an uninformative label's EM prior wanders,
+        # and must not move estimates. The same move on each bootstrap recalibration: the intervals
+        # then hold its error.
+        moved = {
+            n: prevalence_changed(
+                (prev[n].get("within") or prev[n])["ratio_interval"], settings.prevalence_ratio
+            )
+            for n in labels
+        }
+        q_adj = moved_posteriors(cal, current.probs, base, prev, labels, moved)
+        draws: list[np.ndarray] = []
 
         def q_draws(j: int) -> np.ndarray | None:
             """(B, n) label j's window posteriors under each bootstrap recalibration, moved alike."""
             if not cal.fitted[j]:
                 return None
-            q = np.stack([c.column(current.probs[:, j], j) for c in cal_draws])
-            return adjust_posteriors(q, base[j], prev[labels[j]]["em"]) if moved[j] else q
+            if not draws:
+                draws.append(
+                    np.stack(
+                        [moved_posteriors(c, current.probs, base, prev, labels, moved) for c in cal_draws]
+                    )
+                )
+            return draws[0][:, :, j]
 
         perf = _performance(
             reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback, q_draws

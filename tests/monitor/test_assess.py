@@ -81,3 +81,38 @@ def test_estimates_move_to_the_em_prior_only_when_the_prevalence_signal_fires(po
     moved, kept = fired.performance["scam"]["recall"], quiet.performance["scam"]["recall"]
     assert moved["estimated"] != kept["estimated"]
     assert abs(moved["estimated"] - moved["realised"]) < abs(kept["estimated"] - kept["realised"])
+
+
+def _nested_window(df: pd.DataFrame, adult_share: float, rng) -> Window:
+    """Two nested labels: a quarter of the adult ads carry trafficking indicators, and no other ad does.
+    The model's adult probability is sharp; its trafficking probability is weak evidence times it."""
+    n = len(df)
+    adult = rng.random(n) < adult_share
+    traffic = adult & (rng.random(n) < 0.25)
+    p_adult = 1 / (1 + np.exp(-np.where(adult, rng.normal(4, 1, n), rng.normal(-4, 1, n))))
+    p_traffic = p_adult / (1 + np.exp(-np.where(traffic, rng.normal(0.5, 1, n), rng.normal(-1.5, 1, n))))
+    return Window(
+        ids=df.id.tolist(),
+        texts=df.text.tolist(),
+        probs=np.column_stack([p_adult, p_traffic]),
+        labels=np.column_stack([adult, traffic]).astype(float),
+    )
+
+
+def test_a_nested_label_is_estimated_within_its_parent(pool):
+    """Three times the adult ads, the same share of trafficking among them: trafficking's prevalence
+    triples, its prior within adult ads does not move, and its precision and recall are estimated
+    within 0.05 (an EM on trafficking's own marginal reads the extra adult ads as trafficking
+    evidence and moves its posteriors)."""
+    rng = np.random.default_rng(3)
+    ads = pd.read_json(DATA_DIR / "test.jsonl", lines=True)  # texts only: the labels are drawn here
+    ref = _nested_window(ads, 0.1, rng)
+    cur = _nested_window(ads, 0.3, rng)
+    a = assess(ref, cur, ("adult_services", "trafficking_indicators"), [0.5, 0.3])
+    t = a.prevalence["trafficking_indicators"]
+    lo, hi = t["within"]["ratio_interval"]
+    assert t["within"]["parent"] == "adult_services" and lo < 1 < hi
+    assert t["changed"] and 2 < t["ratio"] < 4.5
+    for metric in ("precision", "recall"):
+        m = a.performance["trafficking_indicators"][metric]
+        assert abs(m["estimated"] - m["realised"]) < 0.05, (metric, m)
