@@ -4,8 +4,9 @@ Per label: a logistic regression on (transformer logit, TF-IDF logit) -> label, 
 the validation split to estimate its average precision on rows it was not fitted on; the label is
 blended when that estimate beats the transformer's own validation AP by more than ``min_gain`` AND,
 on every style-stripped view of the validation rows (``training/views.py``), the blend's recall at
-its own threshold (the target precision on the unchanged rows) is not more than
-``view_recall_tolerance`` below the transformer's. The second rule is "learn the ad, not the site": a
+its threshold is not more than ``view_recall_tolerance`` below the transformer's at its own. Both
+thresholds are set on the unchanged rows at one precision: the target, or the lower precision the
+transformer reaches where the target is beyond it. The second rule is "learn the ad, not the site": a
 blend can raise validation AP by sharpening one site's style, which moves the threshold up and cuts
 the recall of short listings (docs/generalisation.md §6 shows it on the demo config).
 The stacker is then refitted on the whole validation split. The test split and extra evaluation sets
@@ -136,8 +137,12 @@ def fit_blend(
         w = fit_stack(x, y)
         target = target_precision[name] if isinstance(target_precision, dict) else target_precision
         blended = w.model * x[:, 0] + w.tfidf * x[:, 1] + w.bias
-        thr_model = select_threshold(expit(x[:, 0]), y, target).threshold
-        thr_blend = select_threshold(expit(blended), y, target).threshold
+        model_thr = select_threshold(expit(x[:, 0]), y, target)
+        thr_model = model_thr.threshold
+        # both at one precision: the target, or the precision the transformer does reach where the
+        # target is out of its reach (its max-F1 threshold); recalls at two precisions do not compare
+        reached = target if model_thr.precision is None else min(target, model_thr.precision)
+        thr_blend = select_threshold(expit(blended), y, reached).threshold
         pos = y == 1
         worst = 0.0
         for v, (vz, _) in (views or {}).items():

@@ -116,3 +116,29 @@ def test_a_blend_that_learns_the_site_is_refused_by_the_views():
     assert blend_recall < model_recall - 0.02 and not report.used["scam"]  # ...the view rule refuses
     assert "scam" not in chosen.weights
     assert "blend.scam.view.no_marker.recall_blend" in report.metrics()
+
+
+def test_a_view_identical_to_the_rows_never_refuses_the_blend():
+    """Where the transformer cannot reach the target precision (its threshold falls back to max F1:
+    high recall at low precision) the two scorers are compared at the precision the transformer does
+    reach, not each at its own rule's threshold: a view that changes nothing cannot refuse a blend
+    that ranks better."""
+    schema = LabelSchema(labels=LABELS, problem_type=ProblemType.MULTI_LABEL)
+    cfg = BaselineConfig(max_features_word=500, max_features_char=500)
+    train, ytr = _data(400, 11)
+    base = blend_from_baseline(TfidfBaseline(schema, cfg, seed=0).fit(train, ytr), LABELS)
+    texts, y = _data(300, 12)
+    rng = np.random.default_rng(13)
+    # the marker misses half the validation positives: the blend reaches 0.97 precision only
+    # below the recall of the transformer's max-F1 threshold
+    texts = [
+        t.replace("wire", "cash") if row[0] and rng.random() < 0.5 else t
+        for t, row in zip(texts, y, strict=True)
+    ]
+    z = np.stack([0.3 * y[:, 0] + rng.normal(size=len(y)), 0.3 * y[:, 1] + rng.normal(size=len(y))], axis=1)
+    # a weak transformer: 0.97 precision is out of its reach, so its threshold is the max-F1 one
+    chosen, report = fit_blend(base, z, texts, y, views={"same": (z, texts)}, target_precision=0.97)
+    assert report.blend_ap["scam"] > report.model_ap["scam"] + 0.2
+    model_recall, blend_recall = report.view_recall["scam"]["same"]
+    assert blend_recall >= model_recall - 0.02
+    assert report.used["scam"] and "scam" in chosen.weights

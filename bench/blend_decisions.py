@@ -1,0 +1,131 @@
+"""Usage: .venv/bin/python bench/blend_decisions.py [--config C] RUN [RUN ...]
+RUN: a trained artifact directory, optionally followed by the ``--set`` overrides it was trained with,
+comma-separated: ``outputs/demo/model`` or ``runs/seed43/mask/model:seed=43``. ``identity.mask`` follows
+the artifact (``adrisk.json`` records the mask it was trained with) unless given.
+
+What the TF-IDF blend's decision (``training/blend.py``) does to each run's test AP. For every run it
+rebuilds what training decided on: the config's splits (with the run's overrides, identity mask
+included), the TF-IDF baseline fitted on the training split, the artifact's transformer logits (torch
+runtime) of the validation rows, their style views and the test rows. It then prints, per label:
+
+1. the blend as shipped (``adrisk.json``) and the decision this code makes on the same inputs, with
+   its two rules' figures (cross-fitted validation AP; each view's recall, transformer -> blend);
+2. test AP overall and within each source where the label has both classes, for the transformer
+   alone and for the stacked blend (its weights fitted on validation as training fits them),
+   whatever the decision.
+
+So it shows how much of one run's test AP rides on a yes/no decision taken on the validation split,
+and lets two runs (a seed pair, a mitigation and none) be compared with the decision held fixed.
+The test split is read only to report; nothing here chooses anything on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from scipy.special import expit
+
+from model.artifact import load_meta
+from model.predictor import Predictor
+from training.baseline import TfidfBaseline
+from training.blend import blend_from_baseline, fit_blend, fit_stack
+from training.config import load_config
+from training.counterfactual import prepare_bundle
+from training.data import load_data
+from training.metrics import evaluate_scores
+from training.pipeline import BLEND_CHECK_VIEWS
+from training.views import apply_view
+
+
+def parse_run(spec: str) -> tuple[str, list[str]]:
+    """``DIR[:k=v,k=v]`` -> (DIR, ["k=v", ...])."""
+    directory, _, sets = spec.partition(":")
+    return directory, [s for s in sets.split(",") if s]
+
+
+def within_source_ap(logits: np.ndarray, targets: np.ndarray, labels, sources) -> dict[str, float]:
+    """Test AP per label, overall and per source with both classes: ``{label}`` / ``{label}/{source}``."""
+    m = evaluate_scores(expit(logits), targets, labels, [0.5] * len(labels), "test", sources)
+    out = {}
+    for j, name in enumerate(labels):
+        if f"test.{name}.ap" in m:
+            out[name] = m[f"test.{name}.ap"]
+        for s in sorted(set(sources)):
+            key = f"test.source.{s}.{name}.ap"
+            rows = np.asarray(sources) == s
+            if key in m and 0 < targets[rows, j].sum() < rows.sum():
+                out[f"{name}/{s}"] = m[key]
+    return out
+
+
+def run(config: str, directory: str, overrides: list[str]) -> None:
+    start = time.perf_counter()
+    if not any(o.startswith("identity.mask=") for o in overrides):  # as the artifact was trained
+        overrides = [*overrides, f"identity.mask={'true' if load_meta(directory).identity_mask else 'false'}"]
+    cfg = load_config(config, overrides)
+    labels = cfg.label_schema.labels
+    bundle, _ = prepare_bundle(cfg, load_data(cfg.data, cfg.label_schema, cfg.seed))
+    baseline = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(
+        bundle.train.texts, bundle.train.targets
+    )
+    predictor = Predictor.load(directory, runtime="torch")
+    val, test = bundle.validation, bundle.test
+    views = {v: apply_view(v, val.texts) for v in BLEND_CHECK_VIEWS}
+    val_z = predictor.logits(val.texts)
+    blend, report = fit_blend(
+        blend_from_baseline(baseline, labels),
+        val_z,
+        val.texts,
+        val.targets,
+        min_gain=cfg.baseline.blend_min_gain,
+        seed=cfg.seed,
+        views={v: (predictor.logits(t), t) for v, t in views.items()},
+        target_precision=cfg.target_precisions(),
+    )
+    shipped = load_meta(directory).blend
+    shipped_labels = set(shipped.labels) if shipped else set()
+    # the stacker of every label with enough validation rows, decided or not, fitted as training fits it
+    val_t, z, tfidf = (
+        blend.tfidf_logits(val.texts),
+        predictor.logits(test.texts),
+        blend.tfidf_logits(test.texts),
+    )
+    stacked = z.copy()
+    for j, name in enumerate(labels):
+        if report.model_ap[name] is not None:
+            w = fit_stack(np.stack([val_z[:, j], val_t[:, j]], axis=1), val.targets[:, j])
+            stacked[:, j] = w.model * z[:, j] + w.tfidf * tfidf[:, j] + w.bias
+    alone = within_source_ap(z, test.targets, labels, test.sources)
+    with_blend = within_source_ap(stacked, test.targets, labels, test.sources)
+    print(f"\n{directory} ({', '.join(overrides) or 'config as is'}; {time.perf_counter() - start:.0f} s)")
+    print(
+        "| label | shipped | this code | validation AP: transformer -> cross-fitted | views: recall transformer -> blend |"
+    )
+    print("|---|---|---|---|---|")
+    for name in labels:
+        m_ap, b_ap = report.model_ap[name], report.blend_ap[name]
+        aps = "-" if m_ap is None or b_ap is None else f"{m_ap:.4f} -> {b_ap:.4f}"
+        vr = ", ".join(f"{v} {a:.3f} -> {b:.3f}" for v, (a, b) in report.view_recall.get(name, {}).items())
+        print(
+            f"| {name} | {'blended' if name in shipped_labels else '-'} | "
+            f"{'blended' if report.used[name] else '-'} | {aps} | {vr or '-'} |"
+        )
+    print("\n| test AP | transformer alone | stacked blend | change |")
+    print("|---|---:|---:|---:|")
+    for key in alone:
+        print(f"| {key} | {alone[key]:.4f} | {with_blend[key]:.4f} | {with_blend[key] - alone[key]:+.4f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", metavar="RUN")
+    ap.add_argument("--config", default="configs/demo.yaml")
+    args = ap.parse_args()
+    for spec in args.runs:
+        run(args.config, *parse_run(spec))
+
+
+if __name__ == "__main__":
+    main()
