@@ -297,9 +297,9 @@ def prevalence(
         i_cur = rng.integers(0, len(p_cur), len(p_cur))
         cal_b = ReferenceCalibration(p_ref[i_ref], None if y_ref is None else y_ref[i_ref], thresholds)
         cals.append(cal_b)
-        for k, v in _em(cal_b, p_ref[i_ref], p_cur[i_cur]).items():
-            boot[k].append(v)
-    b = {k: np.array(v).reshape(draws, len(labels)) for k, v in boot.items()}
+        for key, v in _em(cal_b, p_ref[i_ref], p_cur[i_cur]).items():
+            boot[key].append(v)
+    b = {key: np.array(v).reshape(draws, len(labels)) for key, v in boot.items()}
     q_cur = cal(p_cur)
     out = {}
     for j, name in enumerate(labels):
