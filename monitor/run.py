@@ -8,6 +8,7 @@ end, each file atomically: a failed run writes nothing).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -240,19 +241,17 @@ def assess(
             for n in labels
         }
         q_adj = moved_posteriors(cal, current.probs, base, prev, labels, moved)
-        draws: list[np.ndarray] = []
+
+        @functools.cache
+        def all_draws() -> np.ndarray:
+            """(B, n, L) the window's posteriors under each bootstrap recalibration, moved alike."""
+            return np.stack(
+                [moved_posteriors(c, current.probs, base, prev, labels, moved) for c in cal_draws]
+            )
 
         def q_draws(j: int) -> np.ndarray | None:
             """(B, n) label j's window posteriors under each bootstrap recalibration, moved alike."""
-            if not cal.fitted[j]:
-                return None
-            if not draws:
-                draws.append(
-                    np.stack(
-                        [moved_posteriors(c, current.probs, base, prev, labels, moved) for c in cal_draws]
-                    )
-                )
-            return draws[0][:, :, j]
+            return all_draws()[:, :, j] if cal.fitted[j] else None
 
         perf = _performance(
             reference, current, q_ref, q_adj, labels, thresholds, flaggable, settings, feedback, q_draws
