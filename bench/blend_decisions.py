@@ -1,18 +1,22 @@
-"""Usage: .venv/bin/python bench/blend_decisions.py [--config C] RUN [RUN ...]
+"""Usage: .venv/bin/python bench/blend_decisions.py [--config C] [--paired] RUN [RUN ...]
 RUN: a trained artifact directory, optionally followed by the ``--set`` overrides it was trained with,
 comma-separated: ``outputs/demo/model`` or ``runs/seed43/mask/model:seed=43``. ``identity.mask`` follows
 the artifact (``adrisk.json`` records the mask it was trained with) unless given.
 
 What the TF-IDF blend's decision (``training/blend.py``) does to each run's test AP. For every run it
 rebuilds what training decided on: the config's splits (with the run's overrides, identity mask
-included), the TF-IDF baseline fitted on the training split, the artifact's transformer logits (torch
+included), the TF-IDF baseline fitted on the training rows (style views included, as training fits it), the artifact's transformer logits (torch
 runtime) of the validation rows, their style views and the test rows. It then prints, per label:
 
 1. the blend as shipped (``adrisk.json``) and the decision this code makes on the same inputs, with
    its two rules' figures (cross-fitted validation AP; each view's recall, transformer -> blend);
 2. test AP overall and within each source where the label has both classes, for the transformer
-   alone and for the stacked blend (its weights fitted on validation as training fits them),
-   whatever the decision.
+   alone, for the stacked blend (its weights fitted on validation as training fits them) whatever
+   the decision, and as this code decides.
+
+``--paired``: the runs are pairs (without, with) of a change such as ``identity.mask``; the last table
+is the change of each test AP as this code decides, per pair, with its mean, standard deviation and
+standard error over the pairs.
 
 So it shows how much of one run's test AP rides on a yes/no decision taken on the validation split,
 and lets two runs (a seed pair, a mitigation and none) be compared with the decision held fixed.
@@ -36,7 +40,7 @@ from training.counterfactual import prepare_bundle
 from training.data import load_data
 from training.metrics import evaluate_scores
 from training.pipeline import BLEND_CHECK_VIEWS
-from training.views import apply_view
+from training.views import apply_view, training_rows
 
 
 def parse_run(spec: str) -> tuple[str, list[str]]:
@@ -60,16 +64,19 @@ def within_source_ap(logits: np.ndarray, targets: np.ndarray, labels, sources) -
     return out
 
 
-def run(config: str, directory: str, overrides: list[str]) -> None:
+def run(config: str, directory: str, overrides: list[str]) -> dict[str, float]:
+    """Print one run's tables; returns its test AP per key as this code decides."""
     start = time.perf_counter()
     if not any(o.startswith("identity.mask=") for o in overrides):  # as the artifact was trained
         overrides = [*overrides, f"identity.mask={'true' if load_meta(directory).identity_mask else 'false'}"]
     cfg = load_config(config, overrides)
     labels = cfg.label_schema.labels
     bundle, _ = prepare_bundle(cfg, load_data(cfg.data, cfg.label_schema, cfg.seed))
-    baseline = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(
-        bundle.train.texts, bundle.train.targets
+    gen = cfg.generalisation
+    rows = training_rows(
+        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
     )
+    baseline = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(rows.texts, rows.targets)
     predictor = Predictor.load(directory, runtime="torch")
     val, test = bundle.validation, bundle.test
     views = {v: apply_view(v, val.texts) for v in BLEND_CHECK_VIEWS}
@@ -99,6 +106,7 @@ def run(config: str, directory: str, overrides: list[str]) -> None:
             stacked[:, j] = w.model * z[:, j] + w.tfidf * tfidf[:, j] + w.bias
     alone = within_source_ap(z, test.targets, labels, test.sources)
     with_blend = within_source_ap(stacked, test.targets, labels, test.sources)
+    decided = {k: with_blend[k] if report.used[k.split("/")[0]] else alone[k] for k in alone}
     print(f"\n{directory} ({', '.join(overrides) or 'config as is'}; {time.perf_counter() - start:.0f} s)")
     print(
         "| label | shipped | this code | validation AP: transformer -> cross-fitted | views: recall transformer -> blend |"
@@ -112,19 +120,42 @@ def run(config: str, directory: str, overrides: list[str]) -> None:
             f"| {name} | {'blended' if name in shipped_labels else '-'} | "
             f"{'blended' if report.used[name] else '-'} | {aps} | {vr or '-'} |"
         )
-    print("\n| test AP | transformer alone | stacked blend | change |")
-    print("|---|---:|---:|---:|")
+    print("\n| test AP | transformer alone | stacked blend | change | as decided |")
+    print("|---|---:|---:|---:|---:|")
     for key in alone:
-        print(f"| {key} | {alone[key]:.4f} | {with_blend[key]:.4f} | {with_blend[key] - alone[key]:+.4f} |")
+        print(
+            f"| {key} | {alone[key]:.4f} | {with_blend[key]:.4f} | {with_blend[key] - alone[key]:+.4f} "
+            f"| {decided[key]:.4f} |"
+        )
+    return decided
+
+
+def paired_table(results: list[dict[str, float]]) -> None:
+    """Runs taken as (without, with) pairs: each test AP's change as decided, and its mean over pairs."""
+    pairs = list(zip(results[::2], results[1::2], strict=True))
+    print(
+        f"\n| test AP as decided, with - without | {' | '.join(f'pair {i + 1}' for i in range(len(pairs)))} "
+        "| mean | SD | SE |"
+    )
+    print("|---|" + "---:|" * (len(pairs) + 3))
+    for key in pairs[0][0]:
+        d = np.array([w[key] - wo[key] for wo, w in pairs])
+        sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+        cells = " | ".join(f"{x:+.4f}" for x in d)
+        print(f"| {key} | {cells} | {d.mean():+.4f} | {sd:.4f} | {sd / np.sqrt(len(d)):.4f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN")
     ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--paired", action="store_true", help="runs are (without, with) pairs: print the changes")
     args = ap.parse_args()
-    for spec in args.runs:
-        run(args.config, *parse_run(spec))
+    if args.paired and len(args.runs) % 2:
+        ap.error("--paired needs an even number of runs: (without, with) pairs")
+    results = [run(args.config, *parse_run(spec)) for spec in args.runs]
+    if args.paired:
+        paired_table(results)
 
 
 if __name__ == "__main__":

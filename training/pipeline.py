@@ -193,15 +193,17 @@ def _log_run_inputs(
 
 
 def _baseline(
-    cfg: Config, bundle: DataBundle
+    cfg: Config, bundle: DataBundle, rows: TrainingRows
 ) -> tuple[TfidfBaseline | None, dict[str, np.ndarray], dict[str, float]]:
     """The TF-IDF + logistic regression baseline (``baseline.enabled``): the fitted model, its
-    probabilities per split (validation, test) and its ``baseline.*`` metrics at its own thresholds."""
+    probabilities per split (validation, test) and its ``baseline.*`` metrics at its own thresholds.
+    It is fitted on the transformer's training rows, style views included, so the blend's TF-IDF half
+    has seen short and plain listings too (else the view rule refuses it for what it never saw)."""
     if not cfg.baseline.enabled:
         return None, {}, {}
     logger.info("training the TF-IDF + logistic regression baseline")
     labels = cfg.label_schema.labels
-    bl = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(bundle.train.texts, bundle.train.targets)
+    bl = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(rows.texts, rows.targets)
     val_p = bl.predict_proba(bundle.validation.texts)
     info = select_thresholds(
         val_p, bundle.validation.targets, labels, cfg.target_precisions(), cfg.max_flag_rates()
@@ -515,7 +517,7 @@ def run_training(
                 mlflow.set_tag("adrisk.data.unlabelled.fingerprint", adaptation.fingerprint)
 
         # --- baseline ---------------------------------------------------------------------------
-        bl, base_probs, metrics = _baseline(cfg, bundle)
+        bl, base_probs, metrics = _baseline(cfg, bundle, rows)
 
         # --- fine-tune --------------------------------------------------------------------------
         model = build_model(base, cfg.base_model, schema, len(tokenizer))

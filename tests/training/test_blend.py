@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.special import expit
 
 from model.artifact import ArtifactError
 from model.blend import BLEND_NPZ, TfidfBlend
+from model.calibration import select_threshold
 from model.schema import LabelSchema, ProblemType
 from training.baseline import TfidfBaseline
-from training.blend import blend_from_baseline, fit_blend
+from training.blend import VIEW_PRECISIONS, blend_from_baseline, fit_blend
 from training.config import BaselineConfig
 
 LABELS = ("scam", "spam")
@@ -142,3 +144,39 @@ def test_a_view_identical_to_the_rows_never_refuses_the_blend():
     model_recall, blend_recall = report.view_recall["scam"]["same"]
     assert blend_recall >= model_recall - 0.02
     assert report.used["scam"] and "scam" in chosen.weights
+
+
+def test_the_crossfit_estimate_does_not_ride_on_one_fold_assignment(fitted):
+    """The AP rule's estimate is averaged over repeated fold assignments: it moves less with the seed
+    than one assignment's, so a near tie is not decided by which rows share a fold."""
+    texts, y = _data(200, 14)
+    rng = np.random.default_rng(15)
+    y = y ^ (rng.random(y.shape) < 0.15).astype(np.uint8)  # label noise: neither scorer is perfect
+    z = np.stack([0.8 * y[:, 0] + rng.normal(size=len(y)), 0.8 * y[:, 1] + rng.normal(size=len(y))], axis=1)
+
+    def estimates(repeats: int) -> np.ndarray:
+        return np.array(
+            [fit_blend(fitted, z, texts, y, seed=s, repeats=repeats)[1].blend_ap["spam"] for s in range(8)]
+        )
+
+    one, five = estimates(1), estimates(5)
+    assert np.ptp(one) > 0  # one assignment does move it
+    assert np.std(five) < 0.7 * np.std(one)
+
+
+def test_the_view_rule_reads_recall_over_a_range_of_precisions(fitted):
+    """A view's recall is the mean over the thresholds reaching each of ``VIEW_PRECISIONS`` below the
+    target and the target itself (set on the unchanged rows), not one threshold's."""
+    texts, y = _data(300, 16)
+    rng = np.random.default_rng(17)
+    z = np.stack([1.5 * y[:, 0] + rng.normal(size=len(y)), 1.5 * y[:, 1] + rng.normal(size=len(y))], axis=1)
+    view = z + rng.normal(scale=0.5, size=z.shape)  # the view: the same rows, scored less surely
+    for target in (0.9, 0.75):
+        _, report = fit_blend(fitted, z, texts, y, views={"v": (view, texts)}, target_precision=target)
+        levels = [lv for lv in VIEW_PRECISIONS if lv < target] + [target]
+        pos = y[:, 1] == 1
+        thresholds = [select_threshold(expit(z[:, 1]), y[:, 1], lv).threshold for lv in levels]
+        expected = np.mean([np.mean(expit(view[pos, 1]) >= t) for t in thresholds])
+        assert report.view_recall["spam"]["v"][0] == pytest.approx(expected)
+        single = np.mean(expit(view[pos, 1]) >= thresholds[-1])
+        assert expected != pytest.approx(single)  # the range differs from the target's threshold alone
