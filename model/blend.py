@@ -71,6 +71,9 @@ class TfidfBlend:
         self.intercept = np.asarray(intercept, dtype=np.float64)
         self.labels = tuple(labels)
         self.weights = dict(weights)
+        # (F, L) in the layout the sparse product reads: ``feats @ coef.T`` copies the 2 MB-per-label
+        # matrix on every call, which is most of a single ad's TF-IDF time
+        self._coef_t = np.ascontiguousarray(self.coef.T)
         if self.coef.shape[0] != len(self.labels) or self.intercept.shape != (len(self.labels),):
             raise ValueError(
                 f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
@@ -84,7 +87,7 @@ class TfidfBlend:
             return np.zeros((0, len(self.labels)))
         x = [normalize_text(t) for t in texts]
         feats = hstack([v.transform(x) for v in self.vectorizers]).tocsr()
-        return np.asarray(feats @ self.coef.T) + self.intercept[None, :]
+        return np.asarray(feats @ self._coef_t) + self.intercept[None, :]
 
     def apply(self, model_logits: np.ndarray, tfidf_logits: np.ndarray) -> np.ndarray:
         """(n, L) transformer logits and (n, L) TF-IDF logits -> (n, L) float32 blended logits."""
