@@ -19,9 +19,10 @@ that does not match its checksum is an ``ArtifactError``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,67 @@ class StackWeights:
     model: float
     tfidf: float
     bias: float
+
+
+class WordCachedCharNgrams:
+    """``TfidfVectorizer.transform`` of a fitted ``char_wb`` vectoriser (scikit-learn), with each word's
+    feature indices memoised: the same matrix, faster once the common words are cached (docs/performance.md).
+
+    ``char_wb`` n-grams never cross a word boundary (scikit-learn pads each whitespace-separated word
+    with one space and n-grams it alone), so a text's counts are the sum of its words' and ads repeat
+    their words. Each word is n-grammed by the vectoriser's own analyser; the counts then go through
+    the same sublinear tf, idf and norm as ``TfidfTransformer``. The cache holds at most
+    ``cache_words`` words, in memory only.
+
+    Args:
+        vectorizer: a fitted (or fixed-vocabulary) ``TfidfVectorizer`` with ``analyzer="char_wb"`` and
+            ``binary=False`` (``applies`` says whether it qualifies).
+    """
+
+    def __init__(self, vectorizer: Any, cache_words: int = 1 << 16):
+        v = vectorizer
+        vocab = getattr(v, "vocabulary_", None) or v.vocabulary
+        self._preprocess = v.build_preprocessor()
+        self._idf = np.asarray(v.idf_, dtype=np.float64) if v.use_idf else None
+        self._sublinear, self._norm, self._dtype = v.sublinear_tf, v.norm, v.dtype
+        self._width = len(vocab)
+        analyze = v.build_analyzer()
+
+        @functools.lru_cache(maxsize=cache_words)
+        def word_features(word: str) -> tuple[int, ...]:
+            return tuple(vocab[g] for g in analyze(word) if g in vocab)
+
+        self._word_features: Callable[[str], tuple[int, ...]] = word_features
+
+    @staticmethod
+    def applies(vectorizer: Any) -> bool:
+        """True where this class reproduces the vectoriser's ``transform`` exactly."""
+        return vectorizer.analyzer == "char_wb" and not vectorizer.binary and vectorizer.input == "content"
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """(n,) texts -> (n, F) scipy CSR tf-idf matrix, as ``TfidfVectorizer.transform`` returns it."""
+        import scipy.sparse as sp
+        from sklearn.preprocessing import normalize
+
+        indptr: list[int] = [0]
+        indices: list[int] = []
+        for text in texts:
+            for word in self._preprocess(text).split():
+                indices.extend(self._word_features(word))
+            indptr.append(len(indices))
+        x = sp.csr_matrix(
+            (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            shape=(len(texts), self._width),
+        )
+        x.sum_duplicates()
+        if self._sublinear:
+            np.log(x.data, x.data)
+            x.data += 1.0
+        if self._idf is not None:
+            x = (x @ sp.diags(self._idf)).tocsr()
+        if self._norm:
+            x = normalize(x, norm=self._norm, copy=False)
+        return x.astype(self._dtype, copy=False)
 
 
 class TfidfBlend:
@@ -74,6 +136,10 @@ class TfidfBlend:
         # (F, L) in the layout the sparse product reads: ``feats @ coef.T`` copies the 2 MB-per-label
         # matrix on every call, which is most of a single ad's TF-IDF time
         self._coef_t = np.ascontiguousarray(self.coef.T)
+        self._transforms = [
+            WordCachedCharNgrams(v).transform if WordCachedCharNgrams.applies(v) else v.transform
+            for v in self.vectorizers
+        ]
         if self.coef.shape[0] != len(self.labels) or self.intercept.shape != (len(self.labels),):
             raise ValueError(
                 f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
@@ -86,7 +152,7 @@ class TfidfBlend:
         if not len(texts):
             return np.zeros((0, len(self.labels)))
         x = [normalize_text(t) for t in texts]
-        feats = hstack([v.transform(x) for v in self.vectorizers]).tocsr()
+        feats = hstack([transform(x) for transform in self._transforms]).tocsr()
         return np.asarray(feats @ self._coef_t) + self.intercept[None, :]
 
     def apply(self, model_logits: np.ndarray, tfidf_logits: np.ndarray) -> np.ndarray:
