@@ -12,6 +12,8 @@ in one run:
 1. per within-source task (trafficking in escort ads, scam in job posts and in SMS): the label's
    prevalence among the rows that name a listed term and among those that do not, train and test
    splits, and the AP of "names a term" alone on the test rows;
+   then per listed term named by at least 30 of a task's train rows, its rows and the label's
+   prevalence among them (which words carry the evidence);
 2. the project's TF-IDF baseline (``training.baseline.TfidfBaseline``, its default config, trained
    on the whole train split) without and with the mask: test AP per task, the change and its 90%
    paired-bootstrap interval (``bench.identity_audit.paired_interval``).
@@ -41,6 +43,9 @@ from model.schema import LabelSchema  # noqa: E402
 from training.baseline import TfidfBaseline  # noqa: E402
 from training.config import BaselineConfig, IdentityConfig  # noqa: E402
 from training.counterfactual import identity_mask  # noqa: E402
+from training.identity_terms import mentions, mitigation_terms  # noqa: E402
+
+MIN_TERM_ROWS = 30  # the per-term table's floor: fewer train rows name a term, it is not printed
 
 LABELS = ("adult_services", "trafficking_indicators", "scam")
 
@@ -86,6 +91,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{yy[nn].mean() if nn.any() else float('nan'):.3f} / {yy[~nn].mean():.3f} | "
                 f"{'' if s == 'train' else f'{ap_names:.3f} (base rate {yy.mean():.3f})'} |"
             )
+
+    print("\n| label / source (train) | term | rows naming it | prevalence among them | base rate |")
+    print("|---|---|---:|---:|---:|")
+    for lab, src in tasks:
+        j = LABELS.index(lab)
+        rows = (split["train"]["source"] == src).to_numpy()
+        texts_src, yy = split["train"]["text"][rows].tolist(), y["train"][rows, j]
+        named = [(t.text, np.array(mentions(texts_src, t))) for t in mitigation_terms()]
+        for slot, hit in sorted(named, key=lambda x: -x[1].sum()):
+            if hit.sum() >= MIN_TERM_ROWS:
+                print(f"| {lab} / {src} | {slot} | {hit.sum()} | {yy[hit].mean():.3f} | {yy.mean():.3f} |")
 
     schema = LabelSchema(labels=LABELS)
     texts = {s: f["text"].tolist() for s, f in split.items()}
