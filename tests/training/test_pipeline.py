@@ -276,3 +276,23 @@ def test_training_against_a_real_mlflow_server(tmp_path, monkeypatch, mlflow_sto
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_tfidf_baseline_is_fitted_on_the_transformers_training_rows(tmp_path):
+    """The blend's TF-IDF half sees the rows fine-tuning sees, style views included, not the raw train
+    split alone: a word only the training rows hold is in its vocabulary."""
+    from training.config import load_config
+    from training.data import load_data
+    from training.pipeline import _baseline
+    from training.views import TrainingRows
+
+    cfg = load_config(TINY, [f"output_dir={tmp_path}", f"data.path={DATA_DIR}", "baseline.enabled=true"])
+    bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
+    train = bundle.train
+    texts = [*train.texts, *(f"zzqxview {t}" for t in train.texts[:20])]
+    targets = np.concatenate([train.targets, train.targets[:20]])
+    bl, probs, metrics = _baseline(cfg, bundle, TrainingRows(texts, targets, {"rows": len(train.texts)}))
+    assert bl is not None and "baseline.test.scam.ap" in metrics
+    word_vectorizer = bl.pipeline_.steps[0][1].transformer_list[0][1]
+    assert "zzqxview" in word_vectorizer.vocabulary_
+    assert not any("zzqxview" in t for t in train.texts)
