@@ -34,13 +34,8 @@ from training.baseline import TfidfBaseline
 logger = logging.getLogger(__name__)
 
 MIN_POSITIVES = 10  # fewer validation positives than this: too few to decide, not blended
-VIEW_PRECISIONS = (
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-    0.9,
-)  # the view rule's recall: mean over these below the target, and it
+# the view rule reads each view's recall at these precisions below the target, and at the target
+VIEW_PRECISIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ def fit_blend(
         targets: (n, L) 0/1.
         folds: cross-fitting folds for the decision.
         repeats: cross-fitting repetitions, each with its own fold assignment; the blend's AP is the
-            mean over them (one assignment moves it by about 0.01 on a hundred positives).
+            mean over them, so a near tie is not settled by which rows share a fold.
         min_gain: blend a label only when its cross-fitted AP exceeds the transformer's by more.
         seed: fold shuffling.
         views: view name -> ((n, L) transformer logits of the view texts, the n view texts), rows
