@@ -39,8 +39,8 @@ from training.config import load_config
 from training.counterfactual import prepare_bundle
 from training.data import load_data
 from training.metrics import evaluate_scores
-from training.pipeline import BLEND_CHECK_VIEWS
-from training.views import apply_view, training_rows
+from training.pipeline import BLEND_CHECK_VIEWS, fine_tuning_rows
+from training.views import apply_view
 
 
 def parse_run(spec: str) -> tuple[str, list[str]]:
@@ -72,10 +72,7 @@ def run(config: str, directory: str, overrides: list[str]) -> dict[str, float]:
     cfg = load_config(config, overrides)
     labels = cfg.label_schema.labels
     bundle, _ = prepare_bundle(cfg, load_data(cfg.data, cfg.label_schema, cfg.seed))
-    gen = cfg.generalisation
-    rows = training_rows(
-        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
-    )
+    rows = fine_tuning_rows(cfg, bundle.train)
     baseline = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(rows.texts, rows.targets)
     predictor = Predictor.load(directory, runtime="torch")
     val, test = bundle.validation, bundle.test

@@ -19,6 +19,7 @@ that does not match its checksum is an ``ArtifactError``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -144,6 +145,12 @@ class TfidfBlend:
             raise ValueError(
                 f"coef {self.coef.shape} / intercept {self.intercept.shape} vs {len(self.labels)} labels"
             )
+
+    def with_weights(self, weights: dict[str, StackWeights]) -> TfidfBlend:
+        """This blend with other stacking weights; the features (and their word cache) are shared."""
+        out = copy.copy(self)
+        out.weights = dict(weights)
+        return out
 
     def tfidf_logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) raw texts -> (n, L) float64 logistic-regression logits (texts normalised as in training)."""

@@ -144,8 +144,9 @@ def fit_blend(
             continue
         w = fit_stack(x, y)
         target = target_precision[name] if isinstance(target_precision, dict) else target_precision
-        blended = w.model * x[:, 0] + w.tfidf * x[:, 1] + w.bias
-        model_thr = select_threshold(expit(x[:, 0]), y, target)
+        p_model = expit(x[:, 0])
+        p_blend = expit(w.model * x[:, 0] + w.tfidf * x[:, 1] + w.bias)
+        model_thr = select_threshold(p_model, y, target)
         # both at one precision: the target, or the precision the transformer does reach where the
         # target is out of its reach (its max-F1 threshold); recalls at two precisions do not compare.
         # The recall is averaged over precisions up to that one: at a single threshold a hundred
@@ -153,10 +154,7 @@ def fit_blend(
         reached = target if model_thr.precision is None else min(target, model_thr.precision)
         levels = sorted({lv for lv in VIEW_PRECISIONS if lv < reached} | {reached})
         pairs = [
-            (
-                select_threshold(expit(x[:, 0]), y, lv).threshold,
-                select_threshold(expit(blended), y, lv).threshold,
-            )
+            (select_threshold(p_model, y, lv).threshold, select_threshold(p_blend, y, lv).threshold)
             for lv in levels
         ]
         pos = y == 1
@@ -179,5 +177,5 @@ def fit_blend(
             {v: (round(a, 3), round(b, 3)) for v, (a, b) in view_recall.get(name, {}).items()},
             "blended" if used[name] else f"not blended (a view loses {worst:.3f} recall)",
         )
-    chosen = TfidfBlend(blend.vectorizers, blend.coef, blend.intercept, blend.labels, weights)
+    chosen = blend.with_weights(weights)
     return chosen, BlendReport(model_ap, blend_ap, used, view_recall)

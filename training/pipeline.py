@@ -429,6 +429,13 @@ def _evaluate_all(
     return audit, identity, metrics
 
 
+def fine_tuning_rows(cfg: Config, train: Split) -> TrainingRows:
+    """The rows fine-tuning and the TF-IDF baseline are fitted on: the train split (after the identity
+    mitigation) and its style views (``generalisation.augment_views``, ``augment_fraction``), seeded."""
+    gen = cfg.generalisation
+    return training_rows(train.texts, train.targets, gen.augment_views, gen.augment_fraction, cfg.seed)
+
+
 def _prepare_data(cfg: Config, bundle: DataBundle | None, exclude_texts: list[str] | None):
     """The data phase of ``run_training``: ``(raw, bundle, id_mask, rows, extra_sets, adaptation)``.
 
@@ -450,10 +457,7 @@ def _prepare_data(cfg: Config, bundle: DataBundle | None, exclude_texts: list[st
         adaptation = Adaptation.start(cfg.adapt, bundle.validation.texts + bundle.test.texts)
     raw = bundle
     bundle, id_mask = prepare_bundle(cfg, raw)
-    gen = cfg.generalisation
-    rows: TrainingRows = training_rows(
-        bundle.train.texts, bundle.train.targets, gen.augment_views, gen.augment_fraction, cfg.seed
-    )
+    rows = fine_tuning_rows(cfg, bundle.train)
     bundle.report["training_rows"] = rows.report
     return raw, bundle, id_mask, rows, extra_sets, adaptation
 
