@@ -52,6 +52,13 @@ class DataConfig(_Strict):
     extra_train_files: list[str] = Field(
         default_factory=list, description="more training data, e.g. exported feedback"
     )
+    extra_train_repeats: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="each extra_train_files row is trained on this many times (oversampling, an "
+        "integer sample weight): a new site's few moderator answers otherwise drown among the train split",
+    )
     shuffle_train_labels: bool = Field(
         False, description="negative control: permute train targets across rows"
     )

@@ -284,7 +284,8 @@ def load_data(
 
     Rows of ``extra_train_files`` (e.g. exported moderator feedback) whose normalised text occurs
     in validation, test or ``exclude_texts`` (a retrain's gate set) are dropped and counted in
-    ``report["extra_train"]``, so the gate stays honest.
+    ``report["extra_train"]``, so the gate stays honest; the others join the train split
+    ``extra_train_repeats`` times each.
 
     Raises:
         DataError: see ``prepare_frame`` / ``targets_from_frame``; missing files.
@@ -319,7 +320,7 @@ def load_data(
             cap = cfg.max_rows_per_source.get(str(src))
             parts.append(_sample(part, cap, seed) if cap else part)
         frames["train"] = pd.concat(parts).sort_index()
-    extra_report = {"rows": 0, "excluded_gate_duplicates": 0}
+    extra_report = {"rows": 0, "excluded_gate_duplicates": 0, "kept": 0, "repeats": cfg.extra_train_repeats}
     if cfg.extra_train_files:
         held_out = set(frames["validation"]["text"].map(normalize_text)) | set(
             frames["test"]["text"].map(normalize_text)
@@ -336,7 +337,11 @@ def load_data(
                     extra,
                     int(dup.sum()),
                 )
-            frames["train"] = pd.concat([frames["train"], add[~dup]], ignore_index=True)
+            kept = add[~dup]
+            extra_report["kept"] += int(len(kept))
+            frames["train"] = pd.concat(
+                [frames["train"], *[kept] * cfg.extra_train_repeats], ignore_index=True
+            )
             paths["train"] += f"+{extra}"
     if cfg.shuffle_train_labels:  # negative control: keep label frequencies, break text-label link
         tr = frames["train"].reset_index(drop=True)

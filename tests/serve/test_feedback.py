@@ -80,7 +80,7 @@ def test_feedback_round_trip_into_training_data(thread_server, tmp_path):
     # (a retrain trains on it: tests/training/test_retrain.py::test_gate_lifecycle)
     cfg = load_config(REPO / "configs" / "tiny.yaml", [*tiny, f"data.extra_train_files=[{out}]"])
     bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
-    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1, "kept": 2, "repeats": 1}
     assert len(bundle.train) == 240 + 2 and SECRET in bundle.train.texts
 
 

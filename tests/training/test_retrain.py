@@ -99,7 +99,7 @@ def test_gate_lifecycle(workdir):
     assert "first-model floor" in res.table  # the CLI prints it
     assert "golden:golden" in {r.slice for r in res.decision.rows}
     report = mlflow.artifacts.load_dict(f"runs:/{_run_id('1')}/data_report.json")
-    assert report["extra_train"] == {"rows": 4, "excluded_gate_duplicates": 2}
+    assert report["extra_train"] == {"rows": 4, "excluded_gate_duplicates": 2, "kept": 2, "repeats": 1}
     assert report["rows"]["train"] == 240 + 2
 
     # 2. same data and config again: nothing to do
@@ -163,6 +163,18 @@ def test_feedback_export_is_training_data_without_gate_duplicates(workdir):
 
     cfg = _cfg(workdir, f"data.extra_train_files=[{out}]")
     bundle = load_data(cfg.data, cfg.label_schema, cfg.seed)
-    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1}
+    assert bundle.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1, "kept": 2, "repeats": 1}
     assert len(bundle.train) == 240 + 2
     assert "brand new text one, call 555 0100" in bundle.train.texts and dup + " " not in bundle.train.texts
+
+    # data.extra_train_repeats: each kept feedback row is trained on that many times, the excluded one never
+    cfg5 = _cfg(workdir, f"data.extra_train_files=[{out}]", "data.extra_train_repeats=5")
+    heavy = load_data(cfg5.data, cfg5.label_schema, cfg5.seed)
+    assert heavy.report["extra_train"] == {"rows": 3, "excluded_gate_duplicates": 1, "kept": 2, "repeats": 5}
+    assert len(heavy.train) == 240 + 2 * 5
+    assert (
+        heavy.train.texts.count("brand new text one, call 555 0100") == 5
+        and dup + " " not in heavy.train.texts
+    )
+    i = [k for k, t in enumerate(heavy.train.texts) if t == "another fresh listing for review"]
+    assert len(i) == 5 and not heavy.train.targets[i].any()  # the labels travel with every copy
