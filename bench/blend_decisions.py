@@ -14,6 +14,10 @@ runtime) of the validation rows, their style views and the test rows. It then pr
    alone, for the stacked blend (its weights fitted on validation as training fits them) whatever
    the decision, and as this code decides.
 
+Within each source, test AP is also split by whether the ad names an identity term of the
+mitigations' list (``training/identity_terms.py``, read on the unmasked text): ``/names a term`` and
+``/names none``. A mitigation that costs AP only where ads name a term costs the terms' own evidence.
+
 ``--paired``: the runs are pairs (without, with) of a change such as ``identity.mask``; the last table
 is the change of each test AP as this code decides, per pair, with its mean, standard deviation and
 standard error over the pairs.
@@ -30,6 +34,7 @@ import time
 
 import numpy as np
 from scipy.special import expit
+from sklearn.metrics import average_precision_score
 
 from model.artifact import load_meta
 from model.predictor import Predictor
@@ -38,6 +43,7 @@ from training.blend import blend_from_baseline, fit_blend, fit_stack
 from training.config import load_config
 from training.counterfactual import prepare_bundle
 from training.data import load_data
+from training.identity_terms import forms_of, mitigation_terms, term_pattern
 from training.metrics import evaluate_scores
 from training.pipeline import BLEND_CHECK_VIEWS, fine_tuning_rows
 from training.views import apply_view
@@ -49,18 +55,27 @@ def parse_run(spec: str) -> tuple[str, list[str]]:
     return directory, [s for s in sets.split(",") if s]
 
 
-def within_source_ap(logits: np.ndarray, targets: np.ndarray, labels, sources) -> dict[str, float]:
-    """Test AP per label, overall and per source with both classes: ``{label}`` / ``{label}/{source}``."""
+def within_source_ap(
+    logits: np.ndarray, targets: np.ndarray, labels, sources, names_term: np.ndarray
+) -> dict[str, float]:
+    """Test AP per label, overall and per source with both classes: ``{label}`` / ``{label}/{source}``,
+    and within a source split by ``names_term`` ((n,) bool): ``.../names a term``, ``.../names none``."""
     m = evaluate_scores(expit(logits), targets, labels, [0.5] * len(labels), "test", sources)
+    src = np.asarray(sources)
     out = {}
     for j, name in enumerate(labels):
         if f"test.{name}.ap" in m:
             out[name] = m[f"test.{name}.ap"]
         for s in sorted(set(sources)):
             key = f"test.source.{s}.{name}.ap"
-            rows = np.asarray(sources) == s
+            rows = src == s
             if key in m and 0 < targets[rows, j].sum() < rows.sum():
                 out[f"{name}/{s}"] = m[key]
+                for part, sel in (("names a term", rows & names_term), ("names none", rows & ~names_term)):
+                    if 0 < targets[sel, j].sum() < sel.sum():
+                        out[f"{name}/{s}/{part}"] = float(
+                            average_precision_score(targets[sel, j], logits[sel, j])
+                        )
     return out
 
 
@@ -71,7 +86,10 @@ def run(config: str, directory: str, overrides: list[str]) -> dict[str, float]:
         overrides = [*overrides, f"identity.mask={'true' if load_meta(directory).identity_mask else 'false'}"]
     cfg = load_config(config, overrides)
     labels = cfg.label_schema.labels
-    bundle, _ = prepare_bundle(cfg, load_data(cfg.data, cfg.label_schema, cfg.seed))
+    raw = load_data(cfg.data, cfg.label_schema, cfg.seed)
+    term = term_pattern(forms_of(mitigation_terms()))
+    names_term = np.array([term.search(t) is not None for t in raw.test.texts])
+    bundle, _ = prepare_bundle(cfg, raw)
     rows = fine_tuning_rows(cfg, bundle.train)
     baseline = TfidfBaseline(cfg.label_schema, cfg.baseline, cfg.seed).fit(rows.texts, rows.targets)
     predictor = Predictor.load(directory, runtime="torch")
@@ -101,8 +119,8 @@ def run(config: str, directory: str, overrides: list[str]) -> dict[str, float]:
         if report.model_ap[name] is not None:
             w = fit_stack(np.stack([val_z[:, j], val_t[:, j]], axis=1), val.targets[:, j])
             stacked[:, j] = w.model * z[:, j] + w.tfidf * tfidf[:, j] + w.bias
-    alone = within_source_ap(z, test.targets, labels, test.sources)
-    with_blend = within_source_ap(stacked, test.targets, labels, test.sources)
+    alone = within_source_ap(z, test.targets, labels, test.sources, names_term)
+    with_blend = within_source_ap(stacked, test.targets, labels, test.sources, names_term)
     decided = {k: with_blend[k] if report.used[k.split("/")[0]] else alone[k] for k in alone}
     print(f"\n{directory} ({', '.join(overrides) or 'config as is'}; {time.perf_counter() - start:.0f} s)")
     print(
