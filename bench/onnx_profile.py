@@ -16,7 +16,10 @@ Prints, in one run:
    ``MatMulInteger``: 2 x tokens x K x N operations per product, over their profiled time), in
    GOPS and operations per cycle at the ``cpu MHz`` of /proc/cpuinfo;
 3. the same kernel alone (a one-node graph, random uint8 x int8) at the encoder's three weight
-   shapes and 32 to 4,096 rows, best of 3: the rate the product could reach on this host.
+   shapes and 32 to 4,096 rows, best of 3: the rate the product could reach on this host;
+4. the same products in fp32 through torch (what the HF pipeline's linear layers run), and the
+   int8 kernel's rate over fp32's: the most int8 products can speed up the encoder's matrix work on
+   this host, whatever else the runtime saves.
 
 If (2) is close to the best of (3), the int8 products cannot get much faster, and what is left to
 gain is in the other operators of (1) or in doing fewer operations.
@@ -86,6 +89,30 @@ def kernel_alone(k: int, n: int, m: int) -> float:
         for _ in range(reps):
             s.run(None, {"x": x})
         best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * m * k * n / best / 1e9
+
+
+def fp32_alone(k: int, n: int, m: int) -> float:
+    """GFLOPS of ``torch.nn.functional.linear`` on (m, k) x (k, n) float32 (what the HF pipeline's
+    layers run), one thread, best of 3."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        reps = min(2000, max(3, int(5e8 / (2 * m * k * n))))  # about 0.5 G operations a round
+        with torch.inference_mode():
+            torch.nn.functional.linear(x, w, b)
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                for _ in range(reps):
+                    torch.nn.functional.linear(x, w, b)
+                best = min(best, (time.perf_counter() - t) / reps)
+    finally:
+        torch.set_num_threads(threads)
     return 2 * m * k * n / best / 1e9
 
 
@@ -168,11 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     print("| K x N | " + " | ".join(f"{m} rows" for m in (32, 256, 1024, 4096)) + " |\n|---|" + "---:|" * 4)
     cfg = encoder_config(args.model, p.runtime.name)
     h, i = cfg["hidden_size"], cfg["intermediate_size"]
-    for k, n in ((h, h), (h, i), (i, h)):
+    shapes, rows = ((h, h), (h, i), (i, h)), (32, 256, 1024, 4096)
+    int8 = {}
+    for k, n in shapes:
         cells = []
-        for m in (32, 256, 1024, 4096):
-            g = kernel_alone(k, n, m)
+        for m in rows:
+            int8[k, n, m] = g = kernel_alone(k, n, m)
             cells.append(f"{g:.0f} ({g * 1e3 / mhz:.0f})")
+        print(f"| {k} x {n} | " + " | ".join(cells) + " |")
+    print(
+        "\nthe same products in fp32 (torch.nn.functional.linear, as the HF pipeline's layers run them, "
+        "one thread, best of 3): GFLOPS (int8 / fp32)"
+    )
+    print("| K x N | " + " | ".join(f"{m} rows" for m in rows) + " |\n|---|" + "---:|" * 4)
+    for k, n in shapes:
+        cells = []
+        for m in rows:
+            f = fp32_alone(k, n, m)
+            cells.append(f"{f:.0f} ({int8[k, n, m] / f:.2f}x)")
         print(f"| {k} x {n} | " + " | ".join(cells) + " |")
     return 0
 

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.onnx_profile import kernel_alone, product_ops
+from bench.onnx_profile import fp32_alone, kernel_alone, product_ops
 from training.onnx_export import quantize_int8_per_token
 
 
@@ -38,3 +38,12 @@ def test_product_ops_counts_every_int8_product_over_padded_tokens(tmp_path):
 def test_kernel_alone_measures_a_positive_rate():
     gops = kernel_alone(32, 16, 8)
     assert np.isfinite(gops) and gops > 0
+
+
+def test_fp32_alone_measures_a_positive_rate_and_keeps_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    gflops = fp32_alone(32, 16, 8)
+    assert np.isfinite(gflops) and gflops > 0
+    assert torch.get_num_threads() == before
