@@ -34,22 +34,24 @@ TASKS = [  # (source, label): the within-source tasks of risky-ads-v1 (README "K
 ]
 
 
-def run_metrics(db: str, run_name: str) -> dict[str, float]:
-    """The latest finished run named ``run_name`` in a copy of the SQLite store ``db``."""
+def run_metrics(db: str, run_name: str | None = None) -> dict[str, float]:
+    """The metrics of the latest finished run named ``run_name`` (any name: None) in a copy of the
+    SQLite store ``db``."""
     import mlflow
 
     tmp = Path(tempfile.mkdtemp(prefix="adapt-compare-"))
     shutil.copy(db, tmp / "mlflow.db")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments()]
+    named = f"attributes.run_name = '{run_name}' and " if run_name else ""
     runs = client.search_runs(
         exps,
-        f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'",
+        f"{named}attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     if not runs:
-        raise SystemExit(f"no finished run named {run_name!r} in {db}")
+        raise SystemExit(f"no finished run{f' named {run_name!r}' if run_name else ''} in {db}")
     return dict(runs[0].data.metrics)
 
 

@@ -81,15 +81,21 @@ def kernel_alone(k: int, n: int, m: int) -> float:
     )
     s = session(model.SerializeToString())
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
-    s.run(None, {"x": x})
-    reps = min(2000, max(3, int(2e9 / (2 * m * k * n))))  # about 2 G operations a round
+    return best_rate(lambda: s.run(None, {"x": x}), 2 * m * k * n, round_ops=2e9)
+
+
+def best_rate(call, ops: float, round_ops: float) -> float:
+    """G operations per second of ``call`` (``ops`` operations each): once to warm up, then the best
+    of 3 rounds of about ``round_ops`` operations."""
+    call()
+    reps = min(2000, max(3, int(round_ops / ops)))
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(reps):
-            s.run(None, {"x": x})
+            call()
         best = min(best, (time.perf_counter() - t) / reps)
-    return 2 * m * k * n / best / 1e9
+    return ops / best / 1e9
 
 
 def fp32_alone(k: int, n: int, m: int) -> float:
@@ -102,18 +108,10 @@ def fp32_alone(k: int, n: int, m: int) -> float:
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-        reps = min(2000, max(3, int(5e8 / (2 * m * k * n))))  # about 0.5 G operations a round
         with torch.inference_mode():
-            torch.nn.functional.linear(x, w, b)
-            best = float("inf")
-            for _ in range(3):
-                t = time.perf_counter()
-                for _ in range(reps):
-                    torch.nn.functional.linear(x, w, b)
-                best = min(best, (time.perf_counter() - t) / reps)
+            return best_rate(lambda: torch.nn.functional.linear(x, w, b), 2 * m * k * n, round_ops=5e8)
     finally:
         torch.set_num_threads(threads)
-    return 2 * m * k * n / best / 1e9
 
 
 def product_ops(model_path: Path, batches: list[dict]) -> list[float]:

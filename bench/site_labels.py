@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.adaptation_compare import TASKS  # noqa: E402
+from bench.adaptation_compare import TASKS, run_metrics  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -59,20 +59,7 @@ def prepare(data: Path, out: Path, site: str, labels: int, seed: int, repeats: l
 
 def report(dbs: list[str]) -> None:
     """Print each store's latest finished run: within-source test AP / recall and validation AP."""
-    import sqlite3
-
-    runs = []
-    for db in dbs:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            (run,) = con.execute(  # the store's latest finished run
-                "select run_uuid from runs where status = 'FINISHED' order by start_time desc limit 1"
-            ).fetchone() or (None,)
-            if run is None:
-                raise SystemExit(f"{db}: no finished run")
-            runs.append(dict(con.execute("select key, value from latest_metrics where run_uuid = ?", (run,))))
-        finally:
-            con.close()
+    runs = [run_metrics(db) for db in dbs]
     print("| " + " | ".join(["figure", *dbs]) + " |")
     print("|---|" + "---:|" * len(dbs))
     keys = [(f"test AP {lab} in {src}", f"test.source.{src}.{lab}.ap") for src, lab in TASKS]
