@@ -120,6 +120,7 @@ def badge_select(
     seed: int = 0,
     start: list[int] | None = None,
     labelled: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
     """k-means++ seeding over gradient embeddings, at most one row per cluster (BADGE, Ash et al. 2020).
 
@@ -136,6 +137,9 @@ def badge_select(
         labelled: (m, D) gradient embeddings of ads already labelled (not among the rows): centres the
             seeding starts from, so that the first pick too is drawn by its distance to them (the
             bench's "badge-labelled"; not used by ``adrisk review-queue``: it did not earn its keep).
+        weights: (n,) non-negative: each row is drawn with probability proportional to its weight times
+            its squared distance (the bench's "badge-size": the template cluster's size, information
+            density as in Settles & Craven 2008).
 
     Returns:
         [(row, distance to the nearest earlier pick)], in pick order; ``min(budget, distinct clusters)``
@@ -169,8 +173,9 @@ def badge_select(
     for i in first:
         open_ &= clusters != clusters[i]
         d2 = np.minimum(d2, np.einsum("ij,ij->i", emb - emb[i], emb - emb[i]))
+    scale = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     while len(picks) < budget and open_.any():
-        w = np.where(open_, d2, 0.0)
+        w = np.where(open_, d2 * scale, 0.0)
         total = w.sum()
         # when every open row coincides with a pick (total 0), take them in row order
         i = int(rng.choice(n, p=w / total)) if total > 0 else int(np.flatnonzero(open_)[0])

@@ -17,7 +17,10 @@ representation or random one per cluster as the cold start, BADGE seeded from th
 ``--validate`` is the protocol the method was chosen by: a third of the pool's ``group``s (seeded;
 risky-ads-v1's split unit) are held out and evaluated on, the rest is the pool, and the site's test
 rows are not read. ``--site-weight W`` weighs each labelled new-site row W times in the learner, in
-every arm (random too): a learner change, not a selection one.
+every arm (random too): a learner change, not a selection one. ``--propagate`` gives each answer's
+label to the unlabelled pool posts of its template cluster, in every arm, and adds a column for random
+answers without it; ``badge-size`` draws BADGE's picks in proportion to template cluster size to the
+power ``--size-power`` (information density, Settles & Craven 2008).
 
 The learner is cheap on purpose: fine-tuning MiniLM per budget per seed takes hours on a shared
 2-core machine, so the model here is a logistic-regression head (scikit-learn) on frozen
@@ -246,6 +249,7 @@ METHODS = {
     "typiclust": "TypiClust",
     "badge-search": "BADGE + search",
     "badge-labelled": "BADGE from the labelled ads",
+    "badge-size": "BADGE weighted by template cluster size",
     "kmeanspp": "k-means++ on the representation",
     "random-cluster": "random, one per template cluster",
 }
@@ -285,6 +289,14 @@ def main() -> None:
         help="the learner's weight on each labelled new-site row (every arm, random too; 1: plain)",
     )
     ap.add_argument(
+        "--size-power", type=float, default=1.0, help="badge-size: weight = template cluster size ** this"
+    )
+    ap.add_argument(
+        "--propagate",
+        action="store_true",
+        help="each answer also labels the unlabelled pool posts of its template cluster (every arm, random too)",
+    )
+    ap.add_argument(
         "--validate",
         action="store_true",
         help="choose, never report: a third of the pool's groups are held out and evaluated on, "
@@ -319,10 +331,21 @@ def main() -> None:
         clusters = all_clusters
     n_pool = len(pool_texts)
 
-    def model_with(rows: np.ndarray, seed: int) -> LogisticRegression:
-        x = np.concatenate([emb["base_train"], emb["pool"][rows]])
-        w = np.concatenate([np.ones(len(emb["base_train"])), np.full(len(rows), args.site_weight)])
-        return fit(x, np.concatenate([y["base_train"], y["pool"][rows]]), seed, w)
+    def answered(rows: np.ndarray, propagate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The labelled pool rows and their labels; with ``propagate`` also every pool row in a
+        template cluster with an answer, labelled by its cluster's answers (majority, ties positive)."""
+        if not propagate or not len(rows):
+            return rows, y["pool"][rows]
+        pos = pd.Series(y["pool"][rows]).groupby(clusters[rows]).mean()
+        spread = np.flatnonzero(np.isin(clusters, pos.index.to_numpy()) & ~np.isin(np.arange(n_pool), rows))
+        extra_y = (pos.reindex(clusters[spread]).to_numpy() >= 0.5).astype(np.int64)
+        return np.concatenate([rows, spread]), np.concatenate([y["pool"][rows], extra_y])
+
+    def model_with(rows: np.ndarray, seed: int, propagate: bool | None = None) -> LogisticRegression:
+        site, site_y = answered(rows, args.propagate if propagate is None else propagate)
+        x = np.concatenate([emb["base_train"], emb["pool"][site]])
+        w = np.concatenate([np.ones(len(emb["base_train"])), np.full(len(site), args.site_weight)])
+        return fit(x, np.concatenate([y["base_train"], site_y]), seed, w)
 
     def queue(rows: np.ndarray, n: int, seed: int, method: str) -> np.ndarray:
         """``n`` more picks by the model trained with ``rows`` labelled, as ``adrisk review-queue``
@@ -355,11 +378,14 @@ def main() -> None:
             labelled = gradient_embeddings(
                 model.decision_function(emb["pool"][rows])[:, None], np.array([thr]), emb["pool"][rows]
             )
-        picked = badge_select(grad, clusters[rest], n, seed, start=start, labelled=labelled)
+        weights = None
+        if method == "badge-size":  # a cluster's answer stands for all its ads: draw in proportion to size
+            weights = np.bincount(clusters)[clusters[rest]].astype(np.float64) ** args.size_power
+        picked = badge_select(grad, clusters[rest], n, seed, start=start, labelled=labelled, weights=weights)
         return rest[[r for r, _ in picked]]
 
-    def score(rows: np.ndarray, seed: int) -> tuple[float, float]:
-        p = model_with(rows, seed).predict_proba(emb["site_test"])[:, 1]
+    def score(rows: np.ndarray, seed: int, propagate: bool | None = None) -> tuple[float, float]:
+        p = model_with(rows, seed, propagate).predict_proba(emb["site_test"])[:, 1]
         return average_precision_score(y["site_test"], p), recall_at_precision(y["site_test"], p)
 
     p0 = model_with(np.zeros(0, dtype=np.int64), 0).predict_proba(emb["site_test"])[:, 1]
@@ -384,6 +410,8 @@ def main() -> None:
         rnd = np.random.default_rng(seed).permutation(n_pool)
         for b in budgets:
             res.setdefault(("random", b), []).append(score(rnd[:b], seed))
+            if args.propagate:  # what a platform gets from the same draws without the linking
+                res.setdefault(("random-plain", b), []).append(score(rnd[:b], seed, propagate=False))
         print(f"seed {seed} done {time.perf_counter() - t0:.0f}s", flush=True)
     full = score(np.arange(n_pool), 0)
 
@@ -405,6 +433,11 @@ def main() -> None:
     print(
         f"learner: logistic regression on frozen MiniLM embeddings, labelled new-site rows weighted {args.site_weight:g} "
         "(every arm); each model's threshold: precision 0.9 on the other sources' validation"
+        + (
+            "; answers propagated to their template clusters (every arm but the last)"
+            if args.propagate
+            else ""
+        )
     )
     print(
         f"before onboarding (0 labels): AP {average_precision_score(y['site_test'], p0):.3f}, recall@P90 {recall_at_precision(y['site_test'], p0):.3f}"
@@ -421,6 +454,8 @@ def main() -> None:
             if m != "typiclust"
         ]
     kinds.append(("random", "random"))
+    if args.propagate:
+        kinds.append(("random-plain", "random, answers not propagated"))
     for k, metric in ((0, "AP"), (1, "recall@P90")):
         print("| labels | " + " | ".join(f"{t} {metric}" for _, t in kinds) + " |")
         print("|---" * (1 + len(kinds)) + "|")
@@ -428,12 +463,19 @@ def main() -> None:
             print(f"| {b} | " + " | ".join("{:.3f} ± {:.3f}".format(*ms(kd, b, k)) for kd, _ in kinds) + " |")
         print()
     target = ms("random", max(budgets), 0)[0]
-    for k, t in kinds[:-1]:
+    for k, t in [kd for kd in kinds if not kd[0].startswith("random")]:
         reach = [b for b in budgets if ms(k, b, 0)[0] >= target]
         print(
             f"{t}: reaches random's mean AP at {max(budgets)} labels ({target:.3f}) with "
             + (f"{reach[0]} labels" if reach else f"none of {budgets}")
         )
+        if args.propagate:
+            plain = ms("random-plain", max(budgets), 0)[0]
+            reach = [b for b in budgets if ms(k, b, 0)[0] >= plain]
+            print(
+                f"{t}: reaches the mean AP of random answers not propagated at {max(budgets)} labels "
+                f"({plain:.3f}) with " + (f"{reach[0]} labels" if reach else f"none of {budgets}")
+            )
     print(
         f"(mean over {args.seeds} seeds; ± is the standard deviation over seeds) {time.perf_counter() - t0:.0f}s"
     )

@@ -7,7 +7,9 @@ splits (the test split whole), and ``--labels`` of the site's train-split ads, d
 (each row written that many times: what ``data.extra_train_repeats`` does). It prints the training
 commands, one per repeat count. ``report`` reads the finished runs from their MLflow stores and
 prints, side by side: test AP and recall at the model's threshold within every source and label,
-and validation AP per label (what the checkpoint and the blend were chosen on).
+and validation AP per label (what the checkpoint and the blend were chosen on). ``spread`` writes
+answers plus the site's ads that share a template cluster with one (``site_pool.jsonl``, which
+``prepare`` writes), labelled by it: one answer counted for its near-identical ads.
 
     .venv/bin/python bench/site_labels.py prepare --out outputs/site-labels --labels 100 --repeats 1,10
     # ... the printed `adrisk train` commands (about 15 minutes each on 2 cores) ...
@@ -44,6 +46,7 @@ def prepare(data: Path, out: Path, site: str, labels: int, seed: int, repeats: l
     for split, frame in frames.items():
         keep = frame if split == "test" else frame[frame["source"] != site]
         keep.to_json(out / "data" / f"{split}.jsonl", orient="records", lines=True)
+    pool[["text"]].to_json(out / "site_pool.jsonl", orient="records", lines=True)  # for ``spread``
     picked = pool.sample(n=labels, random_state=seed)
     picked.to_json(out / "site_labels.jsonl", orient="records", lines=True)
     commands = []
@@ -55,6 +58,39 @@ def prepare(data: Path, out: Path, site: str, labels: int, seed: int, repeats: l
             f"--set 'data.extra_train_files=[{out}/site_labels.jsonl]' --set data.extra_train_repeats={r}"
         )
     return commands
+
+
+def spread(answers: Path, pool: Path, out: Path) -> dict[str, int]:
+    """Write the answers plus every ``pool`` ad in a template cluster with an answer, labelled by it.
+
+    Template clusters are the review queue's (``batch.review_queue.cluster_ids`` over
+    ``signals.linking`` templates and identical texts), computed over the pool and the answers
+    together. A cluster whose answers disagree spreads nothing; pool rows whose text is an answer's
+    are not added again; columns the pool lacks (``source``, say) are copied from the cluster's first
+    answer. Returns counts: answers, added, conflicting clusters.
+    """
+    from batch.review_queue import cluster_ids
+    from signals.linking import link_frame
+
+    ans = pd.read_json(answers, lines=True)
+    rows = pd.read_json(pool, lines=True)
+    texts = rows["text"].tolist() + ans["text"].tolist()
+    clusters = cluster_ids(texts, link_frame(pd.DataFrame({"text": texts})).template_id)
+    in_pool, in_ans = clusters[: len(rows)], clusters[len(rows) :]
+    votes: dict[int, set] = {}
+    for c, labels in zip(in_ans.tolist(), ans["labels"], strict=True):
+        votes.setdefault(c, set()).add(tuple(sorted(labels)))
+    agreed = {c: list(v.pop()) for c, v in votes.items() if len(v) == 1}
+    take = pd.Series(in_pool).isin(list(agreed)).to_numpy() & ~rows["text"].isin(set(ans["text"])).to_numpy()
+    added = rows[take].copy()
+    added["labels"] = [agreed[c] for c in in_pool[take].tolist()]
+    first = {c: i for i, c in reversed(list(enumerate(in_ans.tolist())))}  # a cluster's first answer
+    for col in ans.columns.difference(added.columns).difference(["id"]):  # e.g. source: the answer's
+        added[col] = [ans[col].iloc[first[c]] for c in in_pool[take].tolist()]
+    pd.concat([ans, added[[c for c in ans.columns if c in added.columns]]], ignore_index=True).to_json(
+        out, orient="records", lines=True
+    )
+    return {"answers": len(ans), "added": int(take.sum()), "conflicting_clusters": len(votes) - len(agreed)}
 
 
 def report(dbs: list[str]) -> None:
@@ -84,10 +120,18 @@ def main() -> None:
     p.add_argument("--repeats", default="1,10")
     r = sub.add_parser("report")
     r.add_argument("dbs", nargs="+")
+    s = sub.add_parser("spread", help="answers spread to their template clusters in the pool (JSONL)")
+    s.add_argument("--answers", type=Path, required=True)
+    s.add_argument(
+        "--pool", type=Path, required=True, help="the site's ads (JSONL; their labels are not read)"
+    )
+    s.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.verb == "prepare":
         reps = [int(x) for x in args.repeats.split(",")]
         print("\n".join(prepare(args.data, args.out, args.site, args.labels, args.seed, reps)))
+    elif args.verb == "spread":
+        print(spread(args.answers, args.pool, args.out))
     else:
         report(args.dbs)
 

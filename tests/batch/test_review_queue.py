@@ -178,6 +178,16 @@ def test_badge_goes_on_from_labelled_centres_and_start_picks():
     assert started[0] == (3, float("inf")) and len({r for r, _ in started}) == 3
 
 
+def test_badge_weights_scale_the_draw_and_zero_weight_rows_come_last():
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [-1.0, 0.0]])
+    # after row 0 (largest norm, first by index), only rows 1 and 3 carry weight: they come next
+    picks = badge_select(g, np.arange(4), budget=3, seed=0, weights=np.array([1.0, 1.0, 0.0, 1.0]))
+    assert picks[0][0] == 0 and {r for r, _ in picks[1:]} == {1, 3}
+    for seed in range(5):  # a weight of 0 everywhere else: row 2 is drawn second whatever the seed
+        heavy = badge_select(g, np.arange(4), budget=2, seed=seed, weights=np.array([0.0, 0.0, 1.0, 0.0]))
+        assert heavy[1][0] == 2
+
+
 def test_identical_texts_share_a_cluster():
     labels = cluster_ids(["Hello there", "hello  there", "other"], np.array([0, 1, 2]))
     assert labels[0] == labels[1] != labels[2]
