@@ -441,6 +441,7 @@ def _review_queue(args) -> int:
         args.text_column,
         args.seed,
         Path(args.labelled) if args.labelled else None,
+        args.strategy,
     )
     print(report.summary())
     return EXIT_OK
@@ -995,7 +996,14 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
     p.add_argument("--output", required=True, help="the queue (.csv, .jsonl, .parquet)")
     p.add_argument("--budget", required=True, type=int, help="how many ads to queue")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--seed", type=int, default=0, help="k-means++ sampling seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--strategy",
+        choices=("badge", "random"),
+        default="badge",
+        help="badge: uncertain and diverse by the model (default); random: a uniform sample, one per "
+        "template cluster (a new site's first round: docs/adaptation.md)",
+    )
     p.add_argument(
         "--labelled",
         help="ads already labelled (earlier queues filled in, or an adrisk feedback export; same formats): "

@@ -35,6 +35,7 @@ from model.pyfunc import is_missing
 logger = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = ("labels", "reviewer")
+STRATEGIES = ("badge", "random")
 
 
 @dataclass
@@ -185,6 +186,29 @@ def badge_select(
     return picks
 
 
+def random_select(clusters: np.ndarray, budget: int, seed: int = 0) -> list[tuple[int, float]]:
+    """A uniform random sample of rows, at most one per cluster (the random arm every active-learning
+    comparison is held to, and BADGE's own first round, Ash et al. 2020).
+
+    Args:
+        clusters: (n,) cluster id of each row. budget: most picks (>= 0).
+
+    Returns:
+        [(row, inf)], ``min(budget, distinct clusters)`` long, in draw order. Deterministic for a
+        given ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    picks: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    for i in rng.permutation(len(clusters)).tolist():
+        if len(picks) >= budget:
+            break
+        if int(clusters[i]) not in seen:
+            seen.add(int(clusters[i]))
+            picks.append((int(i), float("inf")))
+    return picks
+
+
 def cluster_ids(texts: list[str], template_id: np.ndarray) -> np.ndarray:
     """One cluster per template (``signals.linking``) joined with identical normalised texts
     (``signals.linking.text_identity``, case folded), as connected components (``scipy.sparse.csgraph``):
@@ -212,9 +236,11 @@ def queue_reasons(
     logits: np.ndarray,
     labels: tuple[str, ...],
     cluster_size: np.ndarray,
+    strategy: str = "badge",
 ) -> list[Pick]:
     """A reason per pick: the label nearest its threshold (in logit distance), its score and
-    threshold, the distance to earlier picks and the size of its cluster."""
+    threshold, how it was picked (``strategy``: the distance to earlier picks for BADGE) and the
+    size of its cluster."""
     thr = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
     margin = np.abs(np.asarray(logits, dtype=np.float64) - np.log(thr / (1 - thr)))
     out = []
@@ -222,11 +248,12 @@ def queue_reasons(
         j = int(np.argmin(margin[i]))
         side = "flagged" if probs[i, j] >= thresholds[j] else "not flagged"
         why = f"least sure of {labels[j]}: score {probs[i, j]:.3f}, threshold {thresholds[j]:.3f} ({side})"
-        why += (
-            "; the most uncertain ad (largest gradient embedding)"
-            if rank == 0
-            else f"; gradient-embedding distance {dist:.3f} to the nearest earlier pick"
-        )
+        if strategy == "random":
+            why += "; drawn at random, one per template cluster"
+        elif rank == 0:
+            why += "; the most uncertain ad (largest gradient embedding)"
+        else:
+            why += f"; gradient-embedding distance {dist:.3f} to the nearest earlier pick"
         if cluster_size[i] > 1:
             why += f"; stands for a cluster of {int(cluster_size[i])} near-identical ads"
         out.append(Pick(int(i), j, dist, why))
@@ -304,6 +331,7 @@ def build_review_queue(
     text_column: str = "text",
     seed: int = 0,
     labelled_path: Path | None = None,
+    strategy: str = "badge",
 ) -> QueueReport:
     """Pick ``budget`` ads of ``input_path`` for moderators and write them to ``output_path``.
 
@@ -314,6 +342,8 @@ def build_review_queue(
         labelled_path: ads already labelled (earlier rounds' filled-in queues, an ``adrisk feedback
             export``; same formats, ``text_column``): no input ad in a template cluster with one of them
             is queued (the next round of the loop: queue, label, retrain, queue again).
+        strategy: ``badge`` (uncertain and diverse, by the model) or ``random`` (a uniform sample,
+            one per template cluster: a new site's first round, docs/adaptation.md §4).
 
     Returns:
         QueueReport (see ``summary``).
@@ -326,6 +356,8 @@ def build_review_queue(
 
     if budget < 1:
         raise ScoreError(f"--budget must be at least 1, got {budget}")
+    if strategy not in STRATEGIES:
+        raise ScoreError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     fmt_out = file_format(output_path)
     file_format(input_path)
     if not input_path.is_file():
@@ -364,15 +396,16 @@ def build_review_queue(
         size = np.bincount(clusters, minlength=len(every))[clusters]
         template = clusters
         report.clusters = len(np.unique(clusters[~done]))
-        hidden = pooled_representation(predictor.directory, predictor.encoder, texts)
-        multi_class = predictor.meta.label_schema.problem_type.value == "multi_class"
-        grad = gradient_embeddings(z, thr, hidden, multi_class)
-        open_rows = np.flatnonzero(~done)  # BADGE among the clusters nobody has labelled yet
-        chosen = [
-            (int(open_rows[i]), d)
-            for i, d in badge_select(grad[open_rows], clusters[open_rows], budget, seed)
-        ]
-        picks = queue_reasons(chosen, probs, thr, z, labels, size)
+        open_rows = np.flatnonzero(~done)  # among the clusters nobody has labelled yet
+        if strategy == "random":
+            drawn = random_select(clusters[open_rows], budget, seed)
+        else:
+            hidden = pooled_representation(predictor.directory, predictor.encoder, texts)
+            multi_class = predictor.meta.label_schema.problem_type.value == "multi_class"
+            grad = gradient_embeddings(z, thr, hidden, multi_class)
+            drawn = badge_select(grad[open_rows], clusters[open_rows], budget, seed)
+        chosen = [(int(open_rows[i]), d) for i, d in drawn]
+        picks = queue_reasons(chosen, probs, thr, z, labels, size, strategy)
     report.picked = len(picks)
     idx = [p.row for p in picks]
     out = df.iloc[rows[idx]].reset_index(drop=True) if len(picks) else df.iloc[:0].copy()

@@ -49,7 +49,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from batch.review_queue import badge_select, cluster_ids, gradient_embeddings
+from batch.review_queue import badge_select, cluster_ids, gradient_embeddings, random_select
 from signals.linking import link_frame
 
 NEW_SITE = "emscad_jobs_subset"
@@ -357,9 +357,8 @@ def main() -> None:
         if method == "kmeanspp":  # BADGE's seeding with every ad equally uncertain: diversity only
             first = [int(np.random.default_rng(seed).integers(len(rest)))]
             return rest[[r for r, _ in badge_select(emb["pool"][rest], clusters[rest], n, seed, start=first)]]
-        if method == "random-cluster":
-            order = np.random.default_rng(seed).permutation(len(rest))
-            return rest[search_select(-np.argsort(order), clusters[rest], n)]
+        if method == "random-cluster":  # adrisk review-queue --strategy random
+            return rest[[r for r, _ in random_select(clusters[rest], n, seed)]]
         model = model_with(rows, seed)
         thr = threshold_at_precision(y["base_val"], model.predict_proba(emb["base_val"])[:, 1])
         z = model.decision_function(emb["pool"][rest])[:, None]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.review_queue import badge_select, cluster_ids, gradient_embeddings
+from batch.review_queue import badge_select, cluster_ids, gradient_embeddings, random_select
 from tests.signals.test_linking import BASE_A
 
 DISTINCT = [
@@ -198,3 +198,36 @@ def test_badge_is_deterministic_for_a_seed(seed):
     rng = np.random.default_rng(3)
     g = rng.normal(size=(40, 6))
     assert badge_select(g, np.arange(40), 10, seed) == badge_select(g, np.arange(40), 10, seed)
+
+
+def test_random_strategy_draws_one_per_cluster_skips_labelled_and_says_so(tmp_path, tiny_artifact, capsys):
+    done = tmp_path / "labelled.csv"
+    pd.DataFrame({"text": [DISTINCT[0]], "labels": ["[]"]}).to_csv(done, index=False)
+    copies = [BASE_A.format(phone=f"415-555-01{i:02d}", name=n) for i, n in enumerate(["Kim", "Ana", "Lee"])]
+    rows = [*DISTINCT, *copies, None]
+    extra = ["--strategy", "random", "--labelled", str(done)]
+    rc, q = _run(tmp_path, rows, budget=50, model=tiny_artifact, extra=extra)
+    assert rc == 0
+    picked = sorted(q["row"])
+    assert picked[: len(DISTINCT) - 1] == list(range(1, len(DISTINCT)))  # row 0 is labelled already
+    assert len(picked) == len(DISTINCT) - 1 + 1  # the three copies are one template cluster: one pick
+    assert q["reason"].str.contains("drawn at random, one per template cluster").all()
+    first = _run(tmp_path, rows, budget=3, model=tiny_artifact, extra=extra)[1]["row"].tolist()
+    assert (
+        len(first) == 3
+        and _run(tmp_path, rows, 3, model=tiny_artifact, extra=extra)[1]["row"].tolist() == first
+    )
+    with pytest.raises(SystemExit):
+        _run(tmp_path, DISTINCT, budget=3, model=tiny_artifact, extra=["--strategy", "newest"])
+    assert "invalid choice: 'newest'" in capsys.readouterr().err
+
+
+def test_random_select_is_uniform_over_rows_one_per_cluster():
+    clusters = np.array([0, 0, 0, 1, 2, 3])
+    picks = [random_select(clusters, 2, seed) for seed in range(400)]
+    assert all(len(p) == 2 and len({clusters[i] for i, _ in p}) == 2 for p in picks)
+    assert random_select(clusters, 10, 0).__len__() == 4  # one per distinct cluster at most
+    assert random_select(clusters, 3, 5) == random_select(clusters, 3, 5)
+    first = np.bincount([p[0][0] for p in picks], minlength=6) / len(picks)
+    assert np.allclose(first, 1 / 6, atol=0.06)  # every row as likely to come first
+    assert random_select(clusters, 0, 0) == [] and random_select(np.zeros(0, int), 3, 0) == []
