@@ -10,8 +10,10 @@ the model is unsure (``p'`` near 0.5) and ``h`` is large; k-means++ seeding (Art
 2007) on these embeddings then picks ads that are both uncertain and unlike each other (each next ad
 drawn with probability proportional to its squared distance to the nearest ad already picked).
 
-One pick per template cluster (``signals.linking``'s MinHash template clusters, plus identical
-normalised texts): a moderator never labels forty copies of one ad. Every pick carries a reason
+``strategy="random"`` (``--strategy random``) draws the picks uniformly instead (``random_select``):
+a site's first round, where the model has not seen the site and its uncertainty says little
+(docs/adaptation.md §2). One pick per template cluster either way (``signals.linking``'s MinHash
+template clusters, plus identical normalised texts): a moderator never labels forty copies of one ad. Every pick carries a reason
 (the label it is least sure of, its score and threshold, its distance to the earlier picks, its
 cluster's size); reasons never quote ad text.
 
