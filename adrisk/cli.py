@@ -1002,7 +1002,7 @@ def _add_scoring_parsers(sub, threads_help: str) -> None:
         choices=("badge", "random"),
         default="badge",
         help="badge: uncertain and diverse by the model (default); random: a uniform sample, one per "
-        "template cluster (a new site's first round: docs/adaptation.md)",
+        "template cluster (a new site's rounds: docs/adaptation.md)",
     )
     p.add_argument(
         "--labelled",

@@ -11,8 +11,8 @@ the model is unsure (``p'`` near 0.5) and ``h`` is large; k-means++ seeding (Art
 drawn with probability proportional to its squared distance to the nearest ad already picked).
 
 ``strategy="random"`` (``--strategy random``) draws the picks uniformly instead (``random_select``):
-a site's first round, where the model has not seen the site and its uncertainty says little
-(docs/adaptation.md §2). One pick per template cluster either way (``signals.linking``'s MinHash
+what docs/adaptation.md §2 recommends for a new site's rounds, whose model has not yet learnt what
+the site's own ads look like. One pick per template cluster either way (``signals.linking``'s MinHash
 template clusters, plus identical normalised texts): a moderator never labels forty copies of one ad. Every pick carries a reason
 (the label it is least sure of, its score and threshold, its distance to the earlier picks, its
 cluster's size); reasons never quote ad text.
@@ -345,7 +345,7 @@ def build_review_queue(
             export``; same formats, ``text_column``): no input ad in a template cluster with one of them
             is queued (the next round of the loop: queue, label, retrain, queue again).
         strategy: ``badge`` (uncertain and diverse, by the model) or ``random`` (a uniform sample,
-            one per template cluster: a new site's first round, docs/adaptation.md §4).
+            one per template cluster: docs/adaptation.md §2).
 
     Returns:
         QueueReport (see ``summary``).
