@@ -41,6 +41,7 @@ the largest budget.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -49,8 +50,13 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from batch.review_queue import badge_select, cluster_ids, gradient_embeddings, random_select
-from signals.linking import link_frame
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from batch.review_queue import badge_select, cluster_ids, gradient_embeddings, random_select  # noqa: E402
+from bench.site_labels import agreed_labels  # noqa: E402
+from signals.linking import link_frame  # noqa: E402
 
 NEW_SITE = "emscad_jobs_subset"
 LABEL = "scam"
@@ -333,12 +339,12 @@ def main() -> None:
 
     def answered(rows: np.ndarray, propagate: bool) -> tuple[np.ndarray, np.ndarray]:
         """The labelled pool rows and their labels; with ``propagate`` also every pool row in a
-        template cluster with an answer, labelled by its cluster's answers (majority, ties positive)."""
+        template cluster whose answers agree, labelled by them (``bench/site_labels.py spread``'s rule)."""
         if not propagate or not len(rows):
             return rows, y["pool"][rows]
-        pos = pd.Series(y["pool"][rows]).groupby(clusters[rows]).mean()
-        spread = np.flatnonzero(np.isin(clusters, pos.index.to_numpy()) & ~np.isin(np.arange(n_pool), rows))
-        extra_y = (pos.reindex(clusters[spread]).to_numpy() >= 0.5).astype(np.int64)
+        agreed, _ = agreed_labels(clusters[rows].tolist(), y["pool"][rows].tolist())
+        spread = np.flatnonzero(np.isin(clusters, list(agreed)) & ~np.isin(np.arange(n_pool), rows))
+        extra_y = np.array([agreed[c] for c in clusters[spread].tolist()], dtype=np.int64)
         return np.concatenate([rows, spread]), np.concatenate([y["pool"][rows], extra_y])
 
     def model_with(rows: np.ndarray, seed: int, propagate: bool | None = None) -> LogisticRegression:

@@ -60,6 +60,17 @@ def prepare(data: Path, out: Path, site: str, labels: int, seed: int, repeats: l
     return commands
 
 
+def agreed_labels(answer_clusters, answer_labels) -> tuple[dict, int]:
+    """Each template cluster's answer where all its answers agree, and how many clusters' answers
+    disagree (those spread nothing). ``answer_labels``: hashable, one per answer (a 0/1 label, a
+    tuple of label names)."""
+    votes: dict = {}
+    for c, label in zip(answer_clusters, answer_labels, strict=True):
+        votes.setdefault(c, set()).add(label)
+    agreed = {c: next(iter(v)) for c, v in votes.items() if len(v) == 1}
+    return agreed, len(votes) - len(agreed)
+
+
 def spread(answers: Path, pool: Path, out: Path) -> dict[str, int]:
     """Write the answers plus every ``pool`` ad in a template cluster with an answer, labelled by it.
 
@@ -77,20 +88,17 @@ def spread(answers: Path, pool: Path, out: Path) -> dict[str, int]:
     texts = rows["text"].tolist() + ans["text"].tolist()
     clusters = cluster_ids(texts, link_frame(pd.DataFrame({"text": texts})).template_id)
     in_pool, in_ans = clusters[: len(rows)], clusters[len(rows) :]
-    votes: dict[int, set] = {}
-    for c, labels in zip(in_ans.tolist(), ans["labels"], strict=True):
-        votes.setdefault(c, set()).add(tuple(sorted(labels)))
-    agreed = {c: list(v.pop()) for c, v in votes.items() if len(v) == 1}
+    agreed, conflicting = agreed_labels(in_ans.tolist(), [tuple(sorted(ls)) for ls in ans["labels"]])
     take = pd.Series(in_pool).isin(list(agreed)).to_numpy() & ~rows["text"].isin(set(ans["text"])).to_numpy()
     added = rows[take].copy()
-    added["labels"] = [agreed[c] for c in in_pool[take].tolist()]
+    added["labels"] = [list(agreed[c]) for c in in_pool[take].tolist()]
     first = {c: i for i, c in reversed(list(enumerate(in_ans.tolist())))}  # a cluster's first answer
     for col in ans.columns.difference(added.columns).difference(["id"]):  # e.g. source: the answer's
         added[col] = [ans[col].iloc[first[c]] for c in in_pool[take].tolist()]
     pd.concat([ans, added[[c for c in ans.columns if c in added.columns]]], ignore_index=True).to_json(
         out, orient="records", lines=True
     )
-    return {"answers": len(ans), "added": int(take.sum()), "conflicting_clusters": len(votes) - len(agreed)}
+    return {"answers": len(ans), "added": int(take.sum()), "conflicting_clusters": conflicting}
 
 
 def report(dbs: list[str]) -> None:
